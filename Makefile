@@ -1,0 +1,41 @@
+# Set-up and everyday commands. `make run` and `make test` work on a fresh clone.
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+# torch is pinned for reproducible installs; override for another platform, e.g.
+#   make run TORCH="torch torchvision"
+TORCH  ?= torch==2.14.1 torchvision==0.29.1
+# The model `make run` uses. The default downloads real CLIP weights once (~600 MB); without a
+# network, use MODEL=test-tiny (random weights: the app works, rankings are meaningless).
+MODEL  ?=
+SAMPLE_LIBRARY ?= $(HOME)/.local/share/clipdesk/sample-library
+
+.PHONY: run test bench install install-test clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+
+$(VENV)/.installed: pyproject.toml | $(BIN)/python
+	$(BIN)/python -m pip install $(TORCH)
+	$(BIN)/python -m pip install -e .
+	touch $@
+
+$(VENV)/.installed-test: $(VENV)/.installed pyproject.toml
+	$(BIN)/python -m pip install -e '.[test]'
+	touch $@
+
+install: $(VENV)/.installed
+install-test: $(VENV)/.installed-test
+
+run: install
+	$(BIN)/clipdesk-gui --library "$(SAMPLE_LIBRARY)" --add-folder assets/sample $(if $(MODEL),--model $(MODEL))
+
+test: install-test
+	QT_QPA_PLATFORM=offscreen $(BIN)/python -m pytest -m "not slow"
+
+bench: install-test
+	$(BIN)/python benchmarks/run_all.py
+
+clean:
+	rm -rf $(VENV) build *.egg-info .pytest_cache

@@ -1,0 +1,301 @@
+"""The ``clipdesk`` command line.
+
+Contract: ``--json`` prints exactly one JSON document on stdout; progress bars and messages go to
+stderr. Exit 0 on success (also when some images could not be decoded), 1 on an error (a one-line
+message, no traceback), 2 on a usage error.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+from datetime import datetime
+
+from clipdesk import __version__
+from clipdesk.errors import ClipdeskError
+
+log = logging.getLogger("clipdesk")
+
+
+def _date(text: str) -> float:
+    try:
+        return datetime.fromisoformat(text).timestamp()
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a date: {text!r} (use YYYY-MM-DD)") from None
+
+
+def _probability(text: str) -> float:
+    v = float(text)
+    if not 0.0 <= v <= 1.0:
+        raise argparse.ArgumentTypeError("must be between 0 and 1")
+    return v
+
+
+def build_parser() -> argparse.ArgumentParser:
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--library", metavar="DIR", default=argparse.SUPPRESS,
+                        help="library folder (default: $CLIPDESK_LIBRARY or the user data dir)")
+    common.add_argument("--json", action="store_true", default=argparse.SUPPRESS,
+                        help="print one JSON document on stdout")
+    common.add_argument("--model", metavar="NAME", default=argparse.SUPPRESS,
+                        help="open_clip ARCH/PRETRAINED, or test-tiny (default: the library's model)")
+    common.add_argument("--weights", metavar="FILE", default=argparse.SUPPRESS,
+                        help="local checkpoint for --model's architecture")
+    common.add_argument("--device", default=argparse.SUPPRESS, help="cuda, mps or cpu (default: auto)")
+    common.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS)
+
+    p = argparse.ArgumentParser(prog="clipdesk", parents=[common],
+                                description="Search and organise a photo library with CLIP.")
+    p.add_argument("--version", action="version", version=f"clipdesk {__version__}")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def cmd(name: str, help: str) -> argparse.ArgumentParser:
+        return sub.add_parser(name, parents=[common], help=help, description=help)
+
+    def filters(sp: argparse.ArgumentParser) -> None:
+        sp.add_argument("-k", type=int, default=20, help="number of results (default 20)")
+        sp.add_argument("--folder", metavar="PREFIX", help="only images under this folder")
+        sp.add_argument("--after", type=_date, metavar="DATE", help="taken on or after (YYYY-MM-DD)")
+        sp.add_argument("--before", type=_date, metavar="DATE", help="taken before (YYYY-MM-DD)")
+        sp.add_argument("--min-score", type=float, metavar="S", help="drop results scoring under S")
+        sp.add_argument("--sort", choices=["score", "date"], default="score")
+
+    sp = cmd("index", "add folders and index new or changed photos (no PATH: rescan all folders)")
+    sp.add_argument("paths", nargs="*", metavar="PATH")
+    sp.add_argument("--reembed", action="store_true", help="convert a library made with another model")
+    sp.add_argument("--batch-size", type=int, default=32)
+
+    sp = cmd("search", 'text search; combine terms: "beach" + 0.5*"sunset" - "people", image paths too')
+    sp.add_argument("query")
+    filters(sp)
+
+    sp = cmd("similar", "photos like an image (in the library or not)")
+    sp.add_argument("image")
+    filters(sp)
+
+    sp = cmd("classify", "zero-shot: sort every photo into one of the given categories")
+    sp.add_argument("--labels", required=True, help='comma-separated categories, e.g. "beach,city,food"')
+    sp.add_argument("--threshold", type=_probability, help='answer "none" (null) under this probability')
+
+    sp = cmd("label", "manage labels (named sets of photos)")
+    lsub = sp.add_subparsers(dest="action", required=True, metavar="ACTION")
+    for action, help in (("add", "add photos to a label (created if new)"), ("remove", "remove photos from a label")):
+        a = lsub.add_parser(action, parents=[common], help=help)
+        a.add_argument("name")
+        a.add_argument("paths", nargs="+", metavar="PATH")
+    lsub.add_parser("list", parents=[common], help="list labels and their photos")
+    a = lsub.add_parser("delete", parents=[common], help="delete a label (photos are kept)")
+    a.add_argument("name")
+
+    sp = cmd("train", "train a probe on labels (default: all labels)")
+    sp.add_argument("probe")
+    sp.add_argument("--labels", help="comma-separated labels to use")
+    sp.add_argument("--negatives", help="comma-separated labels of explicit counter-examples")
+
+    sp = cmd("predict", "apply a probe to every photo")
+    sp.add_argument("probe")
+
+    sp = cmd("suggest", "photos whose labels would most improve a probe")
+    sp.add_argument("probe")
+    sp.add_argument("-k", type=int, default=20)
+
+    sp = cmd("probe", "list or delete probes")
+    psub = sp.add_subparsers(dest="action", required=True, metavar="ACTION")
+    psub.add_parser("list", parents=[common], help="list probes")
+    a = psub.add_parser("delete", parents=[common], help="delete a probe")
+    a.add_argument("name")
+
+    sp = cmd("folder", "list or remove library folders")
+    fsub = sp.add_subparsers(dest="action", required=True, metavar="ACTION")
+    fsub.add_parser("list", parents=[common], help="list folders")
+    a = fsub.add_parser("remove", parents=[common], help="forget a folder (files are not touched)")
+    a.add_argument("path")
+
+    cmd("status", "what the library holds")
+    cmd("models", "list known model names")
+
+    sp = cmd("eval", "measure zero-shot, few-shot and retrieval quality")
+    esub = sp.add_subparsers(dest="what", required=True, metavar="WHAT")
+    a = esub.add_parser("fewshot", parents=[common], help="few-shot protocol on an embedding file")
+    a.add_argument("--features", required=True, metavar="FILE.npz")
+    a.add_argument("--seeds", type=int, default=50)
+    a = esub.add_parser("zeroshot", parents=[common], help="top-1/top-5 on a folder per class")
+    a.add_argument("folder")
+    a = esub.add_parser("retrieval", parents=[common], help="recall@k on a captions.jsonl file")
+    a.add_argument("captions")
+    return p
+
+
+def _emit(args: argparse.Namespace, data, text_lines) -> None:
+    if getattr(args, "json", False):
+        json.dump(data, sys.stdout, indent=1)
+        sys.stdout.write("\n")
+    else:
+        for line in text_lines:
+            print(line)
+
+
+def _progress_bar(desc: str):
+    """A tqdm bar on stderr driven by the core's Progress callbacks."""
+    from tqdm import tqdm
+
+    bar = tqdm(total=0, desc=desc, unit="img", file=sys.stderr, disable=None, dynamic_ncols=True)
+
+    def update(p) -> None:
+        if p.stage == "scan":
+            bar.set_description(f"scanning ({p.done} files)")
+            return
+        if p.total and bar.total != p.total:
+            bar.reset(total=p.total)
+            bar.set_description(desc)
+        bar.n = p.done
+        if p.failed:
+            bar.set_postfix(failed=p.failed, refresh=False)
+        bar.refresh()
+
+    return bar, update
+
+
+def _open(args: argparse.Namespace):
+    from clipdesk.library import Library
+
+    return Library(getattr(args, "library", None), model=getattr(args, "model", None),
+                   weights=getattr(args, "weights", None), device=getattr(args, "device", None),
+                   status=lambda m: log.info("%s", m))
+
+
+def _results(args, results) -> None:
+    _emit(args, [r.as_dict() for r in results], [f"{r.score:.3f}  {r.path}" for r in results])
+
+
+def run(args: argparse.Namespace) -> int:
+    c = args.command
+    if c == "models":
+        from clipdesk.models import available_models
+
+        names = available_models()
+        _emit(args, names, names)
+        return 0
+    if c == "eval":
+        from clipdesk import evaluation
+
+        return evaluation.run_cli(args, _open, _emit)
+
+    lib = _open(args)
+    try:
+        if c == "index":
+            bar, update = _progress_bar("indexing")
+            try:
+                report = lib.index(args.paths, progress=update, reembed=args.reembed, batch_size=args.batch_size)
+            finally:
+                bar.close()
+            for f in report.failures:
+                log.warning("skipped %s: %s", f.path, f.reason)
+            for p in report.problems:
+                if not p.is_file:
+                    log.warning("%s: %s", p.path, p.reason)
+            d = report.as_dict()
+            d["seconds"] = round(d["seconds"], 3)
+            _emit(args, d, [", ".join(f"{k} {v}" for k, v in d.items() if k != "seconds")
+                            + f" in {d['seconds']:.1f} s"])
+        elif c == "search":
+            _results(args, lib.search(args.query, args.k, args.folder, args.after, args.before,
+                                      args.min_score, args.sort))
+        elif c == "similar":
+            _results(args, lib.similar(args.image, args.k, folder=args.folder, after=args.after,
+                                       before=args.before, min_score=args.min_score, sort=args.sort))
+        elif c == "classify":
+            bar, update = _progress_bar("classifying")
+            try:
+                out = lib.classify(args.labels.split(","), args.threshold, progress=update)
+            finally:
+                bar.close()
+            _emit(args, [o.as_dict() for o in out],
+                  [f"{o.label or '-':20s} {o.probability:.2f}  {o.path}" for o in out])
+        elif c == "label":
+            if args.action == "add":
+                n = lib.add_to_label(args.name, args.paths)
+                _emit(args, {"label": args.name, "images": n}, [f"{args.name}: {n} images"])
+            elif args.action == "remove":
+                n = lib.remove_from_label(args.name, args.paths)
+                _emit(args, {"label": args.name, "images": n}, [f"{args.name}: {n} images"])
+            elif args.action == "delete":
+                lib.delete_label(args.name)
+                _emit(args, {"deleted": args.name}, [f"deleted label {args.name}"])
+            else:
+                labels = lib.labels()
+                _emit(args, labels, [f"{k}: {len(v)} images" for k, v in labels.items()])
+        elif c == "train":
+            split = (lambda s: [x.strip() for x in s.split(",") if x.strip()] if s else [])
+            r = lib.train(args.probe, split(args.labels) or None, split(args.negatives))
+            _emit(args, r.as_dict(), [f"trained {r.probe} on {r.examples} examples of {', '.join(r.labels)}: "
+                                      f"cross-validated accuracy {r.cv_accuracy:.3f} "
+                                      f"(zero-shot on the same examples {r.zeroshot_accuracy:.3f})"])
+        elif c == "predict":
+            bar, update = _progress_bar("predicting")
+            try:
+                out = lib.predict(args.probe, progress=update)
+            finally:
+                bar.close()
+            _emit(args, [{"path": o.path, "label": o.label, "probability": round(o.probability, 6)} for o in out],
+                  [f"{o.label or '-':20s} {o.probability:.2f}  {o.path}" for o in out])
+        elif c == "suggest":
+            out = lib.suggest(args.probe, args.k)
+            _emit(args, [o.as_dict() for o in out],
+                  [f"{o.label:20s} {o.probability:.2f}  {o.path}" for o in out])
+        elif c == "probe":
+            if args.action == "delete":
+                lib.delete_probe(args.name)
+                _emit(args, {"deleted": args.name}, [f"deleted probe {args.name}"])
+            else:
+                probes = lib.probes()
+                _emit(args, [p.__dict__ for p in probes],
+                      [f"{p.name}: {', '.join(p.classes)} ({p.examples} examples, cv {p.cv_accuracy:.3f})"
+                       for p in probes])
+        elif c == "folder":
+            if args.action == "remove":
+                n = lib.remove_folder(args.path)
+                _emit(args, {"removed": n}, [f"forgot {n} images"])
+            else:
+                folders = lib.catalog.folders()
+                _emit(args, folders, folders)
+        elif c == "status":
+            st = lib.status()
+            _emit(args, st, [f"library  {st['library']}", f"images   {st['images']}",
+                             f"failed   {st['failed']}", f"model    {st['model']} (dim {st['dim']})",
+                             "folders  " + ("\n         ".join(st["folders"]) or "-"),
+                             "probes   " + (", ".join(st["probes"]) or "-")])
+        return 0
+    finally:
+        lib.close()
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(stream=sys.stderr, format="%(message)s",
+                        level=logging.INFO if getattr(args, "verbose", False) else logging.WARNING)
+    log.setLevel(logging.INFO)  # clipdesk's own status lines (model loading…) are worth seeing
+    try:
+        return run(args)
+    except ClipdeskError as e:
+        print(f"clipdesk: error: {e}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("clipdesk: cancelled", file=sys.stderr)
+        return 130
+    except BrokenPipeError:  # output piped into e.g. head, which closed early
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 1
+    except Exception as e:  # noqa: BLE001 - the contract: one line, no traceback
+        if os.environ.get("CLIPDESK_DEBUG"):
+            raise
+        print(f"clipdesk: internal error: {type(e).__name__}: {e} (set CLIPDESK_DEBUG=1 for details)",
+              file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,604 @@
+"""The Library facade: one library folder = catalog + vector index + model + probes.
+
+Everything the CLI and the GUI do goes through here. Long jobs (index, classify, train,
+predict) report progress through a callback and stop when their cancel token is set; they never
+print. The model loads lazily on first use, so opening a library and searching by an image already
+in it costs no model load.
+
+On disk (see DESIGN.md): ``catalog.sqlite`` (source of truth, vectors included),
+``vectors.faiss`` (derived cache, caught up or rebuilt on open), ``probes/NAME.npz`` (no pickle),
+``thumbnails/`` (GUI cache) and ``lock`` (writer lock).
+"""
+from __future__ import annotations
+
+import os
+import re
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Iterable, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from clipdesk.errors import ClipdeskError, ModelMismatchError, ProbeError, QueryError
+from clipdesk.indexer.catalog import Catalog, ImageInfo
+from clipdesk.indexer.decode import decode_image
+from clipdesk.indexer.errors import UnreadableImageError
+from clipdesk.indexer.lock import LibraryLock
+from clipdesk.indexer.pipeline import CancelToken, IndexReport, Progress, index_files
+from clipdesk.indexer.vectors import EXACT_LIMIT, VectorFileError, VectorStore, catch_up
+from clipdesk.models import DEFAULT_MODEL, Encoder, ModelSpec, load_encoder
+from clipdesk.probe import BACKGROUND, FitReport, Probe, ProbeData, fit_probe, uncertainty
+from clipdesk.query import parse_query, query_vector
+from clipdesk.zeroshot import assign, class_weights, zeroshot_probabilities
+
+ProgressFn = Callable[[Progress], None]
+BACKGROUND_SAMPLE = 200  # library photos sampled as "the rest" when one concept is taught
+_PROBE_NAME = re.compile(r"^[\w][\w .+-]{0,99}$")
+
+
+def default_library_folder() -> str:
+    """``$CLIPDESK_LIBRARY``, else ``<user data dir>/clipdesk/library``."""
+    env = os.environ.get("CLIPDESK_LIBRARY")
+    if env:
+        return os.path.abspath(os.path.expanduser(env))
+    from platformdirs import user_data_dir
+
+    return os.path.join(user_data_dir("clipdesk", appauthor=False), "library")
+
+
+@dataclass(frozen=True)
+class SearchResult:
+    path: str
+    score: float
+    id: int
+    taken: float | None = None
+
+    def as_dict(self) -> dict:
+        return {"path": self.path, "score": round(float(self.score), 6)}
+
+
+@dataclass(frozen=True)
+class Classification:
+    path: str
+    label: str | None
+    probability: float
+    id: int
+
+    def as_dict(self) -> dict:
+        return {"path": self.path, "label": self.label, "probability": round(self.probability, 6)}
+
+
+@dataclass(frozen=True)
+class ProbeInfo:
+    name: str
+    classes: list[str]
+    labels: list[str]
+    examples: int
+    cv_accuracy: float
+    zeroshot_accuracy: float
+    model: str
+    created: float
+
+
+@dataclass(frozen=True)
+class TrainReport:
+    probe: str
+    labels: list[str]
+    examples: int
+    cv_accuracy: float
+    zeroshot_accuracy: float
+
+    def as_dict(self) -> dict:
+        return {"probe": self.probe, "labels": self.labels, "examples": self.examples,
+                "cv_accuracy": round(self.cv_accuracy, 4), "zeroshot_accuracy": round(self.zeroshot_accuracy, 4)}
+
+
+class Library:
+    """A photo library on disk. Thread-safe for one writer thread plus reader threads."""
+
+    VECTORS = "vectors.faiss"
+
+    def __init__(self, folder: str | None = None, model: str | None = None, weights: str | None = None,
+                 device: str | None = None, precision: str = "auto", create: bool = True,
+                 status: Callable[[str], None] | None = None):
+        self.folder = os.path.abspath(os.path.expanduser(folder or default_library_folder()))
+        if not os.path.isdir(self.folder):
+            if not create:
+                from clipdesk.errors import LibraryNotFoundError
+
+                raise LibraryNotFoundError(f"No library at {self.folder}.")
+            os.makedirs(self.folder, exist_ok=True)
+        self.catalog = Catalog.open(self.folder)
+        self.lock = LibraryLock(self.folder)
+        self.device = device
+        self.precision = precision
+        self._status = status or (lambda _m: None)
+        self._encoder: Encoder | None = None
+        self._store: VectorStore | None = None
+        self._guard = threading.RLock()
+        stored = self.catalog.get_meta("model")
+        self._requested = ModelSpec.parse(model, weights) if (model or weights) else None
+        if self._requested is not None:
+            self.spec = self._requested
+        elif stored:
+            self.spec = ModelSpec.parse(stored if "+file:" not in stored else stored.split("+", 1)[0],
+                                        self.catalog.get_meta("weights"))
+        else:
+            self.spec = ModelSpec.parse(DEFAULT_MODEL)
+
+    # ------------------------------------------------------------------ lifecycle
+    def close(self) -> None:
+        self.lock.release()
+        self.catalog.close()
+
+    def __enter__(self) -> Library:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    @property
+    def model_name(self) -> str:
+        """The model of this library's vectors (or, for an empty library, the one it will use)."""
+        return self.catalog.get_meta("model") or self.spec.name
+
+    @property
+    def dim(self) -> int | None:
+        d = self.catalog.get_meta("dim")
+        return int(d) if d else None
+
+    def check_model(self) -> None:
+        """Refuse to mix vectors of two models (:class:`ModelMismatchError`)."""
+        stored = self.catalog.get_meta("model")
+        if stored and self._requested is not None and self._requested.name != stored \
+                and self.catalog.vector_count() > 0:
+            raise ModelMismatchError(
+                f"This library was indexed with {stored}, not {self._requested.name}. Use the "
+                f"library's model (omit --model), or convert it with 'clipdesk index --reembed "
+                f"--model {self._requested.name.split('+')[0]}'.")
+
+    @property
+    def encoder(self) -> Encoder:
+        """The model, loaded on first use (seconds for a real model; downloads once)."""
+        with self._guard:
+            if self._encoder is None:
+                self._encoder = load_encoder(self.spec, self.device, self.precision, self._status)
+            return self._encoder
+
+    @property
+    def encoder_loaded(self) -> bool:
+        return self._encoder is not None
+
+    # ------------------------------------------------------------------ vectors
+    @property
+    def vectors(self) -> VectorStore:
+        """The vector index, caught up with the catalog (rebuilt if missing or damaged)."""
+        with self._guard:
+            if self._store is None:
+                self._store = self._open_store()
+            catch_up(self._store, self.catalog)
+            return self._store
+
+    def _open_store(self) -> VectorStore:
+        path = os.path.join(self.folder, self.VECTORS)
+        dim = self.dim
+        try:
+            store, header = VectorStore.load(path)
+            if header.model != self.model_name or (dim and header.dim != dim) \
+                    or header.generation > self.catalog.generation:
+                raise VectorFileError("made for another catalog state or model")
+            return store
+        except VectorFileError as e:
+            if os.path.exists(path):
+                self._status(f"Rebuilding the vector index ({e}).")
+        if dim is None:
+            return VectorStore(self.encoder.dim if self.catalog.vector_count() else 1)
+        store = VectorStore.build(dim, self.catalog.iter_vectors(), self.catalog.vector_count())
+        store.generation = 0  # catch_up() brings it to the catalog's generation
+        return store
+
+    def _save_store(self) -> None:
+        """Persist the vector index (writers only: the lock holder owns ``vectors.faiss``)."""
+        if self._store is not None and self.lock.held:
+            self._store.save(os.path.join(self.folder, self.VECTORS), self.model_name)
+            self.catalog.prune_tombstones(self._store.generation)
+
+    @contextmanager
+    def writing(self) -> Iterable[None]:
+        """Hold the library's writer lock for a block (re-entrant within this object)."""
+        if self.lock.held:
+            yield
+            return
+        self.lock.acquire()
+        try:
+            yield
+        finally:
+            self.lock.release()
+
+    # ------------------------------------------------------------------ indexing
+    def index(self, paths: Sequence[str] = (), progress: ProgressFn | None = None,
+              cancel: CancelToken | None = None, reembed: bool = False, batch_size: int = 32,
+              workers: int | None = None) -> IndexReport:
+        """Add folders (or files) and bring the library up to date with what is on disk.
+
+        With no paths, every folder of the library is rescanned. ``reembed`` converts a library
+        made with another model to this one (labels are kept).
+        """
+        with self.writing():
+            stored = self.catalog.get_meta("model")
+            if reembed and stored and stored != self.spec.name:
+                self._status(f"Re-embedding every image with {self.spec.name} (was {stored}).")
+                self.catalog.clear_vectors()
+                self.catalog.set_meta("model", self.spec.name)
+                with self._guard:
+                    self._store = None
+                try:
+                    os.unlink(os.path.join(self.folder, self.VECTORS))
+                except FileNotFoundError:
+                    pass
+            else:
+                self.check_model()
+            roots = [os.path.abspath(os.path.expanduser(p)) for p in paths]
+            for r in roots:
+                if os.path.isdir(r):
+                    self.catalog.add_folder(r)
+            roots = roots or self.catalog.folders()
+            encoder = self.encoder
+            if not self.catalog.get_meta("model") or self.catalog.vector_count() == 0:
+                self.catalog.set_meta("model", encoder.name)
+                self.catalog.set_meta("dim", str(encoder.dim))
+                if self.spec.weights:
+                    self.catalog.set_meta("weights", self.spec.weights)
+                with self._guard:
+                    if self._store is not None and self._store.dim != encoder.dim:
+                        self._store = None
+            store = self.vectors
+            if store.dim != encoder.dim:
+                with self._guard:
+                    self._store = VectorStore(encoder.dim)
+                store = self.vectors
+            report = index_files(self.catalog, store, encoder, roots, batch_size=batch_size,
+                                 workers=workers, progress=progress, cancel=cancel,
+                                 checkpoint=self._save_store)
+            self._resize_store_if_needed()
+            return report
+
+    def _resize_store_if_needed(self) -> None:
+        """Switch between exact and approximate search as the library crosses the size threshold."""
+        store = self.vectors
+        n = len(store)
+        if (n > EXACT_LIMIT and not store.is_approximate) or (store.is_approximate and n < EXACT_LIMIT // 2):
+            self._status(f"Rebuilding the vector index for {n} images…")
+            with self._guard:
+                new = VectorStore.build(store.dim, self.catalog.iter_vectors(), self.catalog.vector_count())
+                new.generation = 0
+                catch_up(new, self.catalog)
+                self._store = new
+            self._save_store()
+
+    def remove_folder(self, folder: str) -> int:
+        """Forget a folder and its images (files on disk are never touched)."""
+        with self.writing():
+            ids = self.catalog.remove_folder(os.path.abspath(os.path.expanduser(folder)))
+            self.vectors  # noqa: B018 - catch the index up with the deletion
+            self._save_store()
+            return len(ids)
+
+    # ------------------------------------------------------------------ search
+    def embed_image_file(self, path: str) -> np.ndarray:
+        """(dim,) embedding of an image: from the catalog if indexed, else decoded and embedded."""
+        path = os.path.abspath(os.path.expanduser(path))
+        image_id = self.catalog.id_for_path(path)
+        if image_id is not None:
+            return self.catalog.vectors_for([image_id])[0]
+        enc = self.encoder
+        try:
+            img = decode_image(path, enc.min_side)
+        except UnreadableImageError as e:
+            raise QueryError(f"Cannot use {path} as a query: {e.reason}") from None
+        return enc.encode_images([img.image])[0]
+
+    def query_vector(self, query: str) -> np.ndarray:
+        """The (dim,) vector of a query string (see ``clipdesk.query`` for the syntax)."""
+        terms = parse_query(query)
+        if any(t.text is not None for t in terms):
+            self.check_model()
+            texts = self.encoder.encode_texts
+        else:
+            texts = None
+        return query_vector(terms, texts, self.embed_image_file)
+
+    def search(self, query: str | np.ndarray, k: int = 20, folder: str | None = None,
+               after: float | None = None, before: float | None = None, min_score: float | None = None,
+               sort: str = "score", exclude: Iterable[int] = ()) -> list[SearchResult]:
+        """Top-``k`` images for a query string or a (dim,) query vector, best first (or by date)."""
+        q = self.query_vector(query) if isinstance(query, str) else np.asarray(query, np.float32)
+        store = self.vectors
+        if len(store) == 0:
+            return []
+        if q.shape[-1] != store.dim:
+            raise QueryError("The query vector does not match this library's model.")
+        exclude = set(exclude)
+        subset = None
+        if folder or after is not None or before is not None:
+            subset = self.catalog.filter_ids(os.path.abspath(os.path.expanduser(folder)) if folder else None,
+                                             after, before)
+        scores, ids = store.search(q[None, :], k + len(exclude), subset)
+        pairs = [(float(s), int(i)) for s, i in zip(scores[0], ids[0]) if i >= 0 and int(i) not in exclude]
+        if min_score is not None:
+            pairs = [(s, i) for s, i in pairs if s >= min_score]
+        info = self.catalog.images([i for _, i in pairs])
+        results = [SearchResult(info[i].path, s, i, info[i].taken) for s, i in pairs if i in info][:k]
+        if sort == "date":
+            results.sort(key=lambda r: (r.taken is None, r.taken or 0.0))
+        elif sort != "score":
+            raise QueryError(f"Unknown sort order '{sort}' (use score or date).")
+        return results
+
+    def similar(self, path: str, k: int = 20, **filters) -> list[SearchResult]:
+        """Images most like ``path`` (in the library or not), itself excluded."""
+        path = os.path.abspath(os.path.expanduser(path))
+        if not os.path.exists(path) and self.catalog.id_for_path(path) is None:
+            raise QueryError(f"Image not found: {path}")
+        own = self.catalog.id_for_path(path)
+        return self.search(self.embed_image_file(path), k, exclude=[own] if own is not None else (), **filters)
+
+    # ------------------------------------------------------------------ bulk scoring
+    def _iter_library(self, cancel: CancelToken | None, progress: ProgressFn | None, stage: str,
+                      chunk: int = 50_000):
+        """Yield ``(ids, vectors)`` over every embedded image, with progress and cancellation."""
+        total = self.catalog.vector_count()
+        done = 0
+        for ids, vecs in self.catalog.iter_vectors(chunk=chunk):
+            if cancel is not None:
+                cancel.check()
+            yield ids, vecs
+            done += len(ids)
+            if progress:
+                progress(Progress(stage, done, total))
+
+    def _paths(self, ids: Sequence[int]) -> dict[int, ImageInfo]:
+        return self.catalog.images(list(map(int, ids)))
+
+    def classify(self, names: Sequence[str], threshold: float | None = None,
+                 progress: ProgressFn | None = None, cancel: CancelToken | None = None) -> list[Classification]:
+        """Zero-shot: every indexed image's most likely category among ``names`` (or None)."""
+        names = [n.strip() for n in names if n.strip()]
+        if len(names) < 1:
+            raise QueryError("Give at least one category.")
+        if len(set(names)) != len(names):
+            raise QueryError("Categories must be different from each other.")
+        self.check_model()
+        enc = self.encoder
+        weights = class_weights(enc.encode_texts, names)
+        out: list[Classification] = []
+        for ids, vecs in self._iter_library(cancel, progress, "classify"):
+            probs = zeroshot_probabilities(vecs, weights, enc.logit_scale)
+            info = self._paths(ids)
+            for i, a in zip(ids, assign(probs, threshold)):
+                out.append(Classification(info[int(i)].path, names[a.index] if a.index >= 0 else None,
+                                          a.probability, int(i)))
+        out.sort(key=lambda c: c.path)
+        return out
+
+    # ------------------------------------------------------------------ labels
+    def _ids_for_paths(self, paths: Sequence[str], progress: ProgressFn | None = None) -> list[int]:
+        """Catalog ids of image files; files not in the library yet are indexed first."""
+        paths = [os.path.abspath(os.path.expanduser(p)) for p in paths]
+        missing = [p for p in paths if self.catalog.id_for_path(p) is None]
+        if missing:
+            for p in missing:
+                if not os.path.isfile(p):
+                    raise ClipdeskError(f"Not an image file in the library: {p}")
+            report = self.index(missing, progress=progress)
+            if report.failures:
+                f = report.failures[0]
+                raise ClipdeskError(f"Cannot add {f.path}: {f.reason}")
+        return [self.catalog.id_for_path(p) for p in paths]
+
+    def add_to_label(self, name: str, paths: Sequence[str], progress: ProgressFn | None = None) -> int:
+        """Add images to a label (created if new). Returns the label's size."""
+        name = _check_name(name, "label")
+        ids = self._ids_for_paths(paths, progress)
+        self.catalog.add_to_label(name, ids)
+        return len(self.catalog.labels()[name])
+
+    def remove_from_label(self, name: str, paths: Sequence[str]) -> int:
+        labels = self.catalog.labels()
+        if name not in labels:
+            raise ClipdeskError(f"No label named '{name}'.")
+        ids = [self.catalog.id_for_path(os.path.abspath(os.path.expanduser(p))) for p in paths]
+        self.catalog.remove_from_label(name, [i for i in ids if i is not None])
+        return len(self.catalog.labels()[name])
+
+    def create_label(self, name: str) -> None:
+        self.catalog.create_label(_check_name(name, "label"))
+
+    def delete_label(self, name: str) -> None:
+        self.catalog.delete_label(name)
+
+    def labels(self) -> dict[str, list[str]]:
+        """Every label with the paths of its images."""
+        labels = self.catalog.labels()
+        info = self._paths([i for ids in labels.values() for i in ids])
+        return {name: [info[i].path for i in ids if i in info] for name, ids in labels.items()}
+
+    # ------------------------------------------------------------------ probes
+    def _probe_path(self, name: str) -> Path:
+        return Path(self.folder) / "probes" / f"{_check_name(name, 'probe')}.npz"
+
+    def train(self, name: str, labels: Sequence[str] | None = None, negatives: Sequence[str] = (),
+              progress: ProgressFn | None = None, cancel: CancelToken | None = None) -> TrainReport:
+        """Train probe ``name`` on ``labels`` (default: every non-empty label) and save it.
+
+        One label is taught as that concept against the rest of the library: a sample of other
+        photos plus the images of any ``negatives`` labels.
+        """
+        self.check_model()
+        all_labels = self.catalog.labels()
+        negatives = list(negatives)
+        if labels:
+            unknown = [lb for lb in list(labels) + negatives if lb not in all_labels]
+            if unknown:
+                raise ProbeError(f"No label named {', '.join(repr(u) for u in unknown)}.")
+            chosen = [lb for lb in labels if lb not in negatives]
+        else:
+            chosen = [lb for lb, ids in all_labels.items() if ids and lb not in negatives]
+        chosen = [lb for lb in chosen if all_labels[lb]]
+        if not chosen:
+            raise ProbeError("No labelled images to train on: add some with 'clipdesk label add'.")
+        if cancel:
+            cancel.check()
+        enc = self.encoder
+        text = class_weights(enc.encode_texts, chosen)
+        ids = [i for lb in chosen for i in all_labels[lb]]
+        y = [c for c, lb in enumerate(chosen) for _ in all_labels[lb]]
+        classes = list(chosen)
+        zs_text = text
+        if len(chosen) == 1:
+            background = sorted({i for lb in negatives for i in all_labels[lb]} - set(ids))
+            background += self._background_sample(name, exclude=set(ids) | set(background))
+            if not background:
+                raise ProbeError("Teaching one label needs other photos in the library to compare with.")
+            ids += background
+            y += [1] * len(background)
+            classes.append(BACKGROUND)
+            text = np.vstack([text, np.zeros_like(text[:1])])
+            zs_text = np.vstack([text[:1], class_weights(enc.encode_texts, ["photo"])])
+        X = self.catalog.vectors_for(ids)
+        if progress:
+            progress(Progress("train", 0, 1))
+        probe, fit = fit_probe(ProbeData(classes, text, X, np.array(y)), zs_text,
+                               meta={"labels": chosen, "negatives": negatives, "model": self.model_name,
+                                     "created": time.time()})
+        self._save_probe(name, probe, fit)
+        if progress:
+            progress(Progress("train", 1, 1))
+        return TrainReport(name, chosen, len(y) if len(chosen) > 1 else len(all_labels[chosen[0]]),
+                           fit.cv_accuracy, fit.zeroshot_accuracy)
+
+    def _background_sample(self, seed_text: str, exclude: set[int]) -> list[int]:
+        ids = [i for i in self.catalog.filter_ids() if int(i) not in exclude]
+        rng = np.random.default_rng(_stable_seed(seed_text))
+        if len(ids) > BACKGROUND_SAMPLE:
+            ids = list(rng.choice(ids, BACKGROUND_SAMPLE, replace=False))
+        return [int(i) for i in ids]
+
+    def _save_probe(self, name: str, probe: Probe, fit: FitReport) -> None:
+        path = self._probe_path(name)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        probe.meta.update(cv_accuracy=fit.cv_accuracy, zeroshot_accuracy=fit.zeroshot_accuracy,
+                          examples=fit.examples)
+        fd, tmp = tempfile.mkstemp(prefix=".probe-", suffix=".npz", dir=path.parent)
+        try:
+            with os.fdopen(fd, "wb") as f:
+                np.savez(f, **probe.to_arrays())
+            os.replace(tmp, path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+
+    def load_probe(self, name: str) -> Probe:
+        path = self._probe_path(name)
+        if not path.exists():
+            raise ProbeError(f"No probe named '{name}'. 'clipdesk probes' lists them.")
+        try:
+            with np.load(path, allow_pickle=False) as arrays:
+                probe = Probe.from_arrays(arrays)
+        except (OSError, ValueError, KeyError) as e:
+            raise ProbeError(f"The probe file {path} is damaged ({e}); train it again.") from None
+        if probe.meta.get("model") != self.model_name:
+            raise ModelMismatchError(f"Probe '{name}' was trained with {probe.meta.get('model')}, "
+                                     f"but this library uses {self.model_name}; train it again.")
+        return probe
+
+    def probes(self) -> list[ProbeInfo]:
+        out = []
+        for path in sorted((Path(self.folder) / "probes").glob("*.npz")):
+            try:
+                with np.load(path, allow_pickle=False) as arrays:
+                    p = Probe.from_arrays(arrays)
+            except (OSError, ValueError, KeyError):
+                continue
+            m = p.meta
+            out.append(ProbeInfo(path.stem, p.classes, m.get("labels", []), int(m.get("examples", 0)),
+                                 float(m.get("cv_accuracy", 0)), float(m.get("zeroshot_accuracy", 0)),
+                                 m.get("model", ""), float(m.get("created", 0))))
+        return out
+
+    def delete_probe(self, name: str) -> None:
+        path = self._probe_path(name)
+        if not path.exists():
+            raise ProbeError(f"No probe named '{name}'.")
+        path.unlink()
+
+    def predict(self, name: str, progress: ProgressFn | None = None,
+                cancel: CancelToken | None = None) -> list[Classification]:
+        """Apply probe ``name`` to every indexed image: its label and confidence.
+
+        For a one-concept probe the label is the concept or None (probability is the concept's).
+        """
+        probe = self.load_probe(name)
+        concept = BACKGROUND in probe.classes
+        out: list[Classification] = []
+        for ids, vecs in self._iter_library(cancel, progress, "predict"):
+            probs = probe.probabilities(vecs)
+            info = self._paths(ids)
+            for i, p in zip(ids, probs):
+                if concept:
+                    label = probe.classes[0] if p[0] >= 0.5 else None
+                    out.append(Classification(info[int(i)].path, label, float(p[0]), int(i)))
+                else:
+                    top = int(p.argmax())
+                    out.append(Classification(info[int(i)].path, probe.classes[top], float(p[top]), int(i)))
+        out.sort(key=lambda c: c.path)
+        return out
+
+    def suggest(self, name: str, k: int = 20, cancel: CancelToken | None = None) -> list[Classification]:
+        """Unlabelled images whose labels would teach probe ``name`` the most (most uncertain)."""
+        probe = self.load_probe(name)
+        labelled = {i for ids in self.catalog.labels().values() for i in ids}
+        best: list[tuple[float, int, np.ndarray]] = []
+        for ids, vecs in self._iter_library(cancel, None, "suggest"):
+            probs = probe.probabilities(vecs)
+            u = uncertainty(probs)
+            for i, ui, p in zip(ids, u, probs):
+                if int(i) not in labelled:
+                    best.append((float(ui), int(i), p))
+        best.sort(key=lambda t: -t[0])
+        best = best[:k]
+        info = self._paths([i for _, i, _ in best])
+        return [Classification(info[i].path, probe.classes[int(p.argmax())], float(p.max()), i)
+                for _, i, p in best]
+
+    # ------------------------------------------------------------------ status
+    def status(self) -> dict:
+        images, failed = self.catalog.counts()
+        return {
+            "library": self.folder,
+            "images": images,
+            "failed": failed,
+            "model": self.model_name,
+            "dim": self.dim or 0,
+            "folders": self.catalog.folders(),
+            "probes": [p.name for p in self.probes()],
+            "labels": {k: len(v) for k, v in self.catalog.labels().items()},
+            "failures": [{"path": p, "reason": r} for p, r in self.catalog.failures()],
+        }
+
+
+def _stable_seed(text: str) -> int:
+    import hashlib
+
+    return int.from_bytes(hashlib.sha256(text.encode()).digest()[:4], "little")
+
+
+def _check_name(name: str, what: str) -> str:
+    name = (name or "").strip()
+    if not _PROBE_NAME.match(name):
+        raise ClipdeskError(f"Invalid {what} name '{name}': use letters, digits, spaces, '.', '+', '-' or '_'.")
+    return name

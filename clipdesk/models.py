@@ -1,0 +1,352 @@
+"""One factory for CLIP models over open_clip, and the encoder the rest of clipdesk uses.
+
+A model is named ``ARCH/PRETRAINED`` (any open_clip pair, e.g. ``ViT-B-32-256/datacomp_s34b_b86k``),
+``ARCH`` plus a local checkpoint (``--weights PATH``), ``ARCH/random`` (seeded random weights of
+a real architecture: meaningless rankings, real costs; for benchmarks) or ``test-tiny`` (a tiny
+architecture registered by clipdesk with seeded random weights, for tests and demos without
+weights: it embeds in milliseconds and its rankings mean nothing).
+
+Weights download once through open_clip / huggingface_hub, which shows a progress bar; offline,
+loading fails with :class:`ModelDownloadError` naming the model and the ``--weights`` way out.
+
+On CPUs the precision is chosen by measuring: a short timing of fp32 against bfloat16 at load
+(cached per machine), kept only if bf16 is faster and its embeddings agree with fp32's.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import platform
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Callable, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from clipdesk.errors import ModelDownloadError, ModelError
+from clipdesk.indexer.decode import file_hash
+
+log = logging.getLogger(__name__)
+
+DEFAULT_MODEL = "ViT-B-32-256/datacomp_s34b_b86k"
+TEST_MODEL = "test-tiny"
+RANDOM_TAG = "random"
+_CONFIG_DIR = Path(__file__).with_name("model_configs")
+_PROJECT_MODELS = {p.stem for p in _CONFIG_DIR.glob("*.json")}
+_TEXT_CACHE_SIZE = 4096
+# bf16 must agree with fp32 at least this well (mean cosine) to be used.
+MIN_AGREEMENT = 0.99
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """Which model: architecture, pretrained tag and/or a local checkpoint file."""
+
+    arch: str
+    pretrained: str | None = None  # an open_clip tag, "random", or None with ``weights``
+    weights: str | None = None  # absolute path of a local checkpoint
+
+    @classmethod
+    def parse(cls, name: str | None, weights: str | None = None) -> ModelSpec:
+        name = (name or DEFAULT_MODEL).strip()
+        arch, _, tag = name.partition("/")
+        if weights:
+            return cls(arch, None, os.path.abspath(os.path.expanduser(weights)))
+        if arch in _PROJECT_MODELS:
+            return cls(arch, tag or RANDOM_TAG)
+        if not tag:
+            default_arch, _, default_tag = DEFAULT_MODEL.partition("/")
+            tag = default_tag if arch == default_arch else None
+            if tag is None:
+                raise ModelError(
+                    f"Model '{name}' needs a pretrained tag, e.g. '{arch}/<tag>'; "
+                    f"'clipdesk models' lists them, or pass --weights PATH.")
+        return cls(arch, tag)
+
+    @property
+    def name(self) -> str:
+        """The identity stored with a library's vectors."""
+        if self.weights:
+            try:
+                digest = file_hash(self.weights)[:12]
+            except OSError:
+                digest = "missing"
+            return f"{self.arch}+file:{digest}"
+        if self.arch in _PROJECT_MODELS and self.pretrained == RANDOM_TAG:
+            return self.arch
+        return f"{self.arch}/{self.pretrained}"
+
+    @property
+    def random_weights(self) -> bool:
+        return self.weights is None and self.pretrained == RANDOM_TAG
+
+
+def register_project_models() -> None:
+    """Make the project's model configs (``test-tiny``) known to open_clip. Idempotent."""
+    import open_clip
+
+    if not _PROJECT_MODELS <= set(open_clip.list_models()):
+        open_clip.add_model_config(_CONFIG_DIR)
+
+
+def available_models() -> list[str]:
+    """Every ``ARCH/TAG`` open_clip knows, plus the project's models."""
+    import open_clip
+
+    return sorted(_PROJECT_MODELS) + [f"{a}/{t}" for a, t in open_clip.list_pretrained()]
+
+
+def resolve_device(requested: str | None = None) -> str:
+    """``cuda`` if available, then Apple ``mps``, else ``cpu`` (or the requested one)."""
+    import torch
+
+    if requested and requested != "auto":
+        return requested
+    if torch.cuda.is_available():
+        return "cuda"
+    if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+        return "mps"
+    return "cpu"
+
+
+class Encoder:
+    """A loaded CLIP model: prepares and embeds images, embeds texts (with a cache).
+
+    Implements the indexer's ``ImageEmbedder`` protocol. Outputs are float32 numpy arrays,
+    L2-normalised, shape (n, dim).
+    """
+
+    def __init__(self, spec: ModelSpec, model, preprocess, tokenizer, device: str, precision: str):
+        import torch
+
+        self.spec = spec
+        self.model = model
+        self.preprocess = preprocess
+        self.tokenizer = tokenizer
+        self.device = device
+        self.precision = precision
+        self._dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
+        self._lock = threading.Lock()
+        self._text_cache: OrderedDict[str, np.ndarray] = OrderedDict()
+        size = model.visual.image_size
+        self.image_size = int(size[0] if isinstance(size, (tuple, list)) else size)
+        self.min_side = self.image_size
+        self.dim = int(model.text_projection.shape[1] if hasattr(model, "text_projection")
+                       and model.text_projection is not None else self._probe_dim())
+        self.logit_scale = float(model.logit_scale.exp().item())
+
+    @property
+    def name(self) -> str:
+        return self.spec.name
+
+    def _probe_dim(self) -> int:
+        return int(self.encode_texts(["a"]).shape[1])
+
+    # ------------------------------------------------------------------ images
+    def prepare(self, image) -> object:
+        """PIL RGB image → model input tensor (3, H, W). Thread-safe; runs in decoder threads."""
+        return self.preprocess(image)
+
+    def embed(self, prepared: Sequence) -> np.ndarray:
+        """Embed prepared image tensors: (n, dim) float32, L2-normalised."""
+        import torch
+
+        if not prepared:
+            return np.zeros((0, self.dim), np.float32)
+        batch = torch.stack(list(prepared)).to(self.device, self._dtype)
+        with self._lock, torch.inference_mode():
+            feats = self.model.encode_image(batch)
+            feats = torch.nn.functional.normalize(feats.float(), dim=-1)
+        return feats.cpu().numpy()
+
+    def encode_images(self, images: Sequence) -> np.ndarray:
+        return self.embed([self.prepare(im) for im in images])
+
+    # ------------------------------------------------------------------ texts
+    def encode_texts(self, texts: Sequence[str]) -> np.ndarray:
+        """Embed texts: (n, dim) float32, L2-normalised. Repeated texts hit an LRU cache."""
+        import torch
+
+        missing = [t for t in dict.fromkeys(texts) if t not in self._text_cache]
+        if missing:
+            tokens = self.tokenizer(missing).to(self.device)
+            with self._lock, torch.inference_mode():
+                feats = self.model.encode_text(tokens)
+                feats = torch.nn.functional.normalize(feats.float(), dim=-1).cpu().numpy()
+            for t, f in zip(missing, feats):
+                self._text_cache[t] = f
+        out = np.stack([self._text_cache[t] for t in texts]) if texts else np.zeros((0, self.dim), np.float32)
+        for t in texts:
+            self._text_cache.move_to_end(t)
+        while len(self._text_cache) > _TEXT_CACHE_SIZE:
+            self._text_cache.popitem(last=False)
+        return out
+
+
+def load_encoder(
+    spec: ModelSpec,
+    device: str | None = None,
+    precision: str = "auto",
+    status: Callable[[str], None] | None = None,
+) -> Encoder:
+    """Create the model of ``spec`` on ``device`` (auto-selected), downloading weights if needed."""
+    import open_clip
+    import torch
+
+    say = status or (lambda _m: None)
+    register_project_models()
+    if spec.arch not in open_clip.list_models():
+        raise ModelError(f"Unknown model architecture '{spec.arch}'. 'clipdesk models' lists the known ones.")
+    device = resolve_device(device)
+    pretrained: str | None
+    if spec.weights:
+        if not os.path.isfile(spec.weights):
+            raise ModelError(f"Checkpoint file not found: {spec.weights}")
+        pretrained = spec.weights
+    elif spec.random_weights:
+        pretrained = None
+    else:
+        if not open_clip.get_pretrained_cfg(spec.arch, spec.pretrained):
+            tags = ", ".join(open_clip.list_pretrained_tags_by_model(spec.arch)) or "none"
+            raise ModelError(f"Unknown pretrained tag '{spec.pretrained}' for {spec.arch} (known: {tags}).")
+        say(f"Fetching weights of {spec.name} (downloaded once, then cached)…")
+        _download(spec)
+        pretrained = spec.pretrained
+    say(f"Loading {spec.name} on {device}…")
+    try:
+        with torch.random.fork_rng(devices=[]), _quiet_random_init_warning():
+            torch.manual_seed(0)  # random-weight models are the same in every process
+            model, _, preprocess = open_clip.create_model_and_transforms(
+                spec.arch, pretrained=pretrained, device=device, weights_only=True)
+    except ModelDownloadError:
+        raise
+    except (RuntimeError, KeyError, ValueError, OSError) as e:
+        what = f"checkpoint {spec.weights}" if spec.weights else spec.name
+        raise ModelError(f"Cannot load {what} as {spec.arch}: {str(e).splitlines()[0][:300]}") from None
+    model.eval()
+    tokenizer = open_clip.get_tokenizer(spec.arch)
+    if precision == "auto":
+        precision = choose_precision(spec, model, device, say)
+    if precision != "fp32":
+        model = model.to({"bf16": torch.bfloat16, "fp16": torch.float16}[precision])
+    return Encoder(spec, model, preprocess, tokenizer, device, precision)
+
+
+@contextmanager
+def _quiet_random_init_warning():
+    """open_clip warns on the root logger when it initialises randomly; for our random-weight
+    models that is the point, and the model name already says so."""
+    class _Filter(logging.Filter):
+        def filter(self, record: logging.LogRecord) -> bool:
+            return "initialized randomly" not in record.getMessage()
+
+    root = logging.getLogger()
+    f = _Filter()
+    root.addFilter(f)
+    try:
+        yield
+    finally:
+        root.removeFilter(f)
+
+
+def _download(spec: ModelSpec) -> str:
+    import open_clip
+
+    cfg = open_clip.get_pretrained_cfg(spec.arch, spec.pretrained)
+    try:
+        return open_clip.download_pretrained(cfg)
+    except Exception as e:  # noqa: BLE001 - hub, HTTP and OS errors all mean "could not fetch"
+        detail = str(e).splitlines()[0][:200] if str(e) else type(e).__name__
+        raise ModelDownloadError(
+            f"Cannot download the weights of {spec.name}: the network is unreachable or the download "
+            f"failed ({detail}). Download the checkpoint on a machine with internet access and pass "
+            f"it with --model {spec.arch} --weights PATH (a .safetensors, .bin or .pt file)."
+        ) from None
+
+
+# ---------------------------------------------------------------------- precision
+def _precision_cache_path() -> Path:
+    from platformdirs import user_cache_dir
+
+    return Path(os.environ.get("CLIPDESK_CACHE_DIR") or user_cache_dir("clipdesk")) / "precision.json"
+
+
+def _machine_key(spec: ModelSpec) -> str:
+    import torch
+
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            cpu = next((ln.split(":", 1)[1].strip() for ln in f if ln.startswith("model name")), cpu)
+    except OSError:
+        pass
+    return f"{spec.arch}|torch {torch.__version__}|{cpu}|threads {torch.get_num_threads()}"
+
+
+def choose_precision(spec: ModelSpec, model, device: str, say: Callable[[str], None] | None = None) -> str:
+    """fp16 on CUDA; fp32 on MPS; on CPUs bf16 only where a measurement shows it faster and the
+    embeddings agree with fp32 (mean cosine ≥ MIN_AGREEMENT). The verdict is cached per machine."""
+    if device.startswith("cuda"):
+        return "fp16"
+    if device != "cpu" or spec.arch in _PROJECT_MODELS:
+        return "fp32"  # the tiny test model gains nothing from bf16
+    path = _precision_cache_path()
+    key = _machine_key(spec)
+    try:
+        cached = json.loads(path.read_text())
+    except (OSError, ValueError):
+        cached = {}
+    if key in cached:
+        return cached[key]["precision"]
+    if say:
+        say("Measuring the fastest precision on this machine (once)…")
+    result = measure_precision(model)
+    cached[key] = result
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(cached, indent=1))
+        os.replace(tmp, path)
+    except OSError:
+        pass
+    return result["precision"]
+
+
+def measure_precision(model, batch: int = 8, repeats: int = 2) -> dict:
+    """Time fp32 and bf16 image encoding on one batch and compare their embeddings."""
+    import copy
+
+    import torch
+
+    size = model.visual.image_size
+    size = size[0] if isinstance(size, (tuple, list)) else size
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(batch, 3, size, size, generator=gen)
+
+    def run(m, dtype) -> tuple[float, torch.Tensor]:
+        with torch.inference_mode():
+            out = m.encode_image(x.to(dtype))  # warm-up
+            best = float("inf")
+            for _ in range(repeats):
+                t = time.perf_counter()
+                out = m.encode_image(x.to(dtype))
+                best = min(best, time.perf_counter() - t)
+        return batch / best, torch.nn.functional.normalize(out.float(), dim=-1)
+
+    fp32_rate, ref = run(model, torch.float32)
+    try:
+        bf16_model = copy.deepcopy(model).to(torch.bfloat16)
+        bf16_rate, out = run(bf16_model, torch.bfloat16)
+        agreement = float((ref * out).sum(-1).mean())
+    except (RuntimeError, TypeError) as e:  # no bf16 kernels on this CPU/torch
+        log.info("bf16 unavailable: %s", e)
+        return {"precision": "fp32", "fp32_img_s": fp32_rate, "bf16_img_s": None, "agreement": None}
+    use_bf16 = bf16_rate > 1.2 * fp32_rate and agreement >= MIN_AGREEMENT
+    return {"precision": "bf16" if use_bf16 else "fp32", "fp32_img_s": round(fp32_rate, 1),
+            "bf16_img_s": round(bf16_rate, 1), "agreement": round(agreement, 5)}
+

@@ -1,0 +1,34 @@
+"""Typed errors for failures a user can cause or fix (bad files, locked or damaged libraries).
+
+The CLI turns each into a one-line message and exit code 1; the GUI shows it in one place.
+"""
+from __future__ import annotations
+
+
+class ClipdeskError(Exception):
+    """Base of every error clipdesk reports to the user as a message rather than a bug."""
+
+
+class UnreadableImageError(ClipdeskError):
+    """An image file that cannot be decoded; ``reason`` is meant for a person."""
+
+    def __init__(self, path: str, reason: str):
+        super().__init__(f"{path}: {reason}")
+        self.path = path
+        self.reason = reason
+
+
+class LibraryLockedError(ClipdeskError):
+    """Another process holds the library's writer lock."""
+
+
+class CatalogCorruptError(ClipdeskError):
+    """The catalog database cannot be read; ``clipdesk repair`` may salvage it."""
+
+
+class SchemaVersionError(ClipdeskError):
+    """The catalog was written by a newer clipdesk and must not be downgraded."""
+
+
+class LibraryNotFoundError(ClipdeskError):
+    """No library exists at the given folder (and creating one was not asked for)."""

@@ -1,0 +1,297 @@
+"""The incremental indexing pipeline: scan, diff against the catalog, decode in parallel, embed, commit.
+
+Written once as plain Python that reports progress through a callback and checks a cancel token
+between batches; the CLI drives it with a tqdm bar, the GUI from a worker thread.
+
+- Unchanged files (same size and modification time) are skipped; changed ones are re-embedded.
+- A file that vanished while a new file with the same content fingerprint appeared is a move:
+  the row (its vector and labels) follows the file.
+- Files that vanished are removed; a root folder that is missing altogether (an unplugged drive)
+  is reported and its images are kept.
+- Decoding runs in a thread pool a few batches ahead of the model (Pillow releases the GIL).
+- Each batch is one catalog transaction, so a kill at any moment loses at most the batch in
+  flight, and the next run resumes where this one stopped.
+"""
+from __future__ import annotations
+
+import os
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import numpy as np
+from PIL import Image
+
+from .catalog import Catalog, Failure, ImageRecord
+from .decode import decode_image, file_hash, read_file
+from .errors import UnreadableImageError
+from .scan import ScannedFile, ScanProblem, scan
+from .vectors import VectorStore
+
+
+class ImageEmbedder(Protocol):
+    """What the pipeline needs of a model (the clipdesk core's encoder provides it)."""
+
+    min_side: int  # decoders may reduce images to no less than this on the shorter side
+
+    def prepare(self, image: Image.Image) -> Any:
+        """Turn one decoded RGB image into model input. Called from decoder threads."""
+
+    def embed(self, prepared: list[Any]) -> np.ndarray:
+        """Embed a batch of prepared inputs: (n, dim) float32, L2-normalised."""
+
+
+class Cancelled(Exception):
+    """Raised inside long jobs when their :class:`CancelToken` is set."""
+
+
+class CancelToken:
+    """A flag a long job checks between batches; set from any thread."""
+
+    def __init__(self) -> None:
+        self._event = threading.Event()
+
+    def cancel(self) -> None:
+        self._event.set()
+
+    @property
+    def cancelled(self) -> bool:
+        return self._event.is_set()
+
+    def check(self) -> None:
+        if self._event.is_set():
+            raise Cancelled()
+
+
+@dataclass(frozen=True)
+class Progress:
+    stage: str  # "scan", "embed" or "done"
+    done: int
+    total: int
+    failed: int = 0
+    rate: float = 0.0  # images per second
+    eta: float | None = None  # seconds left
+    path: str | None = None
+
+
+@dataclass
+class IndexReport:
+    added: int = 0
+    updated: int = 0
+    moved: int = 0
+    removed: int = 0
+    unchanged: int = 0
+    failed: int = 0
+    seconds: float = 0.0
+    cancelled: bool = False
+    failures: list[Failure] = field(default_factory=list)
+    problems: list[ScanProblem] = field(default_factory=list)
+
+    def as_dict(self) -> dict:
+        return {k: getattr(self, k) for k in
+                ("added", "updated", "moved", "removed", "unchanged", "failed", "seconds")}
+
+
+@dataclass(frozen=True)
+class _Decoded:
+    file: ScannedFile
+    prepared: Any = None
+    record: dict | None = None
+    failure: str | None = None
+
+
+def _decode_one(file: ScannedFile, embedder: ImageEmbedder) -> _Decoded:
+    try:
+        data = read_file(file.path)
+        img = decode_image(file.path, embedder.min_side, data=data)
+        prepared = embedder.prepare(img.image)
+    except UnreadableImageError as e:
+        return _Decoded(file, failure=e.reason)
+    except Exception as e:  # noqa: BLE001 - one odd file must not stop a library scan
+        return _Decoded(file, failure=f"unexpected error while decoding ({type(e).__name__}: {e})")
+    taken = img.taken if img.taken is not None else file.mtime_ns / 1e9
+    return _Decoded(file, prepared, dict(hash=img.content_hash, width=img.width, height=img.height, taken=taken))
+
+
+def _under(path: str, roots: Sequence[str]) -> bool:
+    return any(path == r or path.startswith(r.rstrip(os.sep) + os.sep) for r in roots)
+
+
+def index_files(
+    catalog: Catalog,
+    store: VectorStore,
+    embedder: ImageEmbedder,
+    roots: Sequence[str],
+    *,
+    batch_size: int = 32,
+    workers: int | None = None,
+    prefetch_batches: int = 3,
+    progress: Callable[[Progress], None] | None = None,
+    cancel: CancelToken | None = None,
+    checkpoint: Callable[[], None] | None = None,
+    checkpoint_every: float = 60.0,
+) -> IndexReport:
+    """Bring the catalog and ``store`` up to date with the image files under ``roots``.
+
+    ``checkpoint`` is called every ``checkpoint_every`` seconds and at the end, to persist the
+    vector store. Cancelling stops after the batch in flight; everything committed stays.
+    """
+    t0 = time.perf_counter()
+    report = IndexReport()
+    notify = progress or (lambda _p: None)
+    cancel = cancel or CancelToken()
+    roots = [os.path.abspath(os.path.expanduser(r)) for r in roots]
+
+    # 1. Scan. Missing roots keep their images: a drive that is not plugged in is not a deletion.
+    present_roots = []
+    for r in roots:
+        if os.path.exists(r):
+            present_roots.append(r)
+        else:
+            report.problems.append(ScanProblem(r, "folder not found; its photos stay in the library"))
+    scanned: dict[str, ScannedFile] = {}
+    scan_failures: list[Failure] = []
+
+    def on_problem(p: ScanProblem) -> None:
+        report.problems.append(p)
+
+    for f in scan(present_roots, on_problem=on_problem):
+        scanned[f.path] = f
+        if len(scanned) % 1000 == 0:
+            notify(Progress("scan", len(scanned), 0))
+        if cancel.cancelled:
+            break
+    if cancel.cancelled:
+        report.cancelled = True
+        report.seconds = time.perf_counter() - t0
+        return report
+
+    # 2. Diff against the catalog.
+    states = catalog.file_states()
+    todo: list[ScannedFile] = []
+    new: list[ScannedFile] = []
+    for path, f in scanned.items():
+        st = states.get(path)
+        if st is None:
+            new.append(f)
+        elif st.size == f.size and st.mtime_ns == f.mtime_ns:
+            report.unchanged += 1
+        else:
+            todo.append(f)
+    missing = {p: st for p, st in states.items() if p not in scanned and _under(p, present_roots)}
+    # Image files the scan could not stat (broken links, permissions) are failures of those paths.
+    for p in report.problems:
+        if not p.is_file:
+            continue
+        missing.pop(p.path, None)
+        st = states.get(p.path)
+        if st is not None and st.failed:
+            report.unchanged += 1
+        else:
+            scan_failures.append(Failure(p.path, p.reason))
+
+    # 3. Moves: a vanished file whose fingerprint reappears under a new name keeps its row.
+    moves: list[tuple[int, str, int, int]] = []
+    by_size: dict[int, list[tuple[str, Any]]] = {}
+    for p, st in missing.items():
+        if not st.failed and st.hash:
+            by_size.setdefault(st.size, []).append((p, st))
+    if by_size:
+        remaining_new = []
+        for f in new:
+            candidates = by_size.get(f.size)
+            match = None
+            if candidates:
+                try:
+                    h = file_hash(f.path)
+                except OSError:
+                    h = None
+                for i, (old_path, st) in enumerate(candidates):
+                    if st.hash == h:
+                        match = candidates.pop(i)
+                        break
+            if match is None:
+                remaining_new.append(f)
+            else:
+                old_path, st = match
+                moves.append((st.id, f.path, f.size, f.mtime_ns))
+                del missing[old_path]
+        new = remaining_new
+    delete_ids = [st.id for st in missing.values()]
+    if moves or delete_ids or scan_failures:
+        with store.lock:
+            store.generation, _, _ = catalog.write_batch(failures=scan_failures, delete_ids=delete_ids, moves=moves)
+            store.remove(delete_ids)
+    report.moved = len(moves)
+    report.removed = len(delete_ids)
+    report.failed += len(scan_failures)
+    report.failures.extend(scan_failures)
+
+    # 4. Decode ahead in threads, embed and commit batch by batch.
+    new_paths = {f.path for f in new}
+    todo = new + todo
+    total = len(todo)
+    notify(Progress("embed", 0, total))
+    workers = workers or max(1, os.cpu_count() or 1)
+    last_checkpoint = time.perf_counter()
+    t_embed = time.perf_counter()
+    done = 0
+    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="clipdesk-decode") as pool:
+        pending: deque[Future[_Decoded]] = deque()
+        it = iter(todo)
+        window = batch_size * prefetch_batches
+
+        def refill() -> None:
+            while len(pending) < window:
+                f = next(it, None)
+                if f is None:
+                    return
+                pending.append(pool.submit(_decode_one, f, embedder))
+
+        refill()
+        try:
+            while pending:
+                if cancel.cancelled:
+                    report.cancelled = True
+                    break
+                batch: list[_Decoded] = []
+                while pending and len(batch) < batch_size:
+                    batch.append(pending.popleft().result())
+                    refill()
+                ok = [d for d in batch if d.failure is None]
+                bad = [d for d in batch if d.failure is not None]
+                vectors = embedder.embed([d.prepared for d in ok]) if ok else np.zeros((0, store.dim), np.float32)
+                records = [ImageRecord(d.file.path, d.file.size, d.file.mtime_ns, vector=v, **d.record)
+                           for d, v in zip(ok, vectors)]
+                failures = [Failure(d.file.path, d.failure, d.file.size, d.file.mtime_ns) for d in bad]
+                with store.lock:  # the catalog and the index move together
+                    store.generation, ids, replaced = catalog.write_batch(records, failures)
+                    store.remove(replaced)
+                    store.add(np.asarray(ids, dtype=np.int64), vectors)
+                for d in ok:
+                    if d.file.path in new_paths:
+                        report.added += 1
+                    else:
+                        report.updated += 1
+                report.failed += len(bad)
+                report.failures.extend(failures)
+                done += len(batch)
+                elapsed = time.perf_counter() - t_embed
+                rate = done / elapsed if elapsed > 0 else 0.0
+                notify(Progress("embed", done, total, report.failed, rate,
+                                (total - done) / rate if rate > 0 else None, batch[-1].file.path))
+                if checkpoint and time.perf_counter() - last_checkpoint > checkpoint_every:
+                    checkpoint()
+                    last_checkpoint = time.perf_counter()
+        finally:
+            for fut in pending:
+                fut.cancel()
+    if checkpoint:
+        checkpoint()
+    report.seconds = time.perf_counter() - t0
+    notify(Progress("done", done, total, report.failed))
+    return report

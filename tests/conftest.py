@@ -1,0 +1,76 @@
+"""Shared fixtures: temp libraries on the tiny model, synthetic photos, the shared data set."""
+from __future__ import annotations
+
+import os
+import threading
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")  # tests never download
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_DATA = REPO.parent / "shared" / "data"
+
+
+@pytest.fixture(autouse=True)
+def _isolated_dirs(tmp_path_factory, monkeypatch):
+    """Caches and default libraries never leak into the user's home during tests."""
+    monkeypatch.setenv("CLIPDESK_CACHE_DIR", str(tmp_path_factory.getbasetemp() / "cache"))
+    monkeypatch.setenv("CLIPDESK_LIBRARY", str(tmp_path_factory.getbasetemp() / "default-library"))
+
+
+@pytest.fixture
+def shared_data() -> Path:
+    """The real photos in ../shared/data; missing data fails the test loudly (never skips)."""
+    if not (SHARED_DATA / "photos" / "labelled").is_dir():
+        pytest.fail(f"shared data set missing at {SHARED_DATA}: tests marked shared_data need it")
+    return SHARED_DATA
+
+
+def make_photo(path: Path, color=(200, 30, 30), size=(96, 72), pattern: int = 0, fmt: str | None = None) -> Path:
+    """A small synthetic photo: a colour field with a pattern, so images differ in content."""
+    rng = np.random.default_rng(pattern)
+    arr = np.zeros((size[1], size[0], 3), np.uint8)
+    arr[:] = color
+    arr[:: max(2, pattern % 7 + 2)] //= 2
+    arr += rng.integers(0, 20, arr.shape, dtype=np.uint8)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(arr).save(path, fmt)
+    return path
+
+
+@pytest.fixture
+def photos(tmp_path) -> Path:
+    """A folder of 8 distinct small photos in two sub-folders (one with a space)."""
+    root = tmp_path / "photos"
+    colors = [(220, 20, 20), (20, 220, 20), (20, 20, 220), (220, 220, 20),
+              (20, 220, 220), (220, 20, 220), (120, 120, 120), (250, 250, 250)]
+    for i, c in enumerate(colors):
+        make_photo(root / ("trip 2019" if i < 4 else "home") / f"img_{i}.jpg", c, pattern=i)
+    return root
+
+
+@pytest.fixture
+def library(tmp_path):
+    from clipdesk.library import Library
+
+    lib = Library(str(tmp_path / "lib"), model="test-tiny")
+    yield lib
+    lib.close()
+
+
+@pytest.fixture
+def no_thread_leaks():
+    """Fail a test that leaves threads running."""
+    before = set(threading.enumerate())
+    yield
+    for _ in range(100):
+        extra = [t for t in threading.enumerate() if t not in before and t.is_alive()]
+        if not extra:
+            return
+        threading.Event().wait(0.05)
+    pytest.fail(f"threads left running: {[t.name for t in extra]}")

@@ -1,0 +1,32 @@
+"""The layer rules of DESIGN.md, checked on the source: imports point downwards only."""
+import ast
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _imports(folder: str) -> list[tuple[str, str]]:
+    out = []
+    for path in (REPO / folder).rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            if isinstance(node, ast.Import):
+                out += [(str(path.relative_to(REPO)), a.name) for a in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+                out.append((str(path.relative_to(REPO)), node.module))
+    return out
+
+
+def test_indexer_imports_neither_core_nor_qt():
+    bad = [(f, m) for f, m in _imports("indexer")
+           if m.startswith(("PySide6", "clipdesk")) and not m.startswith("clipdesk.indexer")]
+    assert bad == []
+
+
+def test_core_does_not_import_qt():
+    assert [(f, m) for f, m in _imports("clipdesk") if m.startswith("PySide6")] == []
+
+
+def test_rules_are_checked_on_real_files():
+    # The walkers above must actually see imports, or the two tests would pass vacuously.
+    assert any(m == "numpy" for _, m in _imports("indexer"))
+    assert any(m.startswith("clipdesk.indexer") for _, m in _imports("clipdesk"))

@@ -1,0 +1,80 @@
+"""The model factory: the tiny model, the local-checkpoint path and the offline error."""
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from clipdesk.errors import ModelError
+from clipdesk.models import DEFAULT_MODEL, ModelSpec, load_encoder
+
+
+def test_tiny_model_is_deterministic_across_loads():
+    a = load_encoder(ModelSpec.parse("test-tiny"))
+    b = load_encoder(ModelSpec.parse("test-tiny"))
+    img = Image.new("RGB", (80, 60), (10, 200, 30))
+    np.testing.assert_array_equal(a.encode_images([img]), b.encode_images([img]))
+    t = a.encode_texts(["a dog", "a cat"])
+    assert t.shape == (2, 64)
+    np.testing.assert_allclose(np.linalg.norm(t, axis=1), 1.0, rtol=1e-5)
+    assert a.precision == "fp32" and a.device == "cpu"
+
+
+def test_text_cache_returns_identical_vectors():
+    enc = load_encoder(ModelSpec.parse("test-tiny"))
+    first = enc.encode_texts(["snow"])
+    assert "snow" in enc._text_cache
+    np.testing.assert_array_equal(enc.encode_texts(["x", "snow"])[1], first[0])
+
+
+def test_weights_file_is_loaded(tmp_path):
+    import open_clip
+
+    from clipdesk.models import register_project_models
+
+    register_project_models()
+    torch.manual_seed(123)  # different from the seeded random init
+    model = open_clip.create_model("test-tiny")
+    ckpt = tmp_path / "tiny.pt"
+    torch.save({"state_dict": model.state_dict()}, ckpt)
+    enc = load_encoder(ModelSpec.parse("test-tiny", weights=str(ckpt)))
+    tokens = open_clip.get_tokenizer("test-tiny")(["a photo"])
+    with torch.no_grad():
+        expected = torch.nn.functional.normalize(model.encode_text(tokens), dim=-1).numpy()
+    np.testing.assert_allclose(enc.encode_texts(["a photo"]), expected, rtol=1e-4, atol=1e-5)
+    assert enc.name.startswith("test-tiny+file:")
+    random_enc = load_encoder(ModelSpec.parse("test-tiny"))
+    assert not np.allclose(random_enc.encode_texts(["a photo"]), expected, atol=1e-3)
+
+
+def test_bad_checkpoint_is_a_clear_error(tmp_path):
+    bad = tmp_path / "bad.pt"
+    torch.save({"not": torch.zeros(3)}, bad)
+    with pytest.raises(ModelError, match="bad.pt"):
+        load_encoder(ModelSpec.parse("test-tiny", weights=str(bad)))
+    with pytest.raises(ModelError, match="not found"):
+        load_encoder(ModelSpec.parse("test-tiny", weights=str(tmp_path / "missing.pt")))
+
+
+def test_unknown_names_are_clear_errors():
+    with pytest.raises(ModelError, match="Unknown model architecture"):
+        load_encoder(ModelSpec.parse("NoSuchArch/x"))
+    with pytest.raises(ModelError, match="Unknown pretrained tag"):
+        load_encoder(ModelSpec.parse("ViT-B-32-256/no-such-tag"))
+
+
+def test_offline_download_fails_with_a_typed_helpful_error(tmp_path):
+    # A fresh process with an empty HF cache and the hub switched offline: no network is touched.
+    code = (
+        "from clipdesk.models import ModelSpec, load_encoder\n"
+        "from clipdesk.errors import ModelDownloadError\n"
+        f"try:\n    load_encoder(ModelSpec.parse({DEFAULT_MODEL!r}))\n"
+        "except ModelDownloadError as e:\n    print('TYPED', e)\n"
+    )
+    env = {"HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path / "hf"), "PATH": "/usr/bin:/bin",
+           "CLIPDESK_CACHE_DIR": str(tmp_path / "cache")}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
+    assert "TYPED" in out.stdout, out.stderr
+    assert DEFAULT_MODEL in out.stdout and "--weights" in out.stdout and "unreachable" in out.stdout
