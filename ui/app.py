@@ -1,14 +1,63 @@
-"""clipdesk-gui entry point (the full desktop app arrives with the GUI issue)."""
+"""``clipdesk-gui``: the desktop app, and its offscreen self-test."""
 from __future__ import annotations
 
+import argparse
+import os
 import sys
 
 
-def main(argv: list[str] | None = None) -> int:
-    from PySide6.QtWidgets import QApplication, QLabel
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="clipdesk-gui", description="clipdesk desktop app")
+    p.add_argument("--library", metavar="DIR", help="library folder (default: the last one used)")
+    p.add_argument("--model", metavar="NAME", help="model for a new library (e.g. test-tiny)")
+    p.add_argument("--weights", metavar="FILE", help="local checkpoint for --model")
+    p.add_argument("--device", help="cuda, mps or cpu (default: auto)")
+    p.add_argument("--add-folder", metavar="DIR", action="append", default=[],
+                   help="add this folder and index it at start (if not in the library yet)")
+    p.add_argument("--selftest", metavar="OUTDIR",
+                   help="drive a whole session offscreen, save screenshots and selftest.json, exit")
+    return p
 
-    app = QApplication(sys.argv if argv is None else argv)
-    label = QLabel("clipdesk — the desktop app is on its way; use the clipdesk command meanwhile.")
-    label.resize(520, 120)
-    label.show()
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(sys.argv[1:] if argv is None else argv)
+    if args.selftest:
+        os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
+    from PySide6.QtCore import QSettings, QTimer
+    from PySide6.QtWidgets import QApplication, QMessageBox
+
+    app = QApplication.instance() or QApplication([sys.argv[0]])
+    app.setApplicationName("clipdesk")
+    app.setOrganizationName("clipdesk")
+    app.setStyle("Fusion")
+
+    if args.selftest:
+        from .selftest import run_selftest
+
+        return run_selftest(app, args.selftest, model=args.model or "test-tiny", library=args.library)
+
+    from clipdesk.errors import ClipdeskError
+    from clipdesk.library import Library, default_library_folder
+
+    from .main_window import MainWindow
+
+    settings = QSettings()
+    folder = args.library or settings.value("library") or default_library_folder()
+    model = args.model or settings.value("model") or None
+    weights = args.weights or settings.value("weights") or None
+    device = args.device or (settings.value("device") if settings.value("device") != "auto" else None)
+    try:
+        lib = Library(folder, model=model, weights=weights, device=device)
+    except ClipdeskError as e:
+        QMessageBox.critical(None, "clipdesk", str(e))
+        return 1
+    win = MainWindow(lib, settings)
+    win.show()
+    new = [f for f in args.add_folder if os.path.abspath(f) not in lib.catalog.folders()]
+    if new:
+        QTimer.singleShot(0, lambda: win.start_indexing([os.path.abspath(f) for f in new]))
     return app.exec()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,225 @@
+"""Qt item models (thin adapters over plain Python lists) and the asynchronous thumbnail cache.
+
+``ResultsModel`` backs the virtualised thumbnail grid: it holds a plain list of results and asks
+``Thumbnails`` for images on demand; thumbnails are decoded off the GUI thread (Pillow draft
+mode), cached on disk inside the library folder, and the grid shows a placeholder until they land.
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+from collections import OrderedDict
+from dataclasses import dataclass
+from datetime import datetime
+
+from PySide6.QtCore import (QAbstractListModel, QMimeData, QModelIndex, QObject, QRunnable, QSize, Qt,
+                            QThreadPool, QUrl, Signal)
+from PySide6.QtGui import QColor, QImage, QPainter, QPixmap
+
+MIME_IDS = "application/x-clipdesk-image-paths"
+
+
+@dataclass(frozen=True)
+class Item:
+    path: str
+    score: float | None = None  # similarity, or a probability for classified/predicted items
+    label: str | None = None
+    taken: float | None = None
+
+
+# ---------------------------------------------------------------------- thumbnails
+class _ThumbSignals(QObject):
+    ready = Signal(str, QImage)
+
+
+class _ThumbTask(QRunnable):
+    def __init__(self, path: str, size: int, cache_dir: str | None, signals: _ThumbSignals):
+        super().__init__()
+        self.path, self.size, self.cache_dir, self.signals = path, size, cache_dir, signals
+
+    def run(self) -> None:
+        from PIL import Image
+
+        from clipdesk.indexer.decode import decode_image
+        from clipdesk.indexer.errors import UnreadableImageError
+
+        cached = None
+        if self.cache_dir:
+            try:
+                st = os.stat(self.path)
+                key = hashlib.sha1(f"{self.path}|{st.st_size}|{st.st_mtime_ns}|{self.size}".encode(
+                    "utf-8", "surrogateescape")).hexdigest()
+                cached = os.path.join(self.cache_dir, key[:2], key + ".jpg")
+            except OSError:
+                cached = None
+        img = QImage()
+        if cached and os.path.exists(cached):
+            img = QImage(cached)
+        if img.isNull():
+            try:
+                pil = decode_image(self.path, self.size).image
+                pil.thumbnail((self.size, self.size), Image.Resampling.BILINEAR)
+                if cached:
+                    os.makedirs(os.path.dirname(cached), exist_ok=True)
+                    tmp = cached + ".tmp"
+                    pil.save(tmp, "JPEG", quality=85)
+                    os.replace(tmp, cached)
+                data = pil.tobytes()
+                img = QImage(data, pil.width, pil.height, 3 * pil.width, QImage.Format.Format_RGB888).copy()
+            except (UnreadableImageError, OSError):
+                img = QImage()
+        self.signals.ready.emit(self.path, img)
+
+
+class Thumbnails(QObject):
+    """Asynchronous, disk-cached thumbnails; ``ready(path)`` fires when one arrives."""
+
+    ready = Signal(str)
+
+    def __init__(self, cache_dir: str | None, size: int = 160, parent: QObject | None = None):
+        super().__init__(parent)
+        self.cache_dir = cache_dir
+        self.size = size
+        self.pool = QThreadPool(self)
+        self.pool.setMaxThreadCount(max(1, min(4, (os.cpu_count() or 2))))
+        self.pool.setExpiryTimeout(2000)
+        self._signals = _ThumbSignals()
+        self._signals.ready.connect(self._arrived, Qt.ConnectionType.QueuedConnection)
+        self._pixmaps: OrderedDict[str, QPixmap] = OrderedDict()
+        self._pending: set[str] = set()
+        self.placeholder = self._make_placeholder()
+
+    def _make_placeholder(self) -> QPixmap:
+        pm = QPixmap(self.size, self.size)
+        pm.fill(QColor("#e8eaed"))
+        return pm
+
+    def set_cache_dir(self, cache_dir: str | None) -> None:
+        self.cache_dir = cache_dir
+        self._pixmaps.clear()
+
+    def get(self, path: str) -> QPixmap | None:
+        pm = self._pixmaps.get(path)
+        if pm is not None:
+            self._pixmaps.move_to_end(path)
+            return pm
+        if path not in self._pending:
+            self._pending.add(path)
+            self.pool.start(_ThumbTask(path, self.size, self.cache_dir, self._signals))
+        return None
+
+    def _arrived(self, path: str, img: QImage) -> None:
+        self._pending.discard(path)
+        pm = QPixmap.fromImage(img) if not img.isNull() else self._broken()
+        self._pixmaps[path] = pm
+        while len(self._pixmaps) > 3000:
+            self._pixmaps.popitem(last=False)
+        self.ready.emit(path)
+
+    def _broken(self) -> QPixmap:
+        pm = self._make_placeholder()
+        p = QPainter(pm)
+        p.setPen(QColor("#9aa0a6"))
+        p.drawText(pm.rect(), Qt.AlignmentFlag.AlignCenter, "cannot\nread")
+        p.end()
+        return pm
+
+    def wait(self, ms: int = 10000) -> bool:
+        return self.pool.waitForDone(ms)
+
+
+# ---------------------------------------------------------------------- results
+class ResultsModel(QAbstractListModel):
+    """A list of images for the grid; drag sources carry file URLs (for other apps) and paths."""
+
+    PathRole = Qt.ItemDataRole.UserRole + 1
+    ScoreRole = Qt.ItemDataRole.UserRole + 2
+    LabelRole = Qt.ItemDataRole.UserRole + 3
+
+    def __init__(self, thumbnails: Thumbnails | None = None, parent: QObject | None = None):
+        super().__init__(parent)
+        self._items: list[Item] = []
+        self._rows: dict[str, list[int]] = {}
+        self.thumbnails = thumbnails
+        if thumbnails is not None:
+            thumbnails.ready.connect(self._thumbnail_ready)
+
+    # plain-Python side
+    def set_items(self, items: list[Item]) -> None:
+        self.beginResetModel()
+        self._items = list(items)
+        self._rows = {}
+        for i, it in enumerate(self._items):
+            self._rows.setdefault(it.path, []).append(i)
+        self.endResetModel()
+
+    def items(self) -> list[Item]:
+        return list(self._items)
+
+    def item(self, row: int) -> Item:
+        return self._items[row]
+
+    # Qt side
+    def rowCount(self, parent: QModelIndex = QModelIndex()) -> int:  # noqa: B008 - Qt signature
+        return 0 if parent.isValid() else len(self._items)
+
+    def data(self, index: QModelIndex, role: int = Qt.ItemDataRole.DisplayRole):
+        if not index.isValid() or not 0 <= index.row() < len(self._items):
+            return None
+        it = self._items[index.row()]
+        if role == Qt.ItemDataRole.DisplayRole:
+            return None
+        if role == Qt.ItemDataRole.DecorationRole:
+            if self.thumbnails is None:
+                return None
+            return self.thumbnails.get(it.path) or self.thumbnails.placeholder
+        if role == Qt.ItemDataRole.ToolTipRole:
+            lines = [os.path.basename(it.path)]
+            if it.label is not None:
+                lines.append(f"{it.label}: {it.score:.0%}" if it.score is not None else it.label)
+            elif it.score is not None:
+                lines.append(f"score {it.score:.3f}")
+            if it.taken:
+                lines.append(datetime.fromtimestamp(it.taken).strftime("%Y-%m-%d %H:%M"))
+            return "\n".join(lines)
+        if role == self.PathRole:
+            return it.path
+        if role == self.ScoreRole:
+            return it.score
+        if role == self.LabelRole:
+            return it.label
+        return None
+
+    def flags(self, index: QModelIndex) -> Qt.ItemFlag:
+        base = super().flags(index)
+        return base | Qt.ItemFlag.ItemIsDragEnabled if index.isValid() else base
+
+    def mimeTypes(self) -> list[str]:
+        return ["text/uri-list", MIME_IDS]
+
+    def mimeData(self, indexes) -> QMimeData:
+        paths = list(dict.fromkeys(self._items[i.row()].path for i in indexes if i.isValid()))
+        mime = QMimeData()
+        mime.setUrls([QUrl.fromLocalFile(p) for p in paths])
+        mime.setData(MIME_IDS, "\n".join(paths).encode("utf-8", "surrogateescape"))
+        return mime
+
+    def supportedDragActions(self) -> Qt.DropAction:
+        return Qt.DropAction.CopyAction
+
+    def _thumbnail_ready(self, path: str) -> None:
+        for row in self._rows.get(path, ()):
+            idx = self.index(row)
+            self.dataChanged.emit(idx, idx, [Qt.ItemDataRole.DecorationRole])
+
+
+def paths_from_mime(mime: QMimeData) -> list[str]:
+    """Image paths dragged from our grid or from the system file manager."""
+    if mime.hasFormat(MIME_IDS):
+        raw = bytes(mime.data(MIME_IDS)).decode("utf-8", "surrogateescape")
+        return [p for p in raw.split("\n") if p]
+    return [u.toLocalFile() for u in mime.urls() if u.isLocalFile()]
+
+
+def grid_size(thumb: int) -> QSize:
+    return QSize(thumb + 16, thumb + 16)

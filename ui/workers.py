@@ -1,0 +1,115 @@
+"""Run core jobs off the GUI thread: progress, result or error come back as queued signals.
+
+A job is any core function that accepts ``progress=`` and ``cancel=`` keywords (the core's long
+jobs all do). The worker is a ``QRunnable`` whose signals live on a separate ``QObject`` created
+on the GUI thread, so every signal is delivered on the GUI thread and widgets are touched only
+there. Cancelling sets the job's token; the job stops at its next batch boundary.
+"""
+from __future__ import annotations
+
+import inspect
+import logging
+import traceback
+from collections.abc import Callable
+
+from PySide6.QtCore import QObject, QRunnable, Qt, QThreadPool, Signal
+
+from clipdesk.errors import ClipdeskError
+from clipdesk.indexer.pipeline import CancelToken, Cancelled
+
+log = logging.getLogger(__name__)
+
+
+class WorkerSignals(QObject):
+    progress = Signal(object)
+    result = Signal(object)
+    error = Signal(str, str)  # message, error class name ("bug" for unexpected exceptions)
+    cancelled = Signal()
+    finished = Signal()
+
+
+class Worker(QRunnable):
+    def __init__(self, fn: Callable, *args, name: str = "", **kwargs):
+        super().__init__()
+        self.setAutoDelete(False)  # the Jobs registry owns it until finished
+        self.fn, self.args, self.kwargs = fn, args, kwargs
+        self.name = name or getattr(fn, "__name__", "job")
+        self.token = CancelToken()
+        self.signals = WorkerSignals()
+        try:
+            params = inspect.signature(fn).parameters
+        except (TypeError, ValueError):
+            params = {}
+        if "progress" in params:
+            self.kwargs.setdefault("progress", self.signals.progress.emit)
+        if "cancel" in params:
+            self.kwargs.setdefault("cancel", self.token)
+
+    def cancel(self) -> None:
+        self.token.cancel()
+
+    def run(self) -> None:
+        try:
+            value = self.fn(*self.args, **self.kwargs)
+            if self.token.cancelled:
+                self.signals.cancelled.emit()
+            else:
+                self.signals.result.emit(value)
+        except Cancelled:
+            self.signals.cancelled.emit()
+        except ClipdeskError as e:
+            self.signals.error.emit(str(e), type(e).__name__)
+        except Exception as e:  # noqa: BLE001 - shown to the user as a bug, with its trace logged
+            log.error("%s failed:\n%s", self.name, traceback.format_exc())
+            self.signals.error.emit(f"Unexpected error in {self.name}: {type(e).__name__}: {e}", "bug")
+        finally:
+            self.signals.finished.emit()
+
+
+class Jobs(QObject):
+    """Starts workers and keeps them alive until they finish; cancels and waits on shutdown."""
+
+    busy_changed = Signal(bool)
+
+    def __init__(self, parent: QObject | None = None, max_threads: int = 4):
+        super().__init__(parent)
+        self.pool = QThreadPool(self)
+        self.pool.setMaxThreadCount(max_threads)
+        self.pool.setExpiryTimeout(2000)
+        self._active: set[Worker] = set()
+
+    def start(self, fn: Callable, *args, on_result: Callable | None = None,
+              on_error: Callable[[str, str], None] | None = None, on_progress: Callable | None = None,
+              on_finished: Callable | None = None, on_cancelled: Callable | None = None,
+              name: str = "", **kwargs) -> Worker:
+        w = Worker(fn, *args, name=name, **kwargs)
+        q = Qt.ConnectionType.QueuedConnection
+        for signal, slot in ((w.signals.result, on_result), (w.signals.error, on_error),
+                             (w.signals.progress, on_progress), (w.signals.cancelled, on_cancelled)):
+            if slot is not None:
+                signal.connect(slot, q)
+        w.signals.finished.connect(lambda w=w: self._done(w, on_finished), q)
+        self._active.add(w)
+        self.busy_changed.emit(True)
+        self.pool.start(w)
+        return w
+
+    def _done(self, w: Worker, on_finished: Callable | None) -> None:
+        self._active.discard(w)
+        if on_finished is not None:
+            on_finished()
+        if not self._active:
+            self.busy_changed.emit(False)
+
+    @property
+    def active(self) -> list[Worker]:
+        return list(self._active)
+
+    def cancel_all(self) -> None:
+        for w in list(self._active):
+            w.cancel()
+
+    def shutdown(self, timeout_ms: int = 30000) -> bool:
+        """Cancel everything and wait for the threads to finish (on close)."""
+        self.cancel_all()
+        return self.pool.waitForDone(timeout_ms)
