@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import sys
 import threading
 from pathlib import Path
 
@@ -65,12 +66,24 @@ def library(tmp_path):
 
 @pytest.fixture
 def no_thread_leaks():
-    """Fail a test that leaves threads running."""
-    before = set(threading.enumerate())
+    """Fail a test that leaves threads running: Python threads, and Qt pool threads still busy.
+
+    Threads that Qt started and that merely ran Python code show up as ``_DummyThread`` entries
+    forever, so they are judged through Qt (``activeThreadCount``) instead.
+    """
+    def python_threads():
+        return {t for t in threading.enumerate() if not isinstance(t, threading._DummyThread) and t.is_alive()}
+
+    before = python_threads()
     yield
     for _ in range(100):
-        extra = [t for t in threading.enumerate() if t not in before and t.is_alive()]
-        if not extra:
+        extra = python_threads() - before
+        busy = 0
+        if "PySide6.QtCore" in sys.modules:
+            from PySide6.QtCore import QThreadPool
+
+            busy = QThreadPool.globalInstance().activeThreadCount()
+        if not extra and not busy:
             return
         threading.Event().wait(0.05)
-    pytest.fail(f"threads left running: {[t.name for t in extra]}")
+    pytest.fail(f"threads left running: {[t.name for t in extra]}, busy Qt pool threads: {busy}")
