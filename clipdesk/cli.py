@@ -114,6 +114,7 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("path")
 
     cmd("status", "what the library holds")
+    cmd("repair", "check the catalog and salvage what can be read from a damaged one (photos untouched)")
     cmd("models", "list known model names")
 
     sp = cmd("eval", "measure zero-shot, few-shot and retrieval quality")
@@ -182,6 +183,17 @@ def run(args: argparse.Namespace) -> int:
         from clipdesk import evaluation
 
         return evaluation.run_cli(args, _open, _emit)
+
+    if c == "repair":
+        from clipdesk.library import repair_library
+
+        res = repair_library(getattr(args, "library", None))
+        lines = [f"{res['catalog']}: {res['status']}"]
+        if res["status"] == "repaired":
+            lines += [f"recovered rows: {res['recovered']}", f"damaged copy kept at {res['damaged_copy']}",
+                      "run 'clipdesk index' to re-embed anything that was lost"]
+        _emit(args, res, lines)
+        return 0
 
     lib = _open(args)
     try:

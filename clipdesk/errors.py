@@ -8,6 +8,7 @@ from __future__ import annotations
 from clipdesk.indexer.errors import (  # noqa: F401 - re-exported for callers of the core
     CatalogCorruptError,
     ClipdeskError,
+    DiskFullError,
     LibraryLockedError,
     LibraryNotFoundError,
     SchemaVersionError,

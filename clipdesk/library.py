@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import os
 import re
-import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
@@ -27,6 +26,7 @@ from clipdesk.errors import ClipdeskError, ModelMismatchError, ProbeError, Query
 from clipdesk.indexer.catalog import Catalog, ImageInfo
 from clipdesk.indexer.decode import decode_image
 from clipdesk.indexer.errors import UnreadableImageError
+from clipdesk.indexer.files import atomic_write
 from clipdesk.indexer.lock import LibraryLock
 from clipdesk.indexer.pipeline import CancelToken, IndexReport, Progress, index_files
 from clipdesk.indexer.vectors import EXACT_LIMIT, VectorFileError, VectorStore, catch_up
@@ -104,7 +104,7 @@ class Library:
 
     def __init__(self, folder: str | None = None, model: str | None = None, weights: str | None = None,
                  device: str | None = None, precision: str = "auto", create: bool = True,
-                 status: Callable[[str], None] | None = None):
+                 status: Callable[[str], None] | None = None, model_process: bool = False):
         self.folder = os.path.abspath(os.path.expanduser(folder or default_library_folder()))
         if not os.path.isdir(self.folder):
             if not create:
@@ -116,6 +116,8 @@ class Library:
         self.lock = LibraryLock(self.folder)
         self.device = device
         self.precision = precision
+        # The desktop app runs the model in a child process (see model_host.py); the CLI in-process.
+        self.model_process = model_process
         self._status = status or (lambda _m: None)
         self._encoder: Encoder | None = None
         self._store: VectorStore | None = None
@@ -134,6 +136,8 @@ class Library:
     def close(self) -> None:
         self.lock.release()
         self.catalog.close()
+        if self._encoder is not None and hasattr(self._encoder, "close"):
+            self._encoder.close()
 
     def __enter__(self) -> Library:
         return self
@@ -166,7 +170,12 @@ class Library:
         """The model, loaded on first use (seconds for a real model; downloads once)."""
         with self._guard:
             if self._encoder is None:
-                self._encoder = load_encoder(self.spec, self.device, self.precision, self._status)
+                if self.model_process:
+                    from clipdesk.model_host import RemoteEncoder
+
+                    self._encoder = RemoteEncoder(self.spec, self.device, self.precision, self._status)
+                else:
+                    self._encoder = load_encoder(self.spec, self.device, self.precision, self._status)
             return self._encoder
 
     @property
@@ -247,8 +256,8 @@ class Library:
                 if os.path.isdir(r):
                     self.catalog.add_folder(r)
             roots = roots or self.catalog.folders()
-            encoder = self.encoder
             if not self.catalog.get_meta("model") or self.catalog.vector_count() == 0:
+                encoder = self.encoder
                 self.catalog.set_meta("model", encoder.name)
                 self.catalog.set_meta("dim", str(encoder.dim))
                 if self.spec.weights:
@@ -257,11 +266,13 @@ class Library:
                     if self._store is not None and self._store.dim != encoder.dim:
                         self._store = None
             store = self.vectors
-            if store.dim != encoder.dim:
+            if store.dim != self.dim:
                 with self._guard:
-                    self._store = VectorStore(encoder.dim)
+                    self._store = VectorStore(self.dim)
                 store = self.vectors
-            report = index_files(self.catalog, store, encoder, roots, batch_size=batch_size,
+            # The model loads only once there is something to embed: a rescan of an unchanged
+            # library costs a directory walk, not a model load.
+            report = index_files(self.catalog, store, _LazyEmbedder(self), roots, batch_size=batch_size,
                                  workers=workers, progress=progress, cancel=cancel,
                                  checkpoint=self._save_store)
             self._resize_store_if_needed()
@@ -493,14 +504,7 @@ class Library:
         path.parent.mkdir(parents=True, exist_ok=True)
         probe.meta.update(cv_accuracy=fit.cv_accuracy, zeroshot_accuracy=fit.zeroshot_accuracy,
                           examples=fit.examples)
-        fd, tmp = tempfile.mkstemp(prefix=".probe-", suffix=".npz", dir=path.parent)
-        try:
-            with os.fdopen(fd, "wb") as f:
-                np.savez(f, **probe.to_arrays())
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        atomic_write(str(path), lambda f: np.savez(f, **probe.to_arrays()))
 
     def load_probe(self, name: str) -> Probe:
         path = self._probe_path(name)
@@ -589,6 +593,53 @@ class Library:
             "labels": {k: len(v) for k, v in self.catalog.labels().items()},
             "failures": [{"path": p, "reason": r} for p, r in self.catalog.failures()],
         }
+
+
+class _LazyEmbedder:
+    """The library's encoder, loaded on first use (thread-safe through ``Library.encoder``)."""
+
+    def __init__(self, lib: Library):
+        self._lib = lib
+
+    @property
+    def min_side(self) -> int:
+        return self._lib.encoder.min_side
+
+    def prepare(self, image):
+        return self._lib.encoder.prepare(image)
+
+    def embed(self, prepared):
+        return self._lib.encoder.embed(prepared)
+
+
+def repair_library(folder: str | None = None) -> dict:
+    """Check a library's catalog and, if it is damaged, salvage every readable row into a fresh one.
+
+    The damaged file is kept beside it (``catalog.sqlite.damaged-TIMESTAMP``); the vector index is
+    rebuilt from the salvaged catalog on next open. Photos are never touched.
+    """
+    from clipdesk.errors import LibraryNotFoundError
+    from clipdesk.indexer.catalog import integrity_problems, salvage
+
+    folder = os.path.abspath(os.path.expanduser(folder or default_library_folder()))
+    path = os.path.join(folder, Catalog.FILENAME)
+    if not os.path.exists(path):
+        raise LibraryNotFoundError(f"No catalog at {path}.")
+    with LibraryLock(folder):
+        problems = integrity_problems(path)
+        if not problems:
+            return {"catalog": path, "status": "ok", "problems": []}
+        damaged = f"{path}.damaged-{time.strftime('%Y%m%d-%H%M%S')}"
+        for suffix in ("", "-wal", "-shm"):  # keep the WAL with its database, it may hold rows
+            if os.path.exists(path + suffix):
+                os.replace(path + suffix, damaged + suffix)
+        recovered = salvage(damaged, folder)
+        try:
+            os.unlink(os.path.join(folder, Library.VECTORS))
+        except FileNotFoundError:
+            pass
+        return {"catalog": path, "status": "repaired", "problems": problems[:10],
+                "damaged_copy": damaged, "recovered": recovered}
 
 
 def _stable_seed(text: str) -> int:

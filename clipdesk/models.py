@@ -44,6 +44,52 @@ MIN_AGREEMENT = 0.99
 
 
 @dataclass(frozen=True)
+class Preprocessing:
+    """open_clip's evaluation transform, as data: resize, centre-crop, scale to [0, 1], normalise."""
+
+    size: int
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+    interpolation: str = "bicubic"
+    resize_mode: str = "shortest"
+
+    @classmethod
+    def of(cls, model) -> Preprocessing:
+        cfg = model.visual.preprocess_cfg
+        size = cfg.get("size", model.visual.image_size)
+        size = size[0] if isinstance(size, (tuple, list)) else size
+        return cls(int(size), tuple(cfg["mean"]), tuple(cfg["std"]), cfg.get("interpolation", "bicubic"),
+                   cfg.get("resize_mode", "shortest"))
+
+    def __call__(self, image) -> np.ndarray:
+        """PIL RGB image → (3, size, size) float32, as torchvision's Resize/CenterCrop/ToTensor/Normalize
+        compute it (same output sizes, crop offsets and resampling), without importing torch."""
+        from PIL import Image
+
+        resample = {"bicubic": Image.Resampling.BICUBIC, "bilinear": Image.Resampling.BILINEAR}.get(
+            self.interpolation, Image.Resampling.BICUBIC)
+        if image.mode != "RGB":
+            image = image.convert("RGB")
+        w, h = image.size
+        s = self.size
+        if self.resize_mode == "squash":
+            image = image.resize((s, s), resample)
+        elif self.resize_mode == "shortest":
+            short, long = (w, h) if w <= h else (h, w)
+            new_short, new_long = s, int(s * long / short)
+            new_w, new_h = (new_short, new_long) if w <= h else (new_long, new_short)
+            if (new_w, new_h) != (w, h):
+                image = image.resize((new_w, new_h), resample)
+            top, left = int(round((new_h - s) / 2.0)), int(round((new_w - s) / 2.0))
+            image = image.crop((left, top, left + s, top + s))
+        else:
+            raise ModelError(f"Resize mode '{self.resize_mode}' of this model is not supported yet.")
+        arr = np.asarray(image, dtype=np.float32) * (1.0 / 255.0)
+        arr = (arr - np.asarray(self.mean, np.float32)) / np.asarray(self.std, np.float32)
+        return np.ascontiguousarray(arr.transpose(2, 0, 1))
+
+
+@dataclass(frozen=True)
 class ModelSpec:
     """Which model: architecture, pretrained tag and/or a local checkpoint file."""
 
@@ -121,12 +167,12 @@ class Encoder:
     L2-normalised, shape (n, dim).
     """
 
-    def __init__(self, spec: ModelSpec, model, preprocess, tokenizer, device: str, precision: str):
+    def __init__(self, spec: ModelSpec, model, tokenizer, device: str, precision: str):
         import torch
 
         self.spec = spec
         self.model = model
-        self.preprocess = preprocess
+        self.preprocess = Preprocessing.of(model)
         self.tokenizer = tokenizer
         self.device = device
         self.precision = precision
@@ -148,17 +194,17 @@ class Encoder:
         return int(self.encode_texts(["a"]).shape[1])
 
     # ------------------------------------------------------------------ images
-    def prepare(self, image) -> object:
-        """PIL RGB image → model input tensor (3, H, W). Thread-safe; runs in decoder threads."""
+    def prepare(self, image) -> np.ndarray:
+        """PIL RGB image → model input (3, H, W) float32. Thread-safe; runs in decoder threads."""
         return self.preprocess(image)
 
     def embed(self, prepared: Sequence) -> np.ndarray:
-        """Embed prepared image tensors: (n, dim) float32, L2-normalised."""
+        """Embed prepared images: (n, dim) float32, L2-normalised."""
         import torch
 
-        if not prepared:
+        if not len(prepared):
             return np.zeros((0, self.dim), np.float32)
-        batch = torch.stack(list(prepared)).to(self.device, self._dtype)
+        batch = torch.from_numpy(np.stack(list(prepared))).to(self.device, self._dtype)
         with self._lock, torch.inference_mode():
             feats = self.model.encode_image(batch)
             feats = torch.nn.functional.normalize(feats.float(), dim=-1)
@@ -221,8 +267,7 @@ def load_encoder(
     try:
         with torch.random.fork_rng(devices=[]), _quiet_random_init_warning():
             torch.manual_seed(0)  # random-weight models are the same in every process
-            model, _, preprocess = open_clip.create_model_and_transforms(
-                spec.arch, pretrained=pretrained, device=device, weights_only=True)
+            model = open_clip.create_model(spec.arch, pretrained=pretrained, device=device, weights_only=True)
     except ModelDownloadError:
         raise
     except (RuntimeError, KeyError, ValueError, OSError) as e:
@@ -234,7 +279,7 @@ def load_encoder(
         precision = choose_precision(spec, model, device, say)
     if precision != "fp32":
         model = model.to({"bf16": torch.bfloat16, "fp16": torch.float16}[precision])
-    return Encoder(spec, model, preprocess, tokenizer, device, precision)
+    return Encoder(spec, model, tokenizer, device, precision)
 
 
 @contextmanager

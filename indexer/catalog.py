@@ -23,7 +23,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .errors import CatalogCorruptError, ClipdeskError, SchemaVersionError
+from .errors import CatalogCorruptError, ClipdeskError, DiskFullError, SchemaVersionError
 
 SCHEMA_VERSION = 1
 
@@ -186,9 +186,13 @@ class Catalog:
                 yield conn
                 if own and conn.in_transaction:
                     conn.execute("COMMIT")
-            except BaseException:
+            except BaseException as e:
                 if own and conn.in_transaction:
                     conn.execute("ROLLBACK")
+                if _is_disk_full(e):
+                    raise DiskFullError(
+                        f"The disk holding the library is full (writing {self.path}). Everything "
+                        "indexed before is kept; free some space and run the indexing again.") from None
                 raise
 
     def _query(self, sql: str, params: Sequence = ()) -> list[tuple]:
@@ -427,6 +431,91 @@ class Catalog:
                 " WHERE i.vector IS NOT NULL ORDER BY m.label, m.image_id"):
             out[name].append(image_id)
         return out
+
+
+def _is_disk_full(e: BaseException) -> bool:
+    if isinstance(e, sqlite3.OperationalError) and ("disk is full" in str(e) or "database or disk is full" in str(e)):
+        return True
+    return isinstance(e, OSError) and e.errno == 28  # ENOSPC
+
+
+def integrity_problems(path: str) -> list[str]:
+    """``PRAGMA integrity_check`` of a catalog file: an empty list when it is sound."""
+    try:
+        conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+        try:
+            rows = [r[0] for r in conn.execute("PRAGMA integrity_check").fetchall()]
+        finally:
+            conn.close()
+    except sqlite3.DatabaseError as e:
+        return [str(e)]
+    return [] if rows == ["ok"] else rows
+
+
+def salvage(damaged: str, target_folder: str) -> dict[str, int]:
+    """Copy every readable row of a damaged catalog into a fresh one at ``target_folder``.
+
+    Rows are read one table at a time and, where a table cannot be scanned as a whole, by rowid
+    ranges, so one bad page loses only the rows on it. Returns rows recovered per table.
+    """
+    fresh = Catalog.open(target_folder)
+    recovered = {}
+    try:
+        src = sqlite3.connect(f"file:{damaged}?mode=ro", uri=True)
+        src.execute("SELECT name FROM sqlite_master").fetchall()
+    except sqlite3.DatabaseError:
+        fresh.close()
+        return {}  # not a database at all: a fresh, empty catalog
+    tables = {"meta": "key, value", "folders": "path, added",
+              "images": "id, path, size, mtime_ns, hash, width, height, taken, error, vector, vgen",
+              "labels": "name, created", "label_members": "label, image_id"}
+    try:
+        for table, cols in tables.items():
+            rows = _readable_rows(src, table, cols)
+            with fresh.transaction() as c:
+                if table == "meta":
+                    c.execute("DELETE FROM meta")
+                marks = ",".join("?" * len(cols.split(",")))
+                for row in rows:
+                    try:
+                        c.execute(f"INSERT OR IGNORE INTO {table}({cols}) VALUES ({marks})", row)
+                    except sqlite3.DatabaseError:
+                        continue
+                if table == "meta" and not c.execute("SELECT 1 FROM meta WHERE key='generation'").fetchone():
+                    c.execute("INSERT INTO meta(key, value) VALUES ('generation', '1')")
+            recovered[table] = len(rows)
+        with fresh.transaction() as c:  # every vector is new to whatever index existed before
+            gen = fresh._bump_generation(c)
+            c.execute("UPDATE images SET vgen=?", (gen,))
+            c.execute("DELETE FROM label_members WHERE image_id NOT IN (SELECT id FROM images)"
+                      " OR label NOT IN (SELECT name FROM labels)")
+    finally:
+        src.close()
+        fresh.close()
+    return recovered
+
+
+def _readable_rows(src: sqlite3.Connection, table: str, cols: str) -> list[tuple]:
+    try:
+        return src.execute(f"SELECT {cols} FROM {table}").fetchall()
+    except sqlite3.DatabaseError:
+        pass
+    rows: list[tuple] = []
+    try:
+        hi = src.execute(f"SELECT max(rowid) FROM {table}").fetchone()[0] or 0
+    except sqlite3.DatabaseError:
+        return rows  # not even the table's extent is readable: nothing to salvage from it
+    step = 256
+    for lo in range(0, hi + 1, step):
+        try:
+            rows += src.execute(f"SELECT {cols} FROM {table} WHERE rowid >= ? AND rowid < ?", (lo, lo + step)).fetchall()
+        except sqlite3.DatabaseError:
+            for r in range(lo, lo + step):
+                try:
+                    rows += src.execute(f"SELECT {cols} FROM {table} WHERE rowid = ?", (r,)).fetchall()
+                except sqlite3.DatabaseError:
+                    continue
+    return rows
 
 
 def _chunks(seq: list, n: int) -> Iterator[list]:

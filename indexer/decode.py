@@ -152,9 +152,9 @@ def decode_image(path: str, min_side: int = 224, data: bytes | None = None) -> D
             img.load()
     except UnreadableImageError:
         raise
-    except Image.DecompressionBombError:
+    except Image.DecompressionBombError as e:
         raise UnreadableImageError(
-            path, "the image declares too many pixels (possible decompression bomb)"
+            path, f"the image declares too many pixels, over the safety limit (possible decompression bomb: {e})"
         ) from None
     except UnidentifiedImageError:
         raise UnreadableImageError(path, _describe_unknown(data)) from None

@@ -32,3 +32,7 @@ class SchemaVersionError(ClipdeskError):
 
 class LibraryNotFoundError(ClipdeskError):
     """No library exists at the given folder (and creating one was not asked for)."""
+
+
+class DiskFullError(ClipdeskError):
+    """The disk holding the library filled up; what was committed before is intact."""

@@ -76,8 +76,9 @@ def _walk(top, top_stat, exts, seen_dirs, report) -> Iterator[ScannedFile]:
             try:
                 is_dir = entry.is_dir(follow_symlinks=True)
                 is_file = not is_dir and entry.is_file(follow_symlinks=True)
-            except OSError as e:
-                report(ScanProblem(entry.path, f"cannot be read ({e.strerror or e})"))
+            except OSError as e:  # e.g. a symbolic link loop
+                looks_like_image = os.path.splitext(entry.name)[1].lower() in exts
+                report(ScanProblem(entry.path, f"cannot be read ({e.strerror or e})", looks_like_image))
                 continue
             if is_dir:
                 try:

@@ -12,9 +12,7 @@ index in one file, written atomically, so a header can never describe another in
 from __future__ import annotations
 
 import json
-import os
 import struct
-import tempfile
 import threading
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -22,6 +20,8 @@ from typing import TYPE_CHECKING
 
 import faiss
 import numpy as np
+
+from .files import atomic_write
 
 if TYPE_CHECKING:
     from .catalog import Catalog
@@ -176,23 +176,14 @@ class VectorStore:
             header = VectorHeader(self.generation, model, self.dim, len(self), self.kind, self.nprobe)
             data = faiss.serialize_index(self.index)
         head = json.dumps(header.__dict__).encode()
-        folder = os.path.dirname(os.path.abspath(path))
-        fd, tmp = tempfile.mkstemp(prefix=".vectors-", suffix=".tmp", dir=folder)
-        try:
-            with os.fdopen(fd, "wb") as f:
-                f.write(_MAGIC)
-                f.write(struct.pack("<I", len(head)))
-                f.write(head)
-                f.write(memoryview(data))
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, path)
-        except BaseException:
-            try:
-                os.unlink(tmp)
-            except OSError:
-                pass
-            raise
+
+        def write(f) -> None:
+            f.write(_MAGIC)
+            f.write(struct.pack("<I", len(head)))
+            f.write(head)
+            f.write(memoryview(data))
+
+        atomic_write(path, write)
 
     @classmethod
     def load(cls, path: str) -> tuple[VectorStore, VectorHeader]:

@@ -143,8 +143,7 @@ def test_search_errors_go_to_the_banner(qtbot, window):
     assert window.banner.isVisible()
 
 
-@pytest.mark.shared_data
-def test_selftest_command(tmp_path, shared_data):
+def test_selftest_command(tmp_path):
     out = tmp_path / "st"
     env = dict(os.environ, QT_QPA_PLATFORM="offscreen")
     p = subprocess.run([sys.executable, "-m", "clipdesk.ui.app", "--selftest", str(out), "--model", "test-tiny"],

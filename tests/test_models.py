@@ -78,3 +78,39 @@ def test_offline_download_fails_with_a_typed_helpful_error(tmp_path):
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
     assert "TYPED" in out.stdout, out.stderr
     assert DEFAULT_MODEL in out.stdout and "--weights" in out.stdout and "unreachable" in out.stdout
+
+
+@pytest.mark.parametrize("arch", ["test-tiny", "ViT-B-32-256"])
+def test_numpy_preprocessing_matches_open_clip(arch):
+    import open_clip
+
+    from clipdesk.models import Preprocessing, register_project_models
+
+    register_project_models()
+    model, _, transform = open_clip.create_model_and_transforms(arch)
+    ours = Preprocessing.of(model)
+    rng = np.random.default_rng(0)
+    for w, h in [(300, 200), (200, 333), (64, 64), (17, 900), (1, 1)]:
+        img = Image.fromarray(rng.integers(0, 255, (h, w, 3), dtype=np.uint8))
+        np.testing.assert_allclose(ours(img), transform(img).numpy(), atol=1e-5)
+
+
+def test_model_process_gives_the_same_embeddings():
+    from clipdesk.errors import ModelError
+    from clipdesk.model_host import RemoteEncoder
+
+    local = load_encoder(ModelSpec.parse("test-tiny"))
+    remote = RemoteEncoder(ModelSpec.parse("test-tiny"))
+    try:
+        assert (remote.name, remote.dim, remote.min_side) == (local.name, local.dim, local.min_side)
+        assert remote.logit_scale == pytest.approx(local.logit_scale)
+        np.testing.assert_allclose(remote.encode_texts(["a dog", "snow"]), local.encode_texts(["a dog", "snow"]),
+                                   atol=1e-6)
+        imgs = [Image.new("RGB", (90, 60), (200, 10, 10)), Image.new("RGB", (50, 80), (10, 10, 200))]
+        np.testing.assert_allclose(remote.encode_images(imgs), local.encode_images(imgs), atol=1e-6)
+        assert remote.embed([]).shape == (0, 64)
+    finally:
+        remote.close()
+    assert remote._proc.poll() == 0
+    with pytest.raises(ModelError, match="Unknown pretrained tag"):
+        RemoteEncoder(ModelSpec.parse("ViT-B-32-256/no-such-tag"))

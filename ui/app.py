@@ -47,7 +47,7 @@ def main(argv: list[str] | None = None) -> int:
     weights = args.weights or settings.value("weights") or None
     device = args.device or (settings.value("device") if settings.value("device") != "auto" else None)
     try:
-        lib = Library(folder, model=model, weights=weights, device=device)
+        lib = Library(folder, model=model, weights=weights, device=device, model_process=True)
     except ClipdeskError as e:
         QMessageBox.critical(None, "clipdesk", str(e))
         return 1

@@ -124,7 +124,13 @@ class Thumbnails(QObject):
         p.end()
         return pm
 
+    @property
+    def idle(self) -> bool:
+        """No thumbnail is being decoded or waiting to be delivered."""
+        return not self._pending
+
     def wait(self, ms: int = 10000) -> bool:
+        """Block until decoding threads finish (shutdown only: this blocks the calling thread)."""
         return self.pool.waitForDone(ms)
 
 
