@@ -118,7 +118,7 @@ class Library:
         self.precision = precision
         # The desktop app runs the model in a child process (see model_host.py); the CLI in-process.
         self.model_process = model_process
-        self._status = status or (lambda _m: None)
+        self.status_callback = status or (lambda _m: None)
         self._encoder: Encoder | None = None
         self._store: VectorStore | None = None
         self._guard = threading.RLock()
@@ -173,9 +173,9 @@ class Library:
                 if self.model_process:
                     from clipdesk.model_host import RemoteEncoder
 
-                    self._encoder = RemoteEncoder(self.spec, self.device, self.precision, self._status)
+                    self._encoder = RemoteEncoder(self.spec, self.device, self.precision, self.status_callback)
                 else:
-                    self._encoder = load_encoder(self.spec, self.device, self.precision, self._status)
+                    self._encoder = load_encoder(self.spec, self.device, self.precision, self.status_callback)
             return self._encoder
 
     @property
@@ -203,7 +203,7 @@ class Library:
             return store
         except VectorFileError as e:
             if os.path.exists(path):
-                self._status(f"Rebuilding the vector index ({e}).")
+                self.status_callback(f"Rebuilding the vector index ({e}).")
         if dim is None:
             return VectorStore(self.encoder.dim if self.catalog.vector_count() else 1)
         store = VectorStore.build(dim, self.catalog.iter_vectors(), self.catalog.vector_count())
@@ -240,7 +240,7 @@ class Library:
         with self.writing():
             stored = self.catalog.get_meta("model")
             if reembed and stored and stored != self.spec.name:
-                self._status(f"Re-embedding every image with {self.spec.name} (was {stored}).")
+                self.status_callback(f"Re-embedding every image with {self.spec.name} (was {stored}).")
                 self.catalog.clear_vectors()
                 self.catalog.set_meta("model", self.spec.name)
                 with self._guard:
@@ -283,7 +283,7 @@ class Library:
         store = self.vectors
         n = len(store)
         if (n > EXACT_LIMIT and not store.is_approximate) or (store.is_approximate and n < EXACT_LIMIT // 2):
-            self._status(f"Rebuilding the vector index for {n} images…")
+            self.status_callback(f"Rebuilding the vector index for {n} images…")
             with self._guard:
                 new = VectorStore.build(store.dim, self.catalog.iter_vectors(), self.catalog.vector_count())
                 new.generation = 0

@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import subprocess
 import sys
 import threading
@@ -81,11 +82,16 @@ class RemoteEncoder:
         self.image_size = self.min_side = self.preprocess.size
 
     def _pump_stderr(self) -> None:
-        for raw in iter(self._proc.stderr.readline, b""):
-            line = raw.decode(errors="replace").rstrip()
-            if line:
-                self._stderr_tail.append(line)
-                self._status(line)
+        """Forward the child's messages, including download progress bars (which end in \\r)."""
+        buf = b""
+        for chunk in iter(lambda: self._proc.stderr.read1(4096), b""):
+            buf += chunk
+            *lines, buf = re.split(rb"[\r\n]", buf)
+            for raw in lines:
+                line = raw.decode(errors="replace").strip()
+                if line:
+                    self._stderr_tail.append(line)
+                    self._status(line)
 
     def _request(self, header: dict, payload: bytes = b"") -> tuple[dict, bytes]:
         with self._lock:

@@ -222,7 +222,7 @@ class Encoder:
         if missing:
             tokens = self.tokenizer(missing).to(self.device)
             with self._lock, torch.inference_mode():
-                feats = self.model.encode_text(tokens)
+                feats = encode_text_trimmed(self.model, tokens)
                 feats = torch.nn.functional.normalize(feats.float(), dim=-1).cpu().numpy()
             for t, f in zip(missing, feats):
                 self._text_cache[t] = f
@@ -232,6 +232,34 @@ class Encoder:
         while len(self._text_cache) > _TEXT_CACHE_SIZE:
             self._text_cache.popitem(last=False)
         return out
+
+
+def encode_text_trimmed(model, tokens):
+    """``model.encode_text`` without the padding: a query of 5 tokens runs 5 positions, not 77.
+
+    Exact for CLIP text towers with a causal mask and end-of-text pooling: no position attends to
+    a later one, so padding after the last end-of-text token cannot change the pooled feature.
+    Other towers take the full path.
+    """
+    import open_clip
+    import torch
+
+    pool = getattr(model, "text_pool_type", None)
+    if type(model) is not open_clip.CLIP or pool not in ("argmax", "eos") or model.attn_mask is None:
+        return model.encode_text(tokens)
+    pad = getattr(model, "pad_id", 0) or 0
+    length = int((tokens != pad).long().cumsum(1).argmax(1).max()) + 1
+    t = tokens[:, :length]
+    cast = model.transformer.get_cast_dtype()
+    x = model.token_embedding(t).to(cast) + model.positional_embedding[:length].to(cast)
+    x = model.ln_final(model.transformer(x, attn_mask=model.attn_mask[:length, :length]))
+    from open_clip.transformer import text_global_pool
+
+    x = text_global_pool(x, t, pool, eos_token_id=getattr(model, "text_eos_id", None))
+    proj = model.text_projection
+    if proj is not None:
+        x = proj(x) if isinstance(proj, torch.nn.Linear) else x @ proj
+    return x
 
 
 def load_encoder(

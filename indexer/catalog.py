@@ -125,6 +125,8 @@ class Catalog:
         exists = os.path.exists(path)
         if not exists and not create:
             raise FileNotFoundError(path)
+        if create:
+            os.makedirs(folder, exist_ok=True)
         try:
             conn = sqlite3.connect(path, check_same_thread=False, isolation_level=None, timeout=30)
             conn.execute("PRAGMA journal_mode=WAL")
@@ -132,6 +134,13 @@ class Catalog:
             conn.execute("PRAGMA foreign_keys=ON")
             version = conn.execute("PRAGMA user_version").fetchone()[0]
             tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+        except sqlite3.OperationalError as e:
+            if "unable to open" in str(e):
+                raise ClipdeskError(f"Cannot open the catalog {path}: {e} (check the folder and its permissions).") from None
+            raise CatalogCorruptError(
+                f"The catalog {path} is damaged ({e}). Run 'clipdesk repair' to check it and "
+                "salvage what can be read; your photos are not touched."
+            ) from None
         except sqlite3.DatabaseError as e:
             raise CatalogCorruptError(
                 f"The catalog {path} is damaged ({e}). Run 'clipdesk repair' to check it and "

@@ -99,14 +99,20 @@ class VectorStore:
         if len(self) == 0 or (subset is not None and len(subset) == 0):
             return np.zeros((len(queries), 0), np.float32), np.zeros((len(queries), 0), np.int64)
         with self.lock:
-            if subset is None:
-                return self.index.search(queries, k)
-            sel = faiss.IDSelectorBatch(np.ascontiguousarray(subset, dtype=np.int64))
-            if self.is_approximate:
-                params = faiss.SearchParametersIVF(sel=sel, nprobe=self.index.nprobe)
-            else:
-                params = faiss.SearchParameters(sel=sel)
-            return self.index.search(queries, k, params=params)
+            sel = None if subset is None else faiss.IDSelectorBatch(np.ascontiguousarray(subset, dtype=np.int64))
+            if not self.is_approximate:
+                params = None if sel is None else faiss.SearchParameters(sel=sel)
+                return self.index.search(queries, k, params=params)
+            # A query far from the library's photos may land in sparse lists: probe more lists
+            # until k results are found, rather than return fewer than asked for.
+            nprobe = max(1, self.index.nprobe)
+            while True:
+                params = faiss.SearchParametersIVF(sel=sel, nprobe=nprobe) if sel is not None \
+                    else faiss.SearchParametersIVF(nprobe=nprobe)
+                scores, ids = self.index.search(queries, k, params=params)
+                if (ids >= 0).all() or nprobe >= self.index.nlist:
+                    return scores, ids
+                nprobe = min(self.index.nlist, nprobe * 4)
 
     # ------------------------------------------------------------------ building
     @classmethod
@@ -144,7 +150,13 @@ class VectorStore:
             store.add(ids, vecs)
         for ids, vecs in it:
             store.add(ids, vecs)
-        queries = sample[rng.choice(len(sample), size=min(200, len(sample)), replace=False)]
+        # Tuning queries: half are library vectors moved well away from themselves (real queries,
+        # texts or other photos, rarely sit on an indexed photo), half are random directions, the
+        # hardest case for an inverted file (a text query lies far from every photo).
+        near = sample[rng.choice(len(sample), size=min(100, len(sample)), replace=False)]
+        near = near + rng.standard_normal(near.shape).astype(np.float32) / np.sqrt(dim)
+        queries = np.vstack([near, rng.standard_normal((100, dim)).astype(np.float32)])
+        queries /= np.linalg.norm(queries, axis=1, keepdims=True)
         store.nprobe = store._tune_nprobe(queries)
         store._apply_nprobe()
         return store
@@ -171,34 +183,32 @@ class VectorStore:
 
     # ------------------------------------------------------------------ persistence
     def save(self, path: str, model: str) -> None:
-        """Write atomically: a reader sees the old file or the new one, never a mix."""
-        with self.lock:
-            header = VectorHeader(self.generation, model, self.dim, len(self), self.kind, self.nprobe)
-            data = faiss.serialize_index(self.index)
-        head = json.dumps(header.__dict__).encode()
-
+        """Write atomically: a reader sees the old file or the new one, never a mix. The index is
+        streamed to the file (no second in-memory copy of a large index)."""
         def write(f) -> None:
-            f.write(_MAGIC)
-            f.write(struct.pack("<I", len(head)))
-            f.write(head)
-            f.write(memoryview(data))
+            with self.lock:
+                header = VectorHeader(self.generation, model, self.dim, len(self), self.kind, self.nprobe)
+                head = json.dumps(header.__dict__).encode()
+                f.write(_MAGIC)
+                f.write(struct.pack("<I", len(head)))
+                f.write(head)
+                faiss.write_index(self.index, faiss.PyCallbackIOWriter(f.write))
 
         atomic_write(path, write)
 
     @classmethod
     def load(cls, path: str) -> tuple[VectorStore, VectorHeader]:
         try:
-            with open(path, "rb") as f:
-                blob = f.read()
+            f = open(path, "rb")
         except OSError as e:
             raise VectorFileError(f"cannot read {path}: {e}") from None
         try:
-            if not blob.startswith(_MAGIC):
-                raise ValueError("not a clipdesk vector file")
-            off = len(_MAGIC)
-            (n,) = struct.unpack_from("<I", blob, off)
-            header = VectorHeader(**json.loads(blob[off + 4: off + 4 + n]))
-            index = faiss.deserialize_index(np.frombuffer(blob, dtype=np.uint8, offset=off + 4 + n))
+            with f:
+                if f.read(len(_MAGIC)) != _MAGIC:
+                    raise ValueError("not a clipdesk vector file")
+                (n,) = struct.unpack("<I", f.read(4))
+                header = VectorHeader(**json.loads(f.read(n)))
+                index = faiss.read_index(faiss.PyCallbackIOReader(f.read))
             if index.d != header.dim or index.ntotal != header.count:
                 raise ValueError("index does not match its header")
         except Exception as e:  # noqa: BLE001 - any damage means "rebuild"

@@ -57,3 +57,21 @@ def test_fewshot_cli_reproduces_the_published_baselines(shared_data):
         assert res["K"][k]["zeroshot"] == pytest.approx(zs, abs=0.0015)
         assert res["K"][k]["logreg"] == pytest.approx(lr, abs=0.005)
     assert [res["K"][k]["classes"] for k in "1248"] == [26, 26, 19, 11]
+
+
+@pytest.mark.shared_data
+def test_zeroshot_and_retrieval_evals_on_shared_photos(tmp_path, shared_data):
+    from clipdesk.evaluation import eval_retrieval, eval_zeroshot
+    from clipdesk.library import Library
+
+    with Library(str(tmp_path / "lib"), model="test-tiny") as lib:
+        zs = eval_zeroshot(lib, str(shared_data / "photos" / "labelled"))
+        assert (zs["images"], zs["classes"]) == (359, 14)
+        assert 0 <= zs["top1"] <= zs["top5"] <= 1
+        assert all(set(c) == {"true", "predicted", "count"} and c["true"] != c["predicted"]
+                   for c in zs["most_confused"])
+        ret = eval_retrieval(lib, str(shared_data / "photos" / "captioned" / "captions.jsonl"))
+        assert ret["pairs"] == 453
+        for side in ("text_to_image", "image_to_text"):
+            r = ret[side]
+            assert 0 <= r["R@1"] <= r["R@5"] <= r["R@10"] <= 1

@@ -114,3 +114,16 @@ def test_model_process_gives_the_same_embeddings():
     assert remote._proc.poll() == 0
     with pytest.raises(ModelError, match="Unknown pretrained tag"):
         RemoteEncoder(ModelSpec.parse("ViT-B-32-256/no-such-tag"))
+
+
+def test_trimmed_text_encoding_equals_the_full_pass():
+    import open_clip
+
+    from clipdesk.models import encode_text_trimmed
+
+    enc = load_encoder(ModelSpec.parse("test-tiny"))
+    tokens = open_clip.get_tokenizer("test-tiny")(["dog", "a dog in the snow on a sunny winter day", ""])
+    with torch.no_grad():
+        full = enc.model.encode_text(tokens)
+        trimmed = encode_text_trimmed(enc.model, tokens)
+    np.testing.assert_allclose(trimmed.numpy(), full.numpy(), atol=1e-5)

@@ -238,6 +238,7 @@ class MainWindow(QMainWindow):
     search_finished = Signal()
     index_finished = Signal()
     job_failed = Signal(str)
+    status_message = Signal(str)  # from any thread: model loading and download progress
 
     def __init__(self, library: Library, settings: QSettings | None = None) -> None:
         super().__init__()
@@ -254,6 +255,8 @@ class MainWindow(QMainWindow):
         self.setStyleSheet(STYLE)
         self._build()
         self._shortcuts()
+        self.status_message.connect(lambda m: self.statusBar().showMessage(m, 10000))
+        library.status_callback = self.status_message.emit
         self.refresh_library_views()
         geom = self.settings.value("geometry")
         if geom is not None:

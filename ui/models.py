@@ -174,7 +174,8 @@ class ResultsModel(QAbstractListModel):
             return None
         it = self._items[index.row()]
         if role == Qt.ItemDataRole.DisplayRole:
-            return None
+            # confidences under classified/predicted photos; search results stay clean
+            return f"{it.score:.0%}" if it.label is not None and it.score is not None else None
         if role == Qt.ItemDataRole.DecorationRole:
             if self.thumbnails is None:
                 return None

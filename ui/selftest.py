@@ -102,10 +102,15 @@ def run_selftest(app: QApplication, outdir: str, model: str = "test-tiny", libra
             traceback.print_exc()
         t_grab = time.perf_counter()
         win.grab()  # painting requests the visible thumbnails; let them arrive, then shoot
+        t1 = time.perf_counter()
         wait_until(lambda: win.thumbnails.idle, 30, "thumbnails")
-        win.grab().save(str(out / f"{len(steps) + 1:02d}-{name}.png"))
+        t2 = time.perf_counter()
+        shot = win.grab()
+        t3 = time.perf_counter()
+        shot.save(str(out / f"{len(steps) + 1:02d}-{name}.png"))
         if os.environ.get("CLIPDESK_SELFTEST_DEBUG"):
-            print(f"screenshot of {name}: {1000 * (time.perf_counter() - t_grab):.0f} ms", flush=True)
+            print(f"screenshot of {name}: grab {1000 * (t1 - t_grab):.0f} ms, wait {1000 * (t2 - t1):.0f} ms, "
+                  f"grab {1000 * (t3 - t2):.0f} ms, save {1000 * (time.perf_counter() - t3):.0f} ms", flush=True)
         entry = {"name": name, "ok": ok, "seconds": round(time.perf_counter() - t0, 3)}
         if error:
             entry["error"] = error
