@@ -169,7 +169,7 @@ class Library:
     def encoder(self) -> Encoder:
         """The model, loaded on first use (seconds for a real model; downloads once)."""
         with self._guard:
-            if self._encoder is None:
+            if self._encoder is None or getattr(self._encoder, "text_only", False):
                 if self.model_process:
                     from clipdesk.model_host import RemoteEncoder
 
@@ -177,6 +177,15 @@ class Library:
                 else:
                     self._encoder = load_encoder(self.spec, self.device, self.precision, self.status_callback)
             return self._encoder
+
+    @property
+    def text_encoder(self) -> Encoder:
+        """An encoder for texts: the loaded model, or a text-only load of it (less memory)."""
+        with self._guard:
+            if self._encoder is None and not self.model_process:
+                self._encoder = load_encoder(self.spec, self.device, self.precision, self.status_callback,
+                                             text_only=True)
+            return self._encoder if self._encoder is not None else self.encoder
 
     @property
     def encoder_loaded(self) -> bool:
@@ -318,7 +327,7 @@ class Library:
         terms = parse_query(query)
         if any(t.text is not None for t in terms):
             self.check_model()
-            texts = self.encoder.encode_texts
+            texts = self.text_encoder.encode_texts
         else:
             texts = None
         return query_vector(terms, texts, self.embed_image_file)
@@ -384,7 +393,7 @@ class Library:
         if len(set(names)) != len(names):
             raise QueryError("Categories must be different from each other.")
         self.check_model()
-        enc = self.encoder
+        enc = self.text_encoder
         weights = class_weights(enc.encode_texts, names)
         out: list[Classification] = []
         for ids, vecs in self._iter_library(cancel, progress, "classify"):
@@ -464,7 +473,7 @@ class Library:
             raise ProbeError("No labelled images to train on: add some with 'clipdesk label add'.")
         if cancel:
             cancel.check()
-        enc = self.encoder
+        enc = self.text_encoder
         text = class_weights(enc.encode_texts, chosen)
         ids = [i for lb in chosen for i in all_labels[lb]]
         y = [c for c, lb in enumerate(chosen) for _ in all_labels[lb]]

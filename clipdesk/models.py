@@ -167,19 +167,22 @@ class Encoder:
     L2-normalised, shape (n, dim).
     """
 
-    def __init__(self, spec: ModelSpec, model, tokenizer, device: str, precision: str):
+    def __init__(self, spec: ModelSpec, model, tokenizer, device: str, precision: str, text_only: bool = False):
         import torch
 
         self.spec = spec
         self.model = model
         self.preprocess = Preprocessing.of(model)
+        size = model.visual.image_size
+        if text_only:  # the image tower is ~60% of the weights: not kept when only texts are needed
+            model.visual = None
+        self.text_only = text_only
         self.tokenizer = tokenizer
         self.device = device
         self.precision = precision
         self._dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
         self._lock = threading.Lock()
         self._text_cache: OrderedDict[str, np.ndarray] = OrderedDict()
-        size = model.visual.image_size
         self.image_size = int(size[0] if isinstance(size, (tuple, list)) else size)
         self.min_side = self.image_size
         self.dim = int(model.text_projection.shape[1] if hasattr(model, "text_projection")
@@ -202,6 +205,8 @@ class Encoder:
         """Embed prepared images: (n, dim) float32, L2-normalised."""
         import torch
 
+        if self.text_only:
+            raise ModelError("this encoder was loaded for texts only")
         if not len(prepared):
             return np.zeros((0, self.dim), np.float32)
         batch = torch.from_numpy(np.stack(list(prepared))).to(self.device, self._dtype)
@@ -267,8 +272,13 @@ def load_encoder(
     device: str | None = None,
     precision: str = "auto",
     status: Callable[[str], None] | None = None,
+    text_only: bool = False,
 ) -> Encoder:
-    """Create the model of ``spec`` on ``device`` (auto-selected), downloading weights if needed."""
+    """Create the model of ``spec`` on ``device`` (auto-selected), downloading weights if needed.
+
+    ``text_only`` drops the image tower right after loading (searching by text needs ~40% of the
+    memory then); its precision is the one measured for the full model on this machine.
+    """
     import open_clip
     import torch
 
@@ -305,9 +315,10 @@ def load_encoder(
     tokenizer = open_clip.get_tokenizer(spec.arch)
     if precision == "auto":
         precision = choose_precision(spec, model, device, say)
+    encoder = Encoder(spec, model, tokenizer, device, precision, text_only)
     if precision != "fp32":
-        model = model.to({"bf16": torch.bfloat16, "fp16": torch.float16}[precision])
-    return Encoder(spec, model, tokenizer, device, precision)
+        encoder.model = model.to({"bf16": torch.bfloat16, "fp16": torch.float16}[precision])
+    return encoder
 
 
 @contextmanager

@@ -156,3 +156,16 @@ def test_status(library, photos):
     st = library.status()
     assert st["images"] == 8 and st["failed"] == 0 and st["model"] == "test-tiny" and st["dim"] == 64
     assert st["folders"] == [str(photos)]
+
+
+def test_text_search_loads_only_the_text_tower_and_upgrades_when_images_need_it(tmp_path, photos):
+    folder = str(tmp_path / "lib")
+    with Library(folder, model="test-tiny") as lib:
+        lib.index([str(photos)])
+    outside = tmp_path / "outside.jpg"
+    make_photo(outside, (90, 90, 10), pattern=5)
+    with Library(folder) as lib:
+        assert len(lib.search("a dog", k=3)) == 3
+        assert lib._encoder.text_only and lib._encoder.model.visual is None
+        assert len(lib.similar(str(outside), k=3)) == 3
+        assert not lib._encoder.text_only
