@@ -347,7 +347,17 @@ class Library:
         if folder or after is not None or before is not None:
             subset = self.catalog.filter_ids(os.path.abspath(os.path.expanduser(folder)) if folder else None,
                                              after, before)
-        scores, ids = store.search(q[None, :], k + len(exclude), subset)
+        want = k + len(exclude)
+        if store.is_approximate:
+            # Over-fetch from the compressed index and re-rank with the exact vectors of the
+            # catalog: 8-bit codes blur near-ties, and a few hundred rows are cheap to read.
+            scores, ids = store.search(q[None, :], max(4 * want, 100), subset)
+            cand = [int(i) for i in ids[0] if i >= 0]
+            exact = self.catalog.vectors_for(cand) @ q if cand else np.zeros(0, np.float32)
+            order = np.argsort(-exact, kind="stable")[:want]
+            scores, ids = exact[order][None, :], np.array(cand, np.int64)[order][None, :]
+        else:
+            scores, ids = store.search(q[None, :], want, subset)
         pairs = [(float(s), int(i)) for s, i in zip(scores[0], ids[0]) if i >= 0 and int(i) not in exclude]
         if min_score is not None:
             pairs = [(s, i) for s, i in pairs if s >= min_score]

@@ -169,3 +169,32 @@ def test_text_search_loads_only_the_text_tower_and_upgrades_when_images_need_it(
         assert lib._encoder.text_only and lib._encoder.model.visual is None
         assert len(lib.similar(str(outside), k=3)) == 3
         assert not lib._encoder.text_only
+
+
+def test_approximate_index_search_is_reranked_exactly(tmp_path):
+    """Above the exact-search limit the library uses IVF-SQ8; results must still come back
+    complete, best first, scored with the catalog's exact vectors."""
+    from clipdesk.indexer.catalog import Catalog, ImageRecord
+    from clipdesk.indexer.vectors import VectorStore, catch_up
+
+    rng = np.random.default_rng(0)
+    centres = rng.standard_normal((40, 16)).astype(np.float32)
+    X = centres[rng.integers(0, 40, 6000)] + 0.3 * rng.standard_normal((6000, 16)).astype(np.float32)
+    X /= np.linalg.norm(X, axis=1, keepdims=True)
+    folder = tmp_path / "lib"
+    cat = Catalog.open(str(folder))
+    cat.set_meta("model", "test-tiny")
+    cat.set_meta("dim", "16")
+    cat.write_batch([ImageRecord(f"/p/{i}.jpg", 1, 1, "h", 1, 1, float(i), X[i]) for i in range(len(X))])
+    cat.close()
+    with Library(str(folder)) as lib:
+        store = VectorStore.build(16, lib.catalog.iter_vectors(), 6000, exact_limit=1000)
+        catch_up(store, lib.catalog)
+        assert store.is_approximate
+        lib._store = store
+        stored = lib.catalog.vectors_for(list(range(1, 6001)))  # float16 round trip, as searched
+        for q in X[:20]:
+            res = lib.search(q, k=10)
+            exact = np.sort(stored @ q)[::-1][:10]
+            assert len(res) == 10
+            np.testing.assert_allclose([r.score for r in res], exact, atol=2e-3)
