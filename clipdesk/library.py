@@ -380,13 +380,13 @@ class Library:
     # ------------------------------------------------------------------ bulk scoring
     def _iter_library(self, cancel: CancelToken | None, progress: ProgressFn | None, stage: str,
                       chunk: int = 50_000):
-        """Yield ``(ids, vectors)`` over every embedded image, with progress and cancellation."""
+        """Yield ``(ids, paths, vectors)`` over every embedded image, with progress and cancellation."""
         total = self.catalog.vector_count()
         done = 0
-        for ids, vecs in self.catalog.iter_vectors(chunk=chunk):
+        for ids, paths, vecs in self.catalog.iter_embedded(chunk=chunk):
             if cancel is not None:
                 cancel.check()
-            yield ids, vecs
+            yield ids, paths, vecs
             done += len(ids)
             if progress:
                 progress(Progress(stage, done, total))
@@ -406,13 +406,10 @@ class Library:
         enc = self.text_encoder
         weights = class_weights(enc.encode_texts, names)
         out: list[Classification] = []
-        for ids, vecs in self._iter_library(cancel, progress, "classify"):
+        for ids, paths, vecs in self._iter_library(cancel, progress, "classify"):
             probs = zeroshot_probabilities(vecs, weights, enc.logit_scale)
-            info = self._paths(ids)
-            for i, a in zip(ids, assign(probs, threshold)):
-                out.append(Classification(info[int(i)].path, names[a.index] if a.index >= 0 else None,
-                                          a.probability, int(i)))
-        out.sort(key=lambda c: c.path)
+            out += [Classification(p, names[a.index] if a.index >= 0 else None, a.probability, int(i))
+                    for i, p, a in zip(ids, paths, assign(probs, threshold))]
         return out
 
     # ------------------------------------------------------------------ labels
@@ -568,17 +565,17 @@ class Library:
         probe = self.load_probe(name)
         concept = BACKGROUND in probe.classes
         out: list[Classification] = []
-        for ids, vecs in self._iter_library(cancel, progress, "predict"):
+        for ids, paths, vecs in self._iter_library(cancel, progress, "predict"):
             probs = probe.probabilities(vecs)
-            info = self._paths(ids)
-            for i, p in zip(ids, probs):
-                if concept:
-                    label = probe.classes[0] if p[0] >= 0.5 else None
-                    out.append(Classification(info[int(i)].path, label, float(p[0]), int(i)))
-                else:
-                    top = int(p.argmax())
-                    out.append(Classification(info[int(i)].path, probe.classes[top], float(p[top]), int(i)))
-        out.sort(key=lambda c: c.path)
+            if concept:
+                p0 = probs[:, 0].tolist()
+                out += [Classification(path, probe.classes[0] if p >= 0.5 else None, p, int(i))
+                        for i, path, p in zip(ids, paths, p0)]
+            else:
+                top = probs.argmax(1)
+                best = probs[np.arange(len(top)), top].tolist()
+                out += [Classification(path, probe.classes[t], p, int(i))
+                        for i, path, t, p in zip(ids, paths, top.tolist(), best)]
         return out
 
     def suggest(self, name: str, k: int = 20, cancel: CancelToken | None = None) -> list[Classification]:
@@ -586,7 +583,7 @@ class Library:
         probe = self.load_probe(name)
         labelled = {i for ids in self.catalog.labels().values() for i in ids}
         best: list[tuple[float, int, np.ndarray]] = []
-        for ids, vecs in self._iter_library(cancel, None, "suggest"):
+        for ids, _paths, vecs in self._iter_library(cancel, None, "suggest"):
             probs = probe.probabilities(vecs)
             u = uncertainty(probs)
             for i, ui, p in zip(ids, u, probs):

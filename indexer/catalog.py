@@ -343,6 +343,20 @@ class Catalog:
             yield ids, vecs.reshape(len(rows), -1).astype(np.float32)
             last = int(ids[-1])
 
+    def iter_embedded(self, chunk: int = 50_000) -> Iterator[tuple[np.ndarray, list[str], np.ndarray]]:
+        """Yield ``(ids, paths, vectors (n, dim) float32)`` of every embedded image, in id order,
+        in one pass over the table (for applying a classifier to the whole library)."""
+        last = -1
+        while True:
+            rows = self._query("SELECT id, path, vector FROM images WHERE vector IS NOT NULL AND id > ?"
+                               " ORDER BY id LIMIT ?", (last, chunk))
+            if not rows:
+                return
+            ids = np.fromiter((r[0] for r in rows), dtype=np.int64, count=len(rows))
+            vecs = np.frombuffer(b"".join(r[2] for r in rows), dtype=np.float16).reshape(len(rows), -1)
+            yield ids, [_s(r[1]) for r in rows], vecs.astype(np.float32)
+            last = int(ids[-1])
+
     def deleted_since(self, generation: int) -> np.ndarray:
         rows = self._query("SELECT DISTINCT id FROM tombstones WHERE generation > ?", (generation,))
         return np.array([r[0] for r in rows], dtype=np.int64)

@@ -24,7 +24,7 @@ from PySide6.QtWidgets import (QAbstractItemView, QComboBox, QDialog, QDialogBut
 from clipdesk.library import Library
 from clipdesk.probe import BACKGROUND
 
-from .models import Item, ResultsModel, Thumbnails, grid_size, paths_from_mime
+from .models import Item, ResultsModel, Thumbnails, grid_size, load_qimage, paths_from_mime
 from .workers import Jobs
 
 PROBE = "teach"  # the probe the Teach tab trains
@@ -748,12 +748,13 @@ class MainWindow(QMainWindow):
         if row < 0 or row >= self.results.rowCount():
             return
         it = self.results.item(row)
-        pm = QPixmap(it.path) if os.path.getsize(it.path) < 40_000_000 else QPixmap()
-        if pm.isNull():
-            pm = self.thumbnails.get(it.path) or self.thumbnails.placeholder
-        self.preview_image.setPixmap(pm.scaled(self.preview_image.width() - 8, 360,
-                                               Qt.AspectRatioMode.KeepAspectRatio,
-                                               Qt.TransformationMode.SmoothTransformation))
+        # The thumbnail at once; the large preview is decoded in a worker (a 12 MP photo would
+        # hold the GUI thread for a tenth of a second).
+        self._set_preview_pixmap(self.thumbnails.get(it.path) or self.thumbnails.placeholder)
+        self._preview_path = it.path
+        self.jobs.start(load_qimage, it.path, 720, name="preview",
+                        on_result=lambda img, p=it.path: self._preview_loaded(p, img),
+                        on_error=lambda msg, _kind, p=it.path: self._preview_failed(p, msg))
         try:
             st = os.stat(it.path)
             size = f"{st.st_size / 1e6:.1f} MB" if st.st_size > 1e6 else f"{st.st_size / 1e3:.0f} kB"
@@ -763,6 +764,19 @@ class MainWindow(QMainWindow):
         score = f"<br>score {it.score:.3f}" if it.score is not None else ""
         self.preview_info.setText(f"<b>{os.path.basename(it.path)}</b><br>{os.path.dirname(it.path)}"
                                   f"<br>{size} · {when}{score}")
+
+    def _set_preview_pixmap(self, pm: QPixmap) -> None:
+        self.preview_image.setPixmap(pm.scaled(max(64, self.preview_image.width() - 8), 360,
+                                               Qt.AspectRatioMode.KeepAspectRatio,
+                                               Qt.TransformationMode.SmoothTransformation))
+
+    def _preview_failed(self, path: str, message: str) -> None:
+        if path == getattr(self, "_preview_path", None):
+            self.preview_image.setText(f"Cannot show this photo:\n{message}")
+
+    def _preview_loaded(self, path: str, img) -> None:
+        if path == getattr(self, "_preview_path", None) and not img.isNull():
+            self._set_preview_pixmap(QPixmap.fromImage(img))
 
     # ------------------------------------------------------------------ zero-shot sort
     def run_classify(self) -> None:

@@ -38,9 +38,6 @@ class _ThumbTask(QRunnable):
         self.path, self.size, self.cache_dir, self.signals = path, size, cache_dir, signals
 
     def run(self) -> None:
-        from PIL import Image
-
-        from clipdesk.indexer.decode import decode_image
         from clipdesk.indexer.errors import UnreadableImageError
 
         cached = None
@@ -57,18 +54,26 @@ class _ThumbTask(QRunnable):
             img = QImage(cached)
         if img.isNull():
             try:
-                pil = decode_image(self.path, self.size).image
-                pil.thumbnail((self.size, self.size), Image.Resampling.BILINEAR)
+                img = load_qimage(self.path, self.size)
                 if cached:
                     os.makedirs(os.path.dirname(cached), exist_ok=True)
                     tmp = cached + ".tmp"
-                    pil.save(tmp, "JPEG", quality=85)
-                    os.replace(tmp, cached)
-                data = pil.tobytes()
-                img = QImage(data, pil.width, pil.height, 3 * pil.width, QImage.Format.Format_RGB888).copy()
+                    if img.save(tmp, "JPG", 85):
+                        os.replace(tmp, cached)
             except (UnreadableImageError, OSError):
                 img = QImage()
         self.signals.ready.emit(self.path, img)
+
+
+def load_qimage(path: str, size: int) -> QImage:
+    """Decode an image file (reduced, upright) into a QImage; safe to call off the GUI thread."""
+    from PIL import Image
+
+    from clipdesk.indexer.decode import decode_image
+
+    pil = decode_image(path, size).image
+    pil.thumbnail((size, size), Image.Resampling.BICUBIC)
+    return QImage(pil.tobytes(), pil.width, pil.height, 3 * pil.width, QImage.Format.Format_RGB888).copy()
 
 
 class Thumbnails(QObject):
