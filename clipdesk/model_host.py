@@ -12,6 +12,7 @@ C-contiguous float32 array whose shape the JSON gives). Errors travel as ``{"ok"
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
@@ -155,11 +156,9 @@ def serve(stdin, stdout) -> int:
                 spec = ModelSpec(header["arch"], header.get("pretrained"), header.get("weights"))
                 enc = load_encoder(spec, header.get("device"), header.get("precision") or "auto",
                                    status=lambda m: print(m, file=sys.stderr, flush=True))
-                p = enc.preprocess
                 _send(stdout, {"ok": True, "name": enc.name, "dim": enc.dim, "device": enc.device,
                                "precision": enc.precision, "logit_scale": enc.logit_scale,
-                               "preprocess": {"size": p.size, "mean": list(p.mean), "std": list(p.std),
-                                              "interpolation": p.interpolation, "resize_mode": p.resize_mode}})
+                               "preprocess": dataclasses.asdict(enc.preprocess)})
             elif enc is None:
                 raise errors.ModelError("no model loaded")
             elif op == "texts":

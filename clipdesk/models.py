@@ -173,7 +173,6 @@ class Encoder:
         self.spec = spec
         self.model = model
         self.preprocess = Preprocessing.of(model)
-        size = model.visual.image_size
         if text_only:  # the image tower is ~60% of the weights: not kept when only texts are needed
             model.visual = None
         self.text_only = text_only
@@ -183,8 +182,7 @@ class Encoder:
         self._dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
         self._lock = threading.Lock()
         self._text_cache: OrderedDict[str, np.ndarray] = OrderedDict()
-        self.image_size = int(size[0] if isinstance(size, (tuple, list)) else size)
-        self.min_side = self.image_size
+        self.image_size = self.min_side = self.preprocess.size
         self.dim = int(model.text_projection.shape[1] if hasattr(model, "text_projection")
                        and model.text_projection is not None else self._probe_dim())
         self.logit_scale = float(model.logit_scale.exp().item())

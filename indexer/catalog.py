@@ -23,7 +23,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .errors import CatalogCorruptError, ClipdeskError, DiskFullError, SchemaVersionError
+from .errors import CatalogCorruptError, ClipdeskError, DiskFullError, SchemaVersionError, is_disk_full
 
 SCHEMA_VERSION = 1
 
@@ -198,7 +198,7 @@ class Catalog:
             except BaseException as e:
                 if own and conn.in_transaction:
                     conn.execute("ROLLBACK")
-                if _is_disk_full(e):
+                if is_disk_full(e):
                     raise DiskFullError(
                         f"The disk holding the library is full (writing {self.path}). Everything "
                         "indexed before is kept; free some space and run the indexing again.") from None
@@ -331,30 +331,26 @@ class Catalog:
 
     def iter_vectors(self, since_generation: int = 0, chunk: int = 50_000) -> Iterator[tuple[np.ndarray, np.ndarray]]:
         """Yield ``(ids (n,) int64, vectors (n, dim) float32)`` of rows written after a generation."""
-        last = -1
-        while True:
-            rows = self._query(
-                "SELECT id, vector FROM images WHERE vector IS NOT NULL AND vgen > ? AND id > ?"
-                " ORDER BY id LIMIT ?", (since_generation, last, chunk))
-            if not rows:
-                return
-            ids = np.fromiter((r[0] for r in rows), dtype=np.int64, count=len(rows))
-            vecs = np.frombuffer(b"".join(r[1] for r in rows), dtype=np.float16)
-            yield ids, vecs.reshape(len(rows), -1).astype(np.float32)
-            last = int(ids[-1])
+        for ids, _paths, vecs in self._vector_chunks(since_generation, chunk, with_paths=False):
+            yield ids, vecs
 
     def iter_embedded(self, chunk: int = 50_000) -> Iterator[tuple[np.ndarray, list[str], np.ndarray]]:
         """Yield ``(ids, paths, vectors (n, dim) float32)`` of every embedded image, in id order,
         in one pass over the table (for applying a classifier to the whole library)."""
+        yield from self._vector_chunks(0, chunk, with_paths=True)
+
+    def _vector_chunks(self, since_generation: int, chunk: int, with_paths: bool):
+        cols = "id, vector, path" if with_paths else "id, vector"
         last = -1
         while True:
-            rows = self._query("SELECT id, path, vector FROM images WHERE vector IS NOT NULL AND id > ?"
-                               " ORDER BY id LIMIT ?", (last, chunk))
+            rows = self._query(
+                f"SELECT {cols} FROM images WHERE vector IS NOT NULL AND vgen > ? AND id > ?"
+                " ORDER BY id LIMIT ?", (since_generation, last, chunk))
             if not rows:
                 return
             ids = np.fromiter((r[0] for r in rows), dtype=np.int64, count=len(rows))
-            vecs = np.frombuffer(b"".join(r[2] for r in rows), dtype=np.float16).reshape(len(rows), -1)
-            yield ids, [_s(r[1]) for r in rows], vecs.astype(np.float32)
+            vecs = np.frombuffer(b"".join(r[1] for r in rows), dtype=np.float16).reshape(len(rows), -1)
+            yield ids, [_s(r[2]) for r in rows] if with_paths else None, vecs.astype(np.float32)
             last = int(ids[-1])
 
     def deleted_since(self, generation: int) -> np.ndarray:
@@ -454,12 +450,6 @@ class Catalog:
                 " WHERE i.vector IS NOT NULL ORDER BY m.label, m.image_id"):
             out[name].append(image_id)
         return out
-
-
-def _is_disk_full(e: BaseException) -> bool:
-    if isinstance(e, sqlite3.OperationalError) and ("disk is full" in str(e) or "database or disk is full" in str(e)):
-        return True
-    return isinstance(e, OSError) and e.errno == 28  # ENOSPC
 
 
 def integrity_problems(path: str) -> list[str]:

@@ -4,6 +4,9 @@ The CLI turns each into a one-line message and exit code 1; the GUI shows it in 
 """
 from __future__ import annotations
 
+import errno
+import sqlite3
+
 
 class ClipdeskError(Exception):
     """Base of every error clipdesk reports to the user as a message rather than a bug."""
@@ -36,3 +39,10 @@ class LibraryNotFoundError(ClipdeskError):
 
 class DiskFullError(ClipdeskError):
     """The disk holding the library filled up; what was committed before is intact."""
+
+
+def is_disk_full(e: BaseException) -> bool:
+    """Whether an exception means the disk is full (SQLITE_FULL or ENOSPC)."""
+    if isinstance(e, sqlite3.OperationalError):
+        return "disk is full" in str(e)
+    return isinstance(e, OSError) and e.errno == errno.ENOSPC

@@ -11,7 +11,7 @@ import tempfile
 from collections.abc import Callable
 from typing import BinaryIO
 
-from .errors import DiskFullError
+from .errors import DiskFullError, is_disk_full
 
 _UMASK = os.umask(0)
 os.umask(_UMASK)
@@ -32,6 +32,6 @@ def atomic_write(path: str, write: Callable[[BinaryIO], None]) -> None:
             os.unlink(tmp)
         except OSError:
             pass
-        if isinstance(e, OSError) and e.errno == 28:
+        if is_disk_full(e):
             raise DiskFullError(f"The disk is full: cannot write {path}. Free some space and try again.") from None
         raise
