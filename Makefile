@@ -10,7 +10,7 @@ TORCH  ?= torch==2.14.1 torchvision==0.29.1
 MODEL  ?=
 SAMPLE_LIBRARY ?= $(HOME)/.local/share/clipdesk/sample-library
 
-.PHONY: run test bench install install-test clean
+.PHONY: run test e2e bench install install-test clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -28,11 +28,20 @@ $(VENV)/.installed-test: $(VENV)/.installed pyproject.toml
 install: $(VENV)/.installed
 install-test: $(VENV)/.installed-test
 
+# Qt's X11 plugin needs system libraries that PySide6 does not ship: say which, instead of a Qt abort.
 run: install
+	@$(BIN)/python scripts/check_qt_deps.py; [ $$? -ne 1 ]
 	$(BIN)/clipdesk-gui --library "$(SAMPLE_LIBRARY)" --add-folder assets/sample $(if $(MODEL),--model $(MODEL))
 
 test: install-test
-	QT_QPA_PLATFORM=offscreen $(BIN)/python -m pytest -m "not slow"
+	QT_QPA_PLATFORM=offscreen $(BIN)/python -m pytest -m "not slow" --ignore=tests/e2e
+
+# The teach loop in a real window under Xvfb, driven with xdotool (Debian: xvfb xdotool).
+# Screenshots of every step go to $(E2E_OUT).
+E2E_OUT ?= e2e-out
+e2e: install-test
+	@$(BIN)/python scripts/check_qt_deps.py; [ $$? -ne 1 ]
+	E2E_OUT=$(abspath $(E2E_OUT)) $(BIN)/python -m pytest tests/e2e -s
 
 bench: install-test
 	$(BIN)/python benchmarks/run_all.py

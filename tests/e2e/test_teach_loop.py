@@ -1,0 +1,186 @@
+"""The whole teaching loop in the real window, with real pointer drags and key presses.
+
+first run offline → demo model → sample library → search → drag three photos into bucket A and
+three into bucket B from the Teach grid → train → apply → accept one, reject one, retrain →
+export CSV → undo. Each step checks what the window shows afterwards and saves a screenshot
+(``E2E_OUT`` or the test's temp folder). Run with ``make e2e``; needs Xvfb and xdotool.
+"""
+from __future__ import annotations
+
+import csv
+import os
+import time
+from pathlib import Path
+
+import pytest
+
+from .harness import Session, missing_tools
+
+pytestmark = pytest.mark.e2e
+
+SAMPLE_PHOTOS = sum(1 for p in (Path(__file__).resolve().parents[2] / "assets" / "sample").rglob("*.jpg"))
+
+
+@pytest.fixture
+def outdir(tmp_path) -> Path:
+    missing = missing_tools()
+    if missing:
+        pytest.fail("the end-to-end run needs " + ", ".join(missing)
+                    + f": install with  sudo apt-get install -y {' '.join(missing)}")
+    out = Path(os.environ.get("E2E_OUT") or tmp_path / "e2e")
+    out.mkdir(parents=True, exist_ok=True)
+    return out
+
+
+def count_of(text: str) -> int:
+    return int(text.split()[0].replace(",", ""))
+
+
+def bucket_total(s: Session, state: dict) -> int:
+    return sum(count_of(w["text"]) for name, w in state["widgets"].items()
+               if name.startswith("bucketCount:") and w.get("visible"))
+
+
+def bucket_paths(s: Session, name: str, state: dict | None = None) -> set[str]:
+    return {i["path"] for i in s.items(f"bucketList:{name}", state) if i["path"]}
+
+
+def visible_dialogs(state: dict) -> list[dict]:
+    return [w for w in state["windows"] if w["name"] != "mainWindow" and w["class"] not in ("QMenu",)]
+
+
+def drag_into_bucket(s: Session, source: str, row_items: list[dict], bucket: str) -> None:
+    """Drag each item, one gesture per photo, from grid ``source`` onto bucket ``bucket``."""
+    for item in row_items:
+        target = s.wait_widget(f"bucketList:{bucket}")
+        before = bucket_paths(s, bucket)
+        s.drag(s.center(item), s.center(target))
+        s.wait(lambda st: item["path"] in bucket_paths(s, bucket, st), 10,
+               f"{os.path.basename(item['path'])} to show in bucket {bucket} after the drag (had {len(before)})")
+
+
+def test_teach_loop_by_mouse_and_keyboard(outdir: Path) -> None:
+    started = time.monotonic()
+    library = outdir / "library"
+    # A fresh home, the default (downloadable) model and no network: the first run real users hit.
+    with Session(outdir, (1600, 1000), ["--library", str(library)], env={"HF_HUB_OFFLINE": "1"}) as s:
+        s.fit_window()
+        s.screenshot("first-run")
+
+        # Sample library: the model cannot be fetched → one dialog within 10 s → demo model.
+        clicked = time.monotonic()
+        s.click("openSample")
+        s.wait_widget("modelDialog", timeout=15)
+        assert time.monotonic() - clicked < 12, "the model dialog took longer than 10 s"
+        time.sleep(0.5)  # a second, stacked dialog would show up by now
+        st = s.state()
+        assert len(visible_dialogs(st)) == 1, f"expected one dialog, got {visible_dialogs(st)}"
+        s.screenshot("model-dialog")
+        s.click("useDemo")
+        s.wait(lambda st: not s.widget("modelDialog", st), 10, "the model dialog to close")
+
+        # The library by date, with no query typed.
+        s.wait(lambda st: (g := s.widget("searchGrid", st)) and g["count"] == SAMPLE_PHOTOS
+               and len(g["items"]) > 0, 90, f"the Search grid to show all {SAMPLE_PHOTOS} sample photos")
+        s.wait(lambda st: str(SAMPLE_PHOTOS) in s.widget("countLabel", st)["text"], 10, "the photo count")
+        s.screenshot("library-by-date")
+
+        # Search by typing.
+        s.click("search")
+        s.type("a red flower")
+        s.key("Return")
+        s.wait(lambda st: "match" in s.widget("countLabel", st)["text"], 30, "the search results count")
+        first = s.wait(lambda st: s.items("searchGrid", st), 10, "search results")
+        s.screenshot("search")
+        assert first[0]["path"], "grid items carry their paths"
+
+        # Teach: two buckets, three photos dragged into each from the Teach grid.
+        s.click_tab("tabs", "Teach")
+        s.wait(lambda st: len(s.items("teachGrid", st)) >= 6, 30, "photos in the Teach grid")
+        for name in ("A", "B"):
+            s.click("bucketName")
+            s.type(name)
+            s.click("addBucket")
+            s.wait_widget(f"bucket:{name}")
+        s.screenshot("buckets-empty")
+        items = s.items("teachGrid")
+        drag_into_bucket(s, "teachGrid", items[:3], "A")
+        s.screenshot("bucket-a-filled")
+        items = [i for i in s.items("teachGrid") if i["path"] not in bucket_paths(s, "A")]
+        drag_into_bucket(s, "teachGrid", items[:3], "B")
+        st = s.state()
+        assert count_of(s.widget("bucketCount:A", st)["text"]) == 3
+        assert count_of(s.widget("bucketCount:B", st)["text"]) == 3
+        s.screenshot("buckets-filled")
+
+        # Train, then apply to the library.
+        s.click("train")
+        s.wait(lambda st: "%" in s.widget("trainResult", st)["text"], 60, "the training result")
+        trained_text = s.widget("trainResult")["text"]
+        s.screenshot("trained")
+        s.click("apply")
+        s.wait(lambda st: len(s.items("reviewGrid", st)) > 2, 60, "photos to review after Apply")
+        s.screenshot("review")
+        in_buckets = bucket_paths(s, "A") | bucket_paths(s, "B")
+        offered = {i["path"] for i in s.items("reviewGrid")}
+        assert not offered & in_buckets, f"photos already in buckets are offered again: {offered & in_buckets}"
+
+        # Accept one: it becomes an example, the bucket grows and it leaves the review list.
+        total = bucket_total(s, s.state())
+        pick = s.items("reviewGrid")[0]
+        s.click_at(*s.center(pick))
+        s.wait(lambda st: any(i["selected"] for i in s.items("reviewGrid", st)), 5, "the review selection")
+        s.click("accept")
+        s.wait(lambda st: bucket_total(s, st) == total + 1, 15, "the accepted photo to join a bucket")
+        s.wait(lambda st: pick["path"] not in {i["path"] for i in s.items("reviewGrid", st)}, 10,
+               "the accepted photo to leave the review list")
+
+        # Reject one: it leaves the review list (an example of "not this"), no bucket grows.
+        pick = s.items("reviewGrid")[0]
+        s.click_at(*s.center(pick))
+        s.click("reject")
+        s.wait(lambda st: pick["path"] not in {i["path"] for i in s.items("reviewGrid", st)}, 10,
+               "the rejected photo to leave the review list")
+        assert bucket_total(s, s.state()) == total + 1
+        s.screenshot("reviewed")
+
+        # One click retrains and re-applies.
+        s.click("retrain")
+        s.wait(lambda st: (t := s.widget("trainResult", st)["text"]) != trained_text and "%" in t, 60,
+               "the retrained result")
+        s.wait(lambda st: len(s.items("reviewGrid", st)) > 0, 60, "the review list after retraining")
+        s.screenshot("retrained")
+
+        # Export CSV through the save dialog, typed like a person would.
+        csv_path = outdir / "teach-export.csv"
+        if csv_path.exists():
+            csv_path.unlink()
+        s.click("exportCsv")
+        s.wait(lambda st: any(w["class"] == "QFileDialog" for w in st["windows"]), 10, "the save dialog")
+        s.screenshot("export-dialog")
+        s.key("ctrl+a")
+        s.type(str(csv_path))
+        s.key("Return")
+        s.wait(lambda st: csv_path.exists() and csv_path.stat().st_size > 0, 10, "the CSV file to be written")
+        with open(csv_path, newline="", encoding="utf-8") as f:
+            rows = list(csv.reader(f))
+        assert len(rows) > 1 and "path" in rows[0][0].lower(), rows[:2]
+        assert all(os.path.isabs(r[0]) for r in rows[1:])
+        s.screenshot("exported")
+
+        # Undo: Ctrl+Z twice takes back the reject and the accept.
+        s.click_tab("tabs", "Teach")
+        s.click_at(*s.center(s.wait_widget("teachGrid")))
+        s.key("ctrl+z")
+        s.key("ctrl+z")
+        s.wait(lambda st: bucket_total(s, st) == total, 10, "Ctrl+Z to take the accepted photo back out")
+        s.screenshot("undone")
+
+        # The same window at a small laptop size: every view still usable.
+        s.fit_window((1024, 640))
+        for tab in ("Search", "Sort", "Teach"):
+            s.click_tab("tabs", tab)
+            time.sleep(0.5)
+            s.screenshot(f"small-{tab.lower()}")
+    elapsed = time.monotonic() - started
+    print(f"end-to-end teach loop: {elapsed:.1f} s; screenshots in {outdir / 'screenshots'}")
