@@ -26,9 +26,10 @@ from clipdesk.errors import ClipdeskError, ModelMismatchError, ProbeError, Query
 from clipdesk.indexer.catalog import Catalog, ImageInfo
 from clipdesk.indexer.decode import decode_image
 from clipdesk.indexer.errors import UnreadableImageError
-from clipdesk.indexer.files import atomic_write
+from clipdesk.indexer.files import atomic_write, check_library_entry, folder_writable
 from clipdesk.indexer.lock import LibraryLock
 from clipdesk.indexer.pipeline import CancelToken, IndexReport, Progress, index_files
+from clipdesk.indexer.scan import canonical_path, is_inside, is_library_folder
 from clipdesk.indexer.vectors import EXACT_LIMIT, VectorFileError, VectorStore, catch_up
 from clipdesk.models import DEFAULT_MODEL, Encoder, ModelSpec, load_encoder
 from clipdesk.probe import BACKGROUND, FitReport, Probe, ProbeData, fit_probe, uncertainty
@@ -114,6 +115,15 @@ class Library:
             os.makedirs(self.folder, exist_ok=True)
         self.catalog = Catalog.open(self.folder)
         self.lock = LibraryLock(self.folder)
+        # Library files are never followed out of the library (a planted link could make clipdesk
+        # read or overwrite another file): a linked lock, cache or probes folder is refused.
+        try:
+            for name, kind in ((LibraryLock.FILENAME, "file"), (self.VECTORS, "file"), ("probes", "dir"),
+                               ("thumbnails", "dir")):
+                check_library_entry(os.path.join(self.folder, name), kind)
+        except ClipdeskError:
+            self.catalog.close()
+            raise
         self.device = device
         self.precision = precision
         # The desktop app runs the model in a child process (see model_host.py); the CLI in-process.
@@ -205,7 +215,8 @@ class Library:
         path = os.path.join(self.folder, self.VECTORS)
         dim = self.dim
         try:
-            store, header = VectorStore.load(path)
+            # The file is untrusted: it may not declare more vectors than the catalog can account for.
+            store, header = VectorStore.load(path, max_count=self.catalog.vector_bound())
             if header.model != self.model_name or (dim and header.dim != dim) \
                     or header.generation > self.catalog.generation:
                 raise VectorFileError("made for another catalog state or model")
@@ -260,11 +271,7 @@ class Library:
                     pass
             else:
                 self.check_model()
-            roots = [os.path.abspath(os.path.expanduser(p)) for p in paths]
-            for r in roots:
-                if os.path.isdir(r):
-                    self.catalog.add_folder(r)
-            roots = roots or self.catalog.folders()
+            roots = self._register_roots(paths) or self.catalog.folders()
             if not self.catalog.get_meta("model") or self.catalog.vector_count() == 0:
                 encoder = self.encoder
                 self.catalog.set_meta("model", encoder.name)
@@ -283,9 +290,23 @@ class Library:
             # library costs a directory walk, not a model load.
             report = index_files(self.catalog, store, _LazyEmbedder(self), roots, batch_size=batch_size,
                                  workers=workers, progress=progress, cancel=cancel,
-                                 checkpoint=self._save_store)
+                                 checkpoint=self._save_store, exclude=[self.folder])
             self._resize_store_if_needed()
             return report
+
+    def _register_roots(self, paths: Sequence[str]) -> list[str]:
+        """Canonical roots for ``paths``, folders registered with the library.
+
+        A folder is registered by its real path (a symbolic link to a known folder is that folder,
+        so no photo gets two rows); a file keeps its own name in its folder's real path. The
+        library's own folder, and any folder holding a clipdesk library, is refused.
+        """
+        paths = [os.path.abspath(os.path.expanduser(p)) for p in paths]
+        own = os.path.realpath(self.folder)
+        for p in paths:
+            if os.path.isdir(p) and (is_inside(os.path.realpath(p), own) or is_library_folder(p)):
+                raise ClipdeskError(f"{p} is a clipdesk library folder, not a photo folder; it is not indexed.")
+        return [self.catalog.add_folder(p) if os.path.isdir(p) else canonical_path(p) for p in paths]
 
     def _resize_store_if_needed(self) -> None:
         """Switch between exact and approximate search as the library crosses the size threshold."""
@@ -641,6 +662,16 @@ def repair_library(folder: str | None = None) -> dict:
     path = os.path.join(folder, Catalog.FILENAME)
     if not os.path.exists(path):
         raise LibraryNotFoundError(f"No catalog at {path}.")
+    check_library_entry(path)
+    if not folder_writable(folder):  # read-only storage: check, but a repair cannot be written
+        problems = integrity_problems(path)
+        if not problems:
+            return {"catalog": path, "status": "ok", "problems": []}
+        from clipdesk.indexer.errors import LibraryReadOnlyError
+
+        raise LibraryReadOnlyError(
+            f"The catalog {path} is damaged ({problems[0]}) and the library is read-only: copy the "
+            "library folder to writable storage and run 'clipdesk repair' there.")
     with LibraryLock(folder):
         problems = integrity_problems(path)
         if not problems:

@@ -15,17 +15,23 @@ from __future__ import annotations
 import os
 import shutil
 import sqlite3
+import tempfile
 import threading
 import time
+import urllib.parse
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 
 import numpy as np
 
-from .errors import CatalogCorruptError, ClipdeskError, DiskFullError, SchemaVersionError, is_disk_full
+from .decode import sane_timestamp
+from .errors import (CatalogCorruptError, ClipdeskError, DiskFullError, FolderNotInLibraryError,
+                     LibraryReadOnlyError, SchemaVersionError, is_disk_full)
+from .files import check_library_entry, folder_writable, is_read_only_error
+from .scan import canonical_path, fold_int64, is_inside
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 _SCHEMA_V1 = """
 CREATE TABLE meta(key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -54,8 +60,50 @@ CREATE TABLE label_members(
 );
 """
 
-# Step migrations: _MIGRATIONS[v] upgrades a catalog at version v to v + 1.
-_MIGRATIONS: dict[int, str] = {}
+# Step migrations: _MIGRATIONS[v] upgrades a catalog at version v to v + 1. A new catalog is
+# version 1 plus every migration.
+_MIGRATIONS: dict[int, str] = {
+    # 2: the file's inode number, so two identical files moved together keep their own rows.
+    1: "ALTER TABLE images ADD COLUMN ino INTEGER NOT NULL DEFAULT 0;",
+}
+# SQLite's files beside the database; it follows a symbolic link at any of these names.
+_SIDE_FILES = ("-wal", "-shm", "-journal")
+
+
+def _ro_uri(path: str, immutable: bool = False) -> str:
+    return f"file:{urllib.parse.quote(os.path.abspath(path))}?mode=ro" + ("&immutable=1" if immutable else "")
+
+
+def _connect_read_only(path: str) -> tuple[sqlite3.Connection, str | None]:
+    """A read-only connection to a catalog on read-only storage: ``(connection, copy folder)``.
+
+    SQLite reads a WAL database in place only when its ``-wal`` and ``-shm`` files exist. Without
+    a ``-wal`` the database file holds everything and is opened ``immutable`` (no shared memory
+    needed). A ``-wal`` without its ``-shm`` (copied without it) holds rows the database file does
+    not: the two are copied to a private temporary folder and read there, rather than ignored.
+    """
+    wal = path + "-wal"
+    has_wal = os.path.exists(wal) and os.path.getsize(wal) > 0
+    if not has_wal:
+        return sqlite3.connect(_ro_uri(path, immutable=True), uri=True, check_same_thread=False,
+                               isolation_level=None), None
+    try:
+        conn = sqlite3.connect(_ro_uri(path), uri=True, check_same_thread=False, isolation_level=None)
+        conn.execute("SELECT count(*) FROM sqlite_master").fetchone()
+        return conn, None
+    except sqlite3.OperationalError:
+        pass
+    copy_dir = tempfile.mkdtemp(prefix="clipdesk-readonly-")
+    try:
+        copy = os.path.join(copy_dir, os.path.basename(path))
+        shutil.copyfile(path, copy)
+        shutil.copyfile(wal, copy + "-wal")
+        conn = sqlite3.connect(copy, check_same_thread=False, isolation_level=None)
+        conn.execute("SELECT count(*) FROM sqlite_master").fetchone()  # replays the WAL into the copy
+    except BaseException:
+        shutil.rmtree(copy_dir, ignore_errors=True)
+        raise
+    return conn, copy_dir
 
 
 @dataclass(frozen=True)
@@ -65,6 +113,7 @@ class FileState:
     mtime_ns: int
     hash: str | None
     failed: bool
+    ino: int = 0  # 0: unknown
 
 
 @dataclass(frozen=True)
@@ -77,8 +126,9 @@ class ImageRecord:
     hash: str
     width: int
     height: int
-    taken: float
+    taken: float | None
     vector: np.ndarray  # (dim,) float32, L2-normalised
+    ino: int = 0
 
 
 @dataclass(frozen=True)
@@ -87,6 +137,7 @@ class Failure:
     reason: str
     size: int = -1
     mtime_ns: int = 0
+    ino: int = 0
 
 
 @dataclass(frozen=True)
@@ -113,30 +164,60 @@ class Catalog:
 
     FILENAME = "catalog.sqlite"
 
-    def __init__(self, conn: sqlite3.Connection, path: str):
+    def __init__(self, conn: sqlite3.Connection, path: str, read_only: bool = False,
+                 copy_dir: str | None = None):
         self._conn = conn
         self.path = path
+        # On read-only storage nothing is written (no WAL index, no checkpoint, no migration).
+        self.read_only = read_only
+        self._copy_dir = copy_dir  # a private copy of a catalog whose WAL could not be read in place
+        self.version = SCHEMA_VERSION
         self._lock = threading.RLock()
 
     # ------------------------------------------------------------------ opening
     @classmethod
     def open(cls, folder: str, create: bool = True) -> Catalog:
+        """Open (or create) the catalog of the library at ``folder``.
+
+        The catalog and its SQLite side files must be regular files, never symbolic links (SQLite
+        would follow one and create or write its target outside the library). On read-only
+        storage the catalog opens read-only (see :attr:`read_only`): readers work, writes raise
+        :class:`LibraryReadOnlyError`.
+        """
         path = os.path.join(folder, cls.FILENAME)
-        exists = os.path.exists(path)
+        if create:
+            try:
+                os.makedirs(folder, exist_ok=True)
+            except OSError as e:
+                if is_read_only_error(e):
+                    raise LibraryReadOnlyError(
+                        f"Cannot create the library {folder}: the location is read-only.") from None
+                raise
+        exists = check_library_entry(path)
+        for suffix in _SIDE_FILES:
+            check_library_entry(path + suffix)
         if not exists and not create:
             raise FileNotFoundError(path)
-        if create:
-            os.makedirs(folder, exist_ok=True)
+        read_only = os.path.isdir(folder) and not folder_writable(folder)
+        if read_only and not exists:
+            raise LibraryReadOnlyError(f"Cannot create a library in {folder}: the folder is read-only.")
+        copy_dir = None
         try:
-            conn = sqlite3.connect(path, check_same_thread=False, isolation_level=None, timeout=30)
-            conn.execute("PRAGMA journal_mode=WAL")
-            conn.execute("PRAGMA synchronous=NORMAL")
+            if read_only:
+                conn, copy_dir = _connect_read_only(path)
+            else:
+                conn = sqlite3.connect(path, check_same_thread=False, isolation_level=None, timeout=30)
+                conn.execute("PRAGMA journal_mode=WAL")
+                conn.execute("PRAGMA synchronous=NORMAL")
             conn.execute("PRAGMA foreign_keys=ON")
             version = conn.execute("PRAGMA user_version").fetchone()[0]
             tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")}
         except sqlite3.OperationalError as e:
             if "unable to open" in str(e):
                 raise ClipdeskError(f"Cannot open the catalog {path}: {e} (check the folder and its permissions).") from None
+            if "readonly" in str(e) or "read-only" in str(e):
+                raise LibraryReadOnlyError(f"The library {folder} is read-only and its catalog cannot be "
+                                           f"opened for writing ({e}).") from None
             raise CatalogCorruptError(
                 f"The catalog {path} is damaged ({e}). Run 'clipdesk repair' to check it and "
                 "salvage what can be read; your photos are not touched."
@@ -146,8 +227,11 @@ class Catalog:
                 f"The catalog {path} is damaged ({e}). Run 'clipdesk repair' to check it and "
                 "salvage what can be read; your photos are not touched."
             ) from None
-        catalog = cls(conn, path)
+        catalog = cls(conn, path, read_only=read_only, copy_dir=copy_dir)
         if version == 0 and not tables:
+            if read_only:
+                conn.close()
+                raise LibraryReadOnlyError(f"The library {folder} is read-only and its catalog is empty.")
             catalog._create()
         elif version > SCHEMA_VERSION:
             conn.close()
@@ -156,7 +240,10 @@ class Catalog:
                 f"version understands up to {SCHEMA_VERSION}). Upgrade clipdesk to open it."
             )
         elif version < SCHEMA_VERSION:
-            catalog._migrate(version)
+            if read_only:  # readers need nothing the migrations add; writers cannot write anyway
+                catalog.version = version
+            else:
+                catalog._migrate(version)
         elif "images" not in tables:
             conn.close()
             raise CatalogCorruptError(f"The catalog {path} has no images table. Run 'clipdesk repair'.")
@@ -165,7 +252,8 @@ class Catalog:
     def _create(self) -> None:
         with self._lock:
             self._conn.executescript(
-                "BEGIN;" + _SCHEMA_V1 + "INSERT INTO meta(key, value) VALUES ('generation', '0');"
+                "BEGIN;" + _SCHEMA_V1 + "".join(_MIGRATIONS[v] for v in range(1, SCHEMA_VERSION))
+                + "INSERT INTO meta(key, value) VALUES ('generation', '0');"
                 f"PRAGMA user_version={SCHEMA_VERSION};COMMIT;")
 
     def _migrate(self, version: int) -> None:
@@ -182,16 +270,21 @@ class Catalog:
     def close(self) -> None:
         with self._lock:
             self._conn.close()
+            if self._copy_dir:
+                shutil.rmtree(self._copy_dir, ignore_errors=True)
+                self._copy_dir = None
 
     @contextmanager
     def transaction(self) -> Iterator[sqlite3.Connection]:
         """One atomic write; rolled back on any exception (disk full included)."""
+        if self.read_only:
+            raise LibraryReadOnlyError(self._read_only_message())
         with self._lock:
             conn = self._conn
             own = not conn.in_transaction
-            if own:
-                conn.execute("BEGIN IMMEDIATE")
             try:
+                if own:
+                    conn.execute("BEGIN IMMEDIATE")
                 yield conn
                 if own and conn.in_transaction:
                     conn.execute("COMMIT")
@@ -202,7 +295,14 @@ class Catalog:
                     raise DiskFullError(
                         f"The disk holding the library is full (writing {self.path}). Everything "
                         "indexed before is kept; free some space and run the indexing again.") from None
+                if isinstance(e, sqlite3.OperationalError) and "readonly" in str(e):
+                    raise LibraryReadOnlyError(self._read_only_message()) from None
                 raise
+
+    def _read_only_message(self) -> str:
+        return (f"The library {os.path.dirname(self.path)} is read-only (read-only storage or "
+                "permissions): searching works, changes cannot be saved. Copy it to writable "
+                "storage to change it.")
 
     def _query(self, sql: str, params: Sequence = ()) -> list[tuple]:
         with self._lock:
@@ -234,17 +334,51 @@ class Catalog:
         return gen
 
     # ------------------------------------------------------------------ folders
-    def add_folder(self, path: str) -> None:
+    def add_folder(self, path: str) -> str:
+        """Register a folder under its canonical path (symbolic links resolved) and return the
+        registered path. A folder already registered under another path to the same place (a
+        link, an older non-canonical entry) is that folder: the same photos never get two rows."""
+        known = self.find_folder(path)
+        if known is not None:
+            return known
+        real = os.path.realpath(path)
         with self.transaction() as c:
-            c.execute("INSERT OR IGNORE INTO folders(path, added) VALUES (?, ?)", (_b(path), time.time()))
+            c.execute("INSERT OR IGNORE INTO folders(path, added) VALUES (?, ?)", (_b(real), time.time()))
+        return real
+
+    def find_folder(self, path: str) -> str | None:
+        """The registered folder that ``path`` names (same path, or the same place through links)."""
+        folders = self.folders()
+        if path in folders:
+            return path
+        real = os.path.realpath(path)
+        for f in folders:
+            if f == real or os.path.realpath(f) == real:
+                return f
+        return None
 
     def remove_folder(self, path: str) -> list[int]:
-        """Forget a folder and its images (the files on disk are not touched). Returns removed ids."""
-        prefix = _b(path.rstrip(os.sep) + os.sep)
+        """Forget a library folder and the images no other library folder covers (the files on disk
+        are not touched). Returns removed ids.
+
+        ``path`` must name one of :meth:`folders` (directly or through a symbolic link); anything
+        else, a prefix such as ``/`` included, raises :class:`FolderNotInLibraryError` and forgets
+        nothing.
+        """
+        folder = self.find_folder(path)
+        if folder is None:
+            listed = "\n  ".join(self.folders()) or "(none)"
+            raise FolderNotInLibraryError(
+                f"{path} is not a folder of this library, so nothing was removed. The library's "
+                f"folders are:\n  {listed}")
+        others = [f for f in self.folders() if f != folder]
+        prefix = _b(folder.rstrip(os.sep) + os.sep)
         with self.transaction() as c:
-            c.execute("DELETE FROM folders WHERE path=?", (_b(path),))
-            ids = [r[0] for r in c.execute(
-                "SELECT id FROM images WHERE substr(path, 1, ?) = ?", (len(prefix), prefix))]
+            c.execute("DELETE FROM folders WHERE path=?", (_b(folder),))
+            # Photos another folder still covers (an outer or an inner one) stay, labels and all.
+            ids = [i for i, p in c.execute("SELECT id, path FROM images WHERE substr(path, 1, ?) = ?",
+                                           (len(prefix), prefix))
+                   if not any(is_inside(_s(p), o) for o in others)]
             self._delete(c, ids)
         return ids
 
@@ -253,8 +387,9 @@ class Catalog:
 
     # ------------------------------------------------------------------ incremental indexing
     def file_states(self) -> dict[str, FileState]:
-        rows = self._query("SELECT id, path, size, mtime_ns, hash, error IS NOT NULL FROM images")
-        return {_s(p): FileState(i, s, m, h, bool(f)) for i, p, s, m, h, f in rows}
+        ino = "ino" if self.version >= 2 else "0"
+        rows = self._query(f"SELECT id, path, size, mtime_ns, hash, error IS NOT NULL, {ino} FROM images")
+        return {_s(p): FileState(i, s, m, h, bool(f), n or 0) for i, p, s, m, h, f, n in rows}
 
     def write_batch(
         self,
@@ -264,7 +399,7 @@ class Catalog:
         moves: Sequence[tuple[int, str, int, int]] = (),
     ) -> tuple[int, list[int], list[int]]:
         """Write one batch atomically: embedded images (inserted or replaced by path), failures,
-        deletions and moves ``(id, new_path, size, mtime_ns)``.
+        deletions and moves ``(id, new_path, size, mtime_ns[, ino])``.
 
         Returns ``(new generation, ids of records, ids whose old vector must leave the index)``.
         """
@@ -273,22 +408,23 @@ class Catalog:
         with self.transaction() as c:
             gen = self._bump_generation(c)
             self._delete(c, delete_ids, gen)
-            for image_id, new_path, size, mtime_ns in moves:
-                c.execute("UPDATE images SET path=?, size=?, mtime_ns=? WHERE id=?",
-                          (_b(new_path), size, mtime_ns, image_id))
+            for image_id, new_path, size, mtime_ns, *ino in moves:
+                c.execute("UPDATE images SET path=?, size=?, mtime_ns=?, ino=? WHERE id=?",
+                          (_b(new_path), size, fold_int64(mtime_ns), fold_int64(ino[0] if ino else 0), image_id))
             for r in records:
                 blob = np.asarray(r.vector, dtype=np.float16).tobytes()
                 row = c.execute("SELECT id, error IS NULL FROM images WHERE path=?", (_b(r.path),)).fetchone()
-                values = (r.size, r.mtime_ns, r.hash, r.width, r.height, r.taken, blob, gen)
+                values = (r.size, fold_int64(r.mtime_ns), r.hash, r.width, r.height, sane_timestamp(r.taken),
+                          blob, gen, fold_int64(r.ino))
                 if row is None:
                     cur = c.execute(
-                        "INSERT INTO images(size, mtime_ns, hash, width, height, taken, vector, vgen, path)"
-                        " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)", (*values, _b(r.path)))
+                        "INSERT INTO images(size, mtime_ns, hash, width, height, taken, vector, vgen, ino, path)"
+                        " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", (*values, _b(r.path)))
                     ids.append(int(cur.lastrowid))
                 else:
                     c.execute(
                         "UPDATE images SET size=?, mtime_ns=?, hash=?, width=?, height=?, taken=?,"
-                        " vector=?, vgen=?, error=NULL WHERE id=?", (*values, row[0]))
+                        " vector=?, vgen=?, ino=?, error=NULL WHERE id=?", (*values, row[0]))
                     ids.append(row[0])
                     if row[1]:
                         replaced.append(row[0])
@@ -296,10 +432,10 @@ class Catalog:
                 row = c.execute("SELECT id, error IS NULL FROM images WHERE path=?", (_b(f.path),)).fetchone()
                 if row is None:
                     c.execute("INSERT INTO images(path, size, mtime_ns, error, vgen) VALUES (?, ?, ?, ?, ?)",
-                              (_b(f.path), f.size, f.mtime_ns, f.reason, gen))
+                              (_b(f.path), f.size, fold_int64(f.mtime_ns), f.reason, gen))
                 else:
                     c.execute("UPDATE images SET size=?, mtime_ns=?, error=?, vector=NULL, vgen=? WHERE id=?",
-                              (f.size, f.mtime_ns, f.reason, gen, row[0]))
+                              (f.size, fold_int64(f.mtime_ns), f.reason, gen, row[0]))
                     if row[1]:
                         replaced.append(row[0])
                         c.execute("INSERT INTO tombstones(id, generation) VALUES (?, ?)", (row[0], gen))
@@ -329,6 +465,12 @@ class Catalog:
     def vector_count(self) -> int:
         return self._query("SELECT count(*) FROM images WHERE vector IS NOT NULL")[0][0]
 
+    def vector_bound(self) -> int:
+        """The most vectors an honest vector cache can hold: today's, plus those deleted since
+        the oldest generation still recorded (a cache may lag behind the catalog)."""
+        return int(self._query("SELECT (SELECT count(*) FROM images WHERE vector IS NOT NULL)"
+                               " + (SELECT count(*) FROM tombstones)")[0][0])
+
     def iter_vectors(self, since_generation: int = 0, chunk: int = 50_000) -> Iterator[tuple[np.ndarray, np.ndarray]]:
         """Yield ``(ids (n,) int64, vectors (n, dim) float32)`` of rows written after a generation."""
         for ids, _paths, vecs in self._vector_chunks(since_generation, chunk, with_paths=False):
@@ -349,9 +491,18 @@ class Catalog:
             if not rows:
                 return
             ids = np.fromiter((r[0] for r in rows), dtype=np.int64, count=len(rows))
+            self._check_blobs(r[1] for r in rows)
             vecs = np.frombuffer(b"".join(r[1] for r in rows), dtype=np.float16).reshape(len(rows), -1)
             yield ids, [_s(r[2]) for r in rows] if with_paths else None, vecs.astype(np.float32)
             last = int(ids[-1])
+
+    def _check_blobs(self, blobs: Iterable[bytes]) -> None:
+        """Every vector blob must be float16 and of one length (the catalog is untrusted input)."""
+        lengths = {len(b) for b in blobs}
+        if len(lengths) > 1 or any(n == 0 or n % 2 for n in lengths):
+            raise CatalogCorruptError(
+                f"The catalog {self.path} holds vectors of different sizes {sorted(lengths)[:4]} (damaged). "
+                "Run 'clipdesk repair', then 'clipdesk index'.")
 
     def deleted_since(self, generation: int) -> np.ndarray:
         rows = self._query("SELECT DISTINCT id FROM tombstones WHERE generation > ?", (generation,))
@@ -373,12 +524,18 @@ class Catalog:
             raise KeyError(missing)
         if not ids:
             return np.zeros((0, 0), np.float32)
+        self._check_blobs(found.values())
         return np.stack([np.frombuffer(found[i], dtype=np.float16) for i in ids]).astype(np.float32)
 
     # ------------------------------------------------------------------ lookups
     def id_for_path(self, path: str) -> int | None:
-        rows = self._query("SELECT id FROM images WHERE path=? AND vector IS NOT NULL", (_b(path),))
-        return rows[0][0] if rows else None
+        """The id of the embedded image at ``path``, also when ``path`` reaches it through a
+        symbolic link to its folder (folders are stored by their real path)."""
+        for p in dict.fromkeys((path, canonical_path(path))):
+            rows = self._query("SELECT id FROM images WHERE path=? AND vector IS NOT NULL", (_b(p),))
+            if rows:
+                return rows[0][0]
+        return None
 
     def images(self, ids: Sequence[int]) -> dict[int, ImageInfo]:
         out = {}
@@ -451,15 +608,36 @@ class Catalog:
             out[name].append(image_id)
         return out
 
+    # --- library care
+    def hash_groups(self, folder: str | None = None) -> list[list[int]]:
+        """Ids of embedded images sharing a content fingerprint, one list per fingerprint held by
+        two or more of them (under ``folder`` only, when given). Uses the hash index."""
+        sql = ("SELECT hash, id FROM images WHERE vector IS NOT NULL AND hash IN ("
+               "SELECT hash FROM images WHERE vector IS NOT NULL AND hash IS NOT NULL{where}"
+               " GROUP BY hash HAVING count(*) > 1){where} ORDER BY hash, id")
+        where, params = "", []
+        if folder:
+            prefix = _b(folder.rstrip(os.sep) + os.sep)
+            where, params = " AND substr(path, 1, ?) = ?", [len(prefix), prefix]
+        groups: dict[str, list[int]] = {}
+        for h, i in self._query(sql.format(where=where), params * 2):
+            groups.setdefault(h, []).append(int(i))
+        return list(groups.values())
+
 
 def integrity_problems(path: str) -> list[str]:
     """``PRAGMA integrity_check`` of a catalog file: an empty list when it is sound."""
     try:
-        conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+        if folder_writable(os.path.dirname(os.path.abspath(path))):
+            conn, copy_dir = sqlite3.connect(_ro_uri(path), uri=True), None
+        else:
+            conn, copy_dir = _connect_read_only(path)
         try:
             rows = [r[0] for r in conn.execute("PRAGMA integrity_check").fetchall()]
         finally:
             conn.close()
+            if copy_dir:
+                shutil.rmtree(copy_dir, ignore_errors=True)
     except sqlite3.DatabaseError as e:
         return [str(e)]
     return [] if rows == ["ok"] else rows
@@ -474,7 +652,7 @@ def salvage(damaged: str, target_folder: str) -> dict[str, int]:
     fresh = Catalog.open(target_folder)
     recovered = {}
     try:
-        src = sqlite3.connect(f"file:{damaged}?mode=ro", uri=True)
+        src = sqlite3.connect(_ro_uri(damaged), uri=True)
         src.execute("SELECT name FROM sqlite_master").fetchall()
     except sqlite3.DatabaseError:
         fresh.close()

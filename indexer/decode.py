@@ -10,16 +10,19 @@ of a camera-sized photo when the model only needs a few hundred pixels.
 """
 from __future__ import annotations
 
+import errno
 import hashlib
 import io
 import os
 import warnings
 from dataclasses import dataclass
 from datetime import datetime
+from typing import BinaryIO
 
 from PIL import Image, ImageFile, UnidentifiedImageError
 
 from .errors import UnreadableImageError
+from .files import NotRegularFileError, open_regular
 
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".jpe", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff"})
 HEIF_EXTENSIONS = frozenset({".heic", ".heif"})
@@ -93,29 +96,39 @@ def content_hash(data: bytes) -> str:
     return _fingerprint(len(data), data[:_HASH_CHUNK], data[-_HASH_CHUNK:])
 
 
-def file_hash(path: str) -> str:
-    """:func:`content_hash` of a file on disk, reading only the parts it needs."""
-    with open(path, "rb") as f:
-        size = os.fstat(f.fileno()).st_size
-        head = f.read(_HASH_CHUNK)
-        f.seek(max(0, size - _HASH_CHUNK))
+def _stream_hash(f: BinaryIO, size: int) -> tuple[str, bytes]:
+    """(:func:`content_hash` of an open file of ``size`` bytes, its first bytes), reading at most
+    128 KiB whatever the file's size."""
+    head = f.read(_HASH_CHUNK)
+    if size > _HASH_CHUNK:
+        f.seek(size - _HASH_CHUNK)
         tail = f.read(_HASH_CHUNK)
-    return _fingerprint(size, head, tail)
+    else:
+        tail = head
+    return _fingerprint(size, head, tail), head
 
 
-def read_file(path: str) -> bytes:
-    """Read a whole file, turning OS errors into readable reasons."""
-    try:
-        with open(path, "rb") as f:
-            return f.read()
-    except FileNotFoundError:
-        raise UnreadableImageError(path, "the file disappeared before it could be read") from None
-    except PermissionError:
-        raise UnreadableImageError(path, "permission denied: the file cannot be read") from None
-    except IsADirectoryError:
-        raise UnreadableImageError(path, "this is a folder, not an image file") from None
-    except OSError as e:
-        raise UnreadableImageError(path, f"the file cannot be read ({e.strerror or e})") from None
+def file_hash(path: str) -> str:
+    """:func:`content_hash` of a regular file on disk, reading only the parts it needs.
+
+    Raises :class:`OSError` for a file that cannot be read or is not a regular file."""
+    with os.fdopen(open_regular(path), "rb") as f:
+        return _stream_hash(f, os.fstat(f.fileno()).st_size)[0]
+
+
+def _os_reason(e: OSError) -> str:
+    """A person's explanation of why a file could not be opened."""
+    if isinstance(e, NotRegularFileError):
+        return f"not a regular file: this is {e.kind}, not an image file"
+    if e.errno == errno.ENOENT:
+        return "the file disappeared before it could be read"
+    if e.errno in (errno.EACCES, errno.EPERM):
+        return "permission denied: the file cannot be read"
+    if e.errno == errno.EISDIR:
+        return "this is a folder, not an image file"
+    if e.errno == errno.ELOOP:
+        return "symbolic link loop: the file cannot be read"
+    return f"the file cannot be read ({e.strerror or e})"
 
 
 def decode_image(path: str, min_side: int = 224, data: bytes | None = None) -> DecodedImage:
@@ -123,22 +136,41 @@ def decode_image(path: str, min_side: int = 224, data: bytes | None = None) -> D
 
     ``min_side`` is the size the caller will resize the shorter side to; decoding may return a
     reduced image no smaller than that (JPEG draft mode). Raises :class:`UnreadableImageError`.
+
+    The file is never read whole: it is opened as a regular file only (a FIFO or a device such as
+    ``/dev/zero`` is refused, never read), fingerprinted from its first and last 64 KiB, and
+    Pillow reads from it only what decoding needs, so memory follows the image's pixel count
+    (capped by ``MAX_PIXELS``), not the file's size.
     """
-    if data is None:
-        data = read_file(path)
-    if not data:
+    if data is not None:
+        return _decode(path, io.BytesIO(data), len(data), min_side)
+    try:
+        fd = open_regular(path)
+    except OSError as e:
+        raise UnreadableImageError(path, _os_reason(e)) from None
+    with os.fdopen(fd, "rb") as f:
+        try:
+            size = os.fstat(fd).st_size
+            return _decode(path, f, size, min_side)
+        except OSError as e:  # a read error of the medium (EIO), not a format problem
+            raise UnreadableImageError(path, _os_reason(e)) from None
+
+
+def _decode(path: str, f: BinaryIO, size: int, min_side: int) -> DecodedImage:
+    if size == 0:
         raise UnreadableImageError(path, "the file is empty (0 bytes)")
     ext = os.path.splitext(path)[1].lower()
     if ext in HEIF_EXTENSIONS and not _register_heif():
         raise UnreadableImageError(
             path, "HEIC/HEIF support is not installed: install it with pip install 'clipdesk[heic]'"
         )
-    digest = content_hash(data)
+    digest, head = _stream_hash(f, size)
+    f.seek(0)
     try:
         with warnings.catch_warnings():
             # We apply our own, explicit pixel limit below.
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            img = Image.open(io.BytesIO(data))
+            img = Image.open(f)
             width, height = img.size
             if width * height > MAX_PIXELS:
                 raise UnreadableImageError(
@@ -157,7 +189,7 @@ def decode_image(path: str, min_side: int = 224, data: bytes | None = None) -> D
             path, f"the image declares too many pixels, over the safety limit (possible decompression bomb: {e})"
         ) from None
     except UnidentifiedImageError:
-        raise UnreadableImageError(path, _describe_unknown(data)) from None
+        raise UnreadableImageError(path, _describe_unknown(head)) from None
     except (OSError, SyntaxError, ValueError, EOFError) as e:
         raise UnreadableImageError(path, f"the file is truncated or damaged ({e})") from None
 
@@ -190,12 +222,34 @@ def _read_exif(img: Image.Image) -> tuple[int, float | None]:
 
 
 def _parse_exif_date(raw: object) -> float | None:
+    if isinstance(raw, bytes):
+        raw = raw.decode("ascii", errors="replace")
     if not isinstance(raw, str):
         return None
     try:
-        return datetime.strptime(raw.strip("\x00 ")[:19], "%Y:%m:%d %H:%M:%S").timestamp()
+        return sane_timestamp(datetime.strptime(raw.strip("\x00 ")[:19], "%Y:%m:%d %H:%M:%S").timestamp())
     except (ValueError, OverflowError, OSError):
         return None
+
+
+# Dates a program can show: datetime covers years 1..9999; a day's margin keeps every time zone in.
+_MIN_TIMESTAMP = -62135596800.0 + 86400
+_MAX_TIMESTAMP = 253402300799.0 - 86400
+
+
+def sane_timestamp(t: float | int | None) -> float | None:
+    """``t`` (POSIX seconds) if it is a date between the years 1 and 9999, else None.
+
+    A file's modification time can be anything the file system stores (year 2400, negative,
+    beyond 64-bit nanoseconds); a capture date outside this range means "unknown", not an error.
+    """
+    if t is None:
+        return None
+    try:
+        t = float(t)
+    except (OverflowError, ValueError, TypeError):
+        return None
+    return t if _MIN_TIMESTAMP <= t <= _MAX_TIMESTAMP else None
 
 
 def _to_rgb(img: Image.Image) -> Image.Image:

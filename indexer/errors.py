@@ -37,6 +37,18 @@ class LibraryNotFoundError(ClipdeskError):
     """No library exists at the given folder (and creating one was not asked for)."""
 
 
+class LibraryReadOnlyError(ClipdeskError):
+    """A change was asked of a library on read-only storage (reading it works)."""
+
+
+class LibraryFileError(ClipdeskError):
+    """A library file is a symbolic link or of the wrong type, so it is not opened."""
+
+
+class FolderNotInLibraryError(ClipdeskError):
+    """A folder operation named a folder that is not one of the library's folders."""
+
+
 class DiskFullError(ClipdeskError):
     """The disk holding the library filled up; what was committed before is intact."""
 

@@ -5,9 +5,12 @@ releases it when the process dies (kill -9 included), so a crash never leaves a 
 """
 from __future__ import annotations
 
+import errno
 import os
+import stat
 
-from .errors import LibraryLockedError
+from .errors import LibraryFileError, LibraryLockedError, LibraryReadOnlyError
+from .files import O_CLOEXEC, O_NOFOLLOW, O_NONBLOCK, check_library_entry, is_read_only_error
 
 if os.name == "nt":  # pragma: no cover - exercised on Windows only
     import msvcrt
@@ -42,7 +45,23 @@ class LibraryLock:
     def acquire(self) -> None:
         if self._fd is not None:
             return
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o666)
+        # Never through a symbolic link (it would truncate its target and write a PID into it),
+        # never a FIFO or device (O_NONBLOCK: opening one must not wait).
+        try:
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT | O_NOFOLLOW | O_NONBLOCK | O_CLOEXEC, 0o666)
+        except OSError as e:
+            if e.errno == errno.ELOOP or os.path.islink(self.path):
+                check_library_entry(self.path)  # raises the clear "is a symbolic link" error
+            if is_read_only_error(e):
+                raise LibraryReadOnlyError(
+                    f"The library {self.folder} is read-only (read-only storage or permissions): "
+                    "searching works, but indexing and other changes need write access.") from None
+            raise
+        mode = os.fstat(fd).st_mode
+        if not stat.S_ISREG(mode):
+            os.close(fd)
+            check_library_entry(self.path)
+            raise LibraryFileError(f"The library's lock {self.path} is not a regular file.")
         if not _try_lock(fd):
             try:
                 holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"

@@ -5,7 +5,8 @@ between batches; the CLI drives it with a tqdm bar, the GUI from a worker thread
 
 - Unchanged files (same size and modification time) are skipped; changed ones are re-embedded.
 - A file that vanished while a new file with the same content fingerprint appeared is a move:
-  the row (its vector and labels) follows the file.
+  the row (its vector and labels) follows the file. Identical files moved together are paired by
+  file name, then by inode number, so they never trade labels or dates.
 - Files that vanished are removed; a root folder that is missing altogether (an unplugged drive)
   is reported and its images are kept.
 - Decoding runs in a thread pool a few batches ahead of the model (Pillow releases the GIL).
@@ -26,10 +27,10 @@ from typing import Any, Protocol
 import numpy as np
 from PIL import Image
 
-from .catalog import Catalog, Failure, ImageRecord
-from .decode import decode_image, file_hash, read_file
+from .catalog import Catalog, Failure, FileState, ImageRecord
+from .decode import decode_image, file_hash
 from .errors import UnreadableImageError
-from .scan import ScannedFile, ScanProblem, scan
+from .scan import ScannedFile, ScanProblem, fold_int64, is_inside, outermost, scan
 from .vectors import VectorStore
 
 
@@ -106,19 +107,47 @@ class _Decoded:
 
 def _decode_one(file: ScannedFile, embedder: ImageEmbedder) -> _Decoded:
     try:
-        data = read_file(file.path)
-        img = decode_image(file.path, embedder.min_side, data=data)
+        img = decode_image(file.path, embedder.min_side)  # streamed: never the whole file in memory
         prepared = embedder.prepare(img.image)
     except UnreadableImageError as e:
         return _Decoded(file, failure=e.reason)
     except Exception as e:  # noqa: BLE001 - one odd file must not stop a library scan
         return _Decoded(file, failure=f"unexpected error while decoding ({type(e).__name__}: {e})")
-    taken = img.taken if img.taken is not None else file.mtime_ns / 1e9
+    taken = img.taken if img.taken is not None else file.mtime
     return _Decoded(file, prepared, dict(hash=img.content_hash, width=img.width, height=img.height, taken=taken))
 
 
 def _under(path: str, roots: Sequence[str]) -> bool:
-    return any(path == r or path.startswith(r.rstrip(os.sep) + os.sep) for r in roots)
+    return any(is_inside(path, r) for r in roots)
+
+
+def _pair_moves(olds: list[tuple[str, FileState]], news: list[ScannedFile]
+                ) -> list[tuple[str, FileState, ScannedFile]]:
+    """Pair vanished rows with appeared files of the same content: ``(old path, row, new file)``.
+
+    Identical files (copies of one photo) must keep their own rows, labels and dates: pairs with
+    the same file name and inode come first, then the same name, then the same inode; a single
+    leftover of each side is a rename. Leftovers beyond that are paired in name order.
+    """
+    olds = sorted(olds, key=lambda o: o[0])
+    news = sorted(news, key=lambda n: n.path)
+    pairs: list[tuple[str, FileState, ScannedFile]] = []
+
+    def same_name(o, n) -> bool:
+        return os.path.basename(o[0]) == os.path.basename(n.path)
+
+    def same_inode(o, n) -> bool:
+        return bool(o[1].ino) and o[1].ino == fold_int64(n.ino)
+
+    for rule in (lambda o, n: same_name(o, n) and same_inode(o, n), same_name, same_inode,
+                 lambda o, n: True):
+        for n in list(news):
+            o = next((o for o in olds if rule(o, n)), None)
+            if o is not None:
+                pairs.append((o[0], o[1], n))
+                olds.remove(o)
+                news.remove(n)
+    return pairs
 
 
 def index_files(
@@ -134,17 +163,21 @@ def index_files(
     cancel: CancelToken | None = None,
     checkpoint: Callable[[], None] | None = None,
     checkpoint_every: float = 60.0,
+    exclude: Sequence[str] = (),
 ) -> IndexReport:
     """Bring the catalog and ``store`` up to date with the image files under ``roots``.
 
     ``checkpoint`` is called every ``checkpoint_every`` seconds and at the end, to persist the
     vector store. Cancelling stops after the batch in flight; everything committed stays.
+    Folders in ``exclude`` (the library's own folder) are never indexed, nor is any folder that
+    holds a clipdesk library.
     """
     t0 = time.perf_counter()
     report = IndexReport()
     notify = progress or (lambda _p: None)
     cancel = cancel or CancelToken()
-    roots = [os.path.abspath(os.path.expanduser(r)) for r in roots]
+    # A root inside another root is scanned as part of the outer one (once, without warnings).
+    roots = outermost(os.path.abspath(os.path.expanduser(r)) for r in roots)
 
     # 1. Scan. Missing roots keep their images: a drive that is not plugged in is not a deletion.
     present_roots = []
@@ -159,7 +192,7 @@ def index_files(
     def on_problem(p: ScanProblem) -> None:
         report.problems.append(p)
 
-    for f in scan(present_roots, on_problem=on_problem):
+    for f in scan(present_roots, on_problem=on_problem, exclude=exclude):
         scanned[f.path] = f
         if len(scanned) % 1000 == 0:
             notify(Progress("scan", len(scanned), 0))
@@ -178,7 +211,7 @@ def index_files(
         st = states.get(path)
         if st is None:
             new.append(f)
-        elif st.size == f.size and st.mtime_ns == f.mtime_ns:
+        elif st.size == f.size and st.mtime_ns == f.stamp:
             report.unchanged += 1
         else:
             todo.append(f)
@@ -195,32 +228,29 @@ def index_files(
             scan_failures.append(Failure(p.path, p.reason))
 
     # 3. Moves: a vanished file whose fingerprint reappears under a new name keeps its row.
-    moves: list[tuple[int, str, int, int]] = []
-    by_size: dict[int, list[tuple[str, Any]]] = {}
+    moves: list[tuple[int, str, int, int, int]] = []
+    old_by_hash: dict[str, list[tuple[str, FileState]]] = {}
     for p, st in missing.items():
         if not st.failed and st.hash:
-            by_size.setdefault(st.size, []).append((p, st))
-    if by_size:
-        remaining_new = []
+            old_by_hash.setdefault(st.hash, []).append((p, st))
+    if old_by_hash:
+        sizes = {st.size for olds in old_by_hash.values() for _, st in olds}
+        new_by_hash: dict[str, list[ScannedFile]] = {}
         for f in new:
-            candidates = by_size.get(f.size)
-            match = None
-            if candidates:
+            if f.size in sizes:
                 try:
                     h = file_hash(f.path)
                 except OSError:
-                    h = None
-                for i, (old_path, st) in enumerate(candidates):
-                    if st.hash == h:
-                        match = candidates.pop(i)
-                        break
-            if match is None:
-                remaining_new.append(f)
-            else:
-                old_path, st = match
-                moves.append((st.id, f.path, f.size, f.mtime_ns))
+                    continue
+                if h in old_by_hash:
+                    new_by_hash.setdefault(h, []).append(f)
+        moved: set[str] = set()
+        for h, files in new_by_hash.items():
+            for old_path, st, f in _pair_moves(old_by_hash[h], files):
+                moves.append((st.id, f.path, f.size, f.stamp, f.ino))
                 del missing[old_path]
-        new = remaining_new
+                moved.add(f.path)
+        new = [f for f in new if f.path not in moved]
     delete_ids = [st.id for st in missing.values()]
     if moves or delete_ids or scan_failures:
         with store.lock:
@@ -265,9 +295,9 @@ def index_files(
                 ok = [d for d in batch if d.failure is None]
                 bad = [d for d in batch if d.failure is not None]
                 vectors = embedder.embed([d.prepared for d in ok]) if ok else np.zeros((0, store.dim), np.float32)
-                records = [ImageRecord(d.file.path, d.file.size, d.file.mtime_ns, vector=v, **d.record)
+                records = [ImageRecord(d.file.path, d.file.size, d.file.stamp, vector=v, ino=d.file.ino, **d.record)
                            for d, v in zip(ok, vectors)]
-                failures = [Failure(d.file.path, d.failure, d.file.size, d.file.mtime_ns) for d in bad]
+                failures = [Failure(d.file.path, d.failure, d.file.size, d.file.stamp, d.file.ino) for d in bad]
                 with store.lock:  # the catalog and the index move together
                     store.generation, ids, replaced = catalog.write_batch(records, failures)
                     store.remove(replaced)

@@ -6,12 +6,17 @@ where one query costs a few milliseconds; above it an inverted-file index with 8
 quantisation (``IndexIVFScalarQuantizer``), a quarter of the memory, whose ``nprobe`` is chosen at
 build time as the smallest that reaches ``TARGET_RECALL`` recall@10 against exact search.
 
-The file on disk holds a small JSON header (catalog generation, model, count) and the serialised
-index in one file, written atomically, so a header can never describe another index.
+The file on disk holds a small JSON header (catalog generation, model, count), the serialised
+index and a digest of both, in one file written atomically, so a header can never describe another
+index. The file is a cache and untrusted input: it is checked field by field before FAISS reads it
+(see :meth:`VectorStore.load`), and anything wrong with it means "rebuild from the catalog".
 """
 from __future__ import annotations
 
+import errno
+import hashlib
 import json
+import os
 import struct
 import threading
 from collections.abc import Iterable, Sequence
@@ -21,14 +26,14 @@ from typing import TYPE_CHECKING
 import faiss
 import numpy as np
 
-from .files import atomic_write
+from .files import atomic_write, open_regular
 
 if TYPE_CHECKING:
     from .catalog import Catalog
 
 EXACT_LIMIT = 50_000
 TARGET_RECALL = 0.95
-_MAGIC = b"CLIPDESK-VECTORS-1\n"
+_MAGIC = b"CLIPDESK-VECTORS-2\n"  # 2: a digest follows the index
 
 
 class VectorFileError(Exception):
@@ -184,36 +189,204 @@ class VectorStore:
     # ------------------------------------------------------------------ persistence
     def save(self, path: str, model: str) -> None:
         """Write atomically: a reader sees the old file or the new one, never a mix. The index is
-        streamed to the file (no second in-memory copy of a large index)."""
+        streamed to the file (no second in-memory copy of a large index), followed by a digest of
+        header and index that :meth:`load` checks."""
         def write(f) -> None:
             with self.lock:
                 header = VectorHeader(self.generation, model, self.dim, len(self), self.kind, self.nprobe)
                 head = json.dumps(header.__dict__).encode()
+                digest = hashlib.blake2b(head, digest_size=_DIGEST_SIZE)
                 f.write(_MAGIC)
                 f.write(struct.pack("<I", len(head)))
                 f.write(head)
-                faiss.write_index(self.index, faiss.PyCallbackIOWriter(f.write))
+
+                def emit(chunk) -> None:
+                    digest.update(chunk)
+                    f.write(chunk)
+
+                faiss.write_index(self.index, faiss.PyCallbackIOWriter(emit))
+                f.write(digest.digest())
 
         atomic_write(path, write)
 
     @classmethod
-    def load(cls, path: str) -> tuple[VectorStore, VectorHeader]:
+    def load(cls, path: str, max_count: int | None = None) -> tuple[VectorStore, VectorHeader]:
+        """Read ``vectors.faiss``; raises :class:`VectorFileError` for anything but an intact file of ours.
+
+        The file is untrusted: it is opened without following a symbolic link, and every size and
+        count in it is checked against the file's real size (and the header's count against
+        ``max_count``, the most vectors the catalog can account for) before FAISS allocates
+        anything, so a damaged or hostile file costs a rebuild, never memory or time.
+        """
         try:
-            f = open(path, "rb")
+            fd = open_regular(path, follow_symlinks=False)
         except OSError as e:
+            if e.errno == errno.ELOOP:
+                raise VectorFileError(f"{path} is a symbolic link, not followed") from None
             raise VectorFileError(f"cannot read {path}: {e}") from None
         try:
-            with f:
-                if f.read(len(_MAGIC)) != _MAGIC:
-                    raise ValueError("not a clipdesk vector file")
-                (n,) = struct.unpack("<I", f.read(4))
-                header = VectorHeader(**json.loads(f.read(n)))
-                index = faiss.read_index(faiss.PyCallbackIOReader(f.read))
+            with os.fdopen(fd, "rb") as f:
+                size = os.fstat(fd).st_size
+                header, head, start, end = _read_header(f, size, max_count)
+                _check_payload(f, start, end, header)
+                f.seek(start)
+                digest = hashlib.blake2b(head, digest_size=_DIGEST_SIZE)
+                left = [end - start]
+
+                def read(n: int) -> bytes:
+                    chunk = f.read(min(n, left[0]))
+                    left[0] -= len(chunk)
+                    digest.update(chunk)
+                    return chunk
+
+                index = faiss.read_index(faiss.PyCallbackIOReader(read))
+                if left[0] != 0 or f.read(_DIGEST_SIZE) != digest.digest():
+                    raise ValueError("checksum mismatch")
             if index.d != header.dim or index.ntotal != header.count:
                 raise ValueError("index does not match its header")
+        except VectorFileError:
+            raise
         except Exception as e:  # noqa: BLE001 - any damage means "rebuild"
             raise VectorFileError(f"{path} is damaged ({e})") from None
         return cls(header.dim, index, header.nprobe, header.generation), header
+
+
+# Sane limits on what a vector file may declare (checked before anything is allocated).
+_MAX_HEADER = 64 * 1024
+_MAX_DIM = 1 << 16
+_MAX_NLIST = 1 << 20
+_DIGEST_SIZE = 32
+
+
+def _read_header(f, size: int, max_count: int | None) -> tuple[VectorHeader, bytes, int, int]:
+    """``(header, header bytes, payload start, payload end)`` of an open vector file of ``size`` bytes."""
+    if f.read(len(_MAGIC)) != _MAGIC:
+        raise ValueError("not a clipdesk vector file (or one of an older format)")
+    raw = f.read(4)
+    if len(raw) != 4:
+        raise ValueError("truncated")
+    (n,) = struct.unpack("<I", raw)
+    start = len(_MAGIC) + 4 + n
+    end = size - _DIGEST_SIZE
+    if n > _MAX_HEADER or start > end:
+        raise ValueError(f"header length {n} does not fit the file ({size} bytes)")
+    head = f.read(n)
+    fields = json.loads(head)
+    if not isinstance(fields, dict) or set(fields) != set(VectorHeader.__dataclass_fields__):
+        raise ValueError("unexpected header fields")
+    header = VectorHeader(**fields)
+    ints = (header.generation, header.dim, header.count, header.nprobe)
+    if not all(type(v) is int and v >= 0 for v in ints) or not isinstance(header.model, str):
+        raise ValueError("header values of the wrong type")
+    if not 1 <= header.dim <= _MAX_DIM or header.kind not in ("exact", "ivf-sq8"):
+        raise ValueError(f"unsupported index (dim {header.dim}, kind {header.kind!r})")
+    if max_count is not None and header.count > max_count:
+        raise ValueError(f"declares {header.count} vectors, more than the catalog's {max_count}")
+    return header, head, start, end
+
+
+class _Fields:
+    """Reads the fixed-size fields of a FAISS stream between two offsets; skips data blocks."""
+
+    def __init__(self, f, start: int, end: int):
+        self.f, self.pos, self.end = f, start, end
+        f.seek(start)
+
+    def take(self, fmt: str):
+        n = struct.calcsize(fmt)
+        if self.pos + n > self.end:
+            raise ValueError("truncated index")
+        raw = self.f.read(n)
+        if len(raw) != n:
+            raise ValueError("truncated index")
+        self.pos += n
+        values = struct.unpack(fmt, raw)
+        return values[0] if len(values) == 1 else values
+
+    def expect(self, fmt: str, want, what: str) -> None:
+        got = self.take(fmt)
+        if got != want:
+            raise ValueError(f"{what}: {got!r}, expected {want!r}")
+
+    def skip(self, nbytes: int) -> None:
+        if nbytes < 0 or self.pos + nbytes > self.end:
+            raise ValueError("a block runs past the end of the file")
+        self.pos += nbytes
+        self.f.seek(self.pos)
+
+    def vector(self, itemsize: int, want: int | None = None, what: str = "vector") -> int:
+        n = self.take("<Q")
+        if want is not None and n != want:
+            raise ValueError(f"{what} holds {n} items, expected {want}")
+        self.skip(n * itemsize)
+        return n
+
+    def index_header(self, fourcc: bytes, d: int, ntotal: int | None) -> int:
+        self.expect("<4s", fourcc, "index type")
+        got_d, got_n, _, _, _, metric = self.take("<iqqq?i")
+        if got_d != d or (ntotal is not None and got_n != ntotal) or metric != faiss.METRIC_INNER_PRODUCT:
+            raise ValueError(f"index header (d {got_d}, ntotal {got_n}, metric {metric}) does not match")
+        return got_n
+
+
+def _check_payload(f, start: int, end: int, h: VectorHeader) -> None:
+    """Walk the serialised index and check every count against the header and the file's size.
+
+    Only the two layouts :class:`VectorStore` writes are accepted: ``IndexIDMap2`` over
+    ``IndexFlatIP``, and ``IndexIVFScalarQuantizer`` (8-bit, flat quantizer, array lists).
+    """
+    r = _Fields(f, start, end)
+    d = h.dim
+    if h.kind == "exact":
+        r.index_header(b"IxM2", d, h.count)
+        r.index_header(b"IxFI", d, h.count)
+        r.vector(4, h.count * d, "vectors")
+        r.vector(8, h.count, "ids")
+    else:
+        r.index_header(b"IwSq", d, h.count)
+        nlist, _nprobe = r.take("<QQ")
+        if not 1 <= nlist <= _MAX_NLIST or h.nprobe > nlist:
+            raise ValueError(f"implausible list count {nlist}")
+        r.index_header(b"IxFI", d, nlist)
+        r.vector(4, nlist * d, "centroids")
+        r.expect("<B", 0, "direct map")
+        r.vector(8, 0, "direct map")
+        r.take("<iif")  # quantizer type, range statistic and its argument
+        r.expect("<QQ", (d, d), "scalar quantizer size")
+        trained = r.take("<Q")
+        if trained > 2 * d:
+            raise ValueError("implausible quantizer training data")
+        r.skip(4 * trained)
+        r.expect("<Q", d, "code size")
+        r.take("<?")
+        r.expect("<4s", b"ilar", "inverted lists type")
+        r.expect("<QQ", (nlist, d), "inverted lists shape")
+        layout = r.take("<4s")
+        n = r.take("<Q")
+        if layout == b"full" and n == nlist:
+            sizes = list(struct.unpack(f"<{n}Q", _read_exact(r, 8 * n)))
+        elif layout == b"sprs" and n % 2 == 0 and n <= 2 * nlist:
+            pairs = struct.unpack(f"<{n}Q", _read_exact(r, 8 * n))
+            sizes = list(pairs[1::2])
+            if any(i >= nlist for i in pairs[0::2]):
+                raise ValueError("list number out of range")
+        else:
+            raise ValueError("unknown inverted list layout")
+        if sum(sizes) != h.count:
+            raise ValueError("inverted lists do not hold the declared count")
+        r.skip(h.count * (d + 8))
+    if r.pos != end:
+        raise ValueError(f"{end - r.pos} unexpected bytes after the index")
+
+
+def _read_exact(r: _Fields, n: int) -> bytes:
+    if r.pos + n > r.end:
+        raise ValueError("truncated index")
+    raw = r.f.read(n)
+    if len(raw) != n:
+        raise ValueError("truncated index")
+    r.pos += n
+    return raw
 
 
 def catch_up(store: VectorStore, catalog: Catalog) -> int:

@@ -173,7 +173,7 @@ def test_unreadable_file_reason(tmp_path, monkeypatch):
     else:  # root reads anything: inject the error the OS would raise
         def deny(p, *a, **k):
             raise PermissionError(13, "Permission denied", str(p))
-        monkeypatch.setattr(decode, "open", deny, raising=False)
+        monkeypatch.setattr(decode, "open_regular", deny)
     with pytest.raises(UnreadableImageError, match="permission denied"):
         decode_image(str(path))
 
@@ -187,8 +187,8 @@ def test_file_deleted_or_replaced_between_scan_and_decode(tmp_path, monkeypatch)
     swapped = make_photo(root / "swapped.jpg", pattern=2)
     real_scan = pipeline.scan
 
-    def racy_scan(roots, on_problem=None):
-        for f in real_scan(roots, on_problem):
+    def racy_scan(roots, on_problem=None, **kw):
+        for f in real_scan(roots, on_problem, **kw):
             yield f if f.path != str(swapped) else ScannedFile(f.path, f.size + 1, f.mtime_ns - 5)
         yield ScannedFile(str(root / "vanished.jpg"), 1234, 1)  # listed, then deleted
 
@@ -445,7 +445,9 @@ def test_no_pickle_and_safe_torch_load():
             if "torch.load(" in line:
                 assert "weights_only=True" in line, (p, line)
         assert "shell=True" not in text and "os.system(" not in text, p
-        assert "socket" not in text, p
+        # Network access only where the model's one-time download lives (its offline check).
+        if p.name != "models.py":
+            assert "import socket" not in text and "from socket" not in text, p
 
 
 def test_library_files_have_default_permissions(tmp_path, photos):
