@@ -1,0 +1,491 @@
+"""Keywords in and out: the tags other photo apps keep, as clipdesk labels, and back as XMP sidecars.
+
+Reading (``tags import``): keywords of XMP sidecars (``photo.ext.xmp`` as digiKam and darktable
+name them, ``photo.xmp`` as Lightroom does), of the XMP embedded in the photo (``dc:subject``,
+``lr:hierarchicalSubject``, ``digiKam:TagsList``) and of its IPTC Keywords. Hierarchies become
+labels ``a/b/c``; a flat keyword that is only a level of such a hierarchy (Lightroom and digiKam
+write the levels into ``dc:subject`` too) is not a label of its own.
+
+Writing (``tags write`` / ``tags remove``): a keyword ``a/b/c`` is written the way digiKam,
+Lightroom, darktable and Immich read it: ``digiKam:TagsList`` ``a/b/c``, ``lr:hierarchicalSubject``
+``a|b|c`` and ``dc:subject`` ``c``. An existing sidecar is merged into (every other field and
+keyword survives; the XMP is parsed and serialised by Exiv2, never hand-built); an existing
+``photo.xmp`` is updated rather than adding a second sidecar. Photos are never modified.
+Everything is a plan first (:func:`plan_write`), then journaled steps (:func:`apply_write`), so
+:func:`undo` restores each sidecar byte for byte or deletes the ones it created.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import stat
+import threading
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+
+import exiv2
+
+from clipdesk.errors import ClipdeskError
+from clipdesk.indexer.pipeline import CancelToken, Progress
+from clipdesk.journal import MAX_BACKUP_BYTES, Journal, UndoReport, read_bounded
+
+KIND = "tags"
+DEFAULT_PREFIX = "clipdesk/"
+SUBJECT = "Xmp.dc.subject"
+HIERARCHICAL = "Xmp.lr.hierarchicalSubject"
+DIGIKAM = "Xmp.digiKam.TagsList"
+IPTC_KEYWORDS = "Iptc.Application2.Keywords"
+MAX_SIDECAR_BYTES = 16 << 20
+MAX_KEYWORD = 500
+
+ProgressFn = Callable[[Progress], None]
+_exiv2_lock = threading.Lock()  # Exiv2's log capture below is process-wide
+
+
+class TagsError(ClipdeskError):
+    """A tags command that cannot run (no such label, nothing selected, bad keyword)."""
+
+
+class SidecarError(ClipdeskError):
+    """A sidecar or photo whose metadata cannot be parsed: it is left untouched and reported."""
+
+
+@dataclass(frozen=True)
+class Problem:
+    path: str
+    reason: str
+
+    def as_dict(self) -> dict:
+        return {"path": self.path, "reason": self.reason}
+
+
+# ---------------------------------------------------------------------- keywords
+def normalise_keyword(text: str) -> str:
+    """``" a / b/c "`` → ``"a/b/c"``; raises :class:`TagsError` for an empty or unprintable one."""
+    parts = [p.strip() for p in str(text).replace("|", "/").split("/")]
+    if not text or not all(parts) or len(text) > MAX_KEYWORD or any(not c.isprintable() for c in text):
+        raise TagsError(f"Not a usable keyword: {text!r} (empty levels, control characters or too long).")
+    return "/".join(parts)
+
+
+def with_prefix(prefix: str, keyword: str) -> str:
+    prefix = prefix.strip()
+    return normalise_keyword(prefix.rstrip("/") + "/" + keyword if prefix.strip("/") else keyword)
+
+
+def keywords_from(subject: Iterable[str], hierarchical: Iterable[str]) -> list[str]:
+    """Labels from flat keywords and hierarchical paths (``a/b/c``), in first-seen order.
+
+    A flat keyword that is one level of a hierarchical one is the flattened copy apps write
+    beside it, not a tag of its own.
+    """
+    out: dict[str, None] = {}
+    levels: set[str] = set()
+    for h in hierarchical:
+        try:
+            k = normalise_keyword(h)
+        except TagsError:
+            continue
+        out.setdefault(k)
+        levels.update(k.split("/"))
+    for s in subject:
+        s = s.strip()
+        if s and s not in levels and "/" not in s and len(s) <= MAX_KEYWORD and s.isprintable():
+            out.setdefault(s)
+    return list(out)
+
+
+# ---------------------------------------------------------------------- Exiv2 access
+class _LogCapture(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__(logging.WARNING)
+        self.messages: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.messages.append(record.getMessage())
+
+
+def _read_image(source: bytes | str, what: str) -> exiv2.Image:
+    """An Exiv2 image read from bytes or a path; any parse failure raises :class:`SidecarError`.
+
+    Exiv2 reports an XMP packet it cannot decode only as a log message and goes on with no
+    metadata: writing that back would wipe the user's sidecar, so the message is an error here.
+    """
+    logger = logging.getLogger("exiv2")
+    capture = _LogCapture()
+    with _exiv2_lock:
+        logger.addHandler(capture)
+        try:
+            image = exiv2.ImageFactory.open(source)
+            image.readMetadata()
+        except exiv2.Exiv2Error as e:
+            raise SidecarError(f"{what}: cannot be parsed ({e.args[-1] if e.args else e})") from None
+        finally:
+            logger.removeHandler(capture)
+    if any("XMP" in m or "Failed" in m for m in capture.messages):
+        raise SidecarError(f"{what}: cannot be parsed ({'; '.join(capture.messages)[:300]})")
+    return image
+
+
+def _array(xmp: exiv2.XmpData, key: str) -> list[str]:
+    if key not in xmp:
+        return []
+    value = xmp[key].value()
+    try:
+        return [value.toString(i) for i in range(value.count())]
+    except (AttributeError, TypeError, exiv2.Exiv2Error):
+        return [xmp[key].toString()]
+
+
+def _set_array(xmp: exiv2.XmpData, key: str, items: list[str], kind) -> None:
+    if not items:
+        if key in xmp:
+            del xmp[key]
+        return
+    value = exiv2.XmpArrayValue(kind)
+    for item in items:
+        value.read(item)
+    xmp[key] = value
+
+
+def xmp_keywords(xmp: exiv2.XmpData) -> list[str]:
+    hierarchical = [h.replace("|", "/") for h in _array(xmp, HIERARCHICAL)] + _array(xmp, DIGIKAM)
+    return keywords_from(_array(xmp, SUBJECT), hierarchical)
+
+
+def parse_sidecar(data: bytes, path: str) -> exiv2.Image:
+    image = _read_image(data, path)
+    if image.mimeType() != "application/rdf+xml":
+        raise SidecarError(f"{path}: not an XMP sidecar ({image.mimeType()})")
+    return image
+
+
+def merge_keywords(data: bytes | None, add: Sequence[str], remove: Sequence[str], path: str = "sidecar") -> bytes | None:
+    """The sidecar ``data`` (None: a new one) with keywords added and removed, or None if unchanged.
+
+    Only the three keyword arrays are touched; every other property, namespace and keyword stays.
+    """
+    if data is None:
+        if not add:
+            return None
+        image = exiv2.ImageFactory.create(exiv2.ImageType.xmp)
+    else:
+        image = parse_sidecar(data, path)
+    xmp = image.xmpData()
+    subject, hier, digikam = _array(xmp, SUBJECT), _array(xmp, HIERARCHICAL), _array(xmp, DIGIKAM)
+    before = (list(subject), list(hier), list(digikam))
+    gone = {normalise_keyword(k) for k in remove}
+    hier = [h for h in hier if normalise_keyword_quiet(h) not in gone]
+    digikam = [d for d in digikam if normalise_keyword_quiet(d) not in gone]
+    remaining_leaves = {normalise_keyword_quiet(h).rsplit("/", 1)[-1] for h in hier + digikam}
+    gone_leaves = {k.rsplit("/", 1)[-1] for k in gone} - remaining_leaves
+    subject = [s for s in subject if s not in gone_leaves and s not in gone]
+    for k in map(normalise_keyword, add):
+        if k in gone:
+            continue
+        leaf = k.rsplit("/", 1)[-1]
+        if leaf not in subject:
+            subject.append(leaf)
+        if "/" in k:
+            if k.replace("/", "|") not in hier:
+                hier.append(k.replace("/", "|"))
+            if k not in digikam:
+                digikam.append(k)
+    if (subject, hier, digikam) == before and data is not None:
+        return None
+    _set_array(xmp, SUBJECT, subject, exiv2.TypeId.xmpBag)
+    _set_array(xmp, HIERARCHICAL, hier, exiv2.TypeId.xmpBag)
+    _set_array(xmp, DIGIKAM, digikam, exiv2.TypeId.xmpSeq)
+    with _exiv2_lock:
+        image.setXmpData(xmp)
+        # A sidecar's Exif/IPTC views are conversions of its XMP; writing them back would
+        # reformat properties (GPS, tiff) the user's tools wrote. Only the XMP is written.
+        image.exifData().clear()
+        image.iptcData().clear()
+        try:
+            image.writeMetadata()
+        except exiv2.Exiv2Error as e:
+            raise SidecarError(f"{path}: cannot be written ({e.args[-1] if e.args else e})") from None
+        with image.io().data() as view:
+            return bytes(view)
+
+
+def normalise_keyword_quiet(text: str) -> str:
+    try:
+        return normalise_keyword(text)
+    except TagsError:
+        return text
+
+
+# ---------------------------------------------------------------------- sidecars of a photo
+def sidecar_names(photo: str) -> list[str]:
+    """Existing sidecars of ``photo``: ``photo.ext.xmp`` first, then ``photo.xmp`` (any case)."""
+    folder, name = os.path.split(photo)
+    stem = os.path.splitext(name)[0]
+    wanted = [name.lower() + ".xmp", stem.lower() + ".xmp"]
+    try:
+        entries = {e.lower(): e for e in os.listdir(folder or ".") if e.lower() in wanted}
+    except OSError:
+        return []
+    return [os.path.join(folder, entries[w]) for w in wanted if w in entries]
+
+
+def sidecar_target(photo: str) -> str:
+    """The sidecar a write goes to: an existing one, else a new ``photo.ext.xmp``."""
+    existing = sidecar_names(photo)
+    return existing[0] if existing else photo + ".xmp"
+
+
+def read_sidecar(path: str) -> bytes | None:
+    """A sidecar's bytes (None if absent); :class:`SidecarError` for a link, device or huge file."""
+    try:
+        return read_bounded(path, MAX_SIDECAR_BYTES)
+    except OSError as e:
+        raise SidecarError(f"{path}: cannot be read ({e.strerror or e}; a symbolic link or not a file?)") from None
+
+
+def read_photo_keywords(photo: str) -> tuple[list[str], list[Problem]]:
+    """Every keyword of a photo: its sidecars, embedded XMP and IPTC Keywords (see module doc)."""
+    problems: list[Problem] = []
+    subject: list[str] = []
+    hierarchical: list[str] = []
+    for sidecar in sidecar_names(photo):
+        try:
+            data = read_sidecar(sidecar)
+            if data is None:
+                continue
+            xmp = parse_sidecar(data, sidecar).xmpData()
+        except SidecarError as e:
+            problems.append(Problem(sidecar, str(e).split(": ", 1)[-1]))
+            continue
+        subject += _array(xmp, SUBJECT)
+        hierarchical += [h.replace("|", "/") for h in _array(xmp, HIERARCHICAL)] + _array(xmp, DIGIKAM)
+    try:
+        if not stat.S_ISREG(os.stat(photo).st_mode):
+            raise SidecarError(f"{photo}: not a regular file")
+        image = _read_image(photo, photo)
+        xmp = image.xmpData()
+        subject += _array(xmp, SUBJECT)
+        hierarchical += [h.replace("|", "/") for h in _array(xmp, HIERARCHICAL)] + _array(xmp, DIGIKAM)
+        subject += [d.toString() for d in image.iptcData() if d.key() == IPTC_KEYWORDS]
+    except SidecarError as e:
+        problems.append(Problem(photo, str(e).split(": ", 1)[-1]))
+    except (OSError, UnicodeError) as e:
+        problems.append(Problem(photo, f"cannot be read ({e})"))
+    return keywords_from(subject, hierarchical), problems
+
+
+# ---------------------------------------------------------------------- import
+@dataclass
+class ImportReport:
+    photos: int = 0  # photos looked at
+    tagged: int = 0  # photos with at least one keyword
+    labels: dict[str, int] = field(default_factory=dict)  # label -> photos added to it
+    problems: list[Problem] = field(default_factory=list)
+
+    def as_dict(self) -> dict:
+        return {"photos": self.photos, "tagged": self.tagged, "labels": self.labels,
+                "problems": [p.as_dict() for p in self.problems]}
+
+
+def import_tags(lib, paths: Sequence[str] = (), prefix: str = "", progress: ProgressFn | None = None,
+                cancel: CancelToken | None = None) -> ImportReport:
+    """Make the keywords of the library's photos (under ``paths``, default all) clipdesk labels.
+
+    Only indexed photos are read (index a folder first). Each keyword ``k`` becomes label
+    ``prefix + k``; labels only ever gain photos, so importing twice changes nothing.
+    """
+    roots = [os.path.abspath(os.path.expanduser(p)) for p in paths]
+    images = [i for i in lib.catalog.all_images()
+              if not roots or any(i.path == r or i.path.startswith(r.rstrip(os.sep) + os.sep) for r in roots)]
+    report = ImportReport(photos=len(images))
+    members: dict[str, list[int]] = {}
+    for n, info in enumerate(images):
+        if cancel is not None:
+            cancel.check()
+        keywords, problems = read_photo_keywords(info.path)
+        report.problems += problems
+        if keywords:
+            report.tagged += 1
+        for k in keywords:
+            try:
+                members.setdefault(with_prefix(prefix, k), []).append(info.id)
+            except TagsError as e:
+                report.problems.append(Problem(info.path, str(e)))
+        if progress and (n % 50 == 0 or n + 1 == len(images)):
+            progress(Progress("import", n + 1, len(images), path=info.path))
+    with lib.writing():
+        for label, ids in members.items():
+            lib.catalog.add_to_label(label, ids)
+            report.labels[label] = len(ids)
+    return report
+
+
+# ---------------------------------------------------------------------- write / remove
+@dataclass
+class SidecarChange:
+    sidecar: str
+    photos: list[str]
+    add: list[str]
+    remove: list[str]
+    create: bool
+
+    def as_dict(self) -> dict:
+        return {"sidecar": self.sidecar, "photos": self.photos, "add": self.add, "remove": self.remove,
+                "action": "create" if self.create else "update"}
+
+
+@dataclass
+class TagPlan:
+    changes: list[SidecarChange] = field(default_factory=list)
+    unchanged: int = 0  # sidecars that already say what was asked
+    problems: list[Problem] = field(default_factory=list)
+
+    def as_dict(self) -> dict:
+        return {"changes": [c.as_dict() for c in self.changes], "unchanged": self.unchanged,
+                "problems": [p.as_dict() for p in self.problems]}
+
+
+@dataclass
+class TagWriteReport:
+    operation: str | None
+    written: int = 0
+    created: int = 0
+    unchanged: int = 0
+    problems: list[Problem] = field(default_factory=list)
+
+    def as_dict(self) -> dict:
+        return {"operation": self.operation, "written": self.written, "created": self.created,
+                "unchanged": self.unchanged, "problems": [p.as_dict() for p in self.problems]}
+
+
+def plan_write(keywords: dict[str, list[str]], remove: bool = False) -> TagPlan:
+    """What writing (or removing) ``keywords`` (photo path -> keywords) would change, file by file.
+
+    Photos sharing one ``photo.xmp`` (a RAW and its JPEG twin) share one change. Sidecars that
+    cannot be parsed, links, and read-only folders are reported, never touched.
+    """
+    plan = TagPlan()
+    by_sidecar: dict[str, tuple[list[str], dict[str, None]]] = {}
+    for photo, kws in keywords.items():
+        if not os.path.isfile(photo):
+            plan.problems.append(Problem(photo, "the photo is missing; no sidecar written"))
+            continue
+        target = sidecar_target(photo)
+        photos, words = by_sidecar.setdefault(target, ([], {}))
+        photos.append(photo)
+        for k in kws:
+            words.setdefault(normalise_keyword(k))
+    for sidecar, (photos, words) in by_sidecar.items():
+        folder = os.path.dirname(sidecar)
+        try:
+            data = read_sidecar(sidecar)
+            if data is None and remove:
+                plan.unchanged += 1
+                continue
+            words_list = list(words)
+            new = merge_keywords(data, [] if remove else words_list, words_list if remove else [], sidecar)
+        except SidecarError as e:
+            plan.problems.append(Problem(sidecar, str(e).split(": ", 1)[-1] + "; left untouched"))
+            continue
+        if new is None:
+            plan.unchanged += 1
+            continue
+        if not os.access(folder, os.W_OK) or (data is not None and not os.access(sidecar, os.W_OK)):
+            plan.problems.append(Problem(sidecar, "the folder or sidecar is read-only; not written"))
+            continue
+        plan.changes.append(SidecarChange(sidecar, photos, [] if remove else list(words),
+                                          list(words) if remove else [], data is None))
+    return plan
+
+
+def apply_write(lib, plan: TagPlan, description: str = "tags write", progress: ProgressFn | None = None,
+                cancel: CancelToken | None = None) -> TagWriteReport:
+    """Apply a plan as one journaled operation (undo with :func:`undo`)."""
+    report = TagWriteReport(None, unchanged=plan.unchanged, problems=list(plan.problems))
+    if not plan.changes:
+        return report
+    with lib.writing():
+        journal = Journal(lib.folder)
+        steps = [{"action": "write", "path": c.sidecar, "info": {"photos": c.photos, "add": c.add,
+                                                                 "remove": c.remove}} for c in plan.changes]
+        with journal.start(KIND, description, steps) as op:
+            report.operation = op.id
+            _run(op, report, progress, cancel)
+    return report
+
+
+def resume(lib, progress: ProgressFn | None = None, cancel: CancelToken | None = None) -> TagWriteReport:
+    """Finish the newest ``tags`` operation that was interrupted (killed, cancelled, disk full)."""
+    with lib.writing():
+        op = Journal(lib.folder).interrupted(KIND)
+        if op is None:
+            raise TagsError("No interrupted 'tags' operation to resume.")
+        report = TagWriteReport(op.id)
+        with op:
+            op.recover()
+            _run(op, report, progress, cancel)
+    return report
+
+
+def _run(op, report: TagWriteReport, progress: ProgressFn | None, cancel: CancelToken | None) -> None:
+    pending = op.pending()
+    for n, step in enumerate(pending):
+        if cancel is not None:
+            cancel.check()
+        try:
+            data = read_sidecar(step.path)
+            new = merge_keywords(data, step.info.get("add", []), step.info.get("remove", []), step.path)
+        except SidecarError as e:
+            # Changed into something unparsable since planning: left alone, like at planning.
+            report.problems.append(Problem(step.path, str(e).split(": ", 1)[-1] + "; left untouched"))
+            op.write_file(step, None)
+            continue
+        op.write_file(step, new)
+        if new is None:
+            report.unchanged += 1
+        elif data is None:
+            report.created += 1
+        else:
+            report.written += 1
+        if progress:
+            progress(Progress("write", n + 1, len(pending), path=step.path))
+    op.finish()
+
+
+def undo(lib, operation: str | None = None) -> UndoReport:
+    """Restore every sidecar of the newest (or the given) ``tags`` operation as it was before."""
+    with lib.writing():
+        op = Journal(lib.folder).latest(KIND, operation)
+        with op:
+            return op.undo()
+
+
+# ---------------------------------------------------------------------- what to write
+def selection(lib, label: str | None = None, probe: str | None = None, min_probability: float = 0.8,
+              classify: Sequence[str] | None = None, threshold: float | None = None, prefix: str = DEFAULT_PREFIX,
+              progress: ProgressFn | None = None, cancel: CancelToken | None = None) -> dict[str, list[str]]:
+    """Photo path -> keywords, from one label, a probe's predictions, or zero-shot categories."""
+    from clipdesk.teaching import NONE_CLASS, is_negative
+
+    chosen = [x for x in (label, probe, classify) if x]
+    if len(chosen) != 1:
+        raise TagsError("Choose exactly one of a label, a probe or zero-shot categories.")
+    out: dict[str, list[str]] = {}
+    if label:
+        labels = lib.labels()
+        if label not in labels:
+            raise TagsError(f"No label named '{label}'.")
+        keyword = with_prefix(prefix, label)
+        return {p: [keyword] for p in labels[label]}
+    if probe:
+        rows = [r for r in lib.predict(probe, progress=progress, cancel=cancel)
+                if r.label is not None and r.probability >= min_probability]
+    else:
+        rows = [r for r in lib.classify(list(classify), threshold, progress=progress, cancel=cancel)
+                if r.label is not None]
+    for r in rows:
+        if r.label == NONE_CLASS or is_negative(r.label):
+            continue
+        out.setdefault(r.path, []).append(with_prefix(prefix, r.label))
+    return out
