@@ -126,6 +126,9 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("folder")
     a = esub.add_parser("retrieval", parents=[common], help="recall@k on a captions.jsonl file")
     a.add_argument("captions")
+    from clipdesk import cli_care  # duplicates, watch, eval duplicates (library care)
+
+    cli_care.add_commands(sub, [common], esub)
     return p
 
 
@@ -173,6 +176,8 @@ def _results(args, results) -> None:
 
 def run(args: argparse.Namespace) -> int:
     c = args.command
+    if getattr(args, "care", None):  # duplicates, watch, eval duplicates (clipdesk.cli_care)
+        return args.care(args, _open, _emit)
     if c == "models":
         from clipdesk.models import available_models
 

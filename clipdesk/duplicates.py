@@ -1,0 +1,752 @@
+"""Duplicate photos: exact copies (same bytes, any name or folder) and near-duplicates.
+
+Near-duplicates are re-encodes, resizes, small crops, format conversions and lightly edited
+exports of one photo. They are found in two steps:
+
+1. **Candidates** from the vector index: a range search (every pair whose embedding cosine is at
+   least ``threshold``), never all pairs, so a million-photo library costs one pass over its
+   vectors. On an approximate (IVF) index the lists nearest each photo are probed
+   (``DUPLICATE_NPROBE``) and every candidate is re-scored with the catalog's exact vectors.
+2. **Pixel check** of each candidate pair: photos that are merely similar (burst shots of
+   different moments, another photo of the same subject, a mirrored or heavily cropped version)
+   share an embedding neighbourhood but not their pixels. A 64-bit DCT perceptual hash of the
+   decoded image and the aspect ratio settle those cheaply. Limits were measured on real photos
+   (``clipdesk eval duplicates``; see ``evaluate_duplicates``).
+
+Groups never chain: a group is built around its best photo (``suggested_keep``), and each other
+member must itself be a duplicate of that photo.
+
+The core only finds and acts; it never prints. ``trash_others`` moves the non-kept photos of a
+group to the system Trash (``send2trash``; never a permanent delete), journals the step and moves
+their labels to the kept photo.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from clipdesk.errors import ClipdeskError
+from clipdesk.indexer.catalog import ImageInfo
+from clipdesk.indexer.decode import decode_image
+from clipdesk.indexer.errors import UnreadableImageError
+from clipdesk.indexer.pipeline import CancelToken, Progress
+
+# Embedding cosine at or above which two photos are candidate near-duplicates (a setting: the
+# library's meta key ``duplicates.threshold`` overrides it; ``clipdesk eval duplicates`` measures).
+DEFAULT_THRESHOLD = 0.90
+THRESHOLD_META = "duplicates.threshold"
+# Pixel check limits (measured on the shared labelled photos with ``clipdesk eval duplicates``).
+MAX_HASH_DISTANCE = 12  # of 64 perceptual-hash bits
+MAX_COLOUR_DISTANCE = 0.10  # mean difference of the exposure-normalised 4×4 colour layout
+MAX_ASPECT_CHANGE = 0.12  # relative change of width/height (a 5 % crop changes it by ~5 %)
+DUPLICATE_NPROBE = 4  # inverted lists probed per photo on an approximate index
+QUERY_CHUNK = 20_000  # photos searched per range-search call (bounds the result buffers)
+MAX_PAIRS_PER_PHOTO = 200  # candidates kept per photo (a flood of identical blank frames)
+_APPROX_MARGIN = 0.02  # 8-bit codes blur scores: fetch a little below, re-score exactly
+
+ProgressFn = Callable[[Progress], None]
+
+
+# ---------------------------------------------------------------------- results
+@dataclass(frozen=True)
+class DuplicatePhoto:
+    id: int
+    path: str
+    size: int
+    width: int | None
+    height: int | None
+    taken: float | None
+    score: float  # similarity to the group's suggested keeper (1.0 for itself and exact copies)
+
+    def as_dict(self) -> dict:
+        return {"path": self.path, "size": self.size, "width": self.width, "height": self.height,
+                "taken": self.taken, "score": round(float(self.score), 6)}
+
+
+@dataclass(frozen=True)
+class DuplicateGroup:
+    kind: str  # "exact" or "near"
+    photos: list[DuplicatePhoto]  # the suggested keeper first
+    suggested_keep: str
+
+    def as_dict(self) -> dict:
+        return {"kind": self.kind, "photos": [p.as_dict() for p in self.photos],
+                "suggested_keep": self.suggested_keep}
+
+
+@dataclass
+class DuplicateReport:
+    groups: list[DuplicateGroup] = field(default_factory=list)
+    threshold: float = DEFAULT_THRESHOLD
+    candidates: int = 0  # near pairs the vector index proposed
+    rejected_by_pixels: int = 0  # of those, pairs the pixel check found to be different photos
+    unreadable: list[str] = field(default_factory=list)  # files that could not be checked
+    seconds: float = 0.0
+
+    def as_dict(self) -> dict:
+        return [g.as_dict() for g in self.groups]  # the CLI's documented JSON is the group list
+
+
+@dataclass(frozen=True)
+class PixelCheck:
+    """What the pixel check uses of one photo, from a small decode of it."""
+
+    phash: int  # perceptual hash of the whole picture
+    phash_center: int  # ... and of its central 90 % (a slightly cropped copy matches one of them)
+    colours: tuple[float, ...]  # 4×4 grid of mean RGB, divided by the overall mean (exposure-free)
+    aspect: float  # width / height of the upright image
+
+
+# ---------------------------------------------------------------------- pixels
+def _dct_matrix(n: int) -> np.ndarray:
+    k = np.arange(n)[:, None]
+    m = np.cos(np.pi * (2 * np.arange(n)[None, :] + 1) * k / (2 * n)) * np.sqrt(2.0 / n)
+    m[0] /= np.sqrt(2.0)
+    return m
+
+
+_DCT32 = _dct_matrix(32)
+
+
+def perceptual_hash(image) -> int:
+    """64-bit DCT hash of a PIL image: the signs of its 8×8 lowest frequencies against their median.
+
+    Stable under re-encoding, resizing, format conversion and exposure changes (brightness moves
+    only the DC term, contrast scales all terms alike); a mirror flips every odd horizontal
+    frequency, so a mirrored photo lands far away.
+    """
+    from PIL import Image
+
+    gray = np.asarray(image.convert("L").resize((32, 32), Image.Resampling.BOX), dtype=np.float64)
+    low = (_DCT32 @ gray @ _DCT32.T)[:8, :8].ravel()
+    bits = low > np.median(low[1:])
+    return int.from_bytes(np.packbits(bits).tobytes(), "big")
+
+
+def hamming(a: int, b: int) -> int:
+    return (a ^ b).bit_count() if hasattr(int, "bit_count") else bin(a ^ b).count("1")
+
+
+def pixel_check(path: str) -> PixelCheck:
+    """Decode ``path`` small (JPEG draft mode) and summarise it. Raises UnreadableImageError."""
+    img = decode_image(path, 64)
+    return pixel_summary(img.image, img.width / max(1, img.height))
+
+
+def pixel_summary(image, aspect: float | None = None) -> PixelCheck:
+    from PIL import Image
+
+    w, h = image.size
+    center = image.crop((int(w * 0.05), int(h * 0.05), w - int(w * 0.05), h - int(h * 0.05)))
+    grid = np.asarray(image.convert("RGB").resize((4, 4), Image.Resampling.BOX), np.float64)
+    colours = (grid / (grid.mean() + 1e-6)).ravel()
+    return PixelCheck(perceptual_hash(image), perceptual_hash(center), tuple(colours.round(4).tolist()),
+                      aspect if aspect is not None else w / max(1, h))
+
+
+def pixel_distances(a: PixelCheck, b: PixelCheck) -> tuple[int, float, float]:
+    """``(hash bits apart, colour layout distance, relative aspect change)`` of two photos."""
+    bits = min(hamming(a.phash, b.phash), hamming(a.phash_center, b.phash_center))
+    colour = float(np.abs(np.subtract(a.colours, b.colours)).mean())
+    aspect = max(a.aspect, b.aspect) / max(1e-9, min(a.aspect, b.aspect)) - 1.0
+    return bits, colour, aspect
+
+
+def same_pixels(a: PixelCheck, b: PixelCheck, max_distance: int = MAX_HASH_DISTANCE,
+                max_colour: float = MAX_COLOUR_DISTANCE, max_aspect_change: float = MAX_ASPECT_CHANGE) -> bool:
+    """Whether two photos show the same picture (re-encoded, resized, slightly cropped or edited):
+    the same shapes (perceptual hash), the same colours where they are (a colour variant of a
+    drawing or another moment of a burst differs there) and nearly the same aspect ratio."""
+    bits, colour, aspect = pixel_distances(a, b)
+    return aspect <= max_aspect_change and bits <= max_distance and colour <= max_colour
+
+
+# ---------------------------------------------------------------------- keeper
+_FORMAT_RANK = {  # camera originals first, lossy conversions last
+    **dict.fromkeys((".dng", ".cr2", ".cr3", ".nef", ".arw", ".raf", ".orf", ".rw2", ".pef", ".srw"), 0),
+    **dict.fromkeys((".heic", ".heif"), 1), **dict.fromkeys((".jpg", ".jpeg"), 2),
+    **dict.fromkeys((".tif", ".tiff"), 3), ".avif": 4, ".png": 5, ".webp": 6, ".bmp": 7, ".gif": 8,
+}
+_COPY_MARKS = ("copy", "(1)", "(2)", "(3)", "-edited", "_edited", "export")
+
+
+def keep_order(p: DuplicatePhoto | ImageInfo) -> tuple:
+    """Sort key for "which photo to keep": largest resolution, then oldest date, then the original
+    format (camera formats before conversions, names without a copy mark), then the bigger file."""
+    name = os.path.basename(p.path).lower()
+    ext = os.path.splitext(name)[1]
+    return (-((p.width or 0) * (p.height or 0)),
+            p.taken if p.taken is not None else float("inf"),
+            _FORMAT_RANK.get(ext, 9),
+            any(m in name for m in _COPY_MARKS),
+            -(p.size or 0),
+            p.path)
+
+
+def suggested_keep(photos: Sequence[DuplicatePhoto | ImageInfo]) -> str:
+    return min(photos, key=keep_order).path
+
+
+# ---------------------------------------------------------------------- finding
+def find_duplicates(library, threshold: float | None = None, folder: str | None = None,
+                    verify_pixels: bool = True, progress: ProgressFn | None = None,
+                    cancel: CancelToken | None = None) -> DuplicateReport:
+    """Every group of duplicate photos in ``library`` (exact groups first, then near groups).
+
+    ``threshold`` defaults to the library's setting (:func:`library_threshold`). ``folder``
+    limits the search to photos under that folder (a group needs two of them).
+    ``verify_pixels=False`` trusts the embedding alone (benchmarks on synthetic vectors, which
+    have no files).
+    """
+    t0 = time.perf_counter()
+    if threshold is None:
+        threshold = library_threshold(library)
+    check_threshold(threshold)
+    notify = progress or (lambda _p: None)
+    catalog = library.catalog
+    folder = os.path.abspath(os.path.expanduser(folder)) if folder else None
+    if folder and not any(_inside(folder, f) or _inside(f, folder) for f in catalog.folders()):
+        raise ClipdeskError(f"{folder} is not in the library: its folders are "
+                            f"{', '.join(catalog.folders()) or '(none)'}.")
+    report = DuplicateReport(threshold=threshold)
+
+    # 1. Exact: same fingerprint, confirmed byte for byte (the fingerprint reads only the ends).
+    exact: list[list[int]] = []
+    for ids in catalog.hash_groups(folder):
+        if cancel is not None:
+            cancel.check()
+        exact += _confirm_identical(catalog.images(ids), report)
+    info: dict[int, ImageInfo] = {}
+    for ids in exact:
+        info.update(catalog.images(ids))
+    # Only each exact group's keeper takes part in the near search: a copy is not a second photo.
+    hidden = {i for ids in exact for i in ids if i != min((info[j] for j in ids), key=keep_order).id}
+
+    # 2. Near: candidates from the vector index, then the pixel check.
+    subset = catalog.filter_ids(folder) if folder else None
+    pairs = near_pairs(library, threshold, subset=subset, skip=hidden, progress=notify, cancel=cancel)
+    report.candidates = len(pairs)
+    ids_needed = sorted({i for pair in pairs for i in pair} - info.keys())
+    info.update(catalog.images(ids_needed))
+    checks = _pixel_checks([info[i] for i in {i for pair in pairs for i in pair} if i in info],
+                           report, cancel) if verify_pixels else {}
+
+    def verified(a: int, b: int) -> bool:
+        if not verify_pixels:
+            return True
+        ca, cb = checks.get(a), checks.get(b)
+        return ca is not None and cb is not None and same_pixels(ca, cb)
+
+    vectors: dict[int, np.ndarray] = {}
+    near_groups = _group(pairs, info, verified, vectors, catalog, threshold, report, cancel)
+
+    # 3. Results, keeper first.
+    for ids in exact:
+        members = sorted((info[i] for i in ids), key=keep_order)
+        report.groups.append(_make_group("exact", members, {i: 1.0 for i in ids}))
+    for members, scores in near_groups:
+        report.groups.append(_make_group("near", members, scores))
+    report.seconds = time.perf_counter() - t0
+    notify(Progress("done", len(report.groups), len(report.groups)))
+    return report
+
+
+def _pixel_checks(photos: Sequence[ImageInfo], report: DuplicateReport,
+                  cancel: CancelToken | None) -> dict[int, PixelCheck | None]:
+    """Pixel summaries of the candidate photos, decoded in a thread pool (Pillow releases the GIL)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    def one(p: ImageInfo) -> PixelCheck | None:
+        if cancel is not None and cancel.cancelled:
+            return None
+        try:
+            return pixel_check(p.path)
+        except UnreadableImageError:
+            return None
+
+    with ThreadPoolExecutor(max_workers=max(1, min(8, os.cpu_count() or 1)),
+                            thread_name_prefix="clipdesk-duplicates") as pool:
+        checks = dict(zip((p.id for p in photos), pool.map(one, photos)))
+    if cancel is not None:
+        cancel.check()
+    report.unreadable += sorted(p.path for p in photos if checks[p.id] is None)
+    return checks
+
+
+def check_threshold(threshold: float) -> None:
+    if not (isinstance(threshold, (int, float)) and 0.5 <= float(threshold) <= 1.0):
+        raise ClipdeskError(f"The duplicate threshold must be a cosine similarity between 0.5 and 1 "
+                            f"(got {threshold!r}).")
+
+
+def library_threshold(library) -> float:
+    """The library's duplicate threshold setting, else :data:`DEFAULT_THRESHOLD`."""
+    raw = library.catalog.get_meta(THRESHOLD_META)
+    try:
+        value = float(raw) if raw is not None else DEFAULT_THRESHOLD
+        check_threshold(value)
+        return value
+    except (ValueError, ClipdeskError):
+        return DEFAULT_THRESHOLD  # a damaged setting falls back rather than blocking the feature
+
+
+def set_library_threshold(library, threshold: float) -> None:
+    check_threshold(threshold)
+    library.catalog.set_meta(THRESHOLD_META, repr(float(threshold)))
+
+
+def _inside(path: str, folder: str) -> bool:
+    folder = folder.rstrip(os.sep) or os.sep
+    return path == folder or path.startswith(folder if folder.endswith(os.sep) else folder + os.sep)
+
+
+def _make_group(kind: str, members: list[ImageInfo], scores: dict[int, float]) -> DuplicateGroup:
+    # float16 vectors are unit length to ~1e-3: a copy's cosine may read 1.0004
+    photos = [DuplicatePhoto(m.id, m.path, m.size, m.width, m.height, m.taken, min(1.0, scores.get(m.id, 1.0)))
+              for m in members]
+    return DuplicateGroup(kind, photos, photos[0].path)
+
+
+def _confirm_identical(members: dict[int, ImageInfo], report: DuplicateReport) -> list[list[int]]:
+    """Split one fingerprint group into groups of byte-identical files (missing files dropped)."""
+    by_digest: dict[str, list[int]] = {}
+    for i, m in members.items():
+        try:
+            by_digest.setdefault(_full_hash(m.path), []).append(i)
+        except OSError:
+            report.unreadable.append(m.path)
+    return [sorted(ids) for ids in by_digest.values() if len(ids) > 1]
+
+
+def _full_hash(path: str) -> str:
+    from clipdesk.indexer.files import open_regular
+
+    h = hashlib.blake2b(digest_size=20)
+    with os.fdopen(open_regular(path), "rb") as f:
+        while chunk := f.read(1 << 20):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def near_pairs(library, threshold: float, subset: np.ndarray | None = None, skip: Iterable[int] = (),
+               progress: ProgressFn | None = None, cancel: CancelToken | None = None,
+               nprobe: int = DUPLICATE_NPROBE) -> dict[tuple[int, int], float]:
+    """Pairs ``(a, b)``, ``a < b``, whose exact embedding cosine is at least ``threshold``.
+
+    A range search on the library's vector index, one chunk of photos at a time: memory is the
+    index plus one chunk and the pairs found. ``subset`` limits both ends to those ids.
+    """
+    import faiss
+
+    notify = progress or (lambda _p: None)
+    store = library.vectors
+    catalog = library.catalog
+    skip = set(int(i) for i in skip)
+    allowed = None if subset is None else set(int(i) for i in subset)
+    total = len(store) if allowed is None else len(allowed)
+    pairs: dict[tuple[int, int], float] = {}
+    if total < 2:
+        return pairs
+    approx = store.is_approximate
+    radius = float(threshold) - (_APPROX_MARGIN if approx else 1e-4)
+    done = 0
+    for ids, vecs in catalog.iter_vectors(chunk=QUERY_CHUNK):
+        if cancel is not None:
+            cancel.check()
+        keep = np.array([int(i) not in skip and (allowed is None or int(i) in allowed) for i in ids], bool)
+        ids, vecs = ids[keep], np.ascontiguousarray(vecs[keep])
+        if len(ids) == 0:
+            continue
+        with store.lock:
+            if approx:
+                params = faiss.SearchParametersIVF(nprobe=min(nprobe, store.index.nlist))
+                lims, scores, found = store.index.range_search(vecs, radius, params=params)
+            else:
+                lims, scores, found = store.index.range_search(vecs, radius)
+        raw: list[tuple[int, int, float]] = []
+        for q in range(len(ids)):
+            lo, hi = int(lims[q]), int(lims[q + 1])
+            if hi - lo > MAX_PAIRS_PER_PHOTO + 1:
+                top = lo + np.argsort(-scores[lo:hi])[:MAX_PAIRS_PER_PHOTO + 1]
+            else:
+                top = range(lo, hi)
+            a = int(ids[q])
+            for j in top:
+                b = int(found[j])
+                if b == a or b in skip or (allowed is not None and b not in allowed):
+                    continue
+                raw.append((min(a, b), max(a, b), float(scores[j])))
+        if approx and raw:
+            raw = _rescore(catalog, vecs, ids, raw)
+        for a, b, s in raw:
+            if s >= threshold:
+                pairs[(a, b)] = max(s, pairs.get((a, b), s))
+        done += len(ids)
+        notify(Progress("duplicates", done, total))
+    return pairs
+
+
+def _rescore(catalog, vecs: np.ndarray, ids: np.ndarray, raw: list[tuple[int, int, float]]
+             ) -> list[tuple[int, int, float]]:
+    """Exact cosines of approximate candidate pairs (the chunk's own vectors plus the others')."""
+    local = {int(i): k for k, i in enumerate(ids)}
+    others = sorted({x for a, b, _ in raw for x in (a, b) if x not in local})
+    other_vecs = catalog.vectors_for(others) if others else np.zeros((0, vecs.shape[1]), np.float32)
+    other_pos = {i: k for k, i in enumerate(others)}
+
+    def vec(i: int) -> np.ndarray:
+        return vecs[local[i]] if i in local else other_vecs[other_pos[i]]
+
+    return [(a, b, float(vec(a) @ vec(b))) for a, b, _ in raw]
+
+
+def _group(pairs: dict[tuple[int, int], float], info: dict[int, ImageInfo],
+           verified: Callable[[int, int], bool], vectors: dict[int, np.ndarray], catalog,
+           threshold: float, report: DuplicateReport, cancel: CancelToken | None
+           ) -> list[tuple[list[ImageInfo], dict[int, float]]]:
+    """Groups without chaining: connected components of the candidate pairs, then, inside each,
+    the best photo gathers those that are duplicates *of it*; the rest start over."""
+    parent: dict[int, int] = {}
+
+    def find(x: int) -> int:
+        while parent.setdefault(x, x) != x:
+            parent[x] = parent[parent[x]]
+            x = parent[x]
+        return x
+
+    for a, b in pairs:
+        parent[find(a)] = find(b)
+    components: dict[int, list[int]] = {}
+    for x in list(parent):
+        components.setdefault(find(x), []).append(x)
+    out = []
+    rejected: set[tuple[int, int]] = set()
+    for members in components.values():
+        if cancel is not None:
+            cancel.check()
+        members = [m for m in members if m in info]
+        left = sorted(members, key=lambda i: keep_order(info[i]))
+        while len(left) > 1:
+            anchor, rest = left[0], left[1:]
+            scores = _scores_to(anchor, rest, pairs, vectors, catalog)
+            group = [anchor]
+            group_scores = {anchor: 1.0}
+            remaining = []
+            for m in rest:
+                s = scores[m]
+                if s >= threshold and verified(anchor, m):
+                    group.append(m)
+                    group_scores[m] = s
+                else:
+                    if s >= threshold:
+                        rejected.add((min(anchor, m), max(anchor, m)))
+                    remaining.append(m)
+            if len(group) > 1:
+                out.append(([info[i] for i in group], group_scores))
+            left = remaining
+    report.rejected_by_pixels = len(rejected)
+    return out
+
+
+def _scores_to(anchor: int, others: list[int], pairs: dict[tuple[int, int], float],
+               vectors: dict[int, np.ndarray], catalog) -> dict[int, float]:
+    """Exact cosine of ``anchor`` to each of ``others`` (pairs already scored are reused)."""
+    out, need = {}, []
+    for m in others:
+        s = pairs.get((min(anchor, m), max(anchor, m)))
+        if s is None:
+            need.append(m)
+        else:
+            out[m] = s
+    if need:
+        missing = [i for i in [anchor, *need] if i not in vectors]
+        if missing:
+            vectors.update(zip(missing, catalog.vectors_for(missing)))
+        a = vectors[anchor]
+        for m in need:
+            out[m] = float(vectors[m] @ a)
+    return out
+
+
+# ---------------------------------------------------------------------- acting
+@dataclass(frozen=True)
+class TrashResult:
+    kept: str
+    trashed: list[str]
+    failed: list[tuple[str, str]]  # (path, reason) of files left in place
+    labels_moved: int  # label memberships given to the kept photo
+
+    def as_dict(self) -> dict:
+        return {"kept": self.kept, "trashed": self.trashed,
+                "failed": [{"path": p, "reason": r} for p, r in self.failed], "labels_moved": self.labels_moved}
+
+
+def trash_others(library, group: DuplicateGroup, keep: str | None = None,
+                 trash: Callable[[str], None] | None = None) -> TrashResult:
+    """Move every photo of ``group`` but ``keep`` (default: the suggested one) to the system Trash.
+
+    Never a permanent delete. Before anything moves, the plan is journaled; each file's labels
+    go to the kept photo first (so no label is lost if a move fails), and the catalog forgets
+    only the files that did reach the Trash. A file that changed since the duplicate search
+    (another size) is left alone: it may no longer be a copy.
+    """
+    if trash is None:
+        from send2trash import send2trash as trash
+    keep = os.path.abspath(keep) if keep else group.suggested_keep
+    paths = {p.path: p for p in group.photos}
+    if keep not in paths:
+        raise ClipdeskError(f"{keep} is not in this duplicate group.")
+    catalog = library.catalog
+    with library.writing():
+        keep_id = catalog.id_for_path(keep)
+        if keep_id is None or not os.path.isfile(keep):
+            raise ClipdeskError(f"The photo to keep, {keep}, is no longer in the library or on disk; "
+                                "nothing was moved. Search for duplicates again.")
+        others: list[tuple[int, str]] = []
+        failed: list[tuple[str, str]] = []
+        for p in group.photos:
+            if p.path == keep:
+                continue
+            i = catalog.id_for_path(p.path)
+            try:
+                size = os.stat(p.path).st_size
+            except OSError as e:
+                failed.append((p.path, f"cannot be read ({e.strerror or e})"))
+                continue
+            if i is None or i != p.id:
+                failed.append((p.path, "is no longer this photo in the library"))
+            elif size != p.size:
+                failed.append((p.path, "changed since the duplicate search"))
+            else:
+                others.append((i, p.path))
+        moved = 0
+        labels = catalog.labels()
+        for name, members in labels.items():
+            member = set(members)
+            if keep_id not in member and any(i in member for i, _ in others):
+                catalog.add_to_label(name, [keep_id])
+                moved += 1
+        done_ids, trashed = [], []
+        journal_trash(library.folder, keep, [p for _, p in others])
+        for i, path in others:
+            try:
+                trash(path)
+            except Exception as e:  # noqa: BLE001 - send2trash raises OSError or its own TrashPermissionError
+                failed.append((path, f"could not be moved to the Trash ({e})"))
+                continue
+            done_ids.append(i)
+            trashed.append(path)
+        if done_ids:
+            catalog.delete_images(done_ids)
+            library.vectors  # noqa: B018 - catch the index up with the deletion
+            library._save_store()  # noqa: SLF001 - the writer persists its index, as index() does
+    return TrashResult(keep, trashed, failed, moved)
+
+
+def journal_trash(library_folder: str, kept: str, paths: Sequence[str]) -> str | None:
+    """Record "these files went to the Trash, this one was kept" before they move.
+
+    A minimal stand-in for the project's journal (one JSON file per step under
+    ``<library>/journal/``), written atomically; returns its path, or None with nothing to record.
+    """
+    if not paths:
+        return None
+    from clipdesk.indexer.files import atomic_write
+
+    folder = os.path.join(library_folder, "journal")
+    os.makedirs(folder, exist_ok=True)
+    stamp = time.strftime("%Y%m%d-%H%M%S") + f"-{time.time_ns() % 1_000_000_000:09d}"
+    path = os.path.join(folder, f"{stamp}-trash.json")
+    entry = {"action": "trash", "time": time.time(), "kept": kept,
+             "steps": [{"op": "trash", "path": p} for p in paths]}
+    atomic_write(path, lambda f: f.write(json.dumps(entry, indent=1).encode()))
+    return path
+
+
+# ---------------------------------------------------------------------- evaluation
+# True duplicates of each photo, and near-misses that are *not* duplicates of it (another photo of
+# the same class is the third kind of near-miss: the set holds every photo of a class).
+TRUE_VARIANTS = ("quality", "resized", "crop5", "format", "exposure", "exif_stripped")
+NEAR_MISSES = ("mirrored", "heavy_crop")
+
+
+@dataclass(frozen=True)
+class EvalItem:
+    path: str
+    source: int  # index of the photo it was made from
+    variant: str  # "original", one of TRUE_VARIANTS or one of NEAR_MISSES
+    cls: str  # the source's class folder
+
+    @property
+    def duplicate_kind(self) -> bool:
+        return self.variant == "original" or self.variant in TRUE_VARIANTS
+
+
+def build_eval_set(source: str, out: str, limit: int | None = None, seed: int = 0,
+                   cancel: CancelToken | None = None) -> list[EvalItem]:
+    """Write the duplicate evaluation set for the photos under ``source`` into ``out``.
+
+    Each photo becomes an "original" (JPEG, quality 95, with an EXIF capture date, as a camera
+    writes it) plus its true duplicates: JPEG at quality 60, resized to half, 5 % cropped, PNG,
+    exposure +15 %, and the same pixels with the EXIF stripped; and its near-misses: mirrored,
+    and heavily cropped (the central 55 % of each side).
+    """
+    from PIL import Image, ImageEnhance, ImageOps
+
+    from clipdesk.indexer.decode import supported_extensions
+
+    exts = supported_extensions()
+    files = sorted(os.path.join(d, f) for d, _, fs in os.walk(source) for f in fs
+                   if os.path.splitext(f)[1].lower() in exts)
+    if not files:
+        raise ClipdeskError(f"No photos under {source}.")
+    rng = np.random.default_rng(seed)
+    if limit is not None and limit < len(files):
+        files = sorted(rng.choice(files, limit, replace=False).tolist())
+    os.makedirs(out, exist_ok=True)
+    items: list[EvalItem] = []
+    for k, path in enumerate(files):
+        if cancel is not None:
+            cancel.check()
+        cls = os.path.basename(os.path.dirname(path))
+        try:
+            with Image.open(path) as im:
+                im = ImageOps.exif_transpose(im).convert("RGB")
+        except Exception:  # noqa: BLE001 - a broken source photo is left out of the set
+            continue
+        if min(im.size) < 32:
+            continue
+        w, h = im.size
+        base = os.path.join(out, f"{k:04d}")
+        exif = Image.Exif()
+        exif[0x0132] = "2020:01:02 03:04:05"  # DateTime
+        exif.get_ifd(0x8769)[0x9003] = "2020:01:02 03:04:05"  # DateTimeOriginal
+        cx, cy = int(round(w * 0.05)), int(round(h * 0.05))
+        ox, oy = int(rng.integers(0, cx + 1)), int(rng.integers(0, cy + 1))
+        hw, hh = int(w * 0.55), int(h * 0.55)
+        variants = {
+            "original": lambda p: im.save(p, "JPEG", quality=95, exif=exif),
+            "quality": lambda p: im.save(p, "JPEG", quality=60),
+            "resized": lambda p: im.resize((max(16, w // 2), max(16, h // 2)), Image.Resampling.LANCZOS)
+            .save(p, "JPEG", quality=90),
+            "crop5": lambda p: im.crop((ox, oy, w - (cx - ox), h - (cy - oy))).save(p, "JPEG", quality=90),
+            "format": lambda p: im.save(p, "PNG"),
+            "exposure": lambda p: ImageEnhance.Brightness(im).enhance(1.15).save(p, "JPEG", quality=90),
+            "exif_stripped": lambda p: im.save(p, "JPEG", quality=95),
+            "mirrored": lambda p: ImageOps.mirror(im).save(p, "JPEG", quality=90),
+            "heavy_crop": lambda p: im.crop(((w - hw) // 2, (h - hh) // 2, (w + hw) // 2, (h + hh) // 2))
+            .save(p, "JPEG", quality=90),
+        }
+        for name, save in variants.items():
+            p = f"{base}-{name}.{'png' if name == 'format' else 'jpg'}"
+            save(p)
+            items.append(EvalItem(p, k, name, cls))
+    return items
+
+
+def _popcount64(x: np.ndarray) -> np.ndarray:
+    table = np.array([bin(i).count("1") for i in range(256)], np.uint8)
+    return table[x.view(np.uint8).reshape(*x.shape, 8)].sum(-1, dtype=np.int32)
+
+
+def _pr(decided: np.ndarray, truth: np.ndarray) -> dict:
+    tp = int(np.count_nonzero(decided & truth))
+    fp = int(np.count_nonzero(decided & ~truth))
+    positives = int(np.count_nonzero(truth))
+    precision = tp / (tp + fp) if tp + fp else 1.0
+    recall = tp / positives if positives else 1.0
+    f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
+    return {"precision": round(precision, 4), "recall": round(recall, 4), "f1": round(f1, 4),
+            "true_pairs": tp, "false_pairs": fp}
+
+
+def evaluate_duplicates(library, items: Sequence[EvalItem],
+                        thresholds: Sequence[float] = tuple(np.round(np.arange(0.80, 0.995, 0.01), 2)),
+                        hash_distances: Sequence[int] = (4, 6, 8, 10, 12, 14, 16, 20),
+                        colour_distances: Sequence[float] = (0.04, 0.06, 0.08, 0.12, 0.2, 1.0),
+                        cancel: CancelToken | None = None) -> dict:
+    """Precision and recall of duplicate detection on an indexed evaluation set, per pair of photos.
+
+    Reports: the pixel check alone (per hash distance; independent of the model), the embedding
+    alone and embedding + pixel check (per threshold), the threshold with the best F1, and the
+    real ``find_duplicates`` at that threshold (its groups turned into pairs), with recall per
+    kind of true duplicate and false pairs per kind of near-miss.
+    """
+    catalog = library.catalog
+    ids = [catalog.id_for_path(it.path) for it in items]
+    kept = [(it, i) for it, i in zip(items, ids) if i is not None]
+    if len(kept) < 2:
+        raise ClipdeskError("The evaluation set could not be indexed.")
+    items = [it for it, _ in kept]
+    ids = [i for _, i in kept]
+    n = len(items)
+    vecs = catalog.vectors_for(ids)
+    sims = vecs @ vecs.T
+    checks = []
+    for it in items:
+        if cancel is not None:
+            cancel.check()
+        checks.append(pixel_check(it.path))
+    hashes = np.array([c.phash for c in checks], np.uint64)
+    centers = np.array([c.phash_center for c in checks], np.uint64)
+    colours = np.array([c.colours for c in checks], np.float32)
+    aspect = np.array([c.aspect for c in checks])
+    upper = np.triu(np.ones((n, n), bool), 1)
+    d = np.minimum(_popcount64(hashes[:, None] ^ hashes[None, :]),
+                   _popcount64(centers[:, None] ^ centers[None, :]))[upper]
+    c = np.concatenate([np.abs(colours[k:k + 64, None] - colours[None]).mean(-1)[upper[k:k + 64]]
+                        for k in range(0, n, 64)])
+    r = (np.maximum(aspect[:, None], aspect[None, :]) / np.minimum(aspect[:, None], aspect[None, :]))[upper]
+    s = sims[upper]
+    src = np.array([it.source for it in items])
+    dup = np.array([it.duplicate_kind for it in items])
+    truth = ((src[:, None] == src[None, :]) & dup[:, None] & dup[None, :])[upper]
+    aspect_ok = r - 1.0 <= MAX_ASPECT_CHANGE
+    pixel = {f"bits<={h}": _pr(aspect_ok & (d <= h) & (c <= MAX_COLOUR_DISTANCE), truth) for h in hash_distances}
+    pixel |= {f"bits<={MAX_HASH_DISTANCE}, colour<={x}": _pr(aspect_ok & (d <= MAX_HASH_DISTANCE) & (c <= x), truth)
+              for x in colour_distances}
+    pixel_ok = aspect_ok & (d <= MAX_HASH_DISTANCE) & (c <= MAX_COLOUR_DISTANCE)
+    embedding = {float(t): _pr(s >= t, truth) for t in thresholds}
+    combined = {float(t): _pr((s >= t) & pixel_ok, truth) for t in thresholds}
+    best = max(thresholds, key=lambda t: (combined[float(t)]["f1"], -t))
+
+    # The real code path at the chosen threshold, judged per pair and per kind of variant.
+    report = find_duplicates(library, float(best), cancel=cancel)
+    index_of = {i: k for k, i in enumerate(ids)}
+    found = np.zeros((n, n), bool)
+    for g in report.groups:
+        members = [index_of[p.id] for p in g.photos if p.id in index_of]
+        for a in members:
+            for b in members:
+                found[a, b] = a != b
+    found_pairs = found[upper]
+    per_variant = {}
+    orig = {it.source: k for k, it in enumerate(items) if it.variant == "original"}
+    for v in TRUE_VARIANTS:
+        ks = [k for k, it in enumerate(items) if it.variant == v and it.source in orig]
+        per_variant[v] = round(float(np.mean([found[k, orig[items[k].source]] for k in ks])), 4) if ks else None
+    false_by_kind = {"mirrored": 0, "heavy_crop": 0, "other photo of the same class": 0, "other class": 0}
+    for a, b in zip(*np.nonzero(np.triu(found, 1))):
+        ia, ib = items[a], items[b]
+        if ia.source == ib.source and ia.duplicate_kind and ib.duplicate_kind:
+            continue
+        if ia.source == ib.source:
+            false_by_kind["mirrored" if "mirrored" in (ia.variant, ib.variant) else "heavy_crop"] += 1
+        else:
+            false_by_kind["other photo of the same class" if ia.cls == ib.cls else "other class"] += 1
+    return {
+        "model": library.model_name, "photos": len({it.source for it in items}), "images": n,
+        "pairs": int(upper.sum()), "duplicate_pairs": int(truth.sum()),
+        "max_hash_distance": MAX_HASH_DISTANCE, "max_colour_distance": MAX_COLOUR_DISTANCE,
+        "max_aspect_change": MAX_ASPECT_CHANGE,
+        "pixel_check": pixel, "embedding": embedding, "embedding_and_pixels": combined,
+        "chosen_threshold": float(best),
+        "find_duplicates": {**_pr(found_pairs, truth), "groups": len(report.groups),
+                            "recall_by_variant": per_variant, "false_pairs_by_kind": false_by_kind},
+    }
