@@ -33,11 +33,13 @@ from clipdesk.indexer.scan import canonical_path, is_inside, is_library_folder
 from clipdesk.indexer.vectors import EXACT_LIMIT, VectorFileError, VectorStore, catch_up
 from clipdesk.models import DEFAULT_MODEL, Encoder, ModelSpec, load_encoder
 from clipdesk.probe import BACKGROUND, FitReport, Probe, ProbeData, fit_probe, uncertainty
-from clipdesk.query import parse_query, query_vector
+from clipdesk.query import Term, parse_query, query_vector
+from clipdesk.teaching import NONE_CLASS
 from clipdesk.zeroshot import assign, class_weights, zeroshot_probabilities
 
 ProgressFn = Callable[[Progress], None]
 BACKGROUND_SAMPLE = 200  # library photos sampled as "the rest" when one concept is taught
+SUGGEST_CANDIDATES = 4000  # images a pre-training diverse sample is drawn from
 _PROBE_NAME = re.compile(r"^[\w][\w .+-]{0,99}$")
 
 
@@ -507,6 +509,16 @@ class Library:
         y = [c for c, lb in enumerate(chosen) for _ in all_labels[lb]]
         classes = list(chosen)
         zs_text = text
+        if len(chosen) > 1 and negatives:
+            # Photos rejected from the buckets ("not this") form one extra class without text,
+            # like the background of a one-concept probe: the probe learns "none of these".
+            rejected = sorted({i for lb in negatives for i in all_labels[lb]} - set(ids))
+            if rejected:
+                ids += rejected
+                y += [len(chosen)] * len(rejected)
+                classes.append(NONE_CLASS)
+                zs_text = np.vstack([text, class_weights(enc.encode_texts, ["photo"])])
+                text = np.vstack([text, np.zeros_like(text[:1])])
         if len(chosen) == 1:
             background = sorted({i for lb in negatives for i in all_labels[lb]} - set(ids))
             background += self._background_sample(name, exclude=set(ids) | set(background))
@@ -600,9 +612,16 @@ class Library:
         return out
 
     def suggest(self, name: str, k: int = 20, cancel: CancelToken | None = None) -> list[Classification]:
-        """Unlabelled images whose labels would teach probe ``name`` the most (most uncertain)."""
-        probe = self.load_probe(name)
+        """Unlabelled images whose labels would teach probe ``name`` the most.
+
+        With probe ``name`` trained: the images it is least sure about. Before any training: a
+        diverse sample of the library (farthest-point sampling over at most
+        ``SUGGEST_CANDIDATES`` random images), with label None and probability 0.
+        """
         labelled = {i for ids in self.catalog.labels().values() for i in ids}
+        if not self._probe_path(name).exists():
+            return self._diverse_sample(name, k, labelled)
+        probe = self.load_probe(name)
         best: list[tuple[float, int, np.ndarray]] = []
         for ids, _paths, vecs in self._iter_library(cancel, None, "suggest"):
             probs = probe.probabilities(vecs)
@@ -610,11 +629,25 @@ class Library:
             for i, ui, p in zip(ids, u, probs):
                 if int(i) not in labelled:
                     best.append((float(ui), int(i), p))
-        best.sort(key=lambda t: -t[0])
-        best = best[:k]
+            best.sort(key=lambda t: -t[0])
+            del best[k:]  # memory stays O(k + chunk) on any library size
         info = self._paths([i for _, i, _ in best])
         return [Classification(info[i].path, probe.classes[int(p.argmax())], float(p.max()), i)
                 for _, i, p in best]
+
+    def _diverse_sample(self, seed_text: str, k: int, exclude: set[int]) -> list[Classification]:
+        from clipdesk.sampling import farthest_point_sample
+
+        ids = [int(i) for i in self.catalog.filter_ids() if int(i) not in exclude]
+        rng = np.random.default_rng(_stable_seed(seed_text))
+        if len(ids) > SUGGEST_CANDIDATES:
+            ids = [int(i) for i in rng.choice(ids, SUGGEST_CANDIDATES, replace=False)]
+        if not ids:
+            return []
+        picked = [ids[j] for j in farthest_point_sample(self.catalog.vectors_for(ids), k,
+                                                       _stable_seed(seed_text))]
+        info = self._paths(picked)
+        return [Classification(info[i].path, None, 0.0, i) for i in picked if i in info]
 
     # ------------------------------------------------------------------ status
     def status(self) -> dict:
@@ -630,6 +663,100 @@ class Library:
             "labels": {k: len(v) for k, v in self.catalog.labels().items()},
             "failures": [{"path": p, "reason": r} for p, r in self.catalog.failures()],
         }
+
+    # --- library care
+    def refresh(self, paths: Sequence[str], progress: ProgressFn | None = None,
+                cancel: CancelToken | None = None, batch_size: int = 32) -> IndexReport:
+        """Bring only some parts of the library's folders up to date: new, changed, moved and
+        deleted photos under ``paths`` (files or folders), which are not registered as folders.
+        What a file watcher calls instead of a rescan of everything.
+
+        Paths outside every library folder are ignored; a path that no longer exists stands for
+        its nearest existing folder inside the library, so its deletion is seen.
+        """
+        from clipdesk.indexer.scan import is_inside, outermost
+
+        folders = self.catalog.folders()
+        roots = []
+        for p in paths:
+            p = os.path.abspath(p)
+            owner = next((f for f in folders if is_inside(p, f)), None)
+            if owner is None:
+                continue
+            while p != owner and not os.path.exists(p):
+                p = os.path.dirname(p)
+            roots.append(p)
+        roots = outermost(roots)
+        if not roots:
+            return IndexReport()
+        if not self.catalog.get_meta("model") or self.catalog.vector_count() == 0:
+            return self.index(progress=progress, cancel=cancel, batch_size=batch_size)  # sets the model up
+        with self.writing():
+            self.check_model()
+            report = index_files(self.catalog, self.vectors, _LazyEmbedder(self), roots, batch_size=batch_size,
+                                 progress=progress, cancel=cancel, checkpoint=self._save_store)
+            self._resize_store_if_needed()
+            return report
+
+    def find_duplicates(self, threshold: float | None = None, folder: str | None = None,
+                        progress: ProgressFn | None = None, cancel: CancelToken | None = None):
+        """Groups of exact and near-duplicate photos (see ``clipdesk.duplicates``)."""
+        from clipdesk.duplicates import find_duplicates
+
+        return find_duplicates(self, threshold, folder, progress=progress, cancel=cancel)
+
+    def trash_duplicates(self, group, keep: str | None = None):
+        """Move a duplicate group's other photos to the Trash, keeping ``keep`` (default: the
+        suggested one); their labels move to the kept photo (see ``clipdesk.duplicates``)."""
+        from clipdesk.duplicates import trash_others
+
+        return trash_others(self, group, keep)
+
+
+    # --- used by the app
+    def browse(self, limit: int = 5000) -> tuple[list[SearchResult], int]:
+        """The newest ``limit`` images by date taken (undated last), and how many there are in all.
+
+        What the app shows before any query. Read with one bounded query, so a million-photo
+        library costs ``limit`` rows, not a million.
+        """
+        total = self.catalog.counts()[0]
+        rows = self.catalog._query(  # noqa: SLF001 - one ordered, limited read; no catalog API for it yet
+            "SELECT id, path, taken FROM images WHERE vector IS NOT NULL"
+            " ORDER BY taken IS NULL, taken DESC, path LIMIT ?", (int(limit),))
+        return [SearchResult(os.fsdecode(bytes(p)), 0.0, int(i), t) for i, p, t in rows], total
+
+    def search_terms(self, terms: Sequence[Term], k: int = 20, **kw) -> list[SearchResult]:
+        """Search with already-parsed terms (the app keeps image terms out of its search field)."""
+        if not terms:
+            raise QueryError("The query is empty.")
+        texts = None
+        if any(t.text is not None for t in terms):
+            self.check_model()
+            texts = self.text_encoder.encode_texts
+        own = {self.catalog.id_for_path(t.image) for t in terms if t.image is not None and t.weight > 0}
+        exclude = set(kw.pop("exclude", ())) | {i for i in own if i is not None}
+        return self.search(query_vector(list(terms), texts, self.embed_image_file), k, exclude=exclude, **kw)
+
+    def empty_folders(self) -> list[str]:
+        """Registered folders with no indexed photo (e.g. registered by a run that then failed)."""
+        return [f for f in self.catalog.folders() if len(self.catalog.filter_ids(f)) == 0]
+
+    def use_model(self, model: str | None, weights: str | None = None) -> None:
+        """Switch the model for the next load. Refused (:class:`ModelMismatchError`) when the
+        library already holds vectors made by another model."""
+        spec = ModelSpec.parse(model or self.spec.name.split("+")[0], weights)
+        stored = self.catalog.get_meta("model")
+        if stored and stored != spec.name and self.catalog.vector_count() > 0:
+            raise ModelMismatchError(
+                f"This library's photos were indexed with {stored}; it cannot use {spec.name} without "
+                f"re-embedding every photo ('clipdesk index --reembed --model {spec.name.split('+')[0]}').")
+        with self._guard:
+            old, self._encoder = self._encoder, None
+            self.spec = self._requested = spec
+            self._store = None if not self.catalog.vector_count() else self._store
+        if old is not None and hasattr(old, "close"):
+            old.close()
 
     # --- library care
     def refresh(self, paths: Sequence[str], progress: ProgressFn | None = None,

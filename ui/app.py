@@ -53,6 +53,10 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     win = MainWindow(lib, settings)
     win.show()
+    if os.environ.get("CLIPDESK_E2E_STATE"):
+        from .e2e_probe import install
+
+        install(win)
     new = [f for f in args.add_folder if os.path.abspath(f) not in lib.catalog.folders()]
     if new:
         QTimer.singleShot(0, lambda: win.start_indexing([os.path.abspath(f) for f in new]))

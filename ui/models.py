@@ -1,6 +1,6 @@
 """Qt item models (thin adapters over plain Python lists) and the asynchronous thumbnail cache.
 
-``ResultsModel`` backs the virtualised thumbnail grid: it holds a plain list of results and asks
+``ResultsModel`` backs the virtualised thumbnail grid (``views/grid.py``): it holds a plain list of results and asks
 ``Thumbnails`` for images on demand; thumbnails are decoded off the GUI thread (Pillow draft
 mode), cached on disk inside the library folder, and the grid shows a placeholder until they land.
 """
@@ -103,6 +103,14 @@ class Thumbnails(QObject):
         self.cache_dir = cache_dir
         self._pixmaps.clear()
 
+    def set_size(self, size: int) -> None:
+        """Decode at a new size from now on (the views ask again as they repaint)."""
+        if size == self.size:
+            return
+        self.size = size
+        self._pixmaps.clear()
+        self.placeholder = self._make_placeholder()
+
     def get(self, path: str) -> QPixmap | None:
         pm = self._pixmaps.get(path)
         if pm is not None:
@@ -179,8 +187,7 @@ class ResultsModel(QAbstractListModel):
             return None
         it = self._items[index.row()]
         if role == Qt.ItemDataRole.DisplayRole:
-            # confidences under classified/predicted photos; search results stay clean
-            return f"{it.score:.0%}" if it.label is not None and it.score is not None else None
+            return caption(it)
         if role == Qt.ItemDataRole.DecorationRole:
             if self.thumbnails is None:
                 return None
@@ -233,5 +240,12 @@ def paths_from_mime(mime: QMimeData) -> list[str]:
     return [u.toLocalFile() for u in mime.urls() if u.isLocalFile()]
 
 
-def grid_size(thumb: int) -> QSize:
-    return QSize(thumb + 16, thumb + 16)
+def caption(it: Item) -> str:
+    """The line under a thumbnail: a probability, a search score, else the date taken or the name."""
+    if it.score is not None and it.label is not None:
+        return f"{it.score:.0%}"
+    if it.score is not None:
+        return f"{it.score:.3f}"
+    if it.taken:
+        return datetime.fromtimestamp(it.taken).strftime("%d %b %Y")
+    return os.path.basename(it.path)

@@ -1,0 +1,71 @@
+"""The error banner: floats over the top of the page (the layout never shifts under the pointer)
+and clears itself when its cause is gone.
+
+Each message has a *cause* key ("search", "model", "index", …). A later success of the same kind
+calls ``clear(cause)``; the banner only hides if the message showing is still that cause's.
+"""
+from __future__ import annotations
+
+from PySide6.QtCore import QEvent, QObject, Qt, QTimer
+from PySide6.QtWidgets import QFrame, QHBoxLayout, QLabel, QToolButton, QWidget
+
+INFO_MS = 8000  # information (not an error) hides by itself
+
+
+class Banner(QFrame):
+    def __init__(self, host: QWidget) -> None:
+        super().__init__(host)
+        self.host = host
+        self.setObjectName("banner")
+        self.cause: str | None = None
+        lay = QHBoxLayout(self)
+        lay.setContentsMargins(12, 8, 8, 8)
+        self.text = QLabel()
+        self.text.setObjectName("bannerText")
+        self.text.setWordWrap(True)
+        self.text.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
+        close = QToolButton()
+        close.setObjectName("bannerClose")
+        close.setText("✕")
+        close.setToolTip("Dismiss")
+        close.clicked.connect(self.dismiss)
+        lay.addWidget(self.text, 1)
+        lay.addWidget(close, 0, Qt.AlignmentFlag.AlignTop)
+        self._timer = QTimer(self)
+        self._timer.setSingleShot(True)
+        self._timer.timeout.connect(self.dismiss)
+        host.installEventFilter(self)
+        self.hide()
+
+    def show_message(self, text: str, cause: str = "error", info: bool = False) -> None:
+        self.cause = cause
+        self.text.setText(text)  # whole message, wrapped: never cut mid-word
+        self.setProperty("info", "true" if info else "false")
+        self.style().unpolish(self)
+        self.style().polish(self)
+        self._timer.stop()
+        if info:
+            self._timer.start(INFO_MS)
+        self._place()
+        self.show()
+        self.raise_()
+
+    def clear(self, cause: str) -> None:
+        """The cause is gone: hide the banner if it is showing that cause's message."""
+        if self.cause == cause:
+            self.dismiss()
+
+    def dismiss(self) -> None:
+        self.cause = None
+        self.hide()
+
+    def _place(self) -> None:
+        width = min(self.host.width() - 40, 900)
+        self.setFixedWidth(max(200, width))
+        self.adjustSize()
+        self.move((self.host.width() - self.width()) // 2, 52)
+
+    def eventFilter(self, obj: QObject, e: QEvent) -> bool:  # noqa: N802 - Qt
+        if obj is self.host and e.type() == QEvent.Type.Resize and self.isVisible():
+            self._place()
+        return False

@@ -1,0 +1,33 @@
+"""What every view shares: the library, the worker pool, thumbnails, buckets, undo, and one way to
+report errors and messages (the main window shows them). Views talk to each other only through
+signals; the window wires them."""
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from PySide6.QtCore import QObject, Signal
+from PySide6.QtGui import QUndoStack
+
+from clipdesk.library import Library
+
+from ..labels import LabelStore
+from ..models import Thumbnails
+from ..workers import Jobs
+
+
+class Context(QObject):
+    error = Signal(str, str, str)  # message, kind (error class name, "bug", "input"), cause
+    resolved = Signal(str)  # cause: the problem of that kind is gone (its banner clears)
+    message = Signal(str)  # a transient status line
+    library_changed = Signal()  # another library was opened: views reset
+
+    def __init__(self, lib: Library, jobs: Jobs, thumbnails: Thumbnails, labels: LabelStore,
+                 undo: QUndoStack, parent: QObject | None = None) -> None:
+        super().__init__(parent)
+        self.lib, self.jobs, self.thumbnails, self.labels, self.undo = lib, jobs, thumbnails, labels, undo
+        labels.message.connect(self.message)
+        labels.error.connect(lambda m, k: self.error.emit(m, k, "labels"))
+
+    def failed(self, cause: str) -> Callable[[str, str], None]:
+        """An ``on_error`` for a job: reports under ``cause``."""
+        return lambda message, kind: self.error.emit(message, kind, cause)

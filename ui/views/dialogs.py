@@ -1,0 +1,138 @@
+"""Dialogs: settings, the model-weights dialog of a first run without network, save paths, confirmations."""
+from __future__ import annotations
+
+from PySide6.QtWidgets import (QComboBox, QDialog, QDialogButtonBox, QFileDialog, QFormLayout, QHBoxLayout,
+                               QLabel, QLineEdit, QMessageBox, QPushButton, QSpinBox, QVBoxLayout, QWidget)
+
+DEMO_MODEL = "test-tiny"
+CHECKPOINTS = "Checkpoints (*.safetensors *.bin *.pt *.pth)"
+
+
+def ask_save_path(parent: QWidget, title: str, default_name: str, filters: str = "CSV (*.csv)") -> str:
+    """A Qt (not native) save dialog, so it behaves the same on every desktop and in tests."""
+    path, _ = QFileDialog.getSaveFileName(parent, title, default_name, filters,
+                                          options=QFileDialog.Option.DontUseNativeDialog)
+    return path
+
+
+def confirm(parent: QWidget, title: str, text: str, action: str) -> bool:
+    """Ask before something that cannot be undone; the safe choice is the default."""
+    box = QMessageBox(QMessageBox.Icon.Warning, title, text, parent=parent)
+    box.setObjectName("confirmDialog")
+    ok = box.addButton(action, QMessageBox.ButtonRole.DestructiveRole)
+    cancel = box.addButton(QMessageBox.StandardButton.Cancel)
+    box.setDefaultButton(cancel)
+    box.exec()
+    return box.clickedButton() is ok
+
+
+class ModelDialog(QDialog):
+    """First run without network: the model that could not be fetched and three ways on."""
+
+    CHECKPOINT, DEMO, RETRY = 1, 2, 3
+
+    def __init__(self, parent: QWidget, model: str, message: str) -> None:
+        super().__init__(parent)
+        self.setObjectName("modelDialog")
+        self.setWindowTitle("Model weights needed")
+        self.choice = 0
+        self.checkpoint = ""
+        lay = QVBoxLayout(self)
+        head = QLabel(f"<b>clipdesk could not fetch the model {model}.</b>")
+        head.setWordWrap(True)
+        why = QLabel(message)
+        why.setObjectName("modelDialogMessage")
+        why.setWordWrap(True)
+        why.setProperty("muted", "true")
+        explain = QLabel(
+            "The model's weights are downloaded once (about 600 MB) and need a network connection. "
+            "You can instead:")
+        explain.setWordWrap(True)
+        for w in (head, why, explain):
+            lay.addWidget(w)
+        self.choose = QPushButton("Choose a checkpoint file…")
+        self.choose.setObjectName("chooseCheckpoint")
+        self.choose.setToolTip("A .safetensors/.bin/.pt file of this model downloaded elsewhere")
+        self.demo = QPushButton("Use the demo model")
+        self.demo.setObjectName("useDemo")
+        demo_note = QLabel("The demo model has random weights: the app works, but its search results and "
+                           "sorting are meaningless. For trying the app out only.")
+        demo_note.setWordWrap(True)
+        demo_note.setProperty("muted", "true")
+        self.retry = QPushButton("Retry the download")
+        self.retry.setObjectName("retryDownload")
+        self.retry.setDefault(True)
+        lay.addWidget(self.choose)
+        lay.addWidget(self.demo)
+        lay.addWidget(demo_note)
+        lay.addWidget(self.retry)
+        self.choose.clicked.connect(self._choose)
+        self.demo.clicked.connect(lambda: self._done(self.DEMO))
+        self.retry.clicked.connect(lambda: self._done(self.RETRY))
+        self.setMinimumWidth(460)
+
+    def _choose(self) -> None:
+        f, _ = QFileDialog.getOpenFileName(self, "CLIP checkpoint", "", CHECKPOINTS,
+                                           options=QFileDialog.Option.DontUseNativeDialog)
+        if f:
+            self.checkpoint = f
+            self._done(self.CHECKPOINT)
+
+    def _done(self, choice: int) -> None:
+        self.choice = choice
+        self.accept()
+
+
+class SettingsDialog(QDialog):
+    """Model, device, thumbnail size and library folder; the window applies them at once."""
+
+    def __init__(self, parent: QWidget, model: str, device: str, thumb: int, library: str,
+                 model_note: str = "") -> None:
+        super().__init__(parent)
+        self.setObjectName("settingsDialog")
+        self.setWindowTitle("Settings")
+        form = QFormLayout(self)
+        self.model = QLineEdit(model)  # the current model as text, never a look-alike placeholder
+        self.model.setObjectName("settingsModel")
+        self.model.setToolTip("open_clip name/pretrained tag, e.g. ViT-B-32-256/datacomp_s34b_b86k; "
+                              f"'{DEMO_MODEL}' is the offline demo model")
+        self.device = QComboBox()
+        self.device.setObjectName("settingsDevice")
+        self.device.addItems(["auto", "cpu", "cuda", "mps"])
+        self.device.setCurrentText(device or "auto")
+        self.thumb = QSpinBox()
+        self.thumb.setObjectName("settingsThumb")
+        self.thumb.setRange(64, 320)
+        self.thumb.setSingleStep(16)
+        self.thumb.setSuffix(" px")
+        self.thumb.setValue(thumb)
+        row = QHBoxLayout()
+        self.library = QLineEdit(library)
+        self.library.setObjectName("settingsLibrary")
+        browse = QPushButton("Choose…")
+        browse.clicked.connect(self._browse)
+        row.addWidget(self.library, 1)
+        row.addWidget(browse)
+        form.addRow("Model", self.model)
+        if model_note:
+            note = QLabel(model_note)
+            note.setWordWrap(True)
+            note.setProperty("muted", "true")
+            form.addRow("", note)
+        form.addRow("Device", self.device)
+        form.addRow("Thumbnail size", self.thumb)
+        form.addRow("Library folder", row)
+        hint = QLabel("Changes apply when you press OK.")
+        hint.setProperty("muted", "true")
+        form.addRow("", hint)
+        buttons = QDialogButtonBox(QDialogButtonBox.StandardButton.Ok | QDialogButtonBox.StandardButton.Cancel)
+        buttons.accepted.connect(self.accept)
+        buttons.rejected.connect(self.reject)
+        form.addRow(buttons)
+        self.setMinimumWidth(520)
+
+    def _browse(self) -> None:
+        d = QFileDialog.getExistingDirectory(self, "Library folder", self.library.text(),
+                                             QFileDialog.Option.DontUseNativeDialog | QFileDialog.Option.ShowDirsOnly)
+        if d:
+            self.library.setText(d)
