@@ -23,6 +23,7 @@ from PIL import Image, ImageFile, UnidentifiedImageError
 
 from .errors import UnreadableImageError
 from .files import NotRegularFileError, open_regular
+from .formats import RAW_EXTENSIONS, decode_raw, extra_extensions
 
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".jpe", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff"})
 HEIF_EXTENSIONS = frozenset({".heic", ".heif"})
@@ -68,7 +69,7 @@ def _register_heif() -> bool:
 
 def supported_extensions() -> frozenset[str]:
     """Lower-case extensions (with the dot) the scanner collects."""
-    return IMAGE_EXTENSIONS | HEIF_EXTENSIONS
+    return IMAGE_EXTENSIONS | HEIF_EXTENSIONS | extra_extensions()
 
 
 @dataclass(frozen=True)
@@ -166,6 +167,9 @@ def _decode(path: str, f: BinaryIO, size: int, min_side: int) -> DecodedImage:
         )
     digest, head = _stream_hash(f, size)
     f.seek(0)
+    if ext in RAW_EXTENSIONS:  # camera RAW: LibRaw, see formats.py
+        img, width, height, taken = decode_raw(path, f, min_side)
+        return DecodedImage(image=img, width=width, height=height, taken=taken, content_hash=digest)
     try:
         with warnings.catch_warnings():
             # We apply our own, explicit pixel limit below.
