@@ -126,6 +126,9 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("folder")
     a = esub.add_parser("retrieval", parents=[common], help="recall@k on a captions.jsonl file")
     a.add_argument("captions")
+    from clipdesk import cli_interop  # tags, sort, journal (library interop)
+
+    cli_interop.add_commands(sub, [common])
     from clipdesk import cli_care  # duplicates, watch, eval duplicates (library care)
 
     cli_care.add_commands(sub, [common], esub)
@@ -188,6 +191,10 @@ def run(args: argparse.Namespace) -> int:
         from clipdesk import evaluation
 
         return evaluation.run_cli(args, _open, _emit)
+    if c in ("tags", "sort", "journal"):
+        from clipdesk import cli_interop
+
+        return cli_interop.run_cli(args, _open, _emit)
 
     if c == "repair":
         from clipdesk.library import repair_library

@@ -875,3 +875,11 @@ def _check_name(name: str, what: str) -> str:
     if not _PROBE_NAME.match(name):
         raise ClipdeskError(f"Invalid {what} name '{name}': use letters, digits, spaces, '.', '+', '-' or '_'.")
     return name
+
+
+def search_without_twins(lib: Library, query, k: int = 20, **filters) -> list[SearchResult]:
+    """``lib.search`` with each RAW + JPEG pair (``IMG_0001.CR2`` + ``IMG_0001.JPG``) shown once,
+    at its best rank. Twins collapse two results into one at most, so ``2 * k`` are fetched."""
+    from clipdesk.indexer.formats import collapse_twins
+
+    return collapse_twins(lib.search(query, 2 * k, **filters))[:k]
