@@ -481,11 +481,15 @@ class Operation:
         return [s for s in self.steps if s.state != "done"]
 
     # -------------------------------------------------------------- applying
+    def skip(self, step: Step) -> None:
+        """Mark a step done without changing anything (nothing left to do for it)."""
+        self._append(type="done", n=step.n, noop=True)
+        step.state, step.applied = "done", {"path": step.path, "noop": True}
+
     def write_file(self, step: Step, data: bytes | None) -> None:
         """Apply a ``write`` step: replace or create ``step.path`` with ``data`` (None: no change)."""
         if data is None:
-            self._append(type="done", n=step.n, noop=True)
-            step.state, step.applied = "done", {"path": step.path, "noop": True}
+            self.skip(step)
             return
         path = step.path
         try:

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 
 from clipdesk.errors import ClipdeskError
 from clipdesk.indexer.pipeline import CancelToken, Progress
-from clipdesk.journal import Journal, UndoReport
+from clipdesk.journal import Journal, UndoReport, sha256_file_quiet
 
 KIND = "sort"
 MODES = ("copy", "move", "link")
@@ -33,10 +33,13 @@ class Placement:
     dest: str
     category: str
     probability: float
+    # XMP sidecars that go with the photo: (path, "ext" for photo.ext.xmp | "stem" for photo.xmp,
+    # action). A photo.xmp that another file of the same name still uses is copied, not moved.
+    sidecars: tuple[tuple[str, str, str], ...] = ()
 
     def as_dict(self) -> dict:
         return {"source": self.source, "dest": self.dest, "category": self.category,
-                "probability": round(self.probability, 6)}
+                "probability": round(self.probability, 6), "sidecars": [s[0] for s in self.sidecars]}
 
 
 @dataclass(frozen=True)
@@ -127,8 +130,27 @@ def plan_sort(lib, rows: Iterable, into: str, mode: str = "copy", min_probabilit
             i += 1
             dest = os.path.join(folder, f"{stem} ({i}){ext}")
         taken.add(dest)
-        plan.placements.append(Placement(r.path, dest, r.label, float(r.probability)))
+        plan.placements.append(Placement(r.path, dest, r.label, float(r.probability), _sidecars(r.path, mode)))
     return plan
+
+
+def _sidecars(photo: str, mode: str) -> tuple[tuple[str, str, str], ...]:
+    """The XMP sidecars that travel with a copied or moved photo (links need none)."""
+    if mode == "link":
+        return ()
+    from clipdesk.tags import sidecar_names
+
+    out = []
+    stem = os.path.splitext(os.path.basename(photo))[0].casefold()
+    for side in sidecar_names(photo):
+        if os.path.basename(side).casefold() == os.path.basename(photo).casefold() + ".xmp":
+            out.append((side, "ext", mode))
+            continue
+        folder = os.path.dirname(photo)
+        shared = any(os.path.splitext(n)[0].casefold() == stem and os.path.join(folder, n) != photo
+                     and not n.lower().endswith(".xmp") for n in os.listdir(folder))
+        out.append((side, "stem", "copy" if shared else mode))
+    return tuple(out)
 
 
 def classifications(lib, probe: str | None = None, classify: Sequence[str] | None = None,
@@ -142,6 +164,10 @@ def classifications(lib, probe: str | None = None, classify: Sequence[str] | Non
     rows = (lib.predict(probe, progress=progress, cancel=cancel) if probe
             else lib.classify(list(classify), threshold, progress=progress, cancel=cancel))
     return [r for r in rows if r.label != NONE_CLASS]
+
+
+def _sidecar_path(photo_dest: str, style: str) -> str:
+    return (photo_dest if style == "ext" else os.path.splitext(photo_dest)[0]) + ".xmp"
 
 
 def _follow(lib) -> Callable[[str, str], None]:
@@ -171,8 +197,13 @@ def apply_sort(lib, plan: SortPlan, progress: ProgressFn | None = None,
         if plan.mode == "move":
             # Moved photos must stay inside the library's folders, or the next rescan drops them.
             lib.catalog.add_folder(plan.into)
-        steps = [{"action": plan.mode, "path": p.dest, "source": p.source,
-                  "info": {"category": p.category, "probability": p.probability}} for p in plan.placements]
+        steps = []
+        for p in plan.placements:
+            n = len(steps)
+            steps.append({"action": plan.mode, "path": p.dest, "source": p.source,
+                          "info": {"category": p.category, "probability": p.probability}})
+            steps += [{"action": action, "path": _sidecar_path(p.dest, style), "source": side,
+                       "info": {"sidecar_of": n, "style": style}} for side, style, action in p.sidecars]
         with Journal(lib.folder).start(KIND, f"sort {plan.mode} into {plan.into}", steps) as op:
             report.operation = op.id
             _run(lib, op, report, progress, cancel)
@@ -185,6 +216,16 @@ def _run(lib, op, report: SortReport, progress, cancel) -> None:
     for n, step in enumerate(pending):
         if cancel is not None:
             cancel.check()
+        owner = step.info.get("sidecar_of")
+        if isinstance(owner, int) and 0 <= owner < len(op.steps):
+            # A sidecar is named after where its photo really went (a collision renames it).
+            step.path = _sidecar_path(op.steps[owner].target, str(step.info.get("style")))
+            if not os.path.lexists(step.source) or (
+                    os.path.lexists(step.path) and sha256_file_quiet(step.path) == sha256_file_quiet(step.source)):
+                op.skip(step)  # gone since planning, or its twin already carried the same sidecar
+            else:
+                op.place_file(step)
+            continue
         dest = op.place_file(step, on_move=follow)
         report.placed.append(Placement(step.source, dest, str(step.info.get("category", "")),
                                        float(step.info.get("probability", 0.0))))

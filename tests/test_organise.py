@@ -253,3 +253,26 @@ def test_undo_of_an_interrupted_sort_without_resume(indexed, tmp_path):
                        capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stderr
     assert all_photo_hashes(photos) == hashes and not into.exists()
+
+
+def test_sidecars_travel_with_their_photo(indexed, tmp_path):
+    lib, photos = indexed
+    home = sorted((photos / "home").glob("*.jpg"))
+    (Path(str(home[0]) + ".xmp")).write_text("<digikam sidecar/>")  # photo.ext.xmp: moves along
+    (home[1].with_suffix(".xmp")).write_text("<lightroom sidecar/>")  # photo.xmp, its only user: moves
+    (home[2].with_suffix(".CR2")).write_bytes(b"raw twin")  # a twin keeps using photo.xmp: copied
+    (home[2].with_suffix(".xmp")).write_text("<shared sidecar/>")
+    into = tmp_path / "sorted"
+    (into / "home").mkdir(parents=True)
+    (into / "home" / home[0].name).write_bytes(b"taken")  # the photo gets a suffix; its sidecar follows
+    before = content(photos)
+    plan = organise.plan_sort(lib, rows_by_folder(lib), str(into), "move")
+    organise.apply_sort(lib, plan)
+    renamed = into / "home" / f"{home[0].stem} (1).jpg"
+    assert renamed.exists() and Path(str(renamed) + ".xmp").read_text() == "<digikam sidecar/>"
+    assert (into / "home" / f"{home[1].stem}.xmp").read_text() == "<lightroom sidecar/>"
+    assert not home[1].with_suffix(".xmp").exists()
+    assert (into / "home" / f"{home[2].stem}.xmp").read_text() == "<shared sidecar/>"
+    assert home[2].with_suffix(".xmp").read_text() == "<shared sidecar/>"  # still there for the CR2
+    organise.undo(lib)
+    assert content(photos) == before and content(into) == {f"home/{home[0].name}": hashlib.sha256(b"taken").hexdigest()}
