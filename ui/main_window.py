@@ -14,7 +14,7 @@ from pathlib import Path
 
 from PySide6.QtCore import QSettings, Qt, QTimer, Signal
 from PySide6.QtGui import QAction, QKeySequence, QShortcut
-from PySide6.QtWidgets import (QComboBox, QDialog, QFileDialog, QHBoxLayout, QLabel, QMainWindow, QProgressBar,
+from PySide6.QtWidgets import (QApplication, QComboBox, QDialog, QFileDialog, QHBoxLayout, QLabel, QMainWindow, QProgressBar,
                                QPushButton, QSplitter, QStackedWidget, QTabWidget, QToolButton, QVBoxLayout,
                                QWidget)
 
@@ -248,6 +248,8 @@ class MainWindow(QMainWindow):
 
     # ------------------------------------------------------------------ start-up and model
     def _startup(self) -> None:
+        if self.jobs.closed:
+            return
         empty = self.lib.empty_folders()
         if empty:  # registered by a run that failed (e.g. offline): scan them now
             self.start_indexing(empty)
@@ -589,7 +591,10 @@ class MainWindow(QMainWindow):
         except ClipdeskError as e:
             self.show_error(f"Cannot open the library {folder}: {e}", type(e).__name__, "settings")
             return False
-        self.jobs.shutdown()
+        self.jobs.shutdown(close=False)
+        self.jobs.closed = True  # results of the old library's jobs, still queued, are dropped …
+        QApplication.sendPostedEvents()
+        self.jobs.closed = False  # … and the new library's jobs deliver again
         old = self.lib
         self.lib = self.ctx.lib = new
         new.status_callback = self.status_message.emit

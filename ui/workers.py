@@ -77,6 +77,7 @@ class Jobs(QObject):
         self.pool.setMaxThreadCount(max_threads)
         self.pool.setExpiryTimeout(2000)
         self._active: set[Worker] = set()
+        self.closed = False  # set by close(): results still queued are dropped
 
     def start(self, fn: Callable, *args, on_result: Callable | None = None,
               on_error: Callable[[str, str], None] | None = None, on_progress: Callable | None = None,
@@ -87,16 +88,20 @@ class Jobs(QObject):
         for signal, slot in ((w.signals.result, on_result), (w.signals.error, on_error),
                              (w.signals.progress, on_progress), (w.signals.cancelled, on_cancelled)):
             if slot is not None:
-                signal.connect(slot, q)
+                signal.connect(lambda *a, s=slot: self._deliver(s, *a), q)
         w.signals.finished.connect(lambda w=w: self._done(w, on_finished), q)
         self._active.add(w)
         self.busy_changed.emit(True)
         self.pool.start(w)
         return w
 
+    def _deliver(self, slot: Callable, *args) -> None:
+        if not self.closed:  # after shutdown the window and its library are gone
+            slot(*args)
+
     def _done(self, w: Worker, on_finished: Callable | None) -> None:
         self._active.discard(w)
-        if on_finished is not None:
+        if on_finished is not None and not self.closed:
             on_finished()
         if not self._active:
             self.busy_changed.emit(False)
@@ -109,7 +114,10 @@ class Jobs(QObject):
         for w in list(self._active):
             w.cancel()
 
-    def shutdown(self, timeout_ms: int = 30000) -> bool:
-        """Cancel everything and wait for the threads to finish (on close)."""
+    def shutdown(self, timeout_ms: int = 30000, close: bool = True) -> bool:
+        """Cancel everything and wait for the threads to finish. ``close``: also drop the results
+        still on their way (the app is closing); without, the pool stays usable (library switch)."""
         self.cancel_all()
-        return self.pool.waitForDone(timeout_ms)
+        done = self.pool.waitForDone(timeout_ms)
+        self.closed = close
+        return done

@@ -173,6 +173,7 @@ class TeachView(QWidget):
             sc.activated.connect(lambda a=accept: self.judge(a))
         ctx.labels.changed.connect(self._labels_changed)
         self._update_buttons()
+        self._judge_buttons()
 
     # ------------------------------------------------------------------ buckets
     def add_bucket(self) -> None:

@@ -1,0 +1,477 @@
+"""The app as a person uses it (offscreen, real key/mouse/drag events on the real widgets):
+the teaching loop, the grid, export, undo, banners, first run without network, settings."""
+import csv
+import os
+import time
+
+import pytest
+
+pytest.importorskip("pytestqt")
+
+from PySide6.QtCore import QEventLoop, QPoint, QPointF, QRect, QSettings, QSize, Qt, QTimer  # noqa: E402
+from PySide6.QtGui import QColor, QContextMenuEvent, QImage, QPainter, QPixmap  # noqa: E402
+from PySide6.QtTest import QTest  # noqa: E402
+from PySide6.QtWidgets import QApplication, QFileDialog, QStyle, QStyleOptionViewItem  # noqa: E402
+
+pytestmark = [pytest.mark.gui, pytest.mark.qt_log_ignore("This plugin does not support")]  # offscreen popups
+
+
+def pump(ms: int) -> None:
+    """Run the event loop (not processEvents/qWait: see ui/selftest.py's ``pump``)."""
+    loop = QEventLoop()
+    QTimer.singleShot(ms, loop.quit)
+    loop.exec()
+
+
+def until(cond, timeout=20.0, what="condition"):
+    end = time.monotonic() + timeout
+    while not cond():
+        if time.monotonic() > end:
+            raise AssertionError(f"timed out waiting for {what}")
+        pump(10)
+
+
+def make_window(tmp_path, lib=None):
+    from clipdesk.library import Library
+    from clipdesk.ui.main_window import MainWindow
+
+    lib = lib or Library(str(tmp_path / "lib"), model="test-tiny")
+    win = MainWindow(lib, QSettings(str(tmp_path / "s.ini"), QSettings.Format.IniFormat))
+    win.resize(1280, 800)
+    return win
+
+
+@pytest.fixture
+def win(qtbot, tmp_path, photos, no_thread_leaks):
+    w = make_window(tmp_path)
+    qtbot.addWidget(w)
+    w.show()
+    with qtbot.waitSignal(w.index_finished, timeout=60000):
+        w.add_folders([str(photos)])
+    until(lambda: w.results.rowCount() == 8, what="the library shown by date")
+    yield w
+    w.shutdown()
+    assert w.jobs.pool.activeThreadCount() == 0 and w.thumbnails.pool.activeThreadCount() == 0
+
+
+def teach_tab(w, source=1, n=8):
+    w.tabs.setCurrentWidget(w.teach_view)
+    w.teach_view.source.setCurrentIndex(source)
+    until(lambda: w.teach_view.pick_results.rowCount() == n, what="teach grid")
+    return w.teach_view
+
+
+def add_buckets(w, *names):
+    t = w.teach_view
+    for name in names:
+        QTest.keyClicks(t.bucket_name, name)
+        QTest.mouseClick(t.add_button, Qt.MouseButton.LeftButton)
+    until(lambda: all(n in w.buckets for n in names), what="buckets")
+
+
+def press_bucket_key(grid, rows, key):
+    grid.select_rows(rows)
+    grid.setFocus()
+    QTest.keyClick(grid, key)
+
+
+# ---------------------------------------------------------------------- the teaching loop
+def test_teach_grid_is_filled_before_any_bucket_and_photos_go_in_by_number_key(win):
+    t = teach_tab(win, source=0, n=8)  # "Suggested next": a diverse sample before training
+    assert win.tabs.tabText(win.tabs.currentIndex()) == "Teach" and t.grid.objectName() == "teachGrid"
+    add_buckets(win, "Anna", "Ben")
+    paths = [it.path for it in t.pick_results.items()]
+    press_bucket_key(t.grid, [0, 1], Qt.Key.Key_1)
+    until(lambda: len(win.buckets["Anna"].paths()) == 2, what="bucket 1")
+    assert set(win.lib.labels()["Anna"]) == set(paths[:2])
+    assert win.buckets["Anna"].count.text().startswith("2")
+    # labelled photos leave the suggestions
+    assert not set(paths[:2]) & {it.path for it in t.pick_results.items()}
+    press_bucket_key(t.grid, [0], Qt.Key.Key_2)
+    until(lambda: len(win.buckets["Ben"].paths()) == 1, what="bucket 2")
+    press_bucket_key(t.grid, [0], Qt.Key.Key_9)  # no bucket 9: nothing happens, it says so
+    assert sum(len(v) for v in win.lib.labels().values()) == 3
+
+
+def test_context_menu_adds_to_a_bucket_from_the_search_grid(win):
+    add_buckets(win, "Anna")
+    win.tabs.setCurrentWidget(win.search_view)
+    grid = win.search_view.grid
+    rect = grid.visualRect(win.results.index(3))
+    chosen = []
+
+    def pick():
+        menu = QApplication.activePopupWidget()
+        sub = next(a.menu() for a in menu.actions() if a.menu() is not None and a.text() == "Add to bucket")
+        act = next(a for a in sub.actions() if a.data() == "Anna")
+        chosen.append(act.text())
+        act.trigger()
+        menu.close()
+
+    QTimer.singleShot(300, pick)
+    ev = QContextMenuEvent(QContextMenuEvent.Reason.Mouse, rect.center(), grid.viewport().mapToGlobal(rect.center()))
+    QApplication.sendEvent(grid.viewport(), ev)
+    until(lambda: len(win.buckets["Anna"].paths()) == 1, what="menu add")
+    assert chosen and win.buckets["Anna"].paths() == [win.results.item(3).path]
+
+
+def test_delete_takes_one_photo_out_of_a_bucket_and_ctrl_z_puts_it_back(win):
+    t = teach_tab(win)
+    add_buckets(win, "Anna")
+    press_bucket_key(t.grid, [0, 1, 2], Qt.Key.Key_1)
+    until(lambda: len(win.buckets["Anna"].paths()) == 3)
+    lst = win.buckets["Anna"].list
+    assert lst.objectName() == "bucketList:Anna"
+    gone = lst.item(1).data(Qt.ItemDataRole.UserRole)
+    lst.setCurrentRow(1)
+    lst.setFocus()
+    QTest.keyClick(lst, Qt.Key.Key_Delete)
+    until(lambda: len(win.buckets["Anna"].paths()) == 2)
+    assert gone not in win.lib.labels()["Anna"]
+    QTest.keyClick(t.grid, Qt.Key.Key_Z, Qt.KeyboardModifier.ControlModifier)
+    until(lambda: len(win.buckets["Anna"].paths()) == 3)
+    assert gone in win.lib.labels()["Anna"]
+
+
+def test_undo_twenty_steps(win):
+    t = teach_tab(win)
+    add_buckets(win, "A", "B")  # 2 steps
+    for r in range(8):  # 8 steps: one photo at a time into A by key 1 …
+        press_bucket_key(t.grid, [r], Qt.Key.Key_1)
+    for r in range(8):  # … and 8 more into B by key 2
+        press_bucket_key(t.grid, [r], Qt.Key.Key_2)
+    lst = win.buckets["A"].list
+    for _ in range(4):  # 4 steps: Delete takes photos out of A one by one
+        lst.setCurrentRow(0)
+        lst.setFocus()
+        QTest.keyClick(lst, Qt.Key.Key_Delete)
+    assert win.undo_stack.count() == 23  # and the folder added by the fixture
+    assert len(win.lib.labels()["A"]) == 4 and len(win.lib.labels()["B"]) == 8
+    t.grid.setFocus()
+    for _ in range(22):
+        QTest.keyClick(t.grid, Qt.Key.Key_Z, Qt.KeyboardModifier.ControlModifier)
+    assert win.lib.labels() == {}  # back to before the two buckets were made
+    assert "A" not in win.buckets and win.undo_stack.index() == 1  # only the folder step is left
+    # Ctrl+Z in a text field is the field's own undo, not the app's
+    win.undo_stack.redo()
+    QTest.keyClicks(t.bucket_name, "xy")
+    QTest.keyClick(t.bucket_name, Qt.Key.Key_Z, Qt.KeyboardModifier.ControlModifier)
+    assert t.bucket_name.text() != "xy" and "A" in win.lib.labels()
+
+
+def test_bucket_delete_is_undoable(win):
+    t = teach_tab(win)
+    add_buckets(win, "Anna")
+    press_bucket_key(t.grid, [0, 1], Qt.Key.Key_1)
+    until(lambda: len(win.buckets["Anna"].paths()) == 2)
+    before = sorted(win.lib.labels()["Anna"])
+    close = win.buckets["Anna"].findChild(type(win.undo_button), "deleteBucket:Anna")
+    QTest.mouseClick(close, Qt.MouseButton.LeftButton)
+    until(lambda: "Anna" not in win.buckets)
+    QTest.mouseClick(win.undo_button, Qt.MouseButton.LeftButton)
+    until(lambda: "Anna" in win.buckets)
+    assert sorted(win.lib.labels()["Anna"]) == before
+
+
+def test_train_apply_review_accept_reject_retrain(win):
+    t = teach_tab(win)
+    add_buckets(win, "Anna", "Ben")
+    press_bucket_key(t.grid, [0, 1], Qt.Key.Key_1)
+    press_bucket_key(t.grid, [2, 3], Qt.Key.Key_2)
+    until(lambda: len(win.buckets["Ben"].paths()) == 2)
+    assert not t.accept_button.isEnabled()  # nothing applied yet: nothing to accept
+    QTest.mouseClick(t.train_button, Qt.MouseButton.LeftButton)
+    until(lambda: "accuracy" in t.train_result.text(), what="training")
+    QTest.mouseClick(t.apply_button, Qt.MouseButton.LeftButton)
+    until(lambda: t.predictions, what="apply")
+    labelled = win.labels.labelled_paths()
+    options = [t.review_category.itemText(i) for i in range(t.review_category.count())]
+    assert set(options) <= {"Anna", "Ben"} and options
+    shown = {it.path for it in t.review_results.items()}
+    assert shown and not shown & labelled  # photos in buckets are not offered again
+    probs = [it.score for it in t.review_results.items()]
+    assert probs == sorted(probs)  # least sure first
+    cat = t.review_category.currentData()
+    first = t.review_results.item(0).path
+    t.review_grid.select_rows([0])
+    QTest.mouseClick(t.accept_button, Qt.MouseButton.LeftButton)
+    until(lambda: first in win.lib.labels()[cat])
+    assert first not in {it.path for it in t.review_results.items()}
+    if t.review_results.rowCount():
+        second = t.review_results.item(0).path
+        t.review_grid.select_rows([0])
+        QTest.mouseClick(t.reject_button, Qt.MouseButton.LeftButton)
+        until(lambda: second in win.lib.labels().get(f"__not__.{cat}", []))
+        assert second not in win.lib.labels()[cat] and "__not__." + cat not in win.buckets
+    # the confidence slider filters: at 0% nothing above 0 is shown
+    t.confidence.setValue(0)
+    assert all(it.score <= 0.0 + 1e-6 for it in t.review_results.items())
+    t.confidence.setValue(100)
+    examples_before = win.lib.load_probe("teach").keys.shape[0]
+    QTest.mouseClick(t.retrain_button, Qt.MouseButton.LeftButton)  # retrain + re-apply, one click
+    with_new = examples_before + 1
+    until(lambda: win.lib.load_probe("teach").keys.shape[0] >= with_new and t.apply_button.isEnabled()
+          and not win.jobs.active, what="retrain and apply")
+    assert len(t.predictions) == 8
+
+
+def drive_save_dialog(path: str) -> list:
+    """Type ``path`` into the (Qt, non-native) save dialog when it opens and press Enter."""
+    seen = []
+
+    def fill():
+        dlg = next((w for w in QApplication.topLevelWidgets() if isinstance(w, QFileDialog) and w.isVisible()), None)
+        if dlg is None:
+            QTimer.singleShot(100, fill)
+            return
+        from PySide6.QtWidgets import QLineEdit
+
+        seen.append(dlg.testOption(QFileDialog.Option.DontUseNativeDialog))
+        edit = dlg.findChild(QLineEdit, "fileNameEdit")
+        edit.clear()
+        QTest.keyClicks(edit, path)  # typed, then Enter: what a person (and the e2e harness) does
+        QTest.keyClick(edit, Qt.Key.Key_Return)
+
+    QTimer.singleShot(100, fill)
+    return seen
+
+
+def test_export_csv_from_sort_and_teach_opens_a_dialog_and_writes_the_file(win, tmp_path):
+    sort = win.sort_view
+    win.tabs.setCurrentWidget(sort)
+    sort.categories.setPlainText("red\ngreen\nblue\nunicorn")
+    QTest.mouseClick(sort.classify_button, Qt.MouseButton.LeftButton)
+    until(lambda: sort.classified and sort.classify_button.isEnabled(), what="classify")
+    # every category is listed, also those that got 0 photos
+    names = [sort.category_list.item(i).text() for i in range(sort.category_list.count())]
+    assert len([n for n in names if not n.startswith("(none)")]) == 4
+    assert win.count_label.text().endswith("8 photos sorted")
+    out = tmp_path / "sorted.csv"
+    seen = drive_save_dialog(str(out))
+    QTest.mouseClick(sort.actions_bar.export, Qt.MouseButton.LeftButton)
+    until(lambda: out.exists(), what="csv file")
+    assert seen == [True]  # a Qt dialog, not the desktop's: the same everywhere
+    rows = list(csv.reader(out.open()))
+    assert rows[0] == ["path", "category", "probability"] and len(rows) == 9
+    # select everything above P% and copy those paths
+    sort.actions_bar.threshold.setValue(0)
+    QTest.mouseClick(sort.actions_bar.select_above, Qt.MouseButton.LeftButton)
+    assert len(sort.grid.selected_paths()) == sort.results.rowCount()
+    QTest.mouseClick(sort.actions_bar.copy, Qt.MouseButton.LeftButton)
+    assert QApplication.clipboard().text().split("\n") == sort.grid.selected_paths()
+
+
+def test_search_shows_library_by_date_and_refine_keeps_paths_out_of_the_field(win):
+    assert win.count_label.text() == "8 photos"
+    taken = [it.taken for it in win.results.items() if it.taken]
+    assert taken == sorted(taken, reverse=True)
+    win.search_bar.setText("red")
+    QTest.keyClick(win.search_bar, Qt.Key.Key_Return)
+    until(lambda: win.search_view.landed == win.search_view.serial and win.search_view.text == "red")
+    first = win.results.item(0).path
+    win.grid.setCurrentIndex(win.results.index(0))
+    QTest.mouseClick(win.search_view.preview.more, Qt.MouseButton.LeftButton)
+    until(lambda: win.search_view.landed == win.search_view.serial and win.search_view.images)
+    assert win.search_bar.text() == "red" and os.sep not in win.search_bar.text()
+    assert win.search_view.terms_label.text() == f"like: {os.path.basename(first)}"
+    assert first not in {it.path for it in win.results.items()}
+
+
+def test_banner_floats_over_the_page_and_clears_when_the_cause_is_gone(win):
+    until(lambda: not win.jobs.active, what="idle")
+    grid = win.search_view.grid
+    before = grid.mapTo(win, QPoint(0, 0)), grid.size()
+    win.show_error("Cannot read that photo " + "very long explanation " * 20, "QueryError", "search")
+    pump(50)
+    assert win.banner.isVisible()
+    assert (grid.mapTo(win, QPoint(0, 0)), grid.size()) == before  # nothing moved
+    assert win.banner.text.text().endswith("explanation ")  # the whole text, never cut
+    with pytest.raises(AssertionError):
+        until(lambda: not win.banner.isVisible(), timeout=0.3)
+    win.search_view.set_text("blue")  # a search that works: the cause is gone
+    until(lambda: not win.banner.isVisible(), what="banner cleared")
+
+
+def test_drag_over_a_tab_title_switches_tabs(win):
+    from PySide6.QtGui import QDragEnterEvent, QDragMoveEvent
+
+    bar = win.tabs.tabBar()
+    win.tabs.setCurrentIndex(0)
+    mime = win.results.mimeData([win.results.index(0)])
+    pos = QPointF(bar.tabRect(2).center())
+    for ev in (QDragEnterEvent(pos.toPoint(), Qt.DropAction.CopyAction, mime, Qt.MouseButton.LeftButton,
+                               Qt.KeyboardModifier.NoModifier),
+               QDragMoveEvent(pos.toPoint(), Qt.DropAction.CopyAction, mime, Qt.MouseButton.LeftButton,
+                              Qt.KeyboardModifier.NoModifier)):
+        QApplication.sendEvent(bar, ev)
+        assert ev.isAccepted()
+    until(lambda: win.tabs.currentIndex() == 2, timeout=3, what="tab switch on hover")
+
+
+# ---------------------------------------------------------------------- the grid
+def test_delegate_never_crops_and_frames_the_selection(qtbot, tmp_path):
+    from clipdesk.ui.models import Item, ResultsModel
+    from clipdesk.ui.views.grid import PhotoDelegate, fit_rect
+
+    assert fit_rect(QSize(400, 100), QRect(0, 0, 160, 160)) == QRect(0, 60, 160, 40)
+    assert fit_rect(QSize(20, 40), QRect(0, 0, 160, 160)).size() == QSize(40, 80)  # ≤ 2× upscale
+    model = ResultsModel()
+    model.set_items([Item("/x/wide.jpg", 0.5, "A")])
+    pm = QPixmap(300, 100)
+    pm.fill(QColor("red"))
+    model.data = lambda idx, role=0: pm if role == Qt.ItemDataRole.DecorationRole else (
+        "50%" if role == Qt.ItemDataRole.DisplayRole else None)
+    d = PhotoDelegate(120)
+    for selected in (False, True):
+        img = QImage(200, 200, QImage.Format.Format_RGB32)
+        img.fill(QColor("white"))
+        p = QPainter(img)
+        opt = QStyleOptionViewItem()
+        opt.rect = QRect(0, 0, *d.cell_size().toTuple())
+        opt.fontMetrics = p.fontMetrics()
+        opt.state = QStyle.StateFlag.State_Enabled | (QStyle.StateFlag.State_Selected if selected else QStyle.StateFlag.State_None)
+        d.paint(p, opt, model.index(0))
+        p.end()
+        red = [(x, y) for x in range(200) for y in range(200) if img.pixelColor(x, y).red() > 200
+               and img.pixelColor(x, y).green() < 60]
+        xs, ys = [x for x, _ in red], [y for _, y in red]
+        w, h = max(xs) - min(xs) + 1, max(ys) - min(ys) + 1
+        assert (w, h) == (120, 40)  # the whole 3:1 picture, scaled to fit: nothing cut off
+        if selected:
+            accent = img.pixelColor(2, opt.rect.height() // 2)
+            assert accent.blue() > 180 and accent.red() < 80  # a frame at the edge …
+            inside = img.pixelColor(opt.rect.width() // 2, 8)
+            assert inside.red() > 200 and inside.blue() > 200  # … and a light tint, not a block
+
+
+def test_cells_keep_their_size_and_captions_after_relayout(win):
+    grid = win.search_view.grid
+    cell = grid.delegate.cell_size()
+    win.sort_box.setCurrentIndex(1)  # sort by date
+    QTest.keyClick(grid, Qt.Key.Key_Space)
+    QTest.keyClick(grid, Qt.Key.Key_Space)
+    win.resize(1024, 640)
+    pump(100)
+    sizes = {grid.visualRect(win.results.index(r)).size().toTuple() for r in range(win.results.rowCount())}
+    assert sizes == {cell.toTuple()}
+    assert all(win.results.data(win.results.index(r)) for r in range(win.results.rowCount()))  # captions
+    win.apply_settings("", "auto", 96, win.lib.folder)  # thumbnail size applies at once
+    assert grid.delegate.cell_size().width() == 96 + 12 and win.thumbnails.size == 96
+    assert win.teach_view.review_grid.delegate.thumb == 96
+
+
+# ---------------------------------------------------------------------- first run, folders, settings
+def test_first_run_offline_one_dialog_then_demo_model_scans_the_registered_folder(qtbot, tmp_path, photos,
+                                                                                 monkeypatch, no_thread_leaks):
+    import clipdesk.library as libmod
+    from clipdesk.errors import ModelDownloadError
+    from clipdesk.library import Library
+    from clipdesk.models import DEFAULT_MODEL, ModelSpec
+    from clipdesk.ui.views.dialogs import ModelDialog
+
+    real = libmod.load_encoder
+    calls = []
+
+    def offline(spec, *a, **k):
+        calls.append(spec.arch)
+        if spec.arch != "test-tiny":
+            raise ModelDownloadError(f"Cannot download {spec.name}: no network.")
+        return real(spec, *a, **k)
+
+    monkeypatch.setattr(libmod, "load_encoder", offline)
+    lib = Library(str(tmp_path / "lib"), model=DEFAULT_MODEL)
+    lib.catalog.add_folder(str(photos))  # what the failed first run left behind: a folder, 0 photos
+    assert lib.spec == ModelSpec.parse(DEFAULT_MODEL)
+    w = make_window(tmp_path, lib)
+    qtbot.addWidget(w)
+    t0 = time.monotonic()
+    w.show()
+    until(lambda: any(isinstance(x, ModelDialog) and x.isVisible() for x in QApplication.topLevelWidgets()),
+          timeout=10, what="model dialog")
+    assert time.monotonic() - t0 < 10
+    pump(300)
+    dialogs = [x for x in QApplication.topLevelWidgets() if isinstance(x, ModelDialog) and x.isVisible()]
+    assert len(dialogs) == 1 and dialogs[0].objectName() == "modelDialog"
+    dlg = dialogs[0]
+    assert {b.objectName() for b in (dlg.demo, dlg.choose, dlg.retry)} == {"useDemo", "chooseCheckpoint",
+                                                                          "retryDownload"}
+    assert "loading" not in w.status_label.text() and "not loaded" in w.status_label.text()
+    assert not w.banner.isVisible()  # the dialog says it; no second copy in a banner
+    with qtbot.waitSignal(w.index_finished, timeout=60000):
+        QTest.mouseClick(dlg.demo, Qt.MouseButton.LeftButton)
+    until(lambda: w.lib.catalog.counts()[0] == 8, what="the registered folder scanned")
+    assert "meaningless" in w.banner.text.text()
+    w.shutdown()
+
+
+def test_registered_folder_with_no_photos_is_scanned_on_open(qtbot, tmp_path, photos, no_thread_leaks):
+    from clipdesk.library import Library
+
+    lib = Library(str(tmp_path / "lib"), model="test-tiny")
+    lib.catalog.add_folder(str(photos))
+    w = make_window(tmp_path, lib)
+    qtbot.addWidget(w)
+    with qtbot.waitSignal(w.index_finished, timeout=60000):
+        w.show()
+    assert w.lib.catalog.counts()[0] == 8
+    until(lambda: w.count_label.text() == "8 photos")
+    w.shutdown()
+
+
+def test_remove_folder_asks_first_and_undo_brings_it_back(win, photos, monkeypatch):
+    import clipdesk.ui.views.folders as folders
+
+    asked = []
+    monkeypatch.setattr(folders, "confirm", lambda *a: asked.append(a[2]) or False)
+    win.sidebar.list.setCurrentRow(0)
+    QTest.mouseClick(win.sidebar.remove_button, Qt.MouseButton.LeftButton)
+    assert asked and "8 indexed photos" in asked[0] and win.lib.catalog.counts()[0] == 8  # cancelled
+    monkeypatch.setattr(folders, "confirm", lambda *a: True)
+    QTest.mouseClick(win.sidebar.remove_button, Qt.MouseButton.LeftButton)
+    until(lambda: win.lib.catalog.counts()[0] == 0, what="folder removed")
+    with qtbot_wait(win):
+        win.undo_stack.undo()
+    until(lambda: win.lib.catalog.counts()[0] == 8, what="folder back")
+
+
+class qtbot_wait:  # noqa: N801 - a tiny context manager: wait for the next index_finished
+    def __init__(self, w):
+        self.w, self.done = w, []
+
+    def __enter__(self):
+        self.w.index_finished.connect(lambda: self.done.append(1))
+
+    def __exit__(self, *exc):
+        until(lambda: self.done, timeout=60, what="indexing")
+
+
+def test_settings_switch_library_at_once_and_explain_a_refused_model(win, tmp_path):
+    other = tmp_path / "other-lib"
+    done = win.apply_settings("", "auto", win.thumbnails.size, str(other))
+    assert done == ["library"] and win.lib.folder == str(other)
+    assert win.settings.value("library") == str(other)
+    until(lambda: win.count_label.text() == "0 photos")
+    win.close()  # closing keeps the switched library
+    assert win.settings.value("library") == str(other)
+
+
+def test_settings_refuse_another_model_for_an_indexed_library(win):
+    done = win.apply_settings("ViT-B-32-256/datacomp_s34b_b86k", "auto", win.thumbnails.size, win.lib.folder)
+    assert done == [] and win.banner.isVisible() and "re-embed" in win.banner.text.text()
+    assert win.lib.spec.arch == "test-tiny"
+
+
+def test_open_says_so_when_the_desktop_has_no_handler(win, monkeypatch):
+    from PySide6.QtGui import QDesktopServices
+
+    import clipdesk.ui.desktop as desktop
+
+    monkeypatch.setattr(QDesktopServices, "openUrl", staticmethod(lambda _u: False))
+    monkeypatch.setattr(desktop.shutil, "which", lambda _p: None)
+    path = win.results.item(0).path
+    win.grid.setCurrentIndex(win.results.index(0))
+    QTest.mouseClick(win.search_view.preview.open, Qt.MouseButton.LeftButton)
+    assert win.banner.isVisible() and "No application" in win.banner.text.text()
+    assert QApplication.clipboard().text() == path
+    QTest.mouseClick(win.search_view.preview.show_folder, Qt.MouseButton.LeftButton)
+    assert "No file manager" in win.banner.text.text()
