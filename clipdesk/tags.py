@@ -265,6 +265,8 @@ def read_photo_keywords(photo: str) -> tuple[list[str], list[Problem]]:
             raise SidecarError(f"{photo}: not a regular file")
         image = _read_image(photo, photo)
         xmp = image.xmpData()
+        if not xmp.count() and os.path.splitext(photo)[1].lower() in _PILLOW_XMP:
+            xmp = _pillow_xmp(photo)
         subject += _array(xmp, SUBJECT)
         hierarchical += [h.replace("|", "/") for h in _array(xmp, HIERARCHICAL)] + _array(xmp, DIGIKAM)
         subject += [d.toString() for d in image.iptcData() if d.key() == IPTC_KEYWORDS]
@@ -273,6 +275,26 @@ def read_photo_keywords(photo: str) -> tuple[list[str], list[Problem]]:
     except (OSError, UnicodeError) as e:
         problems.append(Problem(photo, f"cannot be read ({e})"))
     return keywords_from(subject, hierarchical), problems
+
+
+_PILLOW_XMP = frozenset({".heic", ".heif", ".avif"})  # Exiv2 does not find the XMP item of these
+
+
+def _pillow_xmp(photo: str) -> exiv2.XmpData:
+    """The XMP packet of a HEIC/AVIF photo as its Pillow plugin reads it (headers only)."""
+    from PIL import Image
+
+    from clipdesk.indexer.decode import heif_available
+
+    heif_available()  # registers the HEIF opener
+    try:
+        with Image.open(photo) as img:
+            packet = img.info.get("xmp")
+    except (OSError, ValueError, SyntaxError) as e:
+        raise SidecarError(f"{photo}: cannot be read ({e})") from None
+    if not isinstance(packet, bytes) or not packet.strip() or len(packet) > MAX_SIDECAR_BYTES:
+        return exiv2.XmpData()
+    return _read_image(packet, photo).xmpData()
 
 
 # ---------------------------------------------------------------------- import

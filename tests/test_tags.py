@@ -324,3 +324,33 @@ def test_kill_9_during_tags_write_then_resume_and_undo(indexed, when):
     for t in targets:
         side = Path(str(t) + ".xmp")
         assert (side.read_bytes() if side.exists() else None) == originals[t]
+
+
+def test_keywords_embedded_in_heic_are_read(tmp_path, exiftool):
+    from clipdesk.indexer.decode import heif_available
+
+    assert heif_available()
+    photo = make_photo(tmp_path / "IMG_0100.heic", (30, 90, 200), fmt="HEIF")
+    et("-overwrite_original", "-XMP-dc:Subject=iphone", "-XMP-lr:HierarchicalSubject=Trips|Rome", str(photo))
+    assert tags.read_photo_keywords(str(photo)) == (["Trips/Rome", "iphone"], [])
+
+
+def test_probe_predictions_become_keywords_over_the_minimum_probability(indexed):
+    lib, photos = indexed
+    trip = sorted((photos / "trip 2019").glob("*.jpg"))
+    home = sorted((photos / "home").glob("*.jpg"))
+    lib.add_to_label("trip", [str(p) for p in trip])
+    lib.add_to_label("home", [str(p) for p in home])
+    lib.train("where", ["trip", "home"])
+    predictions = {r.path: r for r in lib.predict("where")}
+    median = sorted(r.probability for r in predictions.values())[4]
+    for floor in (0.0, median):
+        chosen = tags.selection(lib, probe="where", min_probability=floor, prefix="auto/")
+        expected = {p: [f"auto/{r.label}"] for p, r in predictions.items() if r.probability >= floor}
+        assert chosen == expected
+    assert 0 < len(chosen) < 8  # the floor really filters
+    assert len(tags.selection(lib, probe="where", min_probability=0.0)) == 8
+    with pytest.raises(tags.TagsError, match="exactly one"):
+        tags.selection(lib, label="trip", probe="where")
+    with pytest.raises(tags.TagsError, match="No label"):
+        tags.selection(lib, label="nope")
