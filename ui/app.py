@@ -59,7 +59,7 @@ def main(argv: list[str] | None = None) -> int:
         install(win)
     new = [f for f in args.add_folder if os.path.abspath(f) not in lib.catalog.folders()]
     if new:
-        QTimer.singleShot(0, lambda: win.start_indexing([os.path.abspath(f) for f in new]))
+        QTimer.singleShot(0, lambda: win.add_folders([os.path.abspath(f) for f in new]))
     return app.exec()
 
 

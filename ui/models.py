@@ -12,7 +12,7 @@ from collections import OrderedDict
 from dataclasses import dataclass
 from datetime import datetime
 
-from PySide6.QtCore import (QAbstractListModel, QMimeData, QModelIndex, QObject, QRunnable, QSize, Qt,
+from PySide6.QtCore import (QAbstractListModel, QMimeData, QModelIndex, QObject, QRunnable, Qt,
                             QThreadPool, QUrl, Signal)
 from PySide6.QtGui import QColor, QImage, QPainter, QPixmap
 
