@@ -253,11 +253,14 @@ class Journal:
             return []
         return sorted(n[:-6] for n in os.listdir(self.folder) if n.endswith(".jsonl") and _ID.match(n[:-6]))
 
-    def start(self, kind: str, description: str, steps: Iterable[dict]) -> Operation:
-        """Journal a complete plan (nothing is changed yet) and return the operation to apply it."""
+    def start(self, kind: str, description: str, steps: Iterable[dict], meta: dict | None = None) -> Operation:
+        """Journal a complete plan (nothing is changed yet) and return the operation to apply it.
+
+        ``meta``: small JSON facts the caller needs again at undo time."""
         self._ensure()
         op_id = f"{time.strftime('%Y%m%dT%H%M%S', time.gmtime())}-{kind}-{secrets.token_hex(3)}"
         op = Operation(self, op_id, kind, description, time.time())
+        op.meta = dict(meta or {})
         path = self._file(op_id)
         try:
             fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_APPEND | O_NOFOLLOW | O_CLOEXEC, 0o644)
@@ -265,7 +268,7 @@ class Journal:
             raise _user_error(e, f"write the journal {path}") from None
         op._fd = fd
         lines = [{"type": "header", "v": 1, "id": op_id, "kind": kind, "description": description,
-                  "created": op.created}]
+                  "created": op.created, "meta": op.meta}]
         for n, s in enumerate(steps):
             if s["action"] not in ACTIONS:
                 raise ValueError(s["action"])
@@ -274,8 +277,12 @@ class Journal:
             lines.append({"type": "step", "n": n, "action": step.action, "path": step.path,
                           "source": step.source, "info": step.info})
         lines.append({"type": "planned"})
+        try:
+            op._append_many(lines)
+        except BaseException:
+            op.close()  # a plan that did not reach the disk whole is ignored when read back
+            raise
         op.planned = True
-        op._append_many(lines)
         return op
 
     def load(self, op_id: str) -> Operation:
@@ -370,6 +377,7 @@ class Operation:
         self.planned = False
         self.finished = False
         self.undone = False
+        self.meta: dict = {}
         self._fd: int | None = None
 
     # -------------------------------------------------------------- reading
@@ -385,6 +393,8 @@ class Operation:
                 created = rec.get("created")
                 op = cls(journal, op_id, _str(rec, "kind"), str(rec.get("description", ""))[:1000],
                          float(created) if isinstance(created, (int, float)) else 0.0)
+                meta = rec.get("meta", {})
+                op.meta = meta if isinstance(meta, dict) else {}
                 continue
             if t == "step":
                 n, action = rec.get("n"), rec.get("action")
@@ -392,6 +402,8 @@ class Operation:
                 if n != len(op.steps) or action not in ACTIONS or not isinstance(info, dict) or op.planned:
                     raise JournalError(f"The journal {path} is damaged (bad step record).")
                 op.steps.append(Step(n, action, _abs(rec, "path"), _abs(rec, "source", True), info))
+                if (action == "write") != (op.steps[-1].source is None):
+                    raise JournalError(f"The journal {path} is damaged (bad step record).")
             elif t == "planned":
                 op.planned = True
             elif t in ("begin", "done"):
@@ -400,9 +412,13 @@ class Operation:
                     raise JournalError(f"The journal {path} is damaged (a record names no step).")
                 step = op.steps[n]
                 if t == "begin":
-                    _abs(rec, "path")
-                    for key in ("tmp",):
-                        _abs(rec, key, optional=True)
+                    target = _abs(rec, "path")
+                    # Undo deletes and replaces files named here: only the names clipdesk itself
+                    # would have used are accepted (sidecars for writes, its own temporary names).
+                    if step.action == "write" and not target.lower().endswith(".xmp"):
+                        raise JournalError(f"The journal {path} is damaged (a write to a non-sidecar).")
+                    if rec.get("tmp") is not None and rec.get("tmp") != op._tmp_name(target, n):
+                        raise JournalError(f"The journal {path} is damaged (bad temporary name).")
                     backup = rec.get("backup")
                     if backup is not None and (not isinstance(backup, str) or not re.fullmatch(r"\d+\.bak", backup)):
                         raise JournalError(f"The journal {path} is damaged (bad backup name).")
@@ -676,10 +692,12 @@ class Operation:
                 conflict = "replaced since clipdesk made the link; left as it is"
         elif step.action == "copy":
             if os.path.lexists(dst):
-                if _fingerprint(dst) == a.get("fingerprint"):
-                    os.unlink(dst)
-                else:
+                if _fingerprint(dst) != a.get("fingerprint"):
                     conflict = "changed since clipdesk copied it; left as it is"
+                elif _fingerprint(step.source) != a.get("fingerprint"):
+                    conflict = f"the original {step.source} is gone or changed, so this copy is kept"
+                else:
+                    os.unlink(dst)
         else:  # move
             src = step.source
             if os.path.lexists(dst):

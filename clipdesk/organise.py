@@ -106,7 +106,8 @@ def _check_destination(lib, into: str, mode: str) -> None:
 
 def plan_sort(lib, rows: Iterable, into: str, mode: str = "copy", min_probability: float = 0.0) -> SortPlan:
     """Where each classified photo (``rows``: objects with path, label, probability) would go."""
-    into = os.path.abspath(os.path.expanduser(into))
+    # canonical, like the library's folders, so moved photos keep paths a rescan agrees with
+    into = os.path.realpath(os.path.abspath(os.path.expanduser(into)))
     _check_destination(lib, into, mode)
     plan = SortPlan(into, mode)
     taken: set[str] = set()
@@ -194,9 +195,11 @@ def apply_sort(lib, plan: SortPlan, progress: ProgressFn | None = None,
         return report
     _check_destination(lib, plan.into, plan.mode)
     with lib.writing():
-        if plan.mode == "move":
+        added_folder = False
+        if plan.mode == "move" and not any(_inside(plan.into, f) for f in lib.catalog.folders()):
             # Moved photos must stay inside the library's folders, or the next rescan drops them.
             lib.catalog.add_folder(plan.into)
+            added_folder = True
         steps = []
         for p in plan.placements:
             n = len(steps)
@@ -204,7 +207,8 @@ def apply_sort(lib, plan: SortPlan, progress: ProgressFn | None = None,
                           "info": {"category": p.category, "probability": p.probability}})
             steps += [{"action": action, "path": _sidecar_path(p.dest, style), "source": side,
                        "info": {"sidecar_of": n, "style": style}} for side, style, action in p.sidecars]
-        with Journal(lib.folder).start(KIND, f"sort {plan.mode} into {plan.into}", steps) as op:
+        with Journal(lib.folder).start(KIND, f"sort {plan.mode} into {plan.into}", steps,
+                                       {"into": plan.into, "added_folder": added_folder}) as op:
             report.operation = op.id
             _run(lib, op, report, progress, cancel)
     return report
@@ -216,13 +220,15 @@ def _run(lib, op, report: SortReport, progress, cancel) -> None:
     for n, step in enumerate(pending):
         if cancel is not None:
             cancel.check()
+        if not os.path.lexists(step.source or ""):
+            op.skip(step)  # deleted or moved away since planning: nothing to sort
+            continue
         owner = step.info.get("sidecar_of")
         if isinstance(owner, int) and 0 <= owner < len(op.steps):
             # A sidecar is named after where its photo really went (a collision renames it).
             step.path = _sidecar_path(op.steps[owner].target, str(step.info.get("style")))
-            if not os.path.lexists(step.source) or (
-                    os.path.lexists(step.path) and sha256_file_quiet(step.path) == sha256_file_quiet(step.source)):
-                op.skip(step)  # gone since planning, or its twin already carried the same sidecar
+            if os.path.lexists(step.path) and sha256_file_quiet(step.path) == sha256_file_quiet(step.source):
+                op.skip(step)  # its twin already carried the same sidecar here
             else:
                 op.place_file(step)
             continue
@@ -254,4 +260,16 @@ def undo(lib, operation: str | None = None) -> UndoReport:
         with op:
             follow = _follow(lib)
             op.recover(on_move=follow)  # a kill mid-step: settle it, so it is undone like the rest
-            return op.undo(on_move=follow)
+            report = op.undo(on_move=follow)
+        into = op.meta.get("into")
+        if op.meta.get("added_folder") is True and isinstance(into, str) and not os.path.exists(into):
+            try:
+                lib.catalog.remove_folder(into)  # registered by this sort only; now empty and gone
+            except ClipdeskError:
+                pass
+        return report
+
+
+def _inside(path: str, folder: str) -> bool:
+    folder = folder.rstrip(os.sep)
+    return path == folder or path.startswith(folder + os.sep)

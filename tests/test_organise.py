@@ -90,8 +90,10 @@ def test_move_library_follows_and_undo_puts_back(indexed, tmp_path):
     assert (rescan.added, rescan.removed, rescan.moved) == (0, 0, 0) and lib.catalog.counts()[0] == 8
     hit = lib.search(lib.catalog.vectors_for([images[0].id])[0], k=1)[0]
     assert hit.path == images[0].path
+    assert str(into) in lib.catalog.folders()
     undo = organise.undo(lib)
     assert undo.reverted == 8 and not into.exists()
+    assert lib.catalog.folders() == [str(photos)]  # the folder this sort registered is forgotten again
     assert all_photo_hashes(photos) == hashes
     assert all(i.path.startswith(str(photos)) for i in lib.catalog.all_images())
     assert {i.id for i in lib.catalog.all_images()} == set(ids_before)
@@ -276,3 +278,14 @@ def test_sidecars_travel_with_their_photo(indexed, tmp_path):
     assert home[2].with_suffix(".xmp").read_text() == "<shared sidecar/>"  # still there for the CR2
     organise.undo(lib)
     assert content(photos) == before and content(into) == {f"home/{home[0].name}": hashlib.sha256(b"taken").hexdigest()}
+
+
+def test_undo_never_deletes_a_copy_whose_original_is_gone(indexed, tmp_path):
+    lib, photos = indexed
+    into = tmp_path / "sorted"
+    organise.apply_sort(lib, organise.plan_sort(lib, rows_by_folder(lib), str(into), "copy"))
+    original = sorted(photos.rglob("*.jpg"))[0]
+    original.unlink()  # the user deletes an original, keeping the sorted copy
+    report = organise.undo(lib)
+    assert report.reverted == 7 and len(report.conflicts) == 1 and "original" in report.conflicts[0].reason
+    assert [p.name for p in into.rglob("*.jpg")] == [original.name]

@@ -266,6 +266,14 @@ def test_a_damaged_or_linked_journal_is_a_clear_error(indexed, tmp_path):
     path.write_bytes(lines[0] + b'{"type": "begin", "n": 99, "path": "/etc/passwd"}\n' + b"".join(lines[1:]))
     with pytest.raises(JournalError, match="damaged"):
         tags.undo(lib, op_id)
+    victim = tmp_path / "precious.txt"
+    victim.write_text("not a sidecar")
+    for forged in ({"type": "begin", "n": 0, "path": str(victim), "before": None, "after": "x"},
+                   {"type": "begin", "n": 0, "path": str(victim) + ".xmp", "tmp": str(victim)}):
+        path.write_bytes(b"".join(lines) + json.dumps(forged).encode() + b"\n")
+        with pytest.raises(JournalError, match="damaged"):  # undo never acts on names it would not use
+            tags.undo(lib, op_id)
+        assert victim.read_text() == "not a sidecar"
     path.write_bytes(b"".join(lines) + b'{"type": "und')  # a torn last line is ignored
     assert j.load(op_id).steps[0].state == "done"
     shutil.rmtree(j.folder)
