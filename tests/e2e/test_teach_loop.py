@@ -49,14 +49,21 @@ def visible_dialogs(state: dict) -> list[dict]:
     return [w for w in state["windows"] if w["name"] != "mainWindow" and w["class"] not in ("QMenu",)]
 
 
-def drag_into_bucket(s: Session, source: str, row_items: list[dict], bucket: str) -> None:
-    """Drag each item, one gesture per photo, from grid ``source`` onto bucket ``bucket``."""
-    for item in row_items:
+def drag_into_bucket(s: Session, source: str, bucket: str, n: int, exclude: set[str]) -> list[str]:
+    """Drag ``n`` photos from grid ``source`` onto bucket ``bucket``, one gesture per photo.
+
+    The grid is read again before each drag: a photo put in a bucket leaves the suggestions.
+    """
+    moved: list[str] = []
+    for _ in range(n):
+        item = next(i for i in s.items(source) if i["path"] and i["path"] not in exclude | set(moved))
         target = s.wait_widget(f"bucketList:{bucket}")
-        before = bucket_paths(s, bucket)
         s.drag(s.center(item), s.center(target))
         s.wait(lambda st: item["path"] in bucket_paths(s, bucket, st), 10,
-               f"{os.path.basename(item['path'])} to show in bucket {bucket} after the drag (had {len(before)})")
+               f"{os.path.basename(item['path'])} to show in bucket {bucket} after the drag")
+        moved.append(item["path"])
+        time.sleep(0.3)  # let the grid settle before reading its layout again
+    return moved
 
 
 def test_teach_loop_by_mouse_and_keyboard(outdir: Path) -> None:
@@ -103,11 +110,9 @@ def test_teach_loop_by_mouse_and_keyboard(outdir: Path) -> None:
             s.click("addBucket")
             s.wait_widget(f"bucket:{name}")
         s.screenshot("buckets-empty")
-        items = s.items("teachGrid")
-        drag_into_bucket(s, "teachGrid", items[:3], "A")
+        in_a = drag_into_bucket(s, "teachGrid", "A", 3, set())
         s.screenshot("bucket-a-filled")
-        items = [i for i in s.items("teachGrid") if i["path"] not in bucket_paths(s, "A")]
-        drag_into_bucket(s, "teachGrid", items[:3], "B")
+        drag_into_bucket(s, "teachGrid", "B", 3, set(in_a))
         st = s.state()
         assert count_of(s.widget("bucketCount:A", st)["text"]) == 3
         assert count_of(s.widget("bucketCount:B", st)["text"]) == 3
