@@ -299,9 +299,9 @@ def test_drag_over_a_tab_title_switches_tabs(win):
     win.tabs.setCurrentIndex(0)
     mime = win.results.mimeData([win.results.index(0)])
     pos = QPointF(bar.tabRect(2).center())
-    for ev in (QDragEnterEvent(pos.toPoint(), Qt.DropAction.CopyAction, mime, Qt.MouseButton.LeftButton,
+    for ev in (QDragEnterEvent(pos, Qt.DropAction.CopyAction, mime, Qt.MouseButton.LeftButton,
                                Qt.KeyboardModifier.NoModifier),
-               QDragMoveEvent(pos.toPoint(), Qt.DropAction.CopyAction, mime, Qt.MouseButton.LeftButton,
+               QDragMoveEvent(pos, Qt.DropAction.CopyAction, mime, Qt.MouseButton.LeftButton,
                               Qt.KeyboardModifier.NoModifier)):
         QApplication.sendEvent(bar, ev)
         assert ev.isAccepted()
@@ -401,6 +401,44 @@ def test_first_run_offline_one_dialog_then_demo_model_scans_the_registered_folde
         QTest.mouseClick(dlg.demo, Qt.MouseButton.LeftButton)
     until(lambda: w.lib.catalog.counts()[0] == 8, what="the registered folder scanned")
     assert "meaningless" in w.banner.text.text()
+    w.shutdown()
+
+
+def test_first_run_offline_two_failing_jobs_make_one_dialog_and_no_late_second_one(qtbot, tmp_path, photos,
+                                                                                    monkeypatch, no_thread_leaks):
+    """The issue's run: the model warms up and a folder is added at once, both fail offline."""
+    import clipdesk.library as libmod
+    from clipdesk.errors import ModelDownloadError
+    from clipdesk.library import Library
+    from clipdesk.models import DEFAULT_MODEL
+    from clipdesk.ui.views.dialogs import ModelDialog
+
+    real = libmod.load_encoder
+
+    def offline(spec, *a, **k):
+        if spec.arch != "test-tiny":
+            time.sleep(1.0)  # the two jobs fail one after the other (they share the load lock)
+            raise ModelDownloadError(f"Cannot download {spec.name}: no network.")
+        return real(spec, *a, **k)
+
+    monkeypatch.setattr(libmod, "load_encoder", offline)
+    w = make_window(tmp_path, Library(str(tmp_path / "lib"), model=DEFAULT_MODEL))
+    qtbot.addWidget(w)
+    w.show()
+    w.add_folders([str(photos)])
+
+    def shown():
+        return [x for x in QApplication.topLevelWidgets() if isinstance(x, ModelDialog) and x.isVisible()]
+
+    until(lambda: shown(), timeout=10, what="model dialog")
+    assert len(shown()) == 1
+    # choose at once, while the second job is still failing with the old model: its failure comes
+    # after the choice and must not bring the dialog back
+    QTest.mouseClick(shown()[0].demo, Qt.MouseButton.LeftButton)
+    until(lambda: w.lib.catalog.counts()[0] == 8 and not w.jobs.active, timeout=60, what="indexed with the demo")
+    pump(300)
+    assert shown() == []  # no second dialog
+    assert "meaningless" in w.banner.text.text()  # the banner tells about the demo model, not the failure
     w.shutdown()
 
 

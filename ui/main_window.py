@@ -96,6 +96,7 @@ class MainWindow(QMainWindow):
         self._model_job = None
         self._model_dialog: ModelDialog | None = None
         self._model_failed = False
+        self._model_epoch = 0  # bumped by each choice in the model dialog: older failures are stale
         self.setWindowTitle("clipdesk")
         self.setStyleSheet(STYLE)
         self._build()
@@ -154,8 +155,10 @@ class MainWindow(QMainWindow):
         self.tabs.addTab(self.teach_view, "Teach")
         split.addWidget(self.tabs)
         split.setStretchFactor(1, 1)
+        split.setCollapsible(0, True)  # drag the divider to the left edge to hide the folders
         split.setCollapsible(1, False)
-        split.setSizes([230, 1050])
+        split.setSizes([210, 1070])
+        self.split = split
         outer.addWidget(split, 1)
         self.stack.addWidget(page)
         self.banner = Banner(page)  # floats over the page: the layout never moves under the pointer
@@ -267,9 +270,20 @@ class MainWindow(QMainWindow):
         lib = self.lib
         self._model_job = self.jobs.start(lambda: lib.encoder, name="model loading",
                                           on_result=lambda _e: self._model_loaded(),
-                                          on_error=self.ctx.failed("model"),
+                                          on_error=self._model_error("model"),
                                           on_finished=self._model_job_done)
         self.refresh_status()
+
+    def _model_error(self, cause: str):
+        """An ``on_error`` for jobs that load the model: a missing-model failure of a job started
+        before the user chose another model (or retried) is stale and not shown again."""
+        epoch = self._model_epoch
+
+        def report(message: str, kind: str) -> None:
+            if kind == "ModelDownloadError" and epoch != self._model_epoch:
+                return
+            self.show_error(message, kind, cause)
+        return report
 
     def _model_job_done(self) -> None:
         self._model_job = None
@@ -294,6 +308,7 @@ class MainWindow(QMainWindow):
 
     def _model_choice(self, dlg: ModelDialog, message: str) -> None:
         self._model_dialog = None
+        self._model_epoch += 1
         dlg.deleteLater()
         try:
             if dlg.choice == ModelDialog.DEMO:
@@ -498,7 +513,7 @@ class MainWindow(QMainWindow):
         self._index_then_calls = [then] if then else []
         self._index_job = self.jobs.start(
             self.lib.index, folders, name="indexing", on_progress=self._index_progress,
-            on_result=self._index_done, on_error=self.ctx.failed("index"), on_cancelled=self._index_cancelled,
+            on_result=self._index_done, on_error=self._model_error("index"), on_cancelled=self._index_cancelled,
             on_finished=self._index_finished)
 
     def _index_progress(self, p) -> None:

@@ -37,6 +37,7 @@ class ResultActions(QWidget):
 
     message = Signal(str)
     error = Signal(str, str)
+    resolved = Signal()  # an export worked: an earlier export error is gone
 
     def __init__(self, grid: PhotoGrid, all_rows: Callable[[], list[Row]], export_name: str,
                  default_file: str) -> None:
@@ -115,5 +116,6 @@ class ResultActions(QWidget):
         except OSError as e:
             self.error.emit(f"Cannot write {path}: {e.strerror or e}", "export")
             return None
+        self.resolved.emit()
         self.message.emit(f"Exported {n} row{'s' if n != 1 else ''} to {path}")
         return path

@@ -1,4 +1,4 @@
-"""The error banner: floats over the top of the page (the layout never shifts under the pointer)
+"""The error banner: floats over the page, bottom centre (the layout never shifts under the pointer)
 and clears itself when its cause is gone.
 
 Each message has a *cause* key ("search", "model", "index", …). A later success of the same kind
@@ -7,7 +7,8 @@ calls ``clear(cause)``; the banner only hides if the message showing is still th
 from __future__ import annotations
 
 from PySide6.QtCore import QEvent, QObject, Qt, QTimer
-from PySide6.QtWidgets import QFrame, QHBoxLayout, QLabel, QToolButton, QWidget
+from PySide6.QtGui import QColor
+from PySide6.QtWidgets import QFrame, QGraphicsDropShadowEffect, QHBoxLayout, QLabel, QToolButton, QWidget
 
 INFO_MS = 8000  # information (not an error) hides by itself
 
@@ -34,6 +35,11 @@ class Banner(QFrame):
         self._timer = QTimer(self)
         self._timer.setSingleShot(True)
         self._timer.timeout.connect(self.dismiss)
+        shadow = QGraphicsDropShadowEffect(self)
+        shadow.setBlurRadius(18)
+        shadow.setOffset(0, 2)
+        shadow.setColor(QColor(0, 0, 0, 60))
+        self.setGraphicsEffect(shadow)
         host.installEventFilter(self)
         self.hide()
 
@@ -60,10 +66,11 @@ class Banner(QFrame):
         self.hide()
 
     def _place(self) -> None:
+        # bottom centre, over the grids' last row: the tabs and the search field stay clickable
         width = min(self.host.width() - 40, 900)
         self.setFixedWidth(max(200, width))
         self.adjustSize()
-        self.move((self.host.width() - self.width()) // 2, 52)
+        self.move((self.host.width() - self.width()) // 2, self.host.height() - self.height() - 16)
 
     def eventFilter(self, obj: QObject, e: QEvent) -> bool:  # noqa: N802 - Qt
         if obj is self.host and e.type() == QEvent.Type.Resize and self.isVisible():

@@ -61,6 +61,7 @@ class SortView(QWidget):
         self.actions_bar = ResultActions(self.grid, self._rows, "sortExportCsv", "categories.csv")
         self.actions_bar.message.connect(ctx.message)
         self.actions_bar.error.connect(lambda m, k: ctx.error.emit(m, k, "export"))
+        self.actions_bar.resolved.connect(lambda: ctx.resolved.emit("export"))
         right.addWidget(self.grid, 1)
         right.addWidget(self.actions_bar)
         lay.addLayout(right, 1)

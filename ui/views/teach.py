@@ -163,6 +163,7 @@ class TeachView(QWidget):
         self.actions_bar = ResultActions(self.review_grid, self._rows, "exportCsv", "predictions.csv")
         self.actions_bar.message.connect(ctx.message)
         self.actions_bar.error.connect(lambda m, k: ctx.error.emit(m, k, "export"))
+        self.actions_bar.resolved.connect(lambda: ctx.resolved.emit("export"))
         rl.addWidget(self.actions_bar)
         split.addWidget(review)
         split.setSizes([500, 500])
