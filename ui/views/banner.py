@@ -25,13 +25,13 @@ class Banner(QFrame):
         self.text.setObjectName("bannerText")
         self.text.setWordWrap(True)
         self.text.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
-        close = QToolButton()
+        close = self.close_button = QToolButton()
         close.setObjectName("bannerClose")
         close.setText("✕")
         close.setToolTip("Dismiss")
         close.clicked.connect(self.dismiss)
         lay.addWidget(self.text, 1)
-        lay.addWidget(close, 0, Qt.AlignmentFlag.AlignTop)
+        lay.addWidget(close, 0, Qt.AlignmentFlag.AlignVCenter)
         self._timer = QTimer(self)
         self._timer.setSingleShot(True)
         self._timer.timeout.connect(self.dismiss)
@@ -67,10 +67,13 @@ class Banner(QFrame):
 
     def _place(self) -> None:
         # bottom centre, over the grids' last row: the tabs and the search field stay clickable
-        width = min(self.host.width() - 40, 900)
-        self.setFixedWidth(max(200, width))
-        self.adjustSize()
-        self.move((self.host.width() - self.width()) // 2, self.host.height() - self.height() - 16)
+        width = max(200, min(self.host.width() - 40, 900))
+        self.setFixedWidth(width)
+        m = self.layout().contentsMargins()
+        text_w = width - m.left() - m.right() - self.layout().spacing() - self.close_button.sizeHint().width()
+        self.setFixedHeight(max(self.text.heightForWidth(text_w), self.close_button.sizeHint().height())
+                            + m.top() + m.bottom() + 6)
+        self.move((self.host.width() - self.width()) // 2, self.host.height() - self.height() - 6)
 
     def eventFilter(self, obj: QObject, e: QEvent) -> bool:  # noqa: N802 - Qt
         if obj is self.host and e.type() == QEvent.Type.Resize and self.isVisible():
