@@ -24,9 +24,9 @@ import numpy as np
 
 from clipdesk.errors import ClipdeskError, ModelMismatchError, ProbeError, QueryError
 from clipdesk.indexer.catalog import Catalog, ImageInfo
-from clipdesk.indexer.decode import decode_image
+from clipdesk.indexer.decode import decode_image, describe_os_error
 from clipdesk.indexer.errors import UnreadableImageError
-from clipdesk.indexer.files import atomic_write, check_library_entry, folder_writable
+from clipdesk.indexer.files import atomic_write, check_library_entry, folder_writable, open_regular
 from clipdesk.indexer.lock import LibraryLock
 from clipdesk.indexer.pipeline import CancelToken, IndexReport, Progress, index_files
 from clipdesk.indexer.scan import canonical_path, is_inside, is_library_folder
@@ -338,6 +338,10 @@ class Library:
         image_id = self.catalog.id_for_path(path)
         if image_id is not None:
             return self.catalog.vectors_for([image_id])[0]
+        try:  # a device, a FIFO or a missing file is refused before the model loads
+            os.close(open_regular(path))
+        except OSError as e:
+            raise QueryError(f"Cannot use {path} as a query: {describe_os_error(e)}") from None
         enc = self.encoder
         try:
             img = decode_image(path, enc.min_side)

@@ -117,7 +117,7 @@ def file_hash(path: str) -> str:
         return _stream_hash(f, os.fstat(f.fileno()).st_size)[0]
 
 
-def _os_reason(e: OSError) -> str:
+def describe_os_error(e: OSError) -> str:
     """A person's explanation of why a file could not be opened."""
     if isinstance(e, NotRegularFileError):
         return f"not a regular file: this is {e.kind}, not an image file"
@@ -148,13 +148,13 @@ def decode_image(path: str, min_side: int = 224, data: bytes | None = None) -> D
     try:
         fd = open_regular(path)
     except OSError as e:
-        raise UnreadableImageError(path, _os_reason(e)) from None
+        raise UnreadableImageError(path, describe_os_error(e)) from None
     with os.fdopen(fd, "rb") as f:
         try:
             size = os.fstat(fd).st_size
             return _decode(path, f, size, min_side)
         except OSError as e:  # a read error of the medium (EIO), not a format problem
-            raise UnreadableImageError(path, _os_reason(e)) from None
+            raise UnreadableImageError(path, describe_os_error(e)) from None
 
 
 def _decode(path: str, f: BinaryIO, size: int, min_side: int) -> DecodedImage:
