@@ -297,16 +297,21 @@ class Journal:
                 raise JournalError(f"The journal {path} is too large to be a clipdesk journal.")
             return Operation._parse(self, op_id, _lines(f, path))
 
-    def operations(self, kind: str | None = None) -> list[Operation]:
+    def operations(self, kind: str | None = None, strict: bool = False) -> list[Operation]:
+        """Operations oldest first. A damaged journal is left out, or with ``strict`` raises: undo
+        must not skip over a newer operation it cannot read."""
         out = []
         for op_id in self.ids():
             try:
                 op = self.load(op_id)
-            except JournalError:
-                continue  # a damaged journal is reported when it is named, not when listing
+            except JournalError as e:
+                if strict:
+                    raise JournalError(f"{e} Undo a specific operation with --operation ID, or move "
+                                       "the damaged journal file out of the journal folder.") from None
+                continue
             if kind is None or op.kind == kind:
                 out.append(op)
-        return out
+        return sorted(out, key=lambda op: (op.created, op.id))  # ids have one-second resolution
 
     def latest(self, kind: str, op_id: str | None = None) -> Operation:
         """The operation to undo: ``op_id``, else the newest of ``kind`` not undone yet."""
@@ -315,14 +320,14 @@ class Journal:
             if op.kind != kind:
                 raise JournalError(f"Operation {op_id} is a '{op.kind}' operation, not '{kind}'.")
             return op
-        for op in reversed(self.operations(kind)):
+        for op in reversed(self.operations(kind, strict=True)):
             if not op.undone and op.started:
                 return op
         raise NothingToUndoError(f"Nothing to undo: no '{kind}' operation in {self.folder}.")
 
     def interrupted(self, kind: str) -> Operation | None:
         """The newest operation of ``kind`` that stopped before its end (killed, cancelled, disk full)."""
-        for op in reversed(self.operations(kind)):
+        for op in reversed(self.operations(kind, strict=True)):
             if op.undone:
                 return None
             if not op.finished:

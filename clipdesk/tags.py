@@ -27,7 +27,7 @@ import exiv2
 
 from clipdesk.errors import ClipdeskError
 from clipdesk.indexer.pipeline import CancelToken, Progress
-from clipdesk.journal import MAX_BACKUP_BYTES, Journal, UndoReport, read_bounded
+from clipdesk.journal import Journal, UndoReport, read_bounded
 
 KIND = "tags"
 DEFAULT_PREFIX = "clipdesk/"
