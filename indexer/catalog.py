@@ -60,11 +60,11 @@ CREATE TABLE label_members(
 );
 """
 
-# Step migrations: _MIGRATIONS[v] upgrades a catalog at version v to v + 1. A new catalog is
-# version 1 plus every migration.
+# Step migrations: _MIGRATIONS[v] (one statement) upgrades a catalog at version v to v + 1. A new
+# catalog is version 1 plus every migration.
 _MIGRATIONS: dict[int, str] = {
     # 2: the file's inode number, so two identical files moved together keep their own rows.
-    1: "ALTER TABLE images ADD COLUMN ino INTEGER NOT NULL DEFAULT 0;",
+    1: "ALTER TABLE images ADD COLUMN ino INTEGER NOT NULL DEFAULT 0",
 }
 # SQLite's files beside the database; it follows a symbolic link at any of these names.
 _SIDE_FILES = ("-wal", "-shm", "-journal")
@@ -252,20 +252,23 @@ class Catalog:
     def _create(self) -> None:
         with self._lock:
             self._conn.executescript(
-                "BEGIN;" + _SCHEMA_V1 + "".join(_MIGRATIONS[v] for v in range(1, SCHEMA_VERSION))
+                "BEGIN;" + _SCHEMA_V1 + "".join(_MIGRATIONS[v] + ";" for v in range(1, SCHEMA_VERSION))
                 + "INSERT INTO meta(key, value) VALUES ('generation', '0');"
                 f"PRAGMA user_version={SCHEMA_VERSION};COMMIT;")
 
     def _migrate(self, version: int) -> None:
         backup = f"{self.path}.v{version}.bak"
+        check_library_entry(backup)  # a link planted there would make the copy write outside
         self._conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
         shutil.copy2(self.path, backup)
         for v in range(version, SCHEMA_VERSION):
             if v not in _MIGRATIONS:
                 raise SchemaVersionError(f"No migration of {self.path} from schema version {v}.")
-            self._conn.executescript(
-                "BEGIN;" + _MIGRATIONS[v] + f"PRAGMA user_version={v + 1};COMMIT;"
-            )
+            with self.transaction() as c:
+                # Another process opening the same catalog may have migrated it meanwhile.
+                if c.execute("PRAGMA user_version").fetchone()[0] == v:
+                    c.execute(_MIGRATIONS[v])
+                    c.execute(f"PRAGMA user_version={v + 1}")
 
     def close(self) -> None:
         with self._lock:
@@ -441,6 +444,11 @@ class Catalog:
                         c.execute("INSERT INTO tombstones(id, generation) VALUES (?, ?)", (row[0], gen))
         return gen, ids, replaced
 
+    def set_inodes(self, pairs: Sequence[tuple[int, int]]) -> None:
+        """Record the inode numbers ``(id, ino)`` of unchanged files (vectors are untouched)."""
+        with self.transaction() as c:
+            c.executemany("UPDATE images SET ino=? WHERE id=?", [(fold_int64(n), i) for i, n in pairs])
+
     def _delete(self, c: sqlite3.Connection, ids: Iterable[int], gen: int | None = None) -> None:
         ids = list(ids)
         if not ids:
@@ -553,12 +561,14 @@ class Catalog:
 
     def filter_ids(self, folder: str | None = None, after: float | None = None,
                    before: float | None = None) -> np.ndarray:
-        """Ids of embedded images under ``folder`` and taken within ``[after, before)``."""
+        """Ids of embedded images under ``folder`` and taken within ``[after, before)``.
+
+        ``folder`` may also be a symbolic link to a library folder (stored by its real path)."""
         sql, params = "SELECT id FROM images WHERE vector IS NOT NULL", []
         if folder:
-            prefix = _b(folder.rstrip(os.sep) + os.sep)
-            sql += " AND substr(path, 1, ?) = ?"
-            params += [len(prefix), prefix]
+            prefixes = [_b(f.rstrip(os.sep) + os.sep) for f in dict.fromkeys((folder, os.path.realpath(folder)))]
+            sql += " AND (" + " OR ".join(["substr(path, 1, ?) = ?"] * len(prefixes)) + ")"
+            params += [v for p in prefixes for v in (len(p), p)]
         if after is not None:
             sql += " AND taken >= ?"
             params.append(after)

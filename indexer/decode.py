@@ -236,9 +236,9 @@ def _parse_exif_date(raw: object) -> float | None:
         return None
 
 
-# Dates a program can show: datetime covers years 1..9999; a day's margin keeps every time zone in.
-_MIN_TIMESTAMP = -62135596800.0 + 86400
-_MAX_TIMESTAMP = 253402300799.0 - 86400
+# Dates a program can show: datetime covers years 1..9999; two days of margin keep every time zone in.
+_MIN_TIMESTAMP = -62135596800.0 + 2 * 86400
+_MAX_TIMESTAMP = 253402300799.0 - 2 * 86400
 
 
 def sane_timestamp(t: float | int | None) -> float | None:

@@ -207,12 +207,15 @@ def index_files(
     states = catalog.file_states()
     todo: list[ScannedFile] = []
     new: list[ScannedFile] = []
+    unstamped: list[tuple[int, int]] = []
     for path, f in scanned.items():
         st = states.get(path)
         if st is None:
             new.append(f)
         elif st.size == f.size and st.mtime_ns == f.stamp:
             report.unchanged += 1
+            if not st.ino and f.ino:  # a row from before inode numbers were recorded
+                unstamped.append((st.id, f.ino))
         else:
             todo.append(f)
     missing = {p: st for p, st in states.items() if p not in scanned and _under(p, present_roots)}
@@ -252,6 +255,8 @@ def index_files(
                 moved.add(f.path)
         new = [f for f in new if f.path not in moved]
     delete_ids = [st.id for st in missing.values()]
+    if unstamped:
+        catalog.set_inodes(unstamped)
     if moves or delete_ids or scan_failures:
         with store.lock:
             store.generation, _, _ = catalog.write_batch(failures=scan_failures, delete_ids=delete_ids, moves=moves)

@@ -632,3 +632,52 @@ def test_read_only_library_writes_are_refused_in_process(tmp_path, indexed):
             for write in (lambda: L.index(), lambda: L.create_label("x"), lambda: L.remove_folder(str(photos[0].parent))):
                 with pytest.raises(LibraryReadOnlyError, match="read-only"):
                     write()
+
+
+# ---------------------------------------------------------------------- schema 2 (inode numbers)
+def _make_schema_1(lib: Path) -> None:
+    conn = sqlite3.connect(lib / "catalog.sqlite")
+    conn.execute("ALTER TABLE images DROP COLUMN ino")
+    conn.execute("PRAGMA user_version=1")
+    conn.commit()
+    conn.close()
+
+
+def test_schema_1_catalog_is_migrated_with_a_backup(tmp_path, indexed):
+    lib, photos = indexed
+    _make_schema_1(lib)
+    with Library(str(lib)) as L:
+        assert L.catalog.version == 2 and L.status()["images"] == 4 and L.status()["labels"] == {"first": 1}
+        os.rename(photos[0], photos[0].with_name("renamed.jpg"))
+        r = L.index()
+        assert (r.moved, r.added, r.removed) == (1, 0, 0)
+        assert L.labels() == {"first": [str(photos[0].with_name("renamed.jpg"))]}
+    conn = sqlite3.connect(lib / "catalog.sqlite")
+    assert conn.execute("PRAGMA user_version").fetchone()[0] == 2
+    assert conn.execute("SELECT count(*) FROM images WHERE ino != 0").fetchone()[0] == 4  # stamped by the rescan
+    conn.close()
+    backup = sqlite3.connect(lib / "catalog.sqlite.v1.bak")
+    assert backup.execute("PRAGMA user_version").fetchone()[0] == 1
+    assert backup.execute("SELECT count(*) FROM images").fetchone()[0] == 4
+    backup.close()
+
+
+def test_migration_backup_name_that_is_a_link_is_refused(tmp_path, indexed):
+    lib, _ = indexed
+    _make_schema_1(lib)
+    victim = tmp_path / "victim"
+    victim.write_bytes(b"keep me")
+    os.symlink(victim, lib / "catalog.sqlite.v1.bak")
+    with pytest.raises(LibraryFileError, match="symbolic link"):
+        Library(str(lib))
+    assert victim.read_bytes() == b"keep me"
+
+
+def test_schema_1_library_on_read_only_media_is_read_without_migrating(tmp_path, indexed):
+    lib, photos = indexed
+    _make_schema_1(lib)
+    with read_only_view(lib, tmp_path / "ro"):
+        with Library(str(tmp_path / "ro")) as L:
+            assert L.catalog.version == 1 and L.status()["images"] == 4
+            assert [r.path for r in L.similar(str(tmp_path / "photos" / "p0.jpg"), k=1)] != []
+    assert not (lib / "catalog.sqlite.v1.bak").exists()
