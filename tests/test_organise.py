@@ -42,6 +42,16 @@ def indexed(library, photos):
     return library, photos
 
 
+@pytest.fixture
+def trained(indexed):
+    """A library with a probe 'where' (trip / home): sorting by it needs no model in a subprocess."""
+    lib, photos = indexed
+    lib.add_to_label("trip", [str(p) for p in (photos / "trip 2019").glob("*.jpg")])
+    lib.add_to_label("home", [str(p) for p in (photos / "home").glob("*.jpg")])
+    lib.train("where", ["trip", "home"])
+    return lib, photos
+
+
 def rows_by_folder(lib) -> list[Classification]:
     """A deterministic 'classifier': the category is the photo's folder name (a/b nests)."""
     return [Classification(i.path, "trips/2019" if "trip" in i.path else "home", 0.9, i.id)
@@ -99,8 +109,8 @@ def test_move_library_follows_and_undo_puts_back(indexed, tmp_path):
     assert {i.id for i in lib.catalog.all_images()} == set(ids_before)
 
 
-def test_link_and_dry_run_through_the_cli(indexed, tmp_path):
-    lib, photos = indexed
+def test_link_and_dry_run_through_the_cli(trained, tmp_path):
+    lib, photos = trained
     folder = lib.folder
     lib.close()
     into = tmp_path / "links"
@@ -111,12 +121,12 @@ def test_link_and_dry_run_through_the_cli(indexed, tmp_path):
     plan = json.loads(p.stdout)
     assert plan["mode"] == "link" and len(plan["placements"]) == 8 and sum(plan["categories"].values()) == 8
     assert not into.exists()
-    p = subprocess.run([*cli, "sort", "--classify", "red,green,blue", "--into", str(into), "--link", "--json"],
+    p = subprocess.run([*cli, "sort", "--probe", "where", "--into", str(into), "--link", "--json"],
                        capture_output=True, text=True, timeout=120)
     assert p.returncode == 0, p.stderr
     links = [x for x in into.rglob("*") if x.is_symlink()]
     assert len(links) == 8 and all(Path(os.readlink(x)).is_file() for x in links)
-    assert {x.parent.name for x in links} <= {"red", "green", "blue"}
+    assert {x.parent.name for x in links} <= {"trip", "home"}
     p = subprocess.run([*cli, "sort", "--undo", "--json"], capture_output=True, text=True, timeout=120)
     assert p.returncode == 0 and json.loads(p.stdout)["reverted"] == 8 and not into.exists()
     p = subprocess.run([*cli, "sort", "--classify", "a,b"], capture_output=True, text=True, timeout=120)
@@ -210,14 +220,14 @@ sys.exit(main(sys.argv[1:]))
 
 
 @pytest.mark.parametrize("how", ["rename", "exdev"])
-def test_kill_9_during_sort_move_loses_and_duplicates_nothing(indexed, tmp_path, how):
-    lib, photos = indexed
+def test_kill_9_during_sort_move_loses_and_duplicates_nothing(trained, tmp_path, how):
+    lib, photos = trained
     hashes = all_photo_hashes(photos)
     folder = lib.folder
     lib.close()
     into = tmp_path / "sorted"
     env = dict(os.environ, KILL_AT="3", KILL_HOW=how)
-    args = ["--library", folder, "sort", "--classify", "red,green,blue", "--into", str(into), "--move"]
+    args = ["--library", folder, "sort", "--probe", "where", "--into", str(into), "--move"]
     p = subprocess.run([sys.executable, "-c", KILL_DRIVER, *args], capture_output=True, text=True, env=env, timeout=120)
     assert p.returncode == -signal.SIGKILL, p.stderr
     after_kill = all_photo_hashes(photos, into)
@@ -239,14 +249,14 @@ def test_kill_9_during_sort_move_loses_and_duplicates_nothing(indexed, tmp_path,
     assert all_photo_hashes(photos) == hashes and not into.exists()
 
 
-def test_undo_of_an_interrupted_sort_without_resume(indexed, tmp_path):
-    lib, photos = indexed
+def test_undo_of_an_interrupted_sort_without_resume(trained, tmp_path):
+    lib, photos = trained
     hashes = all_photo_hashes(photos)
     folder = lib.folder
     lib.close()
     into = tmp_path / "sorted"
     env = dict(os.environ, KILL_AT="5", KILL_HOW="exdev")
-    args = ["--library", folder, "sort", "--classify", "red,green,blue", "--into", str(into), "--move"]
+    args = ["--library", folder, "sort", "--probe", "where", "--into", str(into), "--move"]
     p = subprocess.run([sys.executable, "-c", KILL_DRIVER, *args], capture_output=True, text=True, env=env, timeout=120)
     assert p.returncode == -signal.SIGKILL
     op = Journal(folder).interrupted("sort")

@@ -362,3 +362,23 @@ def test_probe_predictions_become_keywords_over_the_minimum_probability(indexed)
         tags.selection(lib, label="trip", probe="where")
     with pytest.raises(tags.TagsError, match="No label"):
         tags.selection(lib, label="nope")
+
+
+def test_cancel_between_steps_leaves_an_operation_to_resume_or_undo(indexed):
+    from clipdesk.indexer.pipeline import Cancelled, CancelToken
+
+    lib, photos = indexed
+    token = CancelToken()
+    seen = []
+
+    def progress(p):
+        seen.append(p.done)
+        if p.done == 3:
+            token.cancel()
+
+    plan = tags.plan_write({str(p): ["clipdesk/c"] for p in sorted(photos.rglob("*.jpg"))})
+    with pytest.raises(Cancelled):
+        tags.apply_write(lib, plan, progress=progress, cancel=token)
+    assert seen == [1, 2, 3] and len(list(photos.rglob("*.xmp"))) == 3
+    assert tags.resume(lib).created == 5 and len(list(photos.rglob("*.xmp"))) == 8
+    assert tags.undo(lib).reverted == 8 and not list(photos.rglob("*.xmp"))
