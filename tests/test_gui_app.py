@@ -23,7 +23,7 @@ def pump(ms: int) -> None:
     loop.exec()
 
 
-def until(cond, timeout=20.0, what="condition"):
+def until(cond, timeout=30.0, what="condition"):
     end = time.monotonic() + timeout
     while not cond():
         if time.monotonic() > end:
@@ -466,10 +466,11 @@ def test_remove_folder_asks_first_and_undo_brings_it_back(win, photos, monkeypat
     assert asked and "8 indexed photos" in asked[0] and win.lib.catalog.counts()[0] == 8  # cancelled
     monkeypatch.setattr(folders, "confirm", lambda *a: True)
     QTest.mouseClick(win.sidebar.remove_button, Qt.MouseButton.LeftButton)
-    until(lambda: win.lib.catalog.counts()[0] == 0, what="folder removed")
+    until(lambda: win.lib.catalog.counts()[0] == 0 or win.banner.isVisible(), timeout=60, what="folder removed")
+    assert win.lib.catalog.counts()[0] == 0, win.banner.text.text()
     with qtbot_wait(win):
         win.undo_stack.undo()
-    until(lambda: win.lib.catalog.counts()[0] == 8, what="folder back")
+    until(lambda: win.lib.catalog.counts()[0] == 8, timeout=60, what="folder back")
 
 
 class qtbot_wait:  # noqa: N801 - a tiny context manager: wait for the next index_finished

@@ -49,6 +49,7 @@ QFrame#banner[info="true"] { background: #e8f0fe; border-color: #c6dafc; }
 QFrame#banner QLabel { color: #8c1d18; }
 QFrame#banner[info="true"] QLabel { color: #174ea6; }
 QFrame#sidebar, QFrame#preview { background: white; border: 1px solid #e3e6ea; border-radius: 8px; }
+QFrame#sidebar QPushButton { padding: 4px 6px; }
 QFrame[bucket="true"] { background: white; border: 1px solid #dfe3e8; border-radius: 8px; }
 QFrame[bucket="true"][hover="true"] { border: 2px dashed #1a73e8; background: #eef3fd; }
 QLabel#title { font-size: 14px; font-weight: 600; }

@@ -77,7 +77,7 @@ class FoldersPanel(QFrame):
         for b in (add, self.remove_button, rescan):
             row.addWidget(b)
         lay.addLayout(row)
-        self.setMinimumWidth(170)
+        self.setMinimumWidth(190)
         self.setMaximumWidth(320)
 
     def refresh(self, extra: list[str] = ()) -> None:

@@ -15,6 +15,7 @@ from PySide6.QtGui import QKeySequence, QShortcut
 from PySide6.QtWidgets import (QComboBox, QFrame, QHBoxLayout, QLabel, QLineEdit, QPushButton, QSlider,
                                QSplitter, QVBoxLayout, QWidget)
 
+from clipdesk.errors import ClipdeskError
 from clipdesk.probe import BACKGROUND
 from clipdesk.teaching import NONE_CLASS
 
@@ -175,6 +176,24 @@ class TeachView(QWidget):
         ctx.labels.changed.connect(self._labels_changed)
         self._update_buttons()
         self._judge_buttons()
+        self._show_earlier_probe()
+
+    def _show_earlier_probe(self) -> None:
+        """A probe trained in an earlier session can be applied at once."""
+        try:
+            probes = self.ctx.lib.probes()
+        except ClipdeskError:
+            probes = []
+        earlier = next((p for p in probes if p.name == PROBE and p.model == self.ctx.lib.model_name), None)
+        if earlier is None:
+            self.train_result.setText("Fill a bucket or two, then press Train.")
+            self.apply_button.setEnabled(False)
+            return
+        self.concept = earlier.labels[0] if len(earlier.labels) == 1 else None
+        self.train_result.setProperty("muted", "false")
+        self.train_result.setText(f"Trained earlier on {earlier.examples} photos (cross-validated accuracy "
+                                  f"{earlier.cv_accuracy:.0%}): Apply labels the library, or train again.")
+        self.apply_button.setEnabled(True)
 
     # ------------------------------------------------------------------ buckets
     def add_bucket(self) -> None:
@@ -344,6 +363,5 @@ class TeachView(QWidget):
         self.predictions = []
         self.review_category.clear()
         self.review_results.set_items([])
-        self.apply_button.setEnabled(False)
-        self.train_result.setText("Fill a bucket or two, then press Train.")
+        self._show_earlier_probe()
         self.load_source()
