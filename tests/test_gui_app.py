@@ -213,6 +213,13 @@ def test_train_apply_review_accept_reject_retrain(win):
     until(lambda: win.lib.load_probe("teach").keys.shape[0] >= with_new and t.apply_button.isEnabled()
           and not win.jobs.active, what="retrain and apply")
     assert len(t.predictions) == 8
+    out = str(win.lib.folder) + "-predictions.csv"
+    drive_save_dialog(out)
+    t.review_grid.clearSelection()
+    QTest.mouseClick(t.actions_bar.export, Qt.MouseButton.LeftButton)
+    until(lambda: os.path.exists(out), what="teach csv")
+    rows = list(csv.reader(open(out)))
+    assert len(rows) == 9 and {r[1] for r in rows[1:]} <= {"Anna", "Ben", ""}
 
 
 def drive_save_dialog(path: str) -> list:
@@ -275,6 +282,41 @@ def test_search_shows_library_by_date_and_refine_keeps_paths_out_of_the_field(wi
     assert win.search_bar.text() == "red" and os.sep not in win.search_bar.text()
     assert win.search_view.terms_label.text() == f"like: {os.path.basename(first)}"
     assert first not in {it.path for it in win.results.items()}
+
+
+def test_search_is_cut_where_scores_stop_standing_out_and_show_all_is_one_click(qtbot, tmp_path, monkeypatch,
+                                                                                no_thread_leaks):
+    from conftest import make_photo
+
+    import clipdesk.ui.views.search as search
+    from clipdesk.relevance import relevance_cut
+
+    cuts = []
+    # the demo model's scores are spread too evenly for any to stand out (the cut itself is
+    # unit-tested in test_gui_core.py); here the cut is pinned to the two twins, to test the view
+    monkeypatch.setattr(search, "relevance_cut", lambda scores: cuts.append(relevance_cut(scores)) or 2)
+
+    root = tmp_path / "many"
+    for i in range(3):  # three near-copies of one photo …
+        make_photo(root / f"twin_{i}.jpg", (200, 40, 40), pattern=5)
+    for i in range(15):  # … among fifteen others
+        make_photo(root / f"other_{i}.jpg", ((i * 53) % 256, (i * 97) % 256, (i * 31) % 256), pattern=100 + i)
+    w = make_window(tmp_path)
+    qtbot.addWidget(w)
+    w.show()
+    with qtbot.waitSignal(w.index_finished, timeout=60000):
+        w.add_folders([str(root)])
+    until(lambda: w.count_label.text() == "18 photos")
+    w.search_similar(str(root / "twin_0.jpg"))
+    until(lambda: w.search_view.landed == w.search_view.serial and w.search_view.images)
+    assert cuts and w.count_label.text() == "2 good matches · show all 17"
+    assert {os.path.basename(it.path) for it in w.results.items()} == {"twin_1.jpg", "twin_2.jpg"}
+    assert w.search_bar.text() == ""  # the example is not written into the field as a path
+    QTest.mouseClick(w.count_label, Qt.MouseButton.LeftButton)
+    assert w.results.rowCount() == 17 and "show 2 good matches only" in w.count_label.text()
+    QTest.mouseClick(w.count_label, Qt.MouseButton.LeftButton)
+    assert w.results.rowCount() == 2
+    w.shutdown()
 
 
 def test_banner_floats_over_the_page_and_clears_when_the_cause_is_gone(win):

@@ -243,6 +243,7 @@ class TeachView(QWidget):
         if serial != self._source_serial:
             return
         self.pick_results.set_items(items)
+        self.grid.scrollToTop()
         self._count()
         self.suggestions_loaded.emit()
 
