@@ -582,8 +582,10 @@ class MainWindow(QMainWindow):
         if device != (self.settings.value("device", "auto") or "auto"):
             self.settings.setValue("device", device)
             self.lib.device = None if device == "auto" else device
-            if self.lib.encoder_loaded:
-                self.lib.use_model(None, self.lib.spec.weights) if self.lib.spec.weights else \
+            if self.lib.encoder_loaded:  # reload the same model on the new device
+                if self.lib.spec.weights:
+                    self.lib.use_model(None, self.lib.spec.weights)
+                else:
                     self.lib.use_model(self.lib.spec.name)
                 self._warm_model()
             done.append(f"device {device}")
