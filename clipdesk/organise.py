@@ -139,17 +139,18 @@ def _sidecars(photo: str, mode: str) -> tuple[tuple[str, str, str], ...]:
     """The XMP sidecars that travel with a copied or moved photo (links need none)."""
     if mode == "link":
         return ()
-    from clipdesk.tags import sidecar_names
+    from clipdesk.tags import folder_names, sidecar_names
 
     out = []
-    stem = os.path.splitext(os.path.basename(photo))[0].casefold()
+    stem = os.path.splitext(os.path.basename(photo))[0].lower()
     for side in sidecar_names(photo):
-        if os.path.basename(side).casefold() == os.path.basename(photo).casefold() + ".xmp":
+        if os.path.basename(side).lower() == os.path.basename(photo).lower() + ".xmp":
             out.append((side, "ext", mode))
             continue
-        folder = os.path.dirname(photo)
-        shared = any(os.path.splitext(n)[0].casefold() == stem and os.path.join(folder, n) != photo
-                     and not n.lower().endswith(".xmp") for n in os.listdir(folder))
+        names = folder_names(os.path.dirname(photo))
+        # another file of the same name (a RAW twin) still uses photo.xmp: it stays, a copy goes
+        shared = any(os.path.splitext(n)[0] == stem and not n.endswith(".xmp") and n != os.path.basename(photo).lower()
+                     for n in names)
         out.append((side, "stem", "copy" if shared else mode))
     return tuple(out)
 

@@ -8,7 +8,7 @@ write the levels into ``dc:subject`` too) is not a label of its own.
 
 Writing (``tags write`` / ``tags remove``): a keyword ``a/b/c`` is written the way digiKam,
 Lightroom, darktable and Immich read it: ``digiKam:TagsList`` ``a/b/c``, ``lr:hierarchicalSubject``
-``a|b|c`` and ``dc:subject`` ``c``. An existing sidecar is merged into (every other field and
+``a|b|c`` and ``dc:subject`` ``c`` (a flat keyword ``k`` is ``k`` in all three). An existing sidecar is merged into (every other field and
 keyword survives; the XMP is parsed and serialised by Exiv2, never hand-built); an existing
 ``photo.xmp`` is updated rather than adding a second sidecar. Photos are never modified.
 Everything is a plan first (:func:`plan_write`), then journaled steps (:func:`apply_write`), so
@@ -16,6 +16,7 @@ Everything is a plan first (:func:`plan_write`), then journaled steps (:func:`ap
 """
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import stat
@@ -37,6 +38,7 @@ DIGIKAM = "Xmp.digiKam.TagsList"
 IPTC_KEYWORDS = "Iptc.Application2.Keywords"
 MAX_SIDECAR_BYTES = 16 << 20
 MAX_KEYWORD = 500
+MAX_PHOTO_BYTES = 512 << 20  # read whole only when Exiv2 cannot open the file by name
 
 ProgressFn = Callable[[Progress], None]
 _exiv2_lock = threading.Lock()  # Exiv2's log capture below is process-wide
@@ -186,11 +188,12 @@ def merge_keywords(data: bytes | None, add: Sequence[str], remove: Sequence[str]
         leaf = k.rsplit("/", 1)[-1]
         if leaf not in subject:
             subject.append(leaf)
-        if "/" in k:
-            if k.replace("/", "|") not in hier:
-                hier.append(k.replace("/", "|"))
-            if k not in digikam:
-                digikam.append(k)
+        # A flat keyword goes into the tag trees too: digiKam ignores dc:subject once a sidecar
+        # has a TagsList, so a keyword only there would be invisible to it.
+        if k.replace("/", "|") not in hier:
+            hier.append(k.replace("/", "|"))
+        if k not in digikam:
+            digikam.append(k)
     if (subject, hier, digikam) == before and data is not None:
         return None
     _set_array(xmp, SUBJECT, subject, exiv2.TypeId.xmpBag)
@@ -218,16 +221,38 @@ def normalise_keyword_quiet(text: str) -> str:
 
 
 # ---------------------------------------------------------------------- sidecars of a photo
+def folder_names(folder: str) -> dict[str, list[str]]:
+    """The names in ``folder`` by lower-case name, read once per folder state: a folder of 40,000
+    photos is listed once, not once per photo (a new or removed file changes its mtime)."""
+    try:
+        st = os.stat(folder or ".")
+    except OSError:
+        return {}
+    return _folder_names(folder or ".", st.st_mtime_ns, st.st_ino)
+
+
+@functools.lru_cache(maxsize=16)
+def _folder_names(folder: str, _mtime_ns: int, _ino: int) -> dict[str, list[str]]:
+    out: dict[str, list[str]] = {}
+    try:
+        for e in os.listdir(folder):
+            out.setdefault(e.lower(), []).append(e)
+    except OSError:
+        pass
+    return out
+
+
 def sidecar_names(photo: str) -> list[str]:
     """Existing sidecars of ``photo``: ``photo.ext.xmp`` first, then ``photo.xmp`` (any case)."""
     folder, name = os.path.split(photo)
     stem = os.path.splitext(name)[0]
-    wanted = [name.lower() + ".xmp", stem.lower() + ".xmp"]
-    try:
-        entries = {e.lower(): e for e in os.listdir(folder or ".") if e.lower() in wanted}
-    except OSError:
-        return []
-    return [os.path.join(folder, entries[w]) for w in wanted if w in entries]
+    entries = folder_names(folder)
+    out = []
+    for wanted in (name.lower() + ".xmp", stem.lower() + ".xmp"):
+        exact = [e for e in entries.get(wanted, []) if os.path.exists(os.path.join(folder, e))]
+        if exact:
+            out.append(os.path.join(folder, exact[0]))
+    return out
 
 
 def sidecar_target(photo: str) -> str:
@@ -263,7 +288,11 @@ def read_photo_keywords(photo: str) -> tuple[list[str], list[Problem]]:
     try:
         if not stat.S_ISREG(os.stat(photo).st_mode):
             raise SidecarError(f"{photo}: not a regular file")
-        image = _read_image(photo, photo)
+        try:
+            photo.encode("utf-8")
+            image = _read_image(photo, photo)
+        except UnicodeEncodeError:  # a name that is not UTF-8: Exiv2 takes the (bounded) bytes
+            image = _read_image(read_bounded(photo, MAX_PHOTO_BYTES) or b"", photo)
         xmp = image.xmpData()
         if not xmp.count() and os.path.splitext(photo)[1].lower() in _PILLOW_XMP:
             xmp = _pillow_xmp(photo)
