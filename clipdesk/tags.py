@@ -116,6 +116,12 @@ def _read_image(source: bytes | str, what: str) -> exiv2.Image:
     logger = logging.getLogger("exiv2")
     capture = _LogCapture()
     with _exiv2_lock:
+        # Whatever the application's logging settings, warnings must reach the capture.
+        level, disabled, propagate = logger.level, logger.disabled, logger.propagate
+        logger.setLevel(logging.WARNING)
+        logger.disabled, logger.propagate = False, False  # reported as a Problem, not printed
+        if exiv2.LogMsg.level() > exiv2.LogMsg.Level.warn:
+            exiv2.LogMsg.setLevel(exiv2.LogMsg.Level.warn)
         logger.addHandler(capture)
         try:
             image = exiv2.ImageFactory.open(source)
@@ -124,6 +130,8 @@ def _read_image(source: bytes | str, what: str) -> exiv2.Image:
             raise SidecarError(f"{what}: cannot be parsed ({e.args[-1] if e.args else e})") from None
         finally:
             logger.removeHandler(capture)
+            logger.setLevel(level)
+            logger.disabled, logger.propagate = disabled, propagate
     if any("XMP" in m or "Failed" in m for m in capture.messages):
         raise SidecarError(f"{what}: cannot be parsed ({'; '.join(capture.messages)[:300]})")
     return image
