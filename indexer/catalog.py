@@ -198,7 +198,8 @@ class Catalog:
             check_library_entry(path + suffix)
         if not exists and not create:
             raise FileNotFoundError(path)
-        read_only = os.path.isdir(folder) and not folder_writable(folder)
+        read_only = os.path.isdir(folder) and not (folder_writable(folder)
+                                                   and (not exists or os.access(path, os.W_OK)))
         if read_only and not exists:
             raise LibraryReadOnlyError(f"Cannot create a library in {folder}: the folder is read-only.")
         copy_dir = None

@@ -30,7 +30,7 @@ from PIL import Image
 from .catalog import Catalog, Failure, FileState, ImageRecord
 from .decode import decode_image, file_hash
 from .errors import UnreadableImageError
-from .scan import ScannedFile, ScanProblem, fold_int64, is_inside, outermost, scan
+from .scan import ScannedFile, ScanProblem, fold_int64, is_inside, is_library_folder, outermost, scan
 from .vectors import VectorStore
 
 
@@ -117,6 +117,13 @@ def _decode_one(file: ScannedFile, embedder: ImageEmbedder) -> _Decoded:
     return _Decoded(file, prepared, dict(hash=img.content_hash, width=img.width, height=img.height, taken=taken))
 
 
+def _stat_or_none(path: str) -> os.stat_result | None:
+    try:
+        return os.stat(path)
+    except OSError:
+        return None
+
+
 def _under(path: str, roots: Sequence[str]) -> bool:
     return any(is_inside(path, r) for r in roots)
 
@@ -180,12 +187,19 @@ def index_files(
     roots = outermost(os.path.abspath(os.path.expanduser(r)) for r in roots)
 
     # 1. Scan. Missing roots keep their images: a drive that is not plugged in is not a deletion.
+    # Nor is a root that turned out to hold a library (its own folder, or another one's): it is
+    # not scanned, and its images are kept.
+    excluded = {(st.st_dev, st.st_ino) for st in map(_stat_or_none, exclude) if st is not None}
     present_roots = []
     for r in roots:
-        if os.path.exists(r):
-            present_roots.append(r)
-        else:
+        st = _stat_or_none(r)
+        if st is None:
             report.problems.append(ScanProblem(r, "folder not found; its photos stay in the library"))
+        elif os.path.isdir(r) and ((st.st_dev, st.st_ino) in excluded or is_library_folder(r)):
+            report.problems.append(ScanProblem(
+                r, "holds a clipdesk library, so it is not scanned; its photos stay in the library"))
+        else:
+            present_roots.append(r)
     scanned: dict[str, ScannedFile] = {}
     scan_failures: list[Failure] = []
 

@@ -11,7 +11,9 @@ photos. Roots that lie inside another root are scanned once, as part of the oute
 from __future__ import annotations
 
 import os
+import sqlite3
 import stat
+import urllib.parse
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 
@@ -22,16 +24,28 @@ _SQLITE_MAGIC = b"SQLite format 3\x00"
 
 
 def is_library_folder(folder: str) -> bool:
-    """Whether ``folder`` holds a clipdesk library (a SQLite ``catalog.sqlite``)."""
+    """Whether ``folder`` holds a clipdesk library: a SQLite ``catalog.sqlite`` beside a ``lock``
+    file, or one with a catalog's tables (another program's ``catalog.sqlite`` is not one)."""
     path = os.path.join(folder, CATALOG_NAME)
     try:
-        st = os.lstat(path)
-        if not stat.S_ISREG(st.st_mode):
-            return stat.S_ISLNK(st.st_mode)  # a planted link still marks the folder as a library's
+        if not stat.S_ISREG(os.lstat(path).st_mode):
+            return False
         with open(path, "rb") as f:
-            return f.read(len(_SQLITE_MAGIC)) == _SQLITE_MAGIC or st.st_size == 0
+            if f.read(len(_SQLITE_MAGIC)) != _SQLITE_MAGIC:
+                return False
     except OSError:
         return False
+    if os.path.lexists(os.path.join(folder, "lock")):
+        return True
+    try:  # immutable: reads the file as it is, creates no side files in someone else's folder
+        conn = sqlite3.connect(f"file:{urllib.parse.quote(path)}?mode=ro&immutable=1", uri=True)
+        try:
+            tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+        finally:
+            conn.close()
+    except sqlite3.Error:
+        return False
+    return {"images", "label_members", "tombstones"} <= tables
 
 
 def outermost(roots: Iterable[str]) -> list[str]:

@@ -518,15 +518,33 @@ def test_a_library_inside_a_photo_folder_is_never_indexed(tmp_path):
     with Library(str(other), model="test-tiny"):
         pass
     make_photo(other / "thumbnails" / "c.jpg", (1, 2, 3))
+    app = photos / "app"  # another program's catalog.sqlite does not make a folder a library
+    app.mkdir()
+    foreign = sqlite3.connect(app / "catalog.sqlite")
+    foreign.execute("CREATE TABLE albums(name TEXT)")
+    foreign.commit()
+    foreign.close()
+    app_photo = make_photo(app / "a.jpg", (200, 100, 0), pattern=5)
     r = cli_json(lib, "index")
-    assert r["added"] == 0 and r["unchanged"] == 2
+    assert r["added"] == 1 and r["unchanged"] == 2
     paths = library_paths(lib)
-    assert len(paths) == 2 and all(Path(p).parent == photos for p in paths), paths
+    assert len(paths) == 3 and all(Path(p).parent == photos for p in paths - {str(app_photo)}), paths
     assert all(t.exists() for t in thumbs)
     for target in (lib, lib / "thumbnails", other):
         p = cli(lib, "index", str(target))
         assert p.returncode == 1 and "library folder" in p.stderr and "Traceback" not in p.stderr, p.stderr
     assert cli_json(lib, "folder", "list") == [str(photos)]
+
+
+def test_a_photo_folder_that_became_a_library_keeps_its_photos(tmp_path, indexed):
+    lib, photos = indexed
+    with Library(str(tmp_path / "photos"), model="test-tiny"):  # a library created in the photo folder
+        pass
+    with Library(str(lib)) as L:
+        r = L.index()
+        assert (r.removed, r.unchanged) == (0, 0)
+        assert any("holds a clipdesk library" in p.reason for p in r.problems)
+        assert L.status()["images"] == 4 and L.status()["labels"] == {"first": 1}
 
 
 # ---------------------------------------------------------------------- 5. links out of the library
