@@ -1,20 +1,35 @@
 """The ``clipdesk`` command line.
 
 Contract: ``--json`` prints exactly one JSON document on stdout; progress bars and messages go to
-stderr. Exit 0 on success (also when some images could not be decoded), 1 on an error (a one-line
-message, no traceback), 2 on a usage error.
+stderr. Exit status: 0 on success (also when some images could not be decoded), 1 on an error (a
+one-line message, no traceback), 2 on a usage error, 130 when interrupted (Ctrl+C, SIGINT) and
+143 when terminated (SIGTERM). An interrupted command stops cleanly: what it committed stays, the
+rest is redone by the next run. A second Ctrl+C during that clean-up exits at once (the catalog
+is crash-safe).
+
+Only ``index`` creates a library; every other command on a folder without one says so.
+
+JSON output is always strict JSON (no NaN or Infinity). File names that are not valid UTF-8 are
+written losslessly: the string shows each undecodable byte as U+FFFD, and a sibling field with
+``_bytes`` appended to its name (``path_bytes``) holds the exact bytes, base64-encoded. In a list
+of bare paths (``folder list``, ``label list``, ``status``), such a path becomes an object
+``{"path": ..., "path_bytes": ...}``. Plain-text output writes such names as their raw bytes.
 """
 from __future__ import annotations
 
 import argparse
+import base64
 import json
 import logging
+import math
 import os
+import signal
 import sys
+import threading
 from datetime import datetime
 
 from clipdesk import __version__
-from clipdesk.errors import ClipdeskError
+from clipdesk.errors import ClipdeskError, LibraryNotFoundError
 
 log = logging.getLogger("clipdesk")
 
@@ -28,9 +43,35 @@ def _date(text: str) -> float:
 
 def _probability(text: str) -> float:
     v = float(text)
-    if not 0.0 <= v <= 1.0:
+    if not 0.0 <= v <= 1.0:  # NaN fails too
         raise argparse.ArgumentTypeError("must be between 0 and 1")
     return v
+
+
+def _positive_int(text: str) -> int:
+    try:
+        v = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
+    if not 1 <= v <= 1_000_000:
+        raise argparse.ArgumentTypeError(f"must be between 1 and 1000000 (got {v})")
+    return v
+
+
+def _finite_float(text: str) -> float:
+    try:
+        v = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not math.isfinite(v):
+        raise argparse.ArgumentTypeError(f"must be a finite number (got {text!r})")
+    return v
+
+
+EPILOG = ("exit status: 0 success, 1 error (one line on stderr), 2 usage error, 130 interrupted "
+          "(Ctrl+C), 143 terminated (SIGTERM). --json prints strict JSON; a file name that is not "
+          "valid UTF-8 keeps its exact bytes, base64-encoded, in a sibling field named *_bytes "
+          "(e.g. path_bytes).")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -46,7 +87,7 @@ def build_parser() -> argparse.ArgumentParser:
     common.add_argument("--device", default=argparse.SUPPRESS, help="cuda, mps or cpu (default: auto)")
     common.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS)
 
-    p = argparse.ArgumentParser(prog="clipdesk", parents=[common],
+    p = argparse.ArgumentParser(prog="clipdesk", parents=[common], epilog=EPILOG,
                                 description="Search and organise a photo library with CLIP.")
     p.add_argument("--version", action="version", version=f"clipdesk {__version__}")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -55,17 +96,17 @@ def build_parser() -> argparse.ArgumentParser:
         return sub.add_parser(name, parents=[common], help=help, description=help)
 
     def filters(sp: argparse.ArgumentParser) -> None:
-        sp.add_argument("-k", type=int, default=20, help="number of results (default 20)")
+        sp.add_argument("-k", type=_positive_int, default=20, help="number of results (default 20)")
         sp.add_argument("--folder", metavar="PREFIX", help="only images under this folder")
         sp.add_argument("--after", type=_date, metavar="DATE", help="taken on or after (YYYY-MM-DD)")
         sp.add_argument("--before", type=_date, metavar="DATE", help="taken before (YYYY-MM-DD)")
-        sp.add_argument("--min-score", type=float, metavar="S", help="drop results scoring under S")
+        sp.add_argument("--min-score", type=_finite_float, metavar="S", help="drop results scoring under S")
         sp.add_argument("--sort", choices=["score", "date"], default="score")
 
     sp = cmd("index", "add folders and index new or changed photos (no PATH: rescan all folders)")
     sp.add_argument("paths", nargs="*", metavar="PATH")
     sp.add_argument("--reembed", action="store_true", help="convert a library made with another model")
-    sp.add_argument("--batch-size", type=int, default=32)
+    sp.add_argument("--batch-size", type=_positive_int, default=32, help="images per model call (default 32)")
 
     sp = cmd("search", 'text search; combine terms: "beach" + 0.5*"sunset" - "people", image paths too')
     sp.add_argument("query")
@@ -99,7 +140,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     sp = cmd("suggest", "photos whose labels would most improve a probe")
     sp.add_argument("probe")
-    sp.add_argument("-k", type=int, default=20)
+    sp.add_argument("-k", type=_positive_int, default=20)
 
     sp = cmd("probe", "list or delete probes")
     psub = sp.add_subparsers(dest="action", required=True, metavar="ACTION")
@@ -121,7 +162,7 @@ def build_parser() -> argparse.ArgumentParser:
     esub = sp.add_subparsers(dest="what", required=True, metavar="WHAT")
     a = esub.add_parser("fewshot", parents=[common], help="few-shot protocol on an embedding file")
     a.add_argument("--features", required=True, metavar="FILE.npz")
-    a.add_argument("--seeds", type=int, default=50)
+    a.add_argument("--seeds", type=_positive_int, default=50)
     a = esub.add_parser("zeroshot", parents=[common], help="top-1/top-5 on a folder per class")
     a.add_argument("folder")
     a = esub.add_parser("retrieval", parents=[common], help="recall@k on a captions.jsonl file")
@@ -135,10 +176,46 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _exact_text(s: str) -> bool:
+    try:
+        s.encode("utf-8")
+        return True
+    except UnicodeEncodeError:
+        return False
+
+
+def _name_fields(s: str) -> tuple[str, str]:
+    """A string holding undecodable file-name bytes (surrogate escapes) → (readable, base64 bytes)."""
+    try:
+        raw = os.fsencode(s)
+    except UnicodeEncodeError:
+        raw = s.encode("utf-8", "surrogatepass")
+    return raw.decode("utf-8", "replace"), base64.b64encode(raw).decode("ascii")
+
+
+def json_safe(data):
+    """``data`` with every non-UTF-8 name written as documented in the module docstring."""
+    if isinstance(data, dict):
+        out = {}
+        for k, v in data.items():
+            k = _name_fields(k)[0] if isinstance(k, str) and not _exact_text(k) else k
+            if isinstance(v, str) and not _exact_text(v):
+                out[k], out[f"{k}_bytes"] = _name_fields(v)
+            else:
+                out[k] = json_safe(v)
+        return out
+    if isinstance(data, (list, tuple)):
+        return [dict(zip(("path", "path_bytes"), _name_fields(v)))
+                if isinstance(v, str) and not _exact_text(v) else json_safe(v) for v in data]
+    return data
+
+
 def _emit(args: argparse.Namespace, data, text_lines) -> None:
     if getattr(args, "json", False):
-        json.dump(data, sys.stdout, indent=1)
-        sys.stdout.write("\n")
+        # Serialised whole before anything is written: an error leaves stdout empty, never half
+        # a document; allow_nan=False keeps it strict JSON.
+        text = json.dumps(json_safe(data), indent=1, allow_nan=False)
+        sys.stdout.write(text + "\n")
     else:
         for line in text_lines:
             print(line)
@@ -165,16 +242,49 @@ def _progress_bar(desc: str):
     return bar, update
 
 
-def _open(args: argparse.Namespace):
+def _open(args: argparse.Namespace, create: bool = False):
     from clipdesk.library import Library
 
     return Library(getattr(args, "library", None), model=getattr(args, "model", None),
                    weights=getattr(args, "weights", None), device=getattr(args, "device", None),
-                   status=lambda m: log.info("%s", m))
+                   create=create, status=lambda m: log.info("%s", m))
+
+
+def _open_for_index(args: argparse.Namespace):
+    """The library to index into (created if new), after checking that every PATH exists or is a
+    folder the library knows (a missing one is an unplugged drive: its photos are kept)."""
+    paths = [os.path.abspath(os.path.expanduser(p)) for p in args.paths]
+    missing = [p for p in paths if not os.path.exists(p)]
+    try:
+        lib = _open(args, create=not missing)
+    except LibraryNotFoundError:
+        lib = None
+    known = set(lib.catalog.folders()) if lib is not None else set()
+    unknown = [p for p in missing if p not in known and lib.catalog.id_for_path(p) is None] if lib \
+        else missing
+    if unknown:
+        if lib is not None:
+            lib.close()
+        raise ClipdeskError(f"No such file or folder: {unknown[0]}"
+                            + (f" (and {len(unknown) - 1} more)" if len(unknown) > 1 else "")
+                            + ". 'clipdesk folder list' shows the library's folders.")
+    return lib
 
 
 def _results(args, results) -> None:
     _emit(args, [r.as_dict() for r in results], [f"{r.score:.3f}  {r.path}" for r in results])
+
+
+def _check_label(lib, name: str, paths=()) -> None:
+    """``label remove``/``delete`` name an existing label and photos in the library (else nothing
+    would happen, silently)."""
+    if name not in lib.catalog.labels():
+        raise ClipdeskError(f"No label named '{name}'. 'clipdesk label list' lists them.")
+    absolute = [os.path.abspath(os.path.expanduser(p)) for p in paths]
+    unknown = [p for p in absolute if lib.catalog.id_for_path(p) is None]
+    if unknown:
+        raise ClipdeskError(f"Not in the library: {', '.join(unknown[:5])}"
+                            + (f" and {len(unknown) - 5} more" if len(unknown) > 5 else ""))
 
 
 def run(args: argparse.Namespace) -> int:
@@ -207,7 +317,7 @@ def run(args: argparse.Namespace) -> int:
         _emit(args, res, lines)
         return 0
 
-    lib = _open(args)
+    lib = _open_for_index(args) if c == "index" else _open(args)
     try:
         if c == "index":
             bar, update = _progress_bar("indexing")
@@ -243,9 +353,11 @@ def run(args: argparse.Namespace) -> int:
                 n = lib.add_to_label(args.name, args.paths)
                 _emit(args, {"label": args.name, "images": n}, [f"{args.name}: {n} images"])
             elif args.action == "remove":
+                _check_label(lib, args.name, args.paths)
                 n = lib.remove_from_label(args.name, args.paths)
                 _emit(args, {"label": args.name, "images": n}, [f"{args.name}: {n} images"])
             elif args.action == "delete":
+                _check_label(lib, args.name)
                 lib.delete_label(args.name)
                 _emit(args, {"deleted": args.name}, [f"deleted label {args.name}"])
             else:
@@ -276,7 +388,8 @@ def run(args: argparse.Namespace) -> int:
             else:
                 probes = lib.probes()
                 _emit(args, [p.__dict__ for p in probes],
-                      [f"{p.name}: {', '.join(p.classes)} ({p.examples} examples, cv {p.cv_accuracy:.3f})"
+                      [f"{p.name}: DAMAGED: {p.damaged}" if p.damaged else
+                       f"{p.name}: {', '.join(p.classes)} ({p.examples} examples, cv {p.cv_accuracy:.3f})"
                        for p in probes])
         elif c == "folder":
             if args.action == "remove":
@@ -290,13 +403,53 @@ def run(args: argparse.Namespace) -> int:
             _emit(args, st, [f"library  {st['library']}", f"images   {st['images']}",
                              f"failed   {st['failed']}", f"model    {st['model']} (dim {st['dim']})",
                              "folders  " + ("\n         ".join(st["folders"]) or "-"),
-                             "probes   " + (", ".join(st["probes"]) or "-")])
+                             "probes   " + (", ".join(st["probes"]) or "-")]
+                  + [f"damaged  {d['reason']}" for d in st["damaged_probes"]])
         return 0
     finally:
         lib.close()
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM: stops a command exactly as Ctrl+C does (clean-up included), with exit status 143."""
+
+
+def _handle_stop_signals() -> tuple[dict, dict]:
+    """SIGINT and SIGTERM raise KeyboardInterrupt / :class:`Terminated` in the main thread once;
+    a second signal during the clean-up exits at once, with no traceback. Returns the state and
+    the previous handlers."""
+    state = {"stopping": False}
+
+    def handler(signum, _frame):
+        code = 143 if signum == signal.SIGTERM else 130
+        if state["stopping"]:
+            try:
+                os.write(2, b"clipdesk: stopped\n")
+            finally:
+                os._exit(code)  # committed work is safe: the catalog survives even kill -9
+        state["stopping"] = True
+        raise Terminated() if signum == signal.SIGTERM else KeyboardInterrupt()
+
+    previous = {}
+    if threading.current_thread() is threading.main_thread():
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            previous[sig] = signal.signal(sig, handler)
+    return state, previous
+
+
 def main(argv: list[str] | None = None) -> int:
+    state, previous = _handle_stop_signals()
+    try:
+        return _main(argv)
+    finally:
+        if not state["stopping"]:  # after a stop, a second signal during shutdown still exits quietly
+            for sig, h in previous.items():
+                signal.signal(sig, h)
+
+
+def _main(argv: list[str] | None) -> int:
+    if hasattr(sys.stdout, "reconfigure"):
+        sys.stdout.reconfigure(errors="surrogateescape")  # file names print as their own bytes
     parser = build_parser()
     args = parser.parse_args(argv)
     logging.basicConfig(stream=sys.stderr, format="%(message)s",
@@ -307,9 +460,11 @@ def main(argv: list[str] | None = None) -> int:
     except ClipdeskError as e:
         print(f"clipdesk: error: {e}", file=sys.stderr)
         return 1
-    except KeyboardInterrupt:
-        print("clipdesk: cancelled", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as e:
+        terminated = isinstance(e, Terminated)
+        print(f"clipdesk: {'terminated' if terminated else 'cancelled'}; what was done so far is kept",
+              file=sys.stderr)
+        return 143 if terminated else 130
     except BrokenPipeError:  # output piped into e.g. head, which closed early
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 1

@@ -140,6 +140,30 @@ def eval_retrieval(lib, captions: str) -> dict:
     return {"pairs": n, "text_to_image": recall(S), "image_to_text": recall(S.T)}
 
 
+class _ModelOnly:
+    """What the zero-shot and retrieval evaluations need of a library (its encoder), for runs
+    outside any library: measuring a model must not create one."""
+
+    def __init__(self, args):
+        from clipdesk.models import ModelSpec, load_encoder
+
+        self.encoder = load_encoder(ModelSpec.parse(getattr(args, "model", None), getattr(args, "weights", None)),
+                                    getattr(args, "device", None))
+
+    def close(self) -> None:
+        pass
+
+
+def _model_only(args, open_library):
+    """The library's model when ``--library`` (or the default one) exists, else ``--model``'s."""
+    from clipdesk.errors import LibraryNotFoundError
+
+    try:
+        return open_library(args)
+    except LibraryNotFoundError:
+        return _ModelOnly(args)
+
+
 def run_cli(args, open_library, emit) -> int:
     if args.what == "fewshot":
         res = eval_fewshot(args.features, args.seeds)
@@ -148,7 +172,7 @@ def run_cli(args, open_library, emit) -> int:
                   for k, v in res["K"].items()]
         emit(args, res, lines)
         return 0
-    lib = open_library(args)
+    lib = _model_only(args, open_library)
     try:
         if args.what == "zeroshot":
             res = eval_zeroshot(lib, args.folder)

@@ -6,8 +6,11 @@ a real architecture: meaningless rankings, real costs; for benchmarks) or ``test
 architecture registered by clipdesk with seeded random weights, for tests and demos without
 weights: it embeds in milliseconds and its rankings mean nothing).
 
-Weights download once through open_clip / huggingface_hub, which shows a progress bar; offline,
-loading fails with :class:`ModelDownloadError` naming the model and the ``--weights`` way out.
+Weights download once through open_clip / huggingface_hub, which shows a progress bar. Weights
+already in the cache load without touching the network. Otherwise the download host is probed
+first (a TCP connection, ``NETWORK_PROBE_SECONDS`` at most; none at all when ``HF_HUB_OFFLINE`` is
+set): offline, loading fails within seconds with one :class:`ModelDownloadError` naming the model,
+the ``--weights`` way out and the demo model ``test-tiny``, instead of the hub's minute of retries.
 
 On CPUs the precision is chosen by measuring: a short timing of fp32 against bfloat16 at load
 (cached per machine), kept only if bf16 is faster and its embeddings agree with fp32's.
@@ -18,6 +21,7 @@ import json
 import logging
 import os
 import platform
+import socket
 import threading
 import time
 from collections import OrderedDict
@@ -41,6 +45,7 @@ _PROJECT_MODELS = {p.stem for p in _CONFIG_DIR.glob("*.json")}
 _TEXT_CACHE_SIZE = 4096
 # bf16 must agree with fp32 at least this well (mean cosine) to be used.
 MIN_AGREEMENT = 0.99
+NETWORK_PROBE_SECONDS = 2.0
 
 
 @dataclass(frozen=True)
@@ -296,12 +301,17 @@ def load_encoder(
         if not open_clip.get_pretrained_cfg(spec.arch, spec.pretrained):
             tags = ", ".join(open_clip.list_pretrained_tags_by_model(spec.arch)) or "none"
             raise ModelError(f"Unknown pretrained tag '{spec.pretrained}' for {spec.arch} (known: {tags}).")
-        say(f"Fetching weights of {spec.name} (downloaded once, then cached)…")
-        _download(spec)
+        cached = _cached_weights(spec)
+        if not cached:
+            say(f"Fetching weights of {spec.name} (downloaded once, then cached)…")
+            _download(spec)
         pretrained = spec.pretrained
     say(f"Loading {spec.name} on {device}…")
     try:
-        with torch.random.fork_rng(devices=[]), _quiet_random_init_warning():
+        # Weights in the cache load with the hub switched off: no network round trip (and no
+        # minute of retries when there is no network).
+        offline = _hub_offline() if pretrained and not spec.weights else _no_change()
+        with torch.random.fork_rng(devices=[]), _quiet_random_init_warning(), offline:
             torch.manual_seed(0)  # random-weight models are the same in every process
             model = open_clip.create_model(spec.arch, pretrained=pretrained, device=device, weights_only=True)
     except ModelDownloadError:
@@ -336,19 +346,114 @@ def _quiet_random_init_warning():
         root.removeFilter(f)
 
 
+@contextmanager
+def _no_change():
+    yield
+
+
+@contextmanager
+def _hub_offline():
+    """huggingface_hub's offline mode for a block (it reads the flag at each request)."""
+    try:
+        from huggingface_hub import constants
+    except ImportError:
+        yield
+        return
+    old = getattr(constants, "HF_HUB_OFFLINE", False)
+    constants.HF_HUB_OFFLINE = True
+    try:
+        yield
+    finally:
+        constants.HF_HUB_OFFLINE = old
+
+
+def _cached_weights(spec: ModelSpec) -> str | None:
+    """The local file of ``spec``'s pretrained weights if they are already downloaded."""
+    import open_clip
+
+    cfg = open_clip.get_pretrained_cfg(spec.arch, spec.pretrained)
+    try:
+        with _hub_offline(), _quiet_hub_logs():
+            path = open_clip.download_pretrained(cfg)
+    except Exception:  # noqa: BLE001 - not cached (or no hub): the download path decides
+        return None
+    return path if path and os.path.isfile(path) else None
+
+
+@contextmanager
+def _quiet_hub_logs():
+    """Silence the hub's and open_clip's error logs for a lookup whose failure is expected."""
+    loggers = [logging.getLogger(n) for n in ("huggingface_hub", "")]
+    levels = [lg.level for lg in loggers]
+    for lg in loggers:
+        lg.setLevel(logging.CRITICAL)
+    try:
+        yield
+    finally:
+        for lg, level in zip(loggers, levels):
+            lg.setLevel(level)
+
+
+def _download_host(spec: ModelSpec) -> tuple[str, int]:
+    """The host and port the weights of ``spec`` come from (the hub, or a URL of open_clip's)."""
+    from urllib.parse import urlsplit
+
+    import open_clip
+
+    cfg = open_clip.get_pretrained_cfg(spec.arch, spec.pretrained) or {}
+    url = cfg.get("url", "")
+    if cfg.get("hf_hub") or not url:
+        try:
+            from huggingface_hub import constants
+
+            url = constants.ENDPOINT
+        except ImportError:
+            url = "https://huggingface.co"
+    parts = urlsplit(url)
+    return parts.hostname or "huggingface.co", parts.port or (80 if parts.scheme == "http" else 443)
+
+
+def network_reachable(host: str, port: int, timeout: float = NETWORK_PROBE_SECONDS) -> bool:
+    """Whether a TCP connection to ``host:port`` opens within ``timeout`` seconds, name lookup
+    included (the lookup has no timeout of its own, so it runs in a daemon thread)."""
+    result: list[bool] = []
+
+    def attempt() -> None:
+        try:
+            with socket.create_connection((host, port), timeout=timeout):
+                result.append(True)
+        except (OSError, ValueError):
+            result.append(False)
+
+    t = threading.Thread(target=attempt, name="clipdesk-network-probe", daemon=True)
+    t.start()
+    t.join(timeout)
+    return bool(result and result[0])
+
+
+def _download_error(spec: ModelSpec, why: str) -> ModelDownloadError:
+    return ModelDownloadError(
+        f"Cannot download the weights of {spec.name}: {why}. Download the checkpoint on a machine "
+        f"with internet access and pass it with --model {spec.arch} --weights FILE (a .safetensors, "
+        f".bin or .pt file), or try the app with the demo model: --model {TEST_MODEL} (random "
+        f"weights, meaningless rankings).")
+
+
 def _download(spec: ModelSpec) -> str:
     import open_clip
 
+    host, port = _download_host(spec)
+    offline_env = os.environ.get("HF_HUB_OFFLINE", "").strip().upper() in ("1", "ON", "YES", "TRUE")
+    if offline_env:
+        raise _download_error(spec, "HF_HUB_OFFLINE is set, so the network is unreachable by choice")
+    if not network_reachable(host, port):
+        raise _download_error(spec, f"{host} is unreachable (no network?)")
     cfg = open_clip.get_pretrained_cfg(spec.arch, spec.pretrained)
     try:
         return open_clip.download_pretrained(cfg)
     except Exception as e:  # noqa: BLE001 - hub, HTTP and OS errors all mean "could not fetch"
         detail = str(e).splitlines()[0][:200] if str(e) else type(e).__name__
-        raise ModelDownloadError(
-            f"Cannot download the weights of {spec.name}: the network is unreachable or the download "
-            f"failed ({detail}). Download the checkpoint on a machine with internet access and pass "
-            f"it with --model {spec.arch} --weights PATH (a .safetensors, .bin or .pt file)."
-        ) from None
+        raise _download_error(spec, f"the download failed ({detail})") from None
 
 
 # ---------------------------------------------------------------------- precision

@@ -7,12 +7,15 @@ Syntax (plain text is one term; ``+``/``-`` at the start or after a space join t
     ~/Pictures/cat.jpg + "in the snow"
     "kids playing" -crowd
 
-A term is a quoted string or bare words, optionally weighted ``W*term``. A term naming an image
-file (by extension) is an image term. The query vector is the normalised weighted sum of the
+A term is a quoted string or bare words, optionally weighted ``W*term`` (``W`` a decimal number,
+``1.5`` or ``2e-1``, between ``MIN_WEIGHT`` and ``MAX_WEIGHT``, or 0). A term naming an image
+file (by extension) is an image term. A query has at most ``MAX_QUERY_CHARS`` characters and
+``MAX_TERMS`` terms. The query vector is the normalised weighted sum of the
 terms' normalised embeddings: ``q = normalise(Σ wᵢ·eᵢ)``.
 """
 from __future__ import annotations
 
+import math
 import os
 import re
 from collections.abc import Callable
@@ -23,7 +26,14 @@ import numpy as np
 from clipdesk.errors import QueryError
 from clipdesk.indexer.decode import supported_extensions
 
-_WEIGHT = re.compile(r"^\s*([0-9]*\.?[0-9]+)\s*\*\s*")
+# One way to match each number (no nested repetition), so a long run of digits costs linear time.
+_WEIGHT = re.compile(r"^\s*((?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)(?:[eE][+-]?[0-9]+)?)\s*\*\s*")
+# Only the weights' ratios matter (the sum is normalised); beyond these bounds a weight is a typo
+# and, at 1e999, an infinity that would turn the query vector into NaN.
+MIN_WEIGHT = 1e-3
+MAX_WEIGHT = 1e3
+MAX_QUERY_CHARS = 10_000
+MAX_TERMS = 100
 
 
 @dataclass(frozen=True)
@@ -48,7 +58,7 @@ def _split(query: str) -> list[tuple[int, str]]:
             if ch == quote:
                 quote, closed_at = None, i
             continue
-        at_term_start = not buf.strip() or _WEIGHT.fullmatch(buf) is not None
+        at_term_start = not buf.strip() or (buf.rstrip().endswith("*") and _WEIGHT.fullmatch(buf) is not None)
         if ch in "\"'" and at_term_start:
             quote = ch
         elif ch in "+-" and (i == 0 or query[i - 1].isspace() or closed_at == i - 1):
@@ -71,12 +81,20 @@ def parse_query(query: str) -> list[Term]:
     """Parse a query string into weighted terms. Raises :class:`QueryError`."""
     if not query or not query.strip():
         raise QueryError("The query is empty.")
+    if len(query) > MAX_QUERY_CHARS:
+        raise QueryError(f"The query is too long ({len(query)} characters; at most {MAX_QUERY_CHARS}).")
     terms = []
-    for sign, raw in _split(query):
+    parts = _split(query)
+    if len(parts) > MAX_TERMS:
+        raise QueryError(f"The query has too many terms ({len(parts)}; at most {MAX_TERMS}).")
+    for sign, raw in parts:
         weight = 1.0
         m = _WEIGHT.match(raw)
         if m:
             weight = float(m.group(1))
+            if not (weight == 0.0 or MIN_WEIGHT <= weight <= MAX_WEIGHT):  # also inf
+                raise QueryError(f"The weight {m.group(1)[:20]} is out of range: use 0 or a number "
+                                 f"from {MIN_WEIGHT:g} to {MAX_WEIGHT:g}.")
             raw = raw[m.end():]
         raw = raw.strip()
         if len(raw) >= 2 and raw[0] == raw[-1] and raw[0] in "\"'":
@@ -98,8 +116,11 @@ def _term(weight: float, raw: str) -> Term:
 
 def combine(weights: np.ndarray, vectors: np.ndarray) -> np.ndarray:
     """``normalise(Σ wᵢ·vᵢ)`` of L2-normalised vectors (n, dim) → (dim,) float32."""
-    q = (np.asarray(weights, np.float32)[:, None] * np.asarray(vectors, np.float32)).sum(0)
-    norm = float(np.linalg.norm(q))
+    with np.errstate(over="ignore", invalid="ignore"):  # non-finite input is refused just below
+        q = (np.asarray(weights, np.float32)[:, None] * np.asarray(vectors, np.float32)).sum(0)
+        norm = float(np.linalg.norm(q))
+    if not math.isfinite(norm):
+        raise QueryError("The query's weights or vectors are not finite numbers.")
     if norm < 1e-6:
         raise QueryError("The query's terms cancel each other out.")
     return (q / norm).astype(np.float32)

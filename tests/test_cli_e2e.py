@@ -72,6 +72,10 @@ def test_error_exit_codes(tmp_path):
     lib = tmp_path / "lib"
     usage = clipdesk(lib, "search", check=False)
     assert usage.returncode == 2
+    none = clipdesk(lib, "similar", str(tmp_path / "nope.jpg"), "--model", "test-tiny", check=False)
+    assert none.returncode == 1 and "No library at" in none.stderr and not lib.exists()
+    (tmp_path / "empty").mkdir()
+    clipdesk(lib, "index", str(tmp_path / "empty"), "--model", "test-tiny")
     err = clipdesk(lib, "similar", str(tmp_path / "nope.jpg"), "--model", "test-tiny", check=False)
     assert err.returncode == 1 and "Image not found" in err.stderr
     assert "Traceback" not in err.stderr and err.stdout == ""

@@ -110,3 +110,16 @@ def test_training_without_labels_is_a_clear_error(library, photos):
         library.train("p")
     with pytest.raises(ProbeError, match="No label named"):
         library.train("p", labels=["nope"])
+
+
+def test_blockwise_scores_equal_the_plain_formula():
+    rng = np.random.default_rng(3)
+    keys = normalise(rng.normal(size=(50, 16))).astype(np.float32)
+    labels = rng.integers(0, 4, 50)
+    labels[labels == 2] = 1  # a class without examples
+    probe = Probe(list("abcd"), normalise(rng.normal(size=(4, 16))), keys, labels)
+    f = normalise(rng.normal(size=(37, 16))).astype(np.float32)
+    onehot = np.eye(4, dtype=np.float32)[labels]
+    counts = np.maximum(np.bincount(labels, minlength=4), 1)
+    expected = f @ probe._prototypes.T + probe.alpha * (np.exp(-probe.beta * (1 - f @ keys.T)) @ onehot) / counts
+    np.testing.assert_allclose(probe.scores(f, chunk=5), expected, rtol=1e-5, atol=1e-6)
