@@ -155,8 +155,8 @@ def _b(path: str) -> bytes:
     return os.fsencode(path)
 
 
-def _s(blob: bytes) -> str:
-    return os.fsdecode(bytes(blob))
+def _s(blob: bytes | str) -> str:
+    return blob if isinstance(blob, str) else os.fsdecode(bytes(blob))  # a hand-edited row may hold text
 
 
 class Catalog:
@@ -360,6 +360,37 @@ class Catalog:
             if f == real or os.path.realpath(f) == real:
                 return f
         return None
+
+    def canonicalise_folders(self) -> list[int]:
+        """Re-register folders stored under a path through a symbolic link by their real path,
+        moving their rows along. A photo that has a row under both paths (libraries from before
+        folders were canonical) keeps one row, with the labels of both. Returns removed ids."""
+        changes = []
+        for f in self.folders():
+            real = os.path.realpath(f)
+            if real != f and os.path.isdir(real):  # a dangling link (drive unplugged) waits
+                changes.append((f, real))
+        removed: list[int] = []
+        if not changes:
+            return removed
+        with self.transaction() as c:
+            for alias, real in changes:
+                prefix = _b(alias.rstrip(os.sep) + os.sep)
+                rows = c.execute("SELECT id, path FROM images WHERE substr(path, 1, ?) = ?",
+                                 (len(prefix), prefix)).fetchall()
+                for image_id, p in rows:
+                    new = _b(real + _s(p)[len(alias):])
+                    twin = c.execute("SELECT id FROM images WHERE path=?", (new,)).fetchone()
+                    if twin is None:
+                        c.execute("UPDATE images SET path=? WHERE id=?", (new, image_id))
+                        continue
+                    c.execute("INSERT OR IGNORE INTO label_members(label, image_id)"
+                              " SELECT label, ? FROM label_members WHERE image_id=?", (twin[0], image_id))
+                    removed.append(image_id)
+                c.execute("DELETE FROM folders WHERE path=?", (_b(alias),))
+                c.execute("INSERT OR IGNORE INTO folders(path, added) VALUES (?, ?)", (_b(real), time.time()))
+            self._delete(c, removed)
+        return removed
 
     def remove_folder(self, path: str) -> list[int]:
         """Forget a library folder and the images no other library folder covers (the files on disk

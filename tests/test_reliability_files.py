@@ -699,3 +699,28 @@ def test_schema_1_library_on_read_only_media_is_read_without_migrating(tmp_path,
             assert L.catalog.version == 1 and L.status()["images"] == 4
             assert [r.path for r in L.similar(str(tmp_path / "photos" / "p0.jpg"), k=1)] != []
     assert not (lib / "catalog.sqlite.v1.bak").exists()
+
+
+def test_rows_registered_through_a_link_by_an_older_version_are_merged_with_their_labels(tmp_path, indexed):
+    """The state the old bug left: one folder registered under its real path and a link, every
+    photo with two rows carrying different labels. The next index merges them, labels united."""
+    lib, photos = indexed
+    alias = tmp_path / "alias"
+    os.symlink(tmp_path / "photos", alias)
+    conn = sqlite3.connect(lib / "catalog.sqlite")
+    conn.execute("INSERT INTO folders(path, added) VALUES (?, 0)", (os.fsencode(str(alias)),))
+    conn.execute("INSERT INTO images(path, size, mtime_ns, hash, width, height, taken, vector, vgen, ino)"
+                 " SELECT CAST(replace(path, ?, ?) AS BLOB), size, mtime_ns, hash, width, height, taken, vector, vgen, ino"
+                 " FROM images", (os.fsencode(str(tmp_path / "photos")), os.fsencode(str(alias))))
+    conn.execute("INSERT INTO labels(name, created) VALUES ('via-link', 0)")
+    conn.execute("INSERT INTO label_members(label, image_id) SELECT 'via-link', id FROM images WHERE path=?",
+                 (os.fsencode(str(alias / photos[1].name)),))
+    conn.commit()
+    conn.close()
+    with Library(str(lib)) as L:
+        assert L.status()["images"] == 8
+        r = L.index()
+        assert (r.added, r.removed, r.unchanged) == (0, 0, 4)
+        assert L.catalog.folders() == [str(tmp_path / "photos")]
+        assert L.status()["images"] == 4 and len(L.vectors) == 4
+        assert L.labels() == {"first": [str(photos[0])], "via-link": [str(photos[1])]}
