@@ -32,7 +32,7 @@ from clipdesk.indexer.pipeline import CancelToken, IndexReport, Progress, index_
 from clipdesk.indexer.scan import canonical_path, is_inside, is_library_folder
 from clipdesk.indexer.vectors import EXACT_LIMIT, VectorFileError, VectorStore, catch_up
 from clipdesk.models import DEFAULT_MODEL, Encoder, ModelSpec, load_encoder
-from clipdesk.probe import BACKGROUND, FitReport, Probe, ProbeData, fit_probe, uncertainty
+from clipdesk.probe import BACKGROUND, FitReport, Probe, ProbeData, fit_probe, load_probe_file, uncertainty
 from clipdesk.query import Term, parse_query, query_vector
 from clipdesk.teaching import NONE_CLASS
 from clipdesk.zeroshot import assign, class_weights, zeroshot_probabilities
@@ -41,6 +41,87 @@ ProgressFn = Callable[[Progress], None]
 BACKGROUND_SAMPLE = 200  # library photos sampled as "the rest" when one concept is taught
 SUGGEST_CANDIDATES = 4000  # images a pre-training diverse sample is drawn from
 _PROBE_NAME = re.compile(r"^[\w][\w .+-]{0,99}$")
+
+
+def check_library_folder(folder: str, create: bool) -> None:
+    """Refuse, with one clear message, a folder that is not (and cannot become) a library.
+
+    With ``create``, a missing folder is made (a new library); without, a folder with no catalog
+    is :class:`LibraryNotFoundError` and nothing is created. Either way, a catalog that is empty
+    (0 bytes) or another program's SQLite database is refused before it is opened, so it never
+    silently turns into a new empty library.
+    """
+    from clipdesk.errors import CatalogCorruptError, LibraryNotFoundError
+
+    if os.path.lexists(folder) and not os.path.isdir(folder):
+        raise ClipdeskError(f"{folder} is a file, not a library folder.")
+    blocker = next((p for p in _ancestors(folder) if os.path.lexists(p) and not os.path.isdir(p)), None)
+    if blocker is not None:
+        raise (ClipdeskError if create else LibraryNotFoundError)(
+            f"No library can be at {folder}: {blocker} is a file, not a folder.")
+    catalog = os.path.join(folder, Catalog.FILENAME)
+    if not os.path.lexists(catalog):
+        if not create:
+            raise LibraryNotFoundError(
+                f"No library at {folder}. Create one with 'clipdesk --library {folder} index FOLDER'.")
+        try:
+            os.makedirs(folder, exist_ok=True)
+        except OSError as e:
+            raise ClipdeskError(f"Cannot create a library at {folder}: {e.strerror or e}.") from None
+        return
+    if not os.path.isfile(catalog):
+        raise CatalogCorruptError(f"The catalog {catalog} is not a regular file.")
+    if os.path.getsize(catalog) == 0 and _has_library_content(folder):
+        raise CatalogCorruptError(
+            f"The catalog {catalog} is empty (0 bytes): its content was lost. Run 'clipdesk repair' to "
+            "start it afresh (photos are not touched), or restore it from a backup.")
+    foreign = _foreign_tables(catalog)
+    if foreign:
+        raise CatalogCorruptError(
+            f"{catalog} is not a clipdesk catalog (it is an SQLite database with the tables "
+            f"{', '.join(foreign[:5])}). Use another library folder, or move that file away.")
+
+
+_CATALOG_TABLES = {"meta", "folders", "images", "tombstones", "labels", "label_members"}
+
+
+def _has_library_content(folder: str) -> bool:
+    """Whether a folder holds more than a catalog being created (a crash while a new library was
+    being set up leaves an empty catalog that may be started afresh; beside anything else it
+    means lost content)."""
+    creating = {Catalog.FILENAME, f"{Catalog.FILENAME}-shm", f"{Catalog.FILENAME}-journal", "lock"}
+    try:
+        names = set(os.listdir(folder))
+    except OSError:
+        return True
+    wal = os.path.join(folder, f"{Catalog.FILENAME}-wal")
+    return bool(names - creating - {f"{Catalog.FILENAME}-wal"}) or (os.path.isfile(wal) and os.path.getsize(wal) > 0)
+
+
+def _ancestors(path: str) -> list[str]:
+    out = []
+    parent = os.path.dirname(path)
+    while parent and parent != path:
+        out.append(parent)
+        path, parent = parent, os.path.dirname(parent)
+    return out[::-1]
+
+
+def _foreign_tables(catalog: str) -> list[str]:
+    """The tables of an SQLite file that holds none of a catalog's tables (else [])."""
+    import sqlite3
+
+    try:
+        from urllib.parse import quote
+
+        conn = sqlite3.connect(f"file:{quote(catalog)}?mode=ro", uri=True, timeout=5)
+        try:
+            tables = sorted(r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='table'"))
+        finally:
+            conn.close()
+    except sqlite3.Error:
+        return []  # not readable as SQLite: the catalog's own checks report the damage
+    return tables if tables and not _CATALOG_TABLES & set(tables) else []
 
 
 def default_library_folder() -> str:
@@ -85,6 +166,7 @@ class ProbeInfo:
     zeroshot_accuracy: float
     model: str
     created: float
+    damaged: str | None = None  # why the probe file cannot be used (then the other fields are empty)
 
 
 @dataclass(frozen=True)
@@ -109,12 +191,7 @@ class Library:
                  device: str | None = None, precision: str = "auto", create: bool = True,
                  status: Callable[[str], None] | None = None, model_process: bool = False):
         self.folder = os.path.abspath(os.path.expanduser(folder or default_library_folder()))
-        if not os.path.isdir(self.folder):
-            if not create:
-                from clipdesk.errors import LibraryNotFoundError
-
-                raise LibraryNotFoundError(f"No library at {self.folder}.")
-            os.makedirs(self.folder, exist_ok=True)
+        check_library_folder(self.folder, create)
         self.catalog = Catalog.open(self.folder)
         self.lock = LibraryLock(self.folder)
         # Library files are never followed out of the library (a planted link could make clipdesk
@@ -365,6 +442,9 @@ class Library:
                after: float | None = None, before: float | None = None, min_score: float | None = None,
                sort: str = "score", exclude: Iterable[int] = ()) -> list[SearchResult]:
         """Top-``k`` images for a query string or a (dim,) query vector, best first (or by date)."""
+        if isinstance(query, str) and self.catalog.vector_count() == 0:
+            parse_query(query)  # a malformed query is still reported; no model load for nothing
+            return []
         q = self.query_vector(query) if isinstance(query, str) else np.asarray(query, np.float32)
         store = self.vectors
         if len(store) == 0:
@@ -444,17 +524,24 @@ class Library:
     # ------------------------------------------------------------------ labels
     def _ids_for_paths(self, paths: Sequence[str], progress: ProgressFn | None = None) -> list[int]:
         """Catalog ids of image files; files not in the library yet are indexed first."""
+        from clipdesk.indexer.decode import supported_extensions
+
         paths = [os.path.abspath(os.path.expanduser(p)) for p in paths]
         missing = [p for p in paths if self.catalog.id_for_path(p) is None]
         if missing:
-            for p in missing:
-                if not os.path.isfile(p):
-                    raise ClipdeskError(f"Not an image file in the library: {p}")
+            exts = supported_extensions()
+            bad = [p for p in missing if not os.path.isfile(p) or os.path.splitext(p)[1].lower() not in exts]
+            if bad:
+                raise ClipdeskError(f"Not image files in the library or that it can index: {_some(bad)}")
             report = self.index(missing, progress=progress)
             if report.failures:
                 f = report.failures[0]
                 raise ClipdeskError(f"Cannot add {f.path}: {f.reason}")
-        return [self.catalog.id_for_path(p) for p in paths]
+        ids = [self.catalog.id_for_path(p) for p in paths]
+        lost = [p for p, i in zip(paths, ids) if i is None]
+        if lost:  # e.g. a file removed or renamed while it was being indexed
+            raise ClipdeskError(f"Not in the library: {_some(lost)}")
+        return ids
 
     def add_to_label(self, name: str, paths: Sequence[str], progress: ProgressFn | None = None) -> int:
         """Add images to a label (created if new). Returns the label's size."""
@@ -563,25 +650,22 @@ class Library:
 
     def load_probe(self, name: str) -> Probe:
         path = self._probe_path(name)
-        if not path.exists():
-            raise ProbeError(f"No probe named '{name}'. 'clipdesk probes' lists them.")
-        try:
-            with np.load(path, allow_pickle=False) as arrays:
-                probe = Probe.from_arrays(arrays)
-        except (OSError, ValueError, KeyError) as e:
-            raise ProbeError(f"The probe file {path} is damaged ({e}); train it again.") from None
+        if not os.path.lexists(path):
+            raise ProbeError(f"No probe named '{name}'. 'clipdesk probe list' lists them.")
+        probe = load_probe_file(str(path))
         if probe.meta.get("model") != self.model_name:
             raise ModelMismatchError(f"Probe '{name}' was trained with {probe.meta.get('model')}, "
                                      f"but this library uses {self.model_name}; train it again.")
         return probe
 
     def probes(self) -> list[ProbeInfo]:
+        """Every probe file; one that cannot be used is listed with ``damaged`` set to the reason."""
         out = []
         for path in sorted((Path(self.folder) / "probes").glob("*.npz")):
             try:
-                with np.load(path, allow_pickle=False) as arrays:
-                    p = Probe.from_arrays(arrays)
-            except (OSError, ValueError, KeyError):
+                p = load_probe_file(str(path))
+            except ProbeError as e:
+                out.append(ProbeInfo(path.stem, [], [], 0, 0.0, 0.0, "", 0.0, damaged=str(e)))
                 continue
             m = p.meta
             out.append(ProbeInfo(path.stem, p.classes, m.get("labels", []), int(m.get("examples", 0)),
@@ -591,8 +675,8 @@ class Library:
 
     def delete_probe(self, name: str) -> None:
         path = self._probe_path(name)
-        if not path.exists():
-            raise ProbeError(f"No probe named '{name}'.")
+        if not os.path.lexists(path):
+            raise ProbeError(f"No probe named '{name}'. 'clipdesk probe list' lists them.")
         path.unlink()
 
     def predict(self, name: str, progress: ProgressFn | None = None,
@@ -658,6 +742,7 @@ class Library:
     # ------------------------------------------------------------------ status
     def status(self) -> dict:
         images, failed = self.catalog.counts()
+        probes = self.probes()
         return {
             "library": self.folder,
             "images": images,
@@ -665,7 +750,8 @@ class Library:
             "model": self.model_name,
             "dim": self.dim or 0,
             "folders": self.catalog.folders(),
-            "probes": [p.name for p in self.probes()],
+            "probes": [p.name for p in probes if not p.damaged],
+            "damaged_probes": [{"name": p.name, "reason": p.damaged} for p in probes if p.damaged],
             "labels": {k: len(v) for k, v in self.catalog.labels().items()},
             "failures": [{"path": p, "reason": r} for p, r in self.catalog.failures()],
         }
@@ -843,6 +929,13 @@ def repair_library(folder: str | None = None) -> dict:
     path = os.path.join(folder, Catalog.FILENAME)
     if not os.path.exists(path):
         raise LibraryNotFoundError(f"No catalog at {path}.")
+    foreign = _foreign_tables(path)
+    if foreign:  # another program's database: not ours to rewrite
+        from clipdesk.errors import CatalogCorruptError
+
+        raise CatalogCorruptError(
+            f"{path} is not a clipdesk catalog (it is an SQLite database with the tables "
+            f"{', '.join(foreign[:5])}); repair leaves it alone. Use another library folder, or move that file away.")
     check_library_entry(path)
     if not folder_writable(folder):  # read-only storage: check, but a repair cannot be written
         problems = integrity_problems(path)
@@ -854,7 +947,8 @@ def repair_library(folder: str | None = None) -> dict:
             f"The catalog {path} is damaged ({problems[0]}) and the library is read-only: copy the "
             "library folder to writable storage and run 'clipdesk repair' there.")
     with LibraryLock(folder):
-        problems = integrity_problems(path)
+        empty = os.path.isfile(path) and os.path.getsize(path) == 0
+        problems = ["the catalog is empty (0 bytes)"] if empty else integrity_problems(path)
         if not problems:
             return {"catalog": path, "status": "ok", "problems": []}
         damaged = f"{path}.damaged-{time.strftime('%Y%m%d-%H%M%S')}"
@@ -868,6 +962,12 @@ def repair_library(folder: str | None = None) -> dict:
             pass
         return {"catalog": path, "status": "repaired", "problems": problems[:10],
                 "damaged_copy": damaged, "recovered": recovered}
+
+
+def _some(paths: Sequence[str], shown: int = 5) -> str:
+    """Paths for a one-line message: the first few, then how many more."""
+    more = len(paths) - shown
+    return ", ".join(paths[:shown]) + (f" and {more} more" if more > 0 else "")
 
 
 def _stable_seed(text: str) -> int:
