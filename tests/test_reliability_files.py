@@ -591,6 +591,17 @@ def test_other_library_files_that_are_links_are_refused(tmp_path, indexed, name)
         Library(str(lib))
 
 
+@pytest.mark.parametrize("name", ["vectors.faiss", "lock"])
+def test_library_files_that_are_fifos_are_refused_without_hanging(tmp_path, indexed, name):
+    lib, photos = indexed
+    (lib / name).unlink(missing_ok=True)
+    os.mkfifo(lib / name)
+    command = ("similar", str(photos[1])) if name == "vectors.faiss" else ("index",)
+    rc, out, err, peak, killed = run_watched(lib, *command, timeout=60)
+    assert not killed, killed
+    assert rc == 1 and "named pipe" in err and "Traceback" not in err, err
+
+
 # ---------------------------------------------------------------------- 6. read-only libraries
 def _read_only_checks(mnt: Path, photos: list[Path], extra_label: str | None = None) -> None:
     status = cli_json(mnt, "status")
