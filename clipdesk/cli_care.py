@@ -242,5 +242,6 @@ def _eval_lines(res: dict) -> list[str]:
                  f"{fd['groups']} groups")
     lines.append("  recall by kind of duplicate: " + ", ".join(f"{k} {v}" for k, v in fd["recall_by_variant"].items()))
     lines.append("  false pairs by kind: " + ", ".join(f"{k} {v}" for k, v in fd["false_pairs_by_kind"].items()))
-    lines.append(f"set it with: clipdesk duplicates --threshold {res['chosen_threshold']:.2f} --remember")
+    if not random:
+        lines.append(f"to use it: clipdesk duplicates --threshold {res['chosen_threshold']:.2f} --remember")
     return lines

@@ -4,13 +4,15 @@ Near-duplicates are re-encodes, resizes, small crops, format conversions and lig
 exports of one photo. They are found in two steps:
 
 1. **Candidates** from the vector index: a range search (every pair whose embedding cosine is at
-   least ``threshold``), never all pairs, so a million-photo library costs one pass over its
-   vectors. On an approximate (IVF) index the lists nearest each photo are probed
-   (``DUPLICATE_NPROBE``) and every candidate is re-scored with the catalog's exact vectors.
+   least ``threshold``), never all pairs: the vectors are split into cells around centroids (the
+   inverted lists of the approximate index of a large library), and each photo is compared, by
+   matrix products, with its own cell and the two other cells nearest to it, so a million-photo
+   library costs a few passes over its vectors. Candidates from 8-bit codes are re-scored with the catalog's exact
+   vectors.
 2. **Pixel check** of each candidate pair: photos that are merely similar (burst shots of
    different moments, another photo of the same subject, a mirrored or heavily cropped version)
    share an embedding neighbourhood but not their pixels. A 64-bit DCT perceptual hash of the
-   decoded image and the aspect ratio settle those cheaply. Limits were measured on real photos
+   decoded image, a coarse exposure-free colour layout and the aspect ratio settle those cheaply. Limits were measured on real photos
    (``clipdesk eval duplicates``; see ``evaluate_duplicates``).
 
 Groups never chain: a group is built around its best photo (``suggested_keep``), and each other
@@ -26,6 +28,7 @@ import hashlib
 import json
 import os
 import time
+from collections import OrderedDict
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 
@@ -45,8 +48,15 @@ THRESHOLD_META = "duplicates.threshold"
 MAX_HASH_DISTANCE = 12  # of 64 perceptual-hash bits
 MAX_COLOUR_DISTANCE = 0.10  # mean difference of the exposure-normalised 4×4 colour layout
 MAX_ASPECT_CHANGE = 0.12  # relative change of width/height (a 5 % crop changes it by ~5 %)
-DUPLICATE_NPROBE = 4  # inverted lists probed per photo on an approximate index
-QUERY_CHUNK = 20_000  # photos searched per range-search call (bounds the result buffers)
+EXTRA_PROBES = 3  # other cells each photo is compared with (its twin may sit across a border)
+TARGET_CELLS = 8  # cells compared with a whole cell at once (its photos' most frequent choices)
+# The cells among which a photo's extra cells are chosen: every cell up to this many, else the
+# ones whose centroids are nearest its own (in weakly clustered data a photo's second-nearest
+# centroid is often not near its own centroid, so the list is long).
+CANDIDATE_CELLS = 512
+SINGLE_CELL = 8192  # below this many vectors, one cell: every pair is compared
+CELL_CACHE_FLOATS = 16 << 20  # decoded cells kept for reuse (64 MB)
+_ROWS = 1024  # rows of one matrix product (memory: _ROWS × cell neighbourhood floats)
 MAX_PAIRS_PER_PHOTO = 200  # candidates kept per photo (a flood of identical blank frames)
 _APPROX_MARGIN = 0.02  # 8-bit codes blur scores: fetch a little below, re-score exactly
 
@@ -88,9 +98,6 @@ class DuplicateReport:
     rejected_by_pixels: int = 0  # of those, pairs the pixel check found to be different photos
     unreadable: list[str] = field(default_factory=list)  # files that could not be checked
     seconds: float = 0.0
-
-    def as_dict(self) -> dict:
-        return [g.as_dict() for g in self.groups]  # the CLI's documented JSON is the group list
 
 
 @dataclass(frozen=True)
@@ -336,74 +343,212 @@ def _full_hash(path: str) -> str:
 
 def near_pairs(library, threshold: float, subset: np.ndarray | None = None, skip: Iterable[int] = (),
                progress: ProgressFn | None = None, cancel: CancelToken | None = None,
-               nprobe: int = DUPLICATE_NPROBE) -> dict[tuple[int, int], float]:
+               probes: int = EXTRA_PROBES) -> dict[tuple[int, int], float]:
     """Pairs ``(a, b)``, ``a < b``, whose exact embedding cosine is at least ``threshold``.
 
-    A range search on the library's vector index, one chunk of photos at a time: memory is the
-    index plus one chunk and the pairs found. ``subset`` limits both ends to those ids.
+    A range search by cells, never all pairs: the library's vectors are split into cells around
+    centroids (the inverted lists of an approximate index, else a k-means of the vectors). Each
+    photo is compared, by matrix products, with the photos of its own cell and of the ``probes``
+    other cells whose centroids are nearest to it (chosen among the centroids nearest its own),
+    where the twin of a photo near a cell's border lands. Memory is one cell's block at a time
+    plus the pairs found. ``subset`` limits both ends to those ids; ids in ``skip`` take no part.
     """
-    import faiss
+    from threadpoolctl import threadpool_limits
 
+    # Thousands of small matrix products: a multi-threaded BLAS spends more time waking and
+    # spinning its threads than multiplying (measured 77 s against 6 s single-threaded at 100k
+    # on a busy 2-core machine), and one core stays free for the app.
+    with threadpool_limits(1):
+        return _near_pairs(library, threshold, subset, skip, progress, cancel, probes)
+
+
+def _near_pairs(library, threshold, subset, skip, progress, cancel, probes) -> dict[tuple[int, int], float]:
     notify = progress or (lambda _p: None)
-    store = library.vectors
-    catalog = library.catalog
-    skip = set(int(i) for i in skip)
-    allowed = None if subset is None else set(int(i) for i in subset)
-    total = len(store) if allowed is None else len(allowed)
-    pairs: dict[tuple[int, int], float] = {}
-    if total < 2:
-        return pairs
-    approx = store.is_approximate
-    radius = float(threshold) - (_APPROX_MARGIN if approx else 1e-4)
-    done = 0
-    for ids, vecs in catalog.iter_vectors(chunk=QUERY_CHUNK):
+    cells = _Cells(library.vectors, library.catalog)
+    skipped = _IdMask(np.fromiter((int(i) for i in skip), np.int64))
+    allowed = None if subset is None else _IdMask(np.asarray(subset, np.int64))
+    radius = float(threshold) - (_APPROX_MARGIN if cells.approximate else 1e-4)
+    raw: dict[tuple[int, int], float] = {}
+    candidates = cells.neighbours(CANDIDATE_CELLS)
+    centroids = cells.unit_centroids
+
+    def cell(c: int) -> tuple[np.ndarray, np.ndarray]:
+        ids, vecs = cells.get(c)
+        keep = ~skipped(ids)
+        if allowed is not None:
+            keep &= allowed(ids)
+        return (ids, vecs) if keep.all() else (ids[keep], vecs[keep])
+
+    for c in range(cells.count):
         if cancel is not None:
             cancel.check()
-        keep = np.array([int(i) not in skip and (allowed is None or int(i) in allowed) for i in ids], bool)
-        ids, vecs = ids[keep], np.ascontiguousarray(vecs[keep])
-        if len(ids) == 0:
+        ids, vecs = cell(c)
+        if len(ids):
+            near = np.asarray(candidates[c], np.int64)
+            chosen = np.zeros((len(ids), 0), np.int64)
+            if len(near) and probes > 0:
+                k = min(probes, len(near))
+                scores = vecs @ centroids[near].T  # (m, candidates): where each photo's twins may sit
+                chosen = near[np.argpartition(-scores, k - 1, axis=1)[:, :k]]
+            # Each call costs more than its arithmetic: one product with the cell itself and the
+            # cells most of its photos lean towards, then only the few choices left over.
+            targets, votes = np.unique(chosen, return_counts=True)
+            common = targets[np.argsort(-votes, kind="stable")[:TARGET_CELLS]]
+            blocks = [cell(int(t)) for t in common]
+            _pairs_in_block(ids, vecs, np.concatenate([ids] + [b[0] for b in blocks]),
+                            np.vstack([vecs] + [b[1] for b in blocks]), radius, raw)
+            for t in np.setdiff1d(targets, common):
+                rows = np.nonzero((chosen == t).any(1))[0]
+                t_ids, t_vecs = cell(int(t))
+                if len(t_ids):
+                    _pairs_in_block(ids[rows], vecs[rows], t_ids, t_vecs, radius, raw)
+        notify(Progress("duplicates", c + 1, cells.count))
+    if cells.approximate and raw:
+        raw = _rescore(library.catalog, raw)
+    return {pair: s for pair, s in raw.items() if s >= threshold}
+
+
+class _IdMask:
+    """Membership of catalog ids in a set, as a lookup table (ids are small positive integers)."""
+
+    def __init__(self, ids: np.ndarray):
+        self._table = np.zeros(int(ids.max(initial=-1)) + 1, bool)
+        self._table[ids] = True
+
+    def __call__(self, ids: np.ndarray) -> np.ndarray:
+        out = np.zeros(len(ids), bool)
+        inside = ids < len(self._table)
+        out[inside] = self._table[ids[inside]]
+        return out
+
+
+class _Cells:
+    """The library's vectors grouped into cells: ``get(c) -> (ids, vectors (m, dim) float32)``.
+
+    On an approximate (IVF, 8-bit) index the cells are its inverted lists, decoded (scores are
+    then approximate and re-scored exactly afterwards); on an exact index the vectors are read
+    from the catalog and, above ``SINGLE_CELL``, split by a k-means of ``sqrt(n)`` centroids.
+    """
+
+    def __init__(self, store, catalog):
+        self.store = store
+        self.approximate = store.is_approximate
+        if self.approximate:
+            index = store.index
+            self.count = index.nlist
+            self.centroids = index.quantizer.reconstruct_n(0, index.nlist)
+            self._cache: OrderedDict[int, tuple[np.ndarray, np.ndarray]] = OrderedDict()
+            self._cached_floats = 0
+            return
+        chunks = list(catalog.iter_vectors())
+        ids = np.concatenate([c[0] for c in chunks]) if chunks else np.zeros(0, np.int64)
+        vecs = np.vstack([c[1] for c in chunks]) if chunks else np.zeros((0, store.dim), np.float32)
+        del chunks
+        if len(ids) <= SINGLE_CELL:
+            self.count, self.centroids = 1, vecs.mean(0, keepdims=True) if len(ids) else np.zeros((1, store.dim))
+            self._members = [np.arange(len(ids))]
+        else:
+            import faiss
+
+            k = int(np.sqrt(len(ids)))
+            rng = np.random.default_rng(0)
+            sample = vecs[rng.choice(len(ids), min(len(ids), 40 * k), replace=False)]
+            km = faiss.Kmeans(vecs.shape[1], k, niter=10, seed=1, spherical=True)
+            km.train(sample)
+            _, assign = km.index.search(vecs, 1)
+            order = np.argsort(assign[:, 0], kind="stable")
+            bounds = np.searchsorted(assign[order, 0], np.arange(k + 1))
+            self.count, self.centroids = k, km.centroids
+            self._members = [order[bounds[c]:bounds[c + 1]] for c in range(k)]
+        self._ids, self._vecs = ids, vecs
+
+    def get(self, c: int) -> tuple[np.ndarray, np.ndarray]:
+        if not self.approximate:
+            m = self._members[c]
+            return self._ids[m], self._vecs[m]
+        hit = self._cache.get(c)
+        if hit is not None:
+            self._cache.move_to_end(c)
+            return hit
+        import faiss
+
+        index = self.store.index
+        with self.store.lock:
+            n = index.invlists.list_size(c)
+            if n == 0:
+                return np.zeros(0, np.int64), np.zeros((0, index.d), np.float32)
+            ids = faiss.rev_swig_ptr(index.invlists.get_ids(c), n).copy()
+            codes = faiss.rev_swig_ptr(index.invlists.get_codes(c), n * index.code_size).copy()
+        vecs = index.sq.decode(codes.reshape(n, index.code_size))
+        if index.by_residual:
+            vecs += self.centroids[c]
+        out = (ids.astype(np.int64), vecs)
+        self._cache[c] = out
+        self._cached_floats += vecs.size
+        while self._cached_floats > CELL_CACHE_FLOATS:  # least recently used cells go first
+            _, (_, old) = self._cache.popitem(last=False)
+            self._cached_floats -= old.size
+        return out
+
+    @property
+    def unit_centroids(self) -> np.ndarray:
+        cen = np.asarray(self.centroids, np.float32)
+        return cen / np.maximum(np.linalg.norm(cen, axis=1, keepdims=True), 1e-12)
+
+    def neighbours(self, k: int) -> list[list[int]]:
+        """For each cell, the ``k`` cells whose centroids are nearest to its own."""
+        if self.count <= 1 or k <= 0:
+            return [[] for _ in range(self.count)]
+        if k >= self.count - 1:
+            return [[j for j in range(self.count) if j != c] for c in range(self.count)]
+        cen = self.unit_centroids
+        out = []
+        for lo in range(0, self.count, 1024):
+            sims = cen[lo:lo + 1024] @ cen.T
+            sims[np.arange(len(sims)), np.arange(lo, lo + len(sims))] = -np.inf
+            top = np.argpartition(-sims, min(k, self.count - 1) - 1, axis=1)[:, :min(k, self.count - 1)]
+            out += [sorted(int(j) for j in row) for row in top]
+        return out
+
+
+def _pairs_in_block(ids: np.ndarray, vecs: np.ndarray, other_ids: np.ndarray, other_vecs: np.ndarray,
+                    radius: float, out: dict[tuple[int, int], float]) -> None:
+    """Add to ``out`` every pair of a row of ``vecs`` with a row of ``other_vecs`` scoring at least
+    ``radius`` (self-pairs excluded; at most ``MAX_PAIRS_PER_PHOTO`` per row, the best)."""
+    for lo in range(0, len(ids), _ROWS):
+        sims = vecs[lo:lo + _ROWS] @ other_vecs.T
+        hit_rows, hit_cols = np.nonzero(sims >= radius)
+        if not len(hit_rows):
             continue
-        with store.lock:
-            if approx:
-                params = faiss.SearchParametersIVF(nprobe=min(nprobe, store.index.nlist))
-                lims, scores, found = store.index.range_search(vecs, radius, params=params)
-            else:
-                lims, scores, found = store.index.range_search(vecs, radius)
-        raw: list[tuple[int, int, float]] = []
-        for q in range(len(ids)):
-            lo, hi = int(lims[q]), int(lims[q + 1])
-            if hi - lo > MAX_PAIRS_PER_PHOTO + 1:
-                top = lo + np.argsort(-scores[lo:hi])[:MAX_PAIRS_PER_PHOTO + 1]
-            else:
-                top = range(lo, hi)
-            a = int(ids[q])
-            for j in top:
-                b = int(found[j])
-                if b == a or b in skip or (allowed is not None and b not in allowed):
-                    continue
-                raw.append((min(a, b), max(a, b), float(scores[j])))
-        if approx and raw:
-            raw = _rescore(catalog, vecs, ids, raw)
-        for a, b, s in raw:
-            if s >= threshold:
-                pairs[(a, b)] = max(s, pairs.get((a, b), s))
-        done += len(ids)
-        notify(Progress("duplicates", done, total))
-    return pairs
+        a = ids[lo:lo + _ROWS][hit_rows]
+        b = other_ids[hit_cols]
+        scores = sims[hit_rows, hit_cols]
+        keep = a != b
+        a, b, scores, rows = a[keep], b[keep], scores[keep], hit_rows[keep]
+        counts = np.bincount(rows, minlength=len(sims))
+        if counts.max(initial=0) > MAX_PAIRS_PER_PHOTO:  # a flood of identical frames: the best only
+            order = np.lexsort((-scores, rows))
+            rank = np.arange(len(order)) - np.repeat(np.cumsum(counts) - counts, counts)
+            sel = order[rank < MAX_PAIRS_PER_PHOTO]
+            a, b, scores = a[sel], b[sel], scores[sel]
+        lo_ids, hi_ids = np.minimum(a, b).tolist(), np.maximum(a, b).tolist()
+        for x, y, s in zip(lo_ids, hi_ids, scores.tolist()):
+            out[(x, y)] = s
 
 
-def _rescore(catalog, vecs: np.ndarray, ids: np.ndarray, raw: list[tuple[int, int, float]]
-             ) -> list[tuple[int, int, float]]:
-    """Exact cosines of approximate candidate pairs (the chunk's own vectors plus the others')."""
-    local = {int(i): k for k, i in enumerate(ids)}
-    others = sorted({x for a, b, _ in raw for x in (a, b) if x not in local})
-    other_vecs = catalog.vectors_for(others) if others else np.zeros((0, vecs.shape[1]), np.float32)
-    other_pos = {i: k for k, i in enumerate(others)}
-
-    def vec(i: int) -> np.ndarray:
-        return vecs[local[i]] if i in local else other_vecs[other_pos[i]]
-
-    return [(a, b, float(vec(a) @ vec(b))) for a, b, _ in raw]
+def _rescore(catalog, raw: dict[tuple[int, int], float]) -> dict[tuple[int, int], float]:
+    """Exact cosines of approximate candidate pairs, from the catalog's vectors (in chunks)."""
+    out: dict[tuple[int, int], float] = {}
+    pairs = sorted(raw)
+    for lo in range(0, len(pairs), 20_000):
+        chunk = pairs[lo:lo + 20_000]
+        ids = sorted({x for p in chunk for x in p})
+        pos = {i: k for k, i in enumerate(ids)}
+        vecs = catalog.vectors_for(ids)
+        a = vecs[[pos[x] for x, _ in chunk]]
+        b = vecs[[pos[y] for _, y in chunk]]
+        out.update(zip(chunk, np.einsum("ij,ij->i", a, b).tolist()))
+    return out
 
 
 def _group(pairs: dict[tuple[int, int], float], info: dict[int, ImageInfo],

@@ -286,6 +286,9 @@ class LibraryWatcher:
                 self._not_before = time.monotonic() + self.retry_delay
             self.on_update(WatchUpdate("error", roots, message=str(e)))
             return
+        except Exception as e:  # noqa: BLE001 - a bug must not silently end the watching thread
+            self.on_update(WatchUpdate("error", roots, message=f"internal error: {type(e).__name__}: {e}"))
+            return
         if report.cancelled:
             return
         self.on_update(WatchUpdate(kind, roots, report))

@@ -200,14 +200,18 @@ def _synthetic_library(folder, n=3000, planted=60, dim=32, seed=0):
     return ids
 
 
-@pytest.mark.parametrize("approximate", [False, True])
-def test_range_search_finds_planted_twins_only(tmp_path, approximate):
+@pytest.mark.parametrize("cells", ["one", "kmeans", "ivf"])
+def test_range_search_finds_planted_twins_only(tmp_path, monkeypatch, cells):
+    """Every planted twin and nothing else, whichever way the vectors are split into cells
+    (uniform random vectors: the hardest case for cells, no clusters to follow)."""
     from clipdesk.indexer.vectors import VectorStore
     from clipdesk.library import Library
 
     planted = _synthetic_library(tmp_path / "lib")
+    if cells == "kmeans":
+        monkeypatch.setattr(dup, "SINGLE_CELL", 500)
     with Library(str(tmp_path / "lib")) as lib:
-        if approximate:  # the index a >50k library uses (IVF, 8-bit codes), on a small one
+        if cells == "ivf":  # the index a >50k library uses (IVF, 8-bit codes), on a small one
             lib._store = VectorStore._build_ivf(lib.dim, lib.catalog.iter_vectors(), lib.catalog.vector_count())
             lib._store.generation = lib.catalog.generation
             assert lib.vectors.is_approximate
