@@ -17,6 +17,7 @@ from PySide6.QtCore import (QAbstractListModel, QMimeData, QModelIndex, QObject,
 from PySide6.QtGui import QColor, QImage, QPainter, QPixmap
 
 MIME_IDS = "application/x-clipdesk-image-paths"
+CACHE_BYTES = 160 * 1024 * 1024  # decoded thumbnails kept in memory
 
 
 @dataclass(frozen=True)
@@ -125,7 +126,7 @@ class Thumbnails(QObject):
         self._pending.discard(path)
         pm = QPixmap.fromImage(img) if not img.isNull() else self._broken()
         self._pixmaps[path] = pm
-        while len(self._pixmaps) > 3000:
+        while len(self._pixmaps) > self.capacity:
             self._pixmaps.popitem(last=False)
         self.ready.emit(path)
 
@@ -136,6 +137,11 @@ class Thumbnails(QObject):
         p.drawText(pm.rect(), Qt.AlignmentFlag.AlignCenter, "cannot\nread")
         p.end()
         return pm
+
+    @property
+    def capacity(self) -> int:
+        """Pixmaps kept in memory: about ``CACHE_BYTES`` whatever the thumbnail size (≥ a few screens)."""
+        return max(200, CACHE_BYTES // (4 * self.size * self.size))
 
     @property
     def idle(self) -> bool:
