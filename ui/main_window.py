@@ -9,12 +9,11 @@ and settings, which apply at once.
 from __future__ import annotations
 
 import os
-import time
 from pathlib import Path
 
 from PySide6.QtCore import QSettings, Qt, QTimer, Signal
 from PySide6.QtGui import QAction, QKeySequence, QShortcut
-from PySide6.QtWidgets import (QApplication, QComboBox, QDialog, QFileDialog, QHBoxLayout, QLabel, QMainWindow, QProgressBar,
+from PySide6.QtWidgets import (QApplication, QComboBox, QDialog, QFileDialog, QHBoxLayout, QMainWindow,
                                QPushButton, QSplitter, QStackedWidget, QTabWidget, QToolButton, QVBoxLayout,
                                QWidget)
 
@@ -29,6 +28,7 @@ from .views.context import Context
 from .views.dialogs import DEMO_MODEL, ModelDialog, SettingsDialog
 from .views.folders import FoldersPanel
 from .views.search import SearchBar, SearchView
+from .views.status import StatusArea
 from .views.sort import SortView
 from .views.tabs import ClickableLabel, DragTabBar
 from .views.teach import PROBE, TeachView
@@ -38,7 +38,6 @@ from .workers import Jobs
 __all__ = ["MainWindow", "PROBE", "SAMPLE"]
 
 SAMPLE = Path(__file__).resolve().parents[1] / "assets" / "sample"
-STATUS_CHARS = 160  # a status-bar message is one short line; the whole text goes to the tooltip
 STYLE = """
 QMainWindow, QWidget#page { background: #f7f8fa; }
 QLineEdit#search { padding: 6px 12px; border: 1px solid #c9ced6; border-radius: 16px; background: white;
@@ -103,7 +102,7 @@ class MainWindow(QMainWindow):
         self._build()
         self._wire()
         self._shortcuts()
-        self.status_message.connect(self._status_line)
+        self.status_message.connect(self.status.line)
         library.status_callback = self.status_message.emit
         self.refresh_library_views()
         geom = self.settings.value("geometry")
@@ -165,25 +164,9 @@ class MainWindow(QMainWindow):
         self.banner = Banner(page)  # floats over the page: the layout never moves under the pointer
         self.setAcceptDrops(True)
 
-        sb = self.statusBar()
-        sb.setObjectName("statusbar")
-        self.status_label = QLabel()
-        self.status_label.setObjectName("libraryStatus")
-        self.progress = QProgressBar()
-        self.progress.setObjectName("progress")
-        self.progress.setMaximumWidth(240)
-        self.progress.hide()
-        self.progress_label = QLabel()
-        self.progress_label.setObjectName("progressLabel")
-        self.progress_label.setProperty("muted", "true")
-        self.cancel_button = QPushButton("Cancel")
-        self.cancel_button.setObjectName("cancelJobs")
-        self.cancel_button.hide()
-        self.cancel_button.clicked.connect(lambda _c=False: self.cancel_jobs())
-        sb.addWidget(self.status_label, 1)
-        sb.addPermanentWidget(self.progress_label)
-        sb.addPermanentWidget(self.progress)
-        sb.addPermanentWidget(self.cancel_button)
+        self.status = StatusArea()
+        self.setStatusBar(self.status)
+        self.status_label, self.progress = self.status.label, self.status.progress
 
     def _wire(self) -> None:
         ctx = self.ctx
@@ -208,8 +191,9 @@ class MainWindow(QMainWindow):
             view.open_requested.connect(self.open_file)
             view.show_in_folder_requested.connect(self.show_in_folder)
         self.search_view.finished.connect(self.search_finished)
-        self.sort_view.progress.connect(self._generic_progress)
-        self.teach_view.progress.connect(self._generic_progress)
+        self.sort_view.progress.connect(self.status.job_progress)
+        self.teach_view.progress.connect(self.status.job_progress)
+        self.status.cancel_requested.connect(self.jobs.cancel_all)
         self.tabs.currentChanged.connect(self._tab_changed)
         self.sidebar.index_requested.connect(self.start_indexing)
         self.sidebar.restore_requested.connect(self._restore_folder)
@@ -350,12 +334,6 @@ class MainWindow(QMainWindow):
         text = f"Something went wrong (a bug): {message}" if kind == "bug" else message
         self.banner.show_message(text, cause)
 
-    def _status_line(self, message: str) -> None:
-        first = (message or "").strip().splitlines()[0] if (message or "").strip() else ""
-        if len(first) > STATUS_CHARS:
-            first = first[:STATUS_CHARS].rsplit(" ", 1)[0] + "…"
-        self.statusBar().showMessage(first, 10000)
-
     def refresh_status(self) -> None:
         images, failed = self.lib.catalog.counts()
         if self.lib.encoder_loaded:
@@ -390,28 +368,11 @@ class MainWindow(QMainWindow):
             self.teach_view.load_source()  # "current search" follows the Search tab
 
     def set_busy(self, text: str, maximum: int = 0) -> None:
-        self.progress.setRange(0, maximum)
-        self.progress.setValue(0)
-        self.progress.show()
-        self.progress_label.setText(text)
-        self.cancel_button.show()
+        self.status.set_busy(text, maximum)
 
     def clear_busy(self) -> None:
         if not self.jobs.active:
-            self.progress.hide()
-            self.cancel_button.hide()
-            self.progress_label.setText("")
-
-    def cancel_jobs(self) -> None:
-        self.jobs.cancel_all()
-        self.progress_label.setText("Cancelling…")
-
-    def _generic_progress(self, p) -> None:
-        if p.total:
-            if not self.progress.isVisible():
-                self.set_busy(f"{p.stage.capitalize()}…", p.total)
-            self.progress.setRange(0, p.total)
-            self.progress.setValue(p.done)
+            self.status.clear_busy()
 
     def refresh_library_views(self) -> None:
         folders = self.lib.catalog.folders()
@@ -510,7 +471,6 @@ class MainWindow(QMainWindow):
         self.stack.setCurrentIndex(1)
         self.sidebar.refresh([f for f in folders if os.path.isdir(f)])
         self.set_busy("Indexing: scanning…")
-        self._index_started = time.monotonic()
         self._index_then_calls = [then] if then else []
         self._index_job = self.jobs.start(
             self.lib.index, folders, name="indexing", on_progress=self._index_progress,
@@ -518,15 +478,9 @@ class MainWindow(QMainWindow):
             on_finished=self._index_finished)
 
     def _index_progress(self, p) -> None:
-        if p.stage == "scan":
-            self.progress_label.setText(f"Scanning… {p.done:,} files")
-        elif p.stage == "embed" and p.total:
-            self.progress.setRange(0, p.total)
-            self.progress.setValue(p.done)
-            eta = f", {int(p.eta // 60)}:{int(p.eta % 60):02d} left" if p.eta else ""
-            self.progress_label.setText(f"Indexing {p.done:,}/{p.total:,} · {p.rate:.1f} img/s{eta}")
-            if p.done and p.done % 256 < 32:
-                self.refresh_status()  # counts grow while indexing; search works meanwhile
+        self.status.index_progress(p)
+        if p.stage == "embed" and p.done and p.done % 256 < 32:
+            self.refresh_status()  # counts grow while indexing; search works meanwhile
 
     def _index_done(self, report) -> None:
         self.banner.clear("index")
