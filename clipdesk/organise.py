@@ -126,12 +126,16 @@ def plan_sort(lib, rows: Iterable, into: str, mode: str = "copy", min_probabilit
             plan.problems.append(Problem(r.path, "its folder is read-only, so it cannot be moved; not sorted"))
             continue
         stem, ext = os.path.splitext(os.path.basename(r.path))
+        sidecars = _sidecars(r.path, mode)
+        styles = {style for _, style, _ in sidecars}
         dest, i = os.path.join(folder, stem + ext), 0
-        while dest in taken or os.path.lexists(dest):
+        # a free name for the photo and for the sidecars that will be named after it
+        while dest in taken or os.path.lexists(dest) or any(
+                os.path.lexists(_sidecar_path(dest, style)) for style in styles if style == "ext"):
             i += 1
             dest = os.path.join(folder, f"{stem} ({i}){ext}")
         taken.add(dest)
-        plan.placements.append(Placement(r.path, dest, r.label, float(r.probability), _sidecars(r.path, mode)))
+        plan.placements.append(Placement(r.path, dest, r.label, float(r.probability), sidecars))
     return plan
 
 
