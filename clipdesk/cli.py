@@ -251,17 +251,19 @@ def _open(args: argparse.Namespace, create: bool = False):
 
 
 def _open_for_index(args: argparse.Namespace):
-    """The library to index into (created if new), after checking that every PATH exists or is a
-    folder the library knows (a missing one is an unplugged drive: its photos are kept)."""
+    """The library to index into, after checking that every PATH exists or is a folder the
+    library knows (a missing one is an unplugged drive: its photos are kept). Created only when
+    there are PATHs to add and all exist (no PATH means rescanning an existing library)."""
     paths = [os.path.abspath(os.path.expanduser(p)) for p in args.paths]
     missing = [p for p in paths if not os.path.exists(p)]
     try:
-        lib = _open(args, create=not missing)
+        lib = _open(args, create=bool(paths) and not missing)
     except LibraryNotFoundError:
+        if not missing:
+            raise
         lib = None
-    known = set(lib.catalog.folders()) if lib is not None else set()
-    unknown = [p for p in missing if p not in known and lib.catalog.id_for_path(p) is None] if lib \
-        else missing
+    unknown = [p for p in missing if lib is None or (p not in lib.catalog.folders()
+                                                     and lib.catalog.id_for_path(p) is None)]
     if unknown:
         if lib is not None:
             lib.close()
@@ -455,6 +457,9 @@ def _main(argv: list[str] | None) -> int:
     logging.basicConfig(stream=sys.stderr, format="%(message)s",
                         level=logging.INFO if getattr(args, "verbose", False) else logging.WARNING)
     log.setLevel(logging.INFO)  # clipdesk's own status lines (model loading…) are worth seeing
+    # huggingface_hub logs through a handler of its own: propagating to ours too printed each of
+    # its messages (download retries) twice.
+    logging.getLogger("huggingface_hub").propagate = False
     try:
         return run(args)
     except ClipdeskError as e:

@@ -452,7 +452,8 @@ def _download(spec: ModelSpec) -> str:
     try:
         return open_clip.download_pretrained(cfg)
     except Exception as e:  # noqa: BLE001 - hub, HTTP and OS errors all mean "could not fetch"
-        detail = str(e).splitlines()[0][:200] if str(e) else type(e).__name__
+        detail = str(e).splitlines()[0] if str(e) else type(e).__name__
+        detail = detail if len(detail) <= 200 else detail[:199] + "…"
         raise _download_error(spec, f"the download failed ({detail})") from None
 
 

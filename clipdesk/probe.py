@@ -63,6 +63,7 @@ _MEMBERS = ("text", "keys", "key_labels", "bias", "meta")
 _PARAM_RANGES = {"tau": (0.0, 1e6), "alpha": (0.0, 1e3), "beta": (0.0, 1e3), "temperature": (1e-6, 1e4)}
 _UNIT_SLACK = 1.01  # stored vectors are L2-normalised (float16 round trips move norms by ~1e-3)
 _SCORE_BLOCK = 1 << 24  # floats per temporary (n × keys) block in scores(): 64 MB
+_ONEHOT_LIMIT = 1 << 20  # keys × classes up to which scores() uses a one-hot product (4 MB)
 
 
 @dataclass
@@ -103,19 +104,27 @@ class Probe:
         """Raw scores (n, C) of L2-normalised ``features`` (n, dim)."""
         C = len(self.classes)
         out = np.empty((len(features), C), np.float32)
-        # Memory stays bounded whatever the number of keys: blocks of at most _SCORE_BLOCK floats,
-        # and the per-class kernel sums come from keys sorted by class (no (keys × C) one-hot).
+        # Memory stays bounded whatever the number of keys: blocks of at most _SCORE_BLOCK floats.
+        # The per-class kernel means are one matrix product with a (keys × C) one-hot when that is
+        # small, else sums over the keys sorted by class (no one-hot of unbounded size).
         chunk = max(1, min(chunk, _SCORE_BLOCK // max(len(self.keys), C, 1)))
-        order = np.argsort(self.key_labels, kind="stable")
-        keys = self.keys[order]
-        present, starts = np.unique(self.key_labels[order], return_index=True)
-        inv = 1.0 / np.maximum(self._counts[present], 1.0)
+        inv = 1.0 / np.maximum(self._counts, 1.0)
+        if len(self.keys) * C <= _ONEHOT_LIMIT:
+            onehot = np.eye(C, dtype=np.float32)[self.key_labels] * inv
+            keys = self.keys
+        else:
+            order = np.argsort(self.key_labels, kind="stable")
+            keys = self.keys[order]
+            present, starts = np.unique(self.key_labels[order], return_index=True)
         for i in range(0, len(features), chunk):
             f = np.asarray(features[i:i + chunk], np.float32)
             s = f @ self._prototypes.T
             if self.alpha and len(keys):
                 kernel = np.exp(-self.beta * (1.0 - f @ keys.T))
-                s[:, present] += self.alpha * np.add.reduceat(kernel, starts, axis=1) * inv
+                if len(self.keys) * C <= _ONEHOT_LIMIT:
+                    s += self.alpha * (kernel @ onehot)
+                else:
+                    s[:, present] += self.alpha * np.add.reduceat(kernel, starts, axis=1) * inv[present]
             out[i:i + chunk] = s
         return out
 

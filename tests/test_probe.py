@@ -112,7 +112,11 @@ def test_training_without_labels_is_a_clear_error(library, photos):
         library.train("p", labels=["nope"])
 
 
-def test_blockwise_scores_equal_the_plain_formula():
+@pytest.mark.parametrize("onehot_limit", [0, 1 << 20])  # the sorted-keys path and the one-hot path
+def test_blockwise_scores_equal_the_plain_formula(monkeypatch, onehot_limit):
+    from clipdesk import probe as probe_module
+
+    monkeypatch.setattr(probe_module, "_ONEHOT_LIMIT", onehot_limit)
     rng = np.random.default_rng(3)
     keys = normalise(rng.normal(size=(50, 16))).astype(np.float32)
     labels = rng.integers(0, 4, 50)

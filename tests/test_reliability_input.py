@@ -520,6 +520,8 @@ def test_index_of_a_mistyped_path_is_an_error_but_an_unplugged_folder_is_not(tmp
     line = one_error_line(cli(lib, "index", str(tmp_path / "nope"), "--model", "test-tiny"))
     assert "No such file or folder" in line and str(tmp_path / "nope") in line
     assert not lib.exists()
+    line = one_error_line(cli(lib, "index", "--model", "test-tiny"))  # a rescan needs a library
+    assert "No library at" in line and not lib.exists()
     assert cli(lib, "index", str(photos), "--model", "test-tiny").returncode == 0
     line = one_error_line(cli(lib, "index", str(tmp_path / "typo"), str(photos)))
     assert str(tmp_path / "typo") in line
