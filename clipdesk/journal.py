@@ -47,6 +47,7 @@ MAX_LINE = 1 << 20  # bytes; a step line holds a few paths and keywords
 MAX_JOURNAL_BYTES = 1 << 31
 MAX_BACKUP_BYTES = 64 << 20  # a sidecar is kilobytes; anything bigger is not ours to back up
 ACTIONS = frozenset({"write", "copy", "move", "link"})
+CancelCheck = Callable[[], None]  # raises to stop (``CancelToken.check``)
 _ID = re.compile(r"^\d{8}T\d{6}-[a-z]{1,16}-[0-9a-f]{6}$")
 _RECORDS = frozenset({"header", "step", "planned", "begin", "done", "finished", "undone"})
 
@@ -518,35 +519,59 @@ class Operation:
 
     def write_file(self, step: Step, data: bytes | None) -> None:
         """Apply a ``write`` step: replace or create ``step.path`` with ``data`` (None: no change)."""
-        if data is None:
-            self.skip(step)
-            return
-        path = step.path
         try:
-            old = read_bounded(path, MAX_BACKUP_BYTES)
+            old = read_bounded(step.path, MAX_BACKUP_BYTES)
         except OSError as e:
-            raise JournalError(f"Cannot back up {path} before changing it: {e.strerror or e}.") from None
-        backup = None
-        if old is not None:
-            backup = f"{step.n}.bak"
-            folder = self._backup_dir()
-            try:
-                if not check_library_entry(folder, "dir"):
-                    os.mkdir(folder)
-                write_atomic(os.path.join(folder, backup), old, os.path.join(folder, f".{backup}.tmp"))
-            except OSError as e:
-                raise _user_error(e, f"back up {path} into the journal") from None
-        tmp = self._tmp_name(path, step.n)
-        rec = {"type": "begin", "n": step.n, "path": path, "tmp": tmp, "backup": backup,
-               "before": hashlib.sha256(old).hexdigest() if old is not None else None,
-               "after": hashlib.sha256(data).hexdigest()}
-        self._append(**rec)
-        step.state, step.applied = "begun", rec
-        try:
-            write_atomic(path, data, tmp, sync_folder=False)
-        except OSError as e:
-            raise _user_error(e, f"write {path}") from None
-        self._done(step)
+            raise JournalError(f"Cannot back up {step.path} before changing it: {e.strerror or e}.") from None
+        self.write_files([(step, old, data)])
+
+    def write_files(self, items: list[tuple[Step, bytes | None, bytes | None]],
+                    cancel: CancelCheck | None = None, each: Callable[[Step], None] | None = None) -> None:
+        """Apply ``write`` steps ``(step, current bytes or None, new bytes or None: no change)``.
+
+        Backups first, then every ``begin`` record of the batch with one sync, then the atomic
+        replacements: one journal sync per batch instead of one per file. A stop in between
+        (cancel, error, kill) leaves some steps begun and not applied; recovery and undo see from
+        the file's hash that nothing happened to them.
+        """
+        begins = []
+        for step, old, data in items:
+            if data is None:
+                continue
+            backup = None
+            if old is not None:
+                backup = f"{step.n}.bak"
+                folder = self._backup_dir()
+                try:
+                    if not check_library_entry(folder, "dir"):
+                        os.mkdir(folder)
+                    write_atomic(os.path.join(folder, backup), old, os.path.join(folder, f".{backup}.tmp"),
+                                 sync_folder=False)
+                except OSError as e:
+                    raise _user_error(e, f"back up {step.path} into the journal") from None
+            begins.append({"type": "begin", "n": step.n, "path": step.path, "tmp": self._tmp_name(step.path, step.n),
+                           "backup": backup, "before": hashlib.sha256(old).hexdigest() if old is not None else None,
+                           "after": hashlib.sha256(data).hexdigest()})
+        if begins:
+            _fsync_dir(self._backup_dir())
+            self._append_many(begins)
+        applied = {rec["n"]: rec for rec in begins}
+        for step, _old, data in items:
+            if step.n in applied:
+                step.state, step.applied = "begun", applied[step.n]
+        for step, _old, data in items:
+            if cancel is not None:
+                cancel()
+            if data is None:
+                self.skip(step)
+            else:
+                try:
+                    write_atomic(step.path, data, step.applied["tmp"], sync_folder=False)
+                except OSError as e:
+                    raise _user_error(e, f"write {step.path}") from None
+                self._done(step)
+            if each is not None:
+                each(step)
 
     def place_file(self, step: Step, on_move: Callable[[str, str], None] | None = None) -> str:
         """Apply a ``copy``, ``move`` or ``link`` step; returns the destination actually used.

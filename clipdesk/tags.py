@@ -487,28 +487,39 @@ def resume(lib, progress: ProgressFn | None = None, cancel: CancelToken | None =
     return report
 
 
+WRITE_BATCH = 64  # sidecars per journal sync
+
+
 def _run(op, report: TagWriteReport, progress: ProgressFn | None, cancel: CancelToken | None) -> None:
     pending = op.pending()
-    for n, step in enumerate(pending):
+    done = [0]
+    kinds: dict[int, str] = {}
+
+    def each(step) -> None:
+        kind = kinds.get(step.n, "unchanged")
+        if kind != "problem":  # already reported
+            setattr(report, kind, getattr(report, kind) + 1)
+        done[0] += 1
+        if progress:
+            progress(Progress("write", done[0], len(pending), path=step.path))
+
+    for start in range(0, len(pending), WRITE_BATCH):
         if cancel is not None:
             cancel.check()
-        try:
-            data = read_sidecar(step.path)
-            new = merge_keywords(data, step.info.get("add", []), step.info.get("remove", []), step.path)
-        except SidecarError as e:
-            # Changed into something unparsable since planning: left alone, like at planning.
-            report.problems.append(Problem(step.path, str(e).split(": ", 1)[-1] + "; left untouched"))
-            op.write_file(step, None)
-            continue
-        op.write_file(step, new)
-        if new is None:
-            report.unchanged += 1
-        elif data is None:
-            report.created += 1
-        else:
-            report.written += 1
-        if progress:
-            progress(Progress("write", n + 1, len(pending), path=step.path))
+        batch = []
+        for step in pending[start:start + WRITE_BATCH]:
+            try:
+                data = read_sidecar(step.path)
+                new = merge_keywords(data, step.info.get("add", []), step.info.get("remove", []), step.path)
+            except SidecarError as e:
+                # Changed into something unparsable since planning: left alone, like at planning.
+                report.problems.append(Problem(step.path, str(e).split(": ", 1)[-1] + "; left untouched"))
+                data = new = None
+                kinds[step.n] = "problem"
+            if step.n not in kinds:
+                kinds[step.n] = "unchanged" if new is None else "created" if data is None else "written"
+            batch.append((step, data, new))
+        op.write_files(batch, cancel.check if cancel is not None else None, each)
     op.finish()
 
 
