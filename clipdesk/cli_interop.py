@@ -29,7 +29,7 @@ def _selection(sp: argparse.ArgumentParser, label: bool) -> None:
     g.add_argument("--probe", metavar="P", help="photos probe P recognises")
     g.add_argument("--classify", metavar='"a,b,c"', help="zero-shot categories, comma-separated")
     sp.add_argument("--min-probability", type=_probability, default=None, metavar="P",
-                    help="only predictions at least this sure (default 0.8 for tags, 0 for sort)")
+                    help="only predictions at least this sure (default: 0.8 for a probe's tags, else 0)")
     sp.add_argument("--threshold", type=_probability, help='with --classify: "none" under this probability')
     sp.add_argument("--dry-run", action="store_true", help="print the plan; change nothing")
 
@@ -147,7 +147,7 @@ def _tags(args, lib, emit) -> int:
         if not (args.label or args.probe or args.classify):
             args.interop_parser.error("give one of --label, --probe or --classify (or --resume)")
         keywords = _with_bar("selecting", tags.selection, lib, label=args.label, probe=args.probe,
-                             min_probability=0.8 if args.min_probability is None else args.min_probability,
+                             min_probability=args.min_probability,
                              classify=_split(args.classify) if args.classify else None,
                              threshold=args.threshold, prefix=args.prefix)
         plan = tags.plan_write(keywords, remove=args.action == "remove")

@@ -532,10 +532,13 @@ def undo(lib, operation: str | None = None) -> UndoReport:
 
 
 # ---------------------------------------------------------------------- what to write
-def selection(lib, label: str | None = None, probe: str | None = None, min_probability: float = 0.8,
+def selection(lib, label: str | None = None, probe: str | None = None, min_probability: float | None = None,
               classify: Sequence[str] | None = None, threshold: float | None = None, prefix: str = DEFAULT_PREFIX,
               progress: ProgressFn | None = None, cancel: CancelToken | None = None) -> dict[str, list[str]]:
-    """Photo path -> keywords, from one label, a probe's predictions, or zero-shot categories."""
+    """Photo path -> keywords, from one label, a probe's predictions, or zero-shot categories.
+
+    ``min_probability`` defaults to 0.8 for a probe and 0 for zero-shot (whose probabilities are
+    spread over the categories; ``threshold`` answers "none" there)."""
     from clipdesk.teaching import NONE_CLASS, is_negative
 
     chosen = [x for x in (label, probe, classify) if x]
@@ -549,11 +552,12 @@ def selection(lib, label: str | None = None, probe: str | None = None, min_proba
         keyword = with_prefix(prefix, label)
         return {p: [keyword] for p in labels[label]}
     if probe:
-        rows = [r for r in lib.predict(probe, progress=progress, cancel=cancel)
-                if r.label is not None and r.probability >= min_probability]
+        floor = 0.8 if min_probability is None else min_probability
+        rows = lib.predict(probe, progress=progress, cancel=cancel)
     else:
-        rows = [r for r in lib.classify(list(classify), threshold, progress=progress, cancel=cancel)
-                if r.label is not None]
+        floor = min_probability or 0.0
+        rows = lib.classify(list(classify), threshold, progress=progress, cancel=cancel)
+    rows = [r for r in rows if r.label is not None and r.probability >= floor]
     for r in rows:
         if r.label == NONE_CLASS or is_negative(r.label):
             continue
