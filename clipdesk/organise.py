@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from clipdesk.errors import ClipdeskError
 from clipdesk.indexer.pipeline import CancelToken, Progress
 from clipdesk.journal import Journal, UndoReport, sha256_file_quiet
+from clipdesk.tags import Problem, folder_names, sidecar_names
 
 KIND = "sort"
 MODES = ("copy", "move", "link")
@@ -40,15 +41,6 @@ class Placement:
     def as_dict(self) -> dict:
         return {"source": self.source, "dest": self.dest, "category": self.category,
                 "probability": round(self.probability, 6), "sidecars": [s[0] for s in self.sidecars]}
-
-
-@dataclass(frozen=True)
-class Problem:
-    path: str
-    reason: str
-
-    def as_dict(self) -> dict:
-        return {"path": self.path, "reason": self.reason}
 
 
 @dataclass
@@ -143,8 +135,6 @@ def _sidecars(photo: str, mode: str) -> tuple[tuple[str, str, str], ...]:
     """The XMP sidecars that travel with a copied or moved photo (links need none)."""
     if mode == "link":
         return ()
-    from clipdesk.tags import folder_names, sidecar_names
-
     out = []
     stem = os.path.splitext(os.path.basename(photo))[0].lower()
     for side in sidecar_names(photo):
