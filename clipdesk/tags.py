@@ -158,9 +158,9 @@ def _set_array(xmp: exiv2.XmpData, key: str, items: list[str], kind) -> None:
     xmp[key] = value
 
 
-def xmp_keywords(xmp: exiv2.XmpData) -> list[str]:
-    hierarchical = [h.replace("|", "/") for h in _array(xmp, HIERARCHICAL)] + _array(xmp, DIGIKAM)
-    return keywords_from(_array(xmp, SUBJECT), hierarchical)
+def _keyword_fields(xmp: exiv2.XmpData) -> tuple[list[str], list[str]]:
+    """(flat keywords, hierarchical ones as ``a/b/c``) of one XMP packet."""
+    return _array(xmp, SUBJECT), [h.replace("|", "/") for h in _array(xmp, HIERARCHICAL)] + _array(xmp, DIGIKAM)
 
 
 def parse_sidecar(data: bytes, path: str) -> exiv2.Image:
@@ -291,8 +291,9 @@ def read_photo_keywords(photo: str) -> tuple[list[str], list[Problem]]:
         except SidecarError as e:
             problems.append(Problem(sidecar, str(e).split(": ", 1)[-1]))
             continue
-        subject += _array(xmp, SUBJECT)
-        hierarchical += [h.replace("|", "/") for h in _array(xmp, HIERARCHICAL)] + _array(xmp, DIGIKAM)
+        flat, tree = _keyword_fields(xmp)
+        subject += flat
+        hierarchical += tree
     try:
         if not stat.S_ISREG(os.stat(photo).st_mode):
             raise SidecarError(f"{photo}: not a regular file")
@@ -304,9 +305,9 @@ def read_photo_keywords(photo: str) -> tuple[list[str], list[Problem]]:
         xmp = image.xmpData()
         if not xmp.count() and os.path.splitext(photo)[1].lower() in _PILLOW_XMP:
             xmp = _pillow_xmp(photo)
-        subject += _array(xmp, SUBJECT)
-        hierarchical += [h.replace("|", "/") for h in _array(xmp, HIERARCHICAL)] + _array(xmp, DIGIKAM)
-        subject += [d.toString() for d in image.iptcData() if d.key() == IPTC_KEYWORDS]
+        flat, tree = _keyword_fields(xmp)
+        subject += flat + [d.toString() for d in image.iptcData() if d.key() == IPTC_KEYWORDS]
+        hierarchical += tree
     except SidecarError as e:
         problems.append(Problem(photo, str(e).split(": ", 1)[-1]))
     except (OSError, UnicodeError) as e:
