@@ -48,12 +48,17 @@ THRESHOLD_META = "duplicates.threshold"
 MAX_HASH_DISTANCE = 12  # of 64 perceptual-hash bits
 MAX_COLOUR_DISTANCE = 0.10  # mean difference of the exposure-normalised 4×4 colour layout
 MAX_ASPECT_CHANGE = 0.12  # relative change of width/height (a 5 % crop changes it by ~5 %)
-EXTRA_PROBES = 3  # other cells each photo is compared with (its twin may sit across a border)
-TARGET_CELLS = 8  # cells compared with a whole cell at once (its photos' most frequent choices)
+# Other cells each photo is compared with (its twin may sit across a border), and how many of
+# its cell's most frequent choices are compared with the whole cell at once (one product instead
+# of many small ones). Measured on planted twins (benchmarks/bench_duplicates.py): on the
+# k-means cells of an exact index 3 probes reach recall 1.0 where 2 lose ~1 %; on the inverted
+# lists of an approximate index (100k and more photos) 1 probe reaches 1.0 and costs half of 2.
+EXTRA_PROBES = {"exact": 3, "approximate": 1}
+TARGET_CELLS = {"exact": 8, "approximate": 4}
 # The cells among which a photo's extra cells are chosen: every cell up to this many, else the
 # ones whose centroids are nearest its own (in weakly clustered data a photo's second-nearest
 # centroid is often not near its own centroid, so the list is long).
-CANDIDATE_CELLS = 512
+CANDIDATE_CELLS = 256
 SINGLE_CELL = 8192  # below this many vectors, one cell: every pair is compared
 CELL_CACHE_FLOATS = 16 << 20  # decoded cells kept for reuse (64 MB)
 _ROWS = 1024  # rows of one matrix product (memory: _ROWS × cell neighbourhood floats)
@@ -232,8 +237,10 @@ def find_duplicates(library, threshold: float | None = None, folder: str | None 
     info: dict[int, ImageInfo] = {}
     for ids in exact:
         info.update(catalog.images(ids))
+    exact = [[m.id for m in sorted((info[i] for i in ids), key=keep_order)] for ids in exact]  # keeper first
+    exact.sort(key=lambda ids: info[ids[0]].path)
     # Only each exact group's keeper takes part in the near search: a copy is not a second photo.
-    hidden = {i for ids in exact for i in ids if i != min((info[j] for j in ids), key=keep_order).id}
+    hidden = {i for ids in exact for i in ids[1:]}
 
     # 2. Near: candidates from the vector index, then the pixel check.
     subset = catalog.filter_ids(folder) if folder else None
@@ -255,9 +262,8 @@ def find_duplicates(library, threshold: float | None = None, folder: str | None 
 
     # 3. Results, keeper first.
     for ids in exact:
-        members = sorted((info[i] for i in ids), key=keep_order)
-        report.groups.append(_make_group("exact", members, {i: 1.0 for i in ids}))
-    for members, scores in near_groups:
+        report.groups.append(_make_group("exact", [info[i] for i in ids], {i: 1.0 for i in ids}))
+    for members, scores in sorted(near_groups, key=lambda g: g[0][0].path):
         report.groups.append(_make_group("near", members, scores))
     report.seconds = time.perf_counter() - t0
     notify(Progress("done", len(report.groups), len(report.groups)))
@@ -343,7 +349,7 @@ def _full_hash(path: str) -> str:
 
 def near_pairs(library, threshold: float, subset: np.ndarray | None = None, skip: Iterable[int] = (),
                progress: ProgressFn | None = None, cancel: CancelToken | None = None,
-               probes: int = EXTRA_PROBES) -> dict[tuple[int, int], float]:
+               probes: int | None = None) -> dict[tuple[int, int], float]:
     """Pairs ``(a, b)``, ``a < b``, whose exact embedding cosine is at least ``threshold``.
 
     A range search by cells, never all pairs: the library's vectors are split into cells around
@@ -365,6 +371,9 @@ def near_pairs(library, threshold: float, subset: np.ndarray | None = None, skip
 def _near_pairs(library, threshold, subset, skip, progress, cancel, probes) -> dict[tuple[int, int], float]:
     notify = progress or (lambda _p: None)
     cells = _Cells(library.vectors, library.catalog)
+    kind = "approximate" if cells.approximate else "exact"
+    probes = EXTRA_PROBES[kind] if probes is None else probes
+    target_cells = TARGET_CELLS[kind]
     skipped = _IdMask(np.fromiter((int(i) for i in skip), np.int64))
     allowed = None if subset is None else _IdMask(np.asarray(subset, np.int64))
     radius = float(threshold) - (_APPROX_MARGIN if cells.approximate else 1e-4)
@@ -393,7 +402,7 @@ def _near_pairs(library, threshold, subset, skip, progress, cancel, probes) -> d
             # Each call costs more than its arithmetic: one product with the cell itself and the
             # cells most of its photos lean towards, then only the few choices left over.
             targets, votes = np.unique(chosen, return_counts=True)
-            common = targets[np.argsort(-votes, kind="stable")[:TARGET_CELLS]]
+            common = targets[np.argsort(-votes, kind="stable")[:target_cells]]
             blocks = [cell(int(t)) for t in common]
             _pairs_in_block(ids, vecs, np.concatenate([ids] + [b[0] for b in blocks]),
                             np.vstack([vecs] + [b[1] for b in blocks]), radius, raw)

@@ -94,7 +94,6 @@ class LibraryWatcher:
         self._modes: dict[str, str] = {}
         self._next_poll: dict[str, float] = {}
         self._observer = None
-        self._watches: dict[str, object] = {}
         self._worker: threading.Thread | None = None
         self.events_seen = 0
 
@@ -104,6 +103,8 @@ class LibraryWatcher:
             return self
         from watchdog.observers import Observer
 
+        self._stopping.clear()
+        self._cancel = CancelToken()
         self._observer = Observer()
         self._observer.daemon = True
         for folder in self.library.catalog.folders():
@@ -178,7 +179,7 @@ class LibraryWatcher:
                     watcher._on_event(event)
 
             try:
-                self._watches[folder] = self._observer.schedule(Handler(), folder, recursive=True)
+                self._observer.schedule(Handler(), folder, recursive=True)
             except OSError as e:  # e.g. the system's limit of watches reached
                 mode = "poll"
                 self.on_update(WatchUpdate("mode", [folder], message=f"{folder}: no file events ({e}); "
@@ -208,7 +209,7 @@ class LibraryWatcher:
     def _ignored(self, path: str, is_dir: bool) -> bool:
         if is_inside(path, self._library_folder) or is_inside(path, self.library.folder):
             return True  # the library's own files: the catalog changes with every batch
-        owner = next((f for f in self._modes if is_inside(path, f)), None)
+        owner = next((f for f in self.modes if is_inside(path, f)), None)
         below = path[len(owner):] if owner else os.path.basename(path)
         if any(part.startswith(".") for part in below.split(os.sep)):
             return True  # hidden files and folders are not indexed (nor a copier's temporary files)
