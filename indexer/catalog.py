@@ -402,10 +402,10 @@ class Catalog:
         """
         folder = self.find_folder(path)
         if folder is None:
-            listed = "\n  ".join(self.folders()) or "(none)"
+            listed = ", ".join(self.folders()) or "none yet"
             raise FolderNotInLibraryError(
                 f"{path} is not a folder of this library, so nothing was removed. The library's "
-                f"folders are:\n  {listed}")
+                f"folders are: {listed}.")
         others = [f for f in self.folders() if f != folder]
         prefix = _b(folder.rstrip(os.sep) + os.sep)
         with self.transaction() as c:
