@@ -222,6 +222,14 @@ def test_train_apply_review_accept_reject_retrain(win):
     assert len(rows) == 9 and {r[1] for r in rows[1:]} <= {"Anna", "Ben", ""}
 
 
+def close_if_open(dlg) -> None:
+    try:
+        if dlg.isVisible():
+            dlg.reject()
+    except RuntimeError:  # already closed and deleted: fine
+        pass
+
+
 def drive_save_dialog(path: str) -> list:
     """Type ``path`` into the (Qt, non-native) save dialog when it opens and press Enter."""
     seen = []
@@ -235,9 +243,11 @@ def drive_save_dialog(path: str) -> list:
 
         seen.append(dlg.testOption(QFileDialog.Option.DontUseNativeDialog))
         edit = dlg.findChild(QLineEdit, "fileNameEdit")
-        edit.clear()
-        QTest.keyClicks(edit, path)  # typed, then Enter: what a person (and the e2e harness) does
+        # the whole path at once, then Enter (typed letter by letter, the file-name completer may
+        # pop up and take the Enter for itself)
+        edit.setText(path)
         QTest.keyClick(edit, Qt.Key.Key_Return)
+        QTimer.singleShot(3000, lambda: close_if_open(dlg))  # never hang the test
 
     QTimer.singleShot(100, fill)
     return seen

@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 
 from PySide6.QtCore import QSize, Qt
+from PySide6.QtGui import QColor, QPainter
 from PySide6.QtWidgets import (QAbstractItemView, QFrame, QHBoxLayout, QLabel, QListView, QListWidget,
                                QListWidgetItem, QMenu, QScrollArea, QSizePolicy, QToolButton, QVBoxLayout,
                                QWidget)
@@ -35,6 +36,15 @@ class BucketList(QListWidget):
         self.setAcceptDrops(False)  # the frame takes drops, the list only shows
         self.setContextMenuPolicy(Qt.ContextMenuPolicy.CustomContextMenu)
         self.customContextMenuRequested.connect(self._menu)
+
+    def paintEvent(self, e) -> None:  # noqa: N802 - Qt
+        super().paintEvent(e)
+        if self.count() == 0:
+            p = QPainter(self.viewport())
+            p.setPen(QColor("#80868b"))
+            p.drawText(self.viewport().rect(), Qt.AlignmentFlag.AlignCenter,
+                       f"Drag photos here{self.bucket.key_hint}")
+            p.end()
 
     def selected_paths(self) -> list[str]:
         return [it.data(Qt.ItemDataRole.UserRole) for it in self.selectedItems()]
@@ -86,26 +96,27 @@ class Bucket(QFrame):
         close.setText("✕")
         close.setToolTip(f"Delete the bucket “{name}” (photos are kept; Ctrl+Z undoes)")
         close.clicked.connect(lambda: store.delete(self.name))
-        head.addWidget(self.title, 1)
+        self.key = QLabel()
+        self.key.setProperty("muted", "true")
+        head.addWidget(self.title)
+        head.addWidget(self.key, 1)
         head.addWidget(self.count)
         head.addWidget(close)
         lay.addLayout(head)
         self.list = BucketList(self)
         self.list.setFixedHeight(ICON + 14)
         lay.addWidget(self.list)
-        self.hint = QLabel()
-        self.hint.setProperty("muted", "true")
-        self.hint.setWordWrap(True)
-        lay.addWidget(self.hint)
         self.set_number(number)
         thumbnails.ready.connect(self._thumb_ready)
 
     def set_number(self, number: int) -> None:
         self.number = number
-        key = f" · key {number}" if number <= 9 else ""
-        self.title.setText(self.fontMetrics().elidedText(self.name, Qt.TextElideMode.ElideRight, 120))
+        self.key_hint = f", or press {number}" if number <= 9 else ""
+        self.title.setText(self.fontMetrics().elidedText(self.name, Qt.TextElideMode.ElideRight, 110))
         self.title.setToolTip(self.name)
-        self.hint.setText(f"Drag photos here{key}")
+        self.key.setText(f"key {number}" if number <= 9 else "")
+        self.key.setToolTip(f"Select photos in any grid and press {number} to put them here" if number <= 9 else "")
+        self.list.viewport().update()
 
     def set_paths(self, paths: list[str], rejected: int = 0) -> None:
         if paths != self.paths():

@@ -80,7 +80,7 @@ class TeachView(QWidget):
         lay.addLayout(row)
 
         self.buckets = BucketsPanel(ctx.labels, ctx.thumbnails)
-        self.buckets.setFixedHeight(150)
+        self.buckets.setFixedHeight(118)
         lay.addWidget(self.buckets)
 
         split = QSplitter()
@@ -106,7 +106,7 @@ class TeachView(QWidget):
         self.grid.open_requested.connect(self.open_requested)
         self.grid.show_in_folder_requested.connect(self.show_in_folder_requested)
         pl.addWidget(self.grid, 1)
-        hint = QLabel("Drag photos into a bucket, or select them and press the bucket's number (1–9).")
+        hint = QLabel("Drag photos into a bucket, or select them and press its number.")
         hint.setProperty("muted", "true")
         hint.setWordWrap(True)
         pl.addWidget(hint)
@@ -191,8 +191,8 @@ class TeachView(QWidget):
             return
         self.concept = earlier.labels[0] if len(earlier.labels) == 1 else None
         self.train_result.setProperty("muted", "false")
-        self.train_result.setText(f"Trained earlier on {earlier.examples} photos (cross-validated accuracy "
-                                  f"{earlier.cv_accuracy:.0%}): Apply labels the library, or train again.")
+        self.train_result.setText(f"Trained earlier (cross-validated accuracy {earlier.cv_accuracy:.0%}): "
+                                  "Apply labels the library, or train again.")
         self.apply_button.setEnabled(True)
 
     # ------------------------------------------------------------------ buckets
