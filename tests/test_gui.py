@@ -56,10 +56,10 @@ def test_worker_delivers_progress_and_result(qtbot, jobs):
         return n * 2
 
     results = []
-    w = jobs.start(job, 3, on_progress=seen.append, on_result=results.append)
-    with qtbot.waitSignal(w.signals.finished, timeout=5000):
-        pass
-    qtbot.waitUntil(lambda: results == [6])
+    finished = []
+    # on_finished, not a waitSignal on the worker: it may finish before a waitSignal connects
+    jobs.start(job, 3, on_progress=seen.append, on_result=results.append, on_finished=lambda: finished.append(1))
+    qtbot.waitUntil(lambda: results == [6] and finished == [1], timeout=10000)
     assert [p.done for p in seen] == [1, 2, 3]
 
 

@@ -10,7 +10,7 @@ from PySide6.QtCore import QEvent, QObject, Qt, QTimer
 from PySide6.QtGui import QColor
 from PySide6.QtWidgets import QFrame, QGraphicsDropShadowEffect, QHBoxLayout, QLabel, QToolButton, QWidget
 
-INFO_MS = 8000  # information (not an error) hides by itself
+INFO_MS = 6000  # information (not an error) hides by itself
 
 
 class Banner(QFrame):
@@ -47,8 +47,9 @@ class Banner(QFrame):
         self.cause = cause
         self.text.setText(text)  # whole message, wrapped: never cut mid-word
         self.setProperty("info", "true" if info else "false")
-        self.style().unpolish(self)
-        self.style().polish(self)
+        for w in (self, self.text):  # the label's colour depends on the frame's property
+            w.style().unpolish(w)
+            w.style().polish(w)
         self._timer.stop()
         if info:
             self._timer.start(INFO_MS)
