@@ -3,8 +3,8 @@
 No ML or storage logic lives here, and no view logic either: each view (Search, Sort, Teach, the
 folder sidebar, the preview) is its own module with its own model. The window owns what they
 share — the library, the worker pool, thumbnails, buckets and the undo stack (``views.Context``)
-— plus indexing with its status-bar progress, the one error banner, the first-run model dialog
-and settings, which apply at once.
+— plus indexing (queued jobs, then-callbacks), the one error banner and settings, which apply at
+once. The model's warm-up and first-run dialog live in ``views/model_setup.py``.
 """
 from __future__ import annotations
 
@@ -25,8 +25,9 @@ from .labels import LabelStore, make_undo_stack
 from .models import Thumbnails, paths_from_mime
 from .views.banner import Banner
 from .views.context import Context
-from .views.dialogs import DEMO_MODEL, ModelDialog, SettingsDialog
+from .views.dialogs import SettingsDialog
 from .views.folders import FoldersPanel
+from .views.model_setup import ModelSetup
 from .views.search import SearchBar, SearchView
 from .views.status import StatusArea
 from .views.sort import SortView
@@ -93,10 +94,6 @@ class MainWindow(QMainWindow):
         self._index_job = None
         self._index_queue: list[tuple[list[str], list]] = []
         self._index_then_calls: list = []
-        self._model_job = None
-        self._model_dialog: ModelDialog | None = None
-        self._model_failed = False
-        self._model_epoch = 0  # bumped by each choice in the model dialog: older failures are stale
         self.setWindowTitle("clipdesk")
         self.setStyleSheet(STYLE)
         self._build()
@@ -162,6 +159,7 @@ class MainWindow(QMainWindow):
         outer.addWidget(split, 1)
         self.stack.addWidget(page)
         self.banner = Banner(page)  # floats over the page: the layout never moves under the pointer
+        self.model_setup = ModelSetup(self.ctx, self.settings, self.banner, self)
         self.setAcceptDrops(True)
 
         self.status = StatusArea()
@@ -199,6 +197,9 @@ class MainWindow(QMainWindow):
         self.sidebar.restore_requested.connect(self._restore_folder)
         self.sidebar.choose_requested.connect(self.choose_folder)
         self.sidebar.changed.connect(self._library_content_changed)
+        self.model_setup.changed.connect(self._model_changed)
+        self.model_setup.state_changed.connect(self.refresh_status)
+        self.model_setup.loaded.connect(self.model_ready)
         self.jobs.busy_changed.connect(self._busy_changed)
 
     def _shortcuts(self) -> None:
@@ -242,108 +243,31 @@ class MainWindow(QMainWindow):
         if empty:  # registered by a run that failed (e.g. offline): scan them now
             self.start_indexing(empty)
         else:
-            self._warm_model()
+            self.model_setup.warm()
         self.search_view.run()
         self.teach_view.load_source()
 
-    def _warm_model(self) -> None:
-        """Load the model in the background so the first search is quick."""
-        if self.lib.encoder_loaded or self._model_job is not None:
-            return
-        self._model_failed = False
-        self.refresh_status()
-        lib = self.lib
-        self._model_job = self.jobs.start(lambda: lib.encoder, name="model loading",
-                                          on_result=lambda _e: self._model_loaded(),
-                                          on_error=self._model_error("model"),
-                                          on_finished=self._model_job_done)
-        self.refresh_status()
-
-    def _model_error(self, cause: str):
-        """An ``on_error`` for jobs that load the model: a missing-model failure of a job started
-        before the user chose another model (or retried) is stale and not shown again."""
-        epoch = self._model_epoch
-
-        def report(message: str, kind: str) -> None:
-            if kind == "ModelDownloadError" and epoch != self._model_epoch:
-                return
-            self.show_error(message, kind, cause)
-        return report
-
-    def _model_job_done(self) -> None:
-        self._model_job = None
-        self.refresh_status()
-
-    def _model_loaded(self) -> None:
-        self._model_failed = False
-        self.banner.clear("model")
-        self.refresh_status()
-        self.model_ready.emit()
-
-    def _model_missing(self, message: str) -> None:
-        """One dialog, however many jobs hit the missing model at the same time."""
-        self._model_failed = True
-        self.refresh_status()
-        if self._model_dialog is not None:
-            return
-        dlg = ModelDialog(self, self.lib.spec.name, message)
-        self._model_dialog = dlg
-        dlg.finished.connect(lambda _r, d=dlg, m=message: self._model_choice(d, m))
-        dlg.open()
-
-    def _model_choice(self, dlg: ModelDialog, message: str) -> None:
-        self._model_dialog = None
-        self._model_epoch += 1
-        dlg.deleteLater()
-        try:
-            if dlg.choice == ModelDialog.DEMO:
-                self.lib.use_model(DEMO_MODEL)
-                self.settings.setValue("model", DEMO_MODEL)
-                self.settings.remove("weights")
-                self.banner.show_message("Using the demo model: it has random weights, so search results and "
-                                         "sorting are meaningless. Settings → Model switches to a real one.",
-                                         "model-demo", info=True)
-            elif dlg.choice == ModelDialog.CHECKPOINT:
-                self.lib.use_model(None, dlg.checkpoint)
-                self.settings.setValue("weights", dlg.checkpoint)
-            elif dlg.choice != ModelDialog.RETRY:
-                self.banner.show_message(f"No model loaded: {message} Open Settings to choose a model or a "
-                                         "checkpoint file.", "model")
-                return
-        except ClipdeskError as e:
-            self.show_error(str(e), type(e).__name__, "model")
-            return
-        self._model_changed()
-
     def _model_changed(self) -> None:
         """After another model was chosen (or a retry): load it, and scan folders left empty."""
-        self.banner.clear("model")
         empty = self.lib.empty_folders()
         if empty:
             self.start_indexing(empty)
         else:
-            self._warm_model()
+            self.model_setup.warm()
 
     # ------------------------------------------------------------------ errors and status
     def show_error(self, message: str, kind: str = "", cause: str = "error") -> None:
         """The one place errors are shown."""
         self.job_failed.emit(message)
         if kind == "ModelDownloadError":
-            self._model_missing(message)  # the dialog says it; no banner on top of it
+            self.model_setup.missing(message)  # the dialog says it; no banner on top of it
             return
         text = f"Something went wrong (a bug): {message}" if kind == "bug" else message
         self.banner.show_message(text, cause)
 
     def refresh_status(self) -> None:
         images, failed = self.lib.catalog.counts()
-        if self.lib.encoder_loaded:
-            device = self.lib.encoder.device
-        elif self._model_job is not None:
-            device = "loading…"
-        elif self._model_failed:
-            device = "model not loaded"
-        else:
-            device = "model loads when needed"
+        device = self.model_setup.device_text()
         extra = f" · {failed} unreadable" if failed else ""
         self.status_label.setText(f"{images:,} photos{extra} · model {self.lib.model_name} · {device}")
 
@@ -474,7 +398,7 @@ class MainWindow(QMainWindow):
         self._index_then_calls = [then] if then else []
         self._index_job = self.jobs.start(
             self.lib.index, folders, name="indexing", on_progress=self._index_progress,
-            on_result=self._index_done, on_error=self._model_error("index"), on_cancelled=self._index_cancelled,
+            on_result=self._index_done, on_error=self.model_setup.on_error("index"), on_cancelled=self._index_cancelled,
             on_finished=self._index_finished)
 
     def _index_progress(self, p) -> None:
@@ -484,7 +408,8 @@ class MainWindow(QMainWindow):
 
     def _index_done(self, report) -> None:
         self.banner.clear("index")
-        self._model_loaded()
+        if self.lib.encoder_loaded:
+            self.model_setup.mark_loaded()
         msg = f"Indexed: {report.added} new, {report.updated} changed, {report.removed} removed"
         if report.failed:
             msg += f", {report.failed} could not be read (see status)"
@@ -541,7 +466,7 @@ class MainWindow(QMainWindow):
                     self.lib.use_model(None, self.lib.spec.weights)
                 else:
                     self.lib.use_model(self.lib.spec.name)
-                self._warm_model()
+                self.model_setup.warm()
             done.append(f"device {device}")
         if model and model != self.lib.model_name and model != self.lib.spec.name:
             try:
@@ -575,7 +500,7 @@ class MainWindow(QMainWindow):
         self.labels.set_library(new)
         old.close()
         self.settings.setValue("library", new.folder)
-        self._model_failed = False
+        self.model_setup.failed = False
         self.refresh_library_views()
         self.search_view.reset()
         self.sort_view.reset()
