@@ -17,7 +17,7 @@ from PySide6.QtWidgets import (QComboBox, QFrame, QHBoxLayout, QLabel, QLineEdit
 
 from clipdesk.errors import ClipdeskError
 from clipdesk.probe import BACKGROUND
-from clipdesk.teaching import NONE_CLASS
+from clipdesk.teaching import NONE_CLASS, negative_label
 
 from ..models import Item, ResultsModel
 from .actions import ResultActions
@@ -263,8 +263,6 @@ class TeachView(QWidget):
             self.ctx.error.emit("Put some photos into a bucket first (drag them, or select and press 1).",
                                 "input", "teach")
             return
-        from clipdesk.teaching import negative_label
-
         negatives = [negative_label(n) for n in names if labels.rejected(n)]
         self.train_button.setEnabled(False)
         self.retrain_button.setEnabled(False)
