@@ -51,9 +51,10 @@ MAX_ASPECT_CHANGE = 0.12  # relative change of width/height (a 5 % crop changes 
 # Other cells each photo is compared with (its twin may sit across a border), and how many of
 # its cell's most frequent choices are compared with the whole cell at once (one product instead
 # of many small ones). Measured on planted twins (benchmarks/bench_duplicates.py): on the
-# k-means cells of an exact index 3 probes reach recall 1.0 where 2 lose ~1 %; on the inverted
-# lists of an approximate index (100k and more photos) 1 probe reaches 1.0 and costs half of 2.
-EXTRA_PROBES = {"exact": 3, "approximate": 1}
+# k-means cells of an exact index (10k, 50k photos) 4 probes reach recall 1.0 where 3 lose 1 %
+# at 10k (+7 % time); on the inverted lists of an approximate index (100k, 1M) 1 probe reaches
+# 1.0 and costs about half of 2.
+EXTRA_PROBES = {"exact": 4, "approximate": 1}
 TARGET_CELLS = {"exact": 8, "approximate": 4}
 # The cells among which a photo's extra cells are chosen: every cell up to this many, else the
 # ones whose centroids are nearest its own (in weakly clustered data a photo's second-nearest
