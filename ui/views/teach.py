@@ -10,7 +10,7 @@
 """
 from __future__ import annotations
 
-from PySide6.QtCore import Qt, Signal
+from PySide6.QtCore import QItemSelectionModel, Qt, Signal
 from PySide6.QtGui import QKeySequence, QShortcut
 from PySide6.QtWidgets import (QComboBox, QFrame, QHBoxLayout, QLabel, QLineEdit, QPushButton, QSlider,
                                QSplitter, QVBoxLayout, QWidget)
@@ -327,7 +327,10 @@ class TeachView(QWidget):
         want = self.review_category.currentData()
         self.review_results.set_items([Item(p.path, p.probability, p.label or want or "none") for p in rows])
         if rows:
-            self.review_grid.setCurrentIndex(self.review_results.index(min(max(current, 0), len(rows) - 1)))
+            # current, not selected: Export and Copy act on a selection the user makes, else on all
+            self.review_grid.selectionModel().setCurrentIndex(
+                self.review_results.index(min(max(current, 0), len(rows) - 1)),
+                QItemSelectionModel.SelectionFlag.NoUpdate)
         elif self.predictions:
             self.review_grid.set_empty_text("Nothing left to review here: every photo in this category at this "
                                             "confidence is labelled. Retrain, or pick another category.")
@@ -342,7 +345,7 @@ class TeachView(QWidget):
 
     def judge(self, accept: bool) -> None:
         """Accept or reject the selected review photos for the category shown."""
-        paths = self.review_grid.selected_paths()
+        paths = self.review_grid.selected_paths() or [p for p in [self.review_grid.current_path()] if p]
         want = self.review_category.currentData()
         if not paths or want is None:
             return
