@@ -15,7 +15,6 @@ machine's load (``/proc/loadavg``), which is printed with it.
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import subprocess
 import sys

@@ -39,12 +39,16 @@ from clipdesk.indexer.catalog import ImageInfo
 from clipdesk.indexer.decode import decode_image
 from clipdesk.indexer.errors import UnreadableImageError
 from clipdesk.indexer.pipeline import CancelToken, Progress
+from clipdesk.indexer.scan import is_inside
 
 # Embedding cosine at or above which two photos are candidate near-duplicates (a setting: the
-# library's meta key ``duplicates.threshold`` overrides it; ``clipdesk eval duplicates`` measures).
+# library's meta key ``duplicates.threshold`` overrides it). NOT yet measured with trained
+# weights (none can be installed where this was written): it is kept loose on purpose, so the
+# measured pixel check below decides; ``clipdesk eval duplicates --model NAME`` measures it.
 DEFAULT_THRESHOLD = 0.90
 THRESHOLD_META = "duplicates.threshold"
-# Pixel check limits (measured on the shared labelled photos with ``clipdesk eval duplicates``).
+# Pixel check limits, chosen with ``clipdesk eval duplicates`` on the 359 shared labelled photos
+# (3,213 images, 5.16M pairs): pixel check alone precision 0.992, recall 0.962 per pair.
 MAX_HASH_DISTANCE = 12  # of 64 perceptual-hash bits
 MAX_COLOUR_DISTANCE = 0.10  # mean difference of the exposure-normalised 4×4 colour layout
 MAX_ASPECT_CHANGE = 0.12  # relative change of width/height (a 5 % crop changes it by ~5 %)
@@ -224,7 +228,7 @@ def find_duplicates(library, threshold: float | None = None, folder: str | None 
     notify = progress or (lambda _p: None)
     catalog = library.catalog
     folder = os.path.abspath(os.path.expanduser(folder)) if folder else None
-    if folder and not any(_inside(folder, f) or _inside(f, folder) for f in catalog.folders()):
+    if folder and not any(is_inside(folder, f) or is_inside(f, folder) for f in catalog.folders()):
         raise ClipdeskError(f"{folder} is not in the library: its folders are "
                             f"{', '.join(catalog.folders()) or '(none)'}.")
     report = DuplicateReport(threshold=threshold)
@@ -313,11 +317,6 @@ def library_threshold(library) -> float:
 def set_library_threshold(library, threshold: float) -> None:
     check_threshold(threshold)
     library.catalog.set_meta(THRESHOLD_META, repr(float(threshold)))
-
-
-def _inside(path: str, folder: str) -> bool:
-    folder = folder.rstrip(os.sep) or os.sep
-    return path == folder or path.startswith(folder if folder.endswith(os.sep) else folder + os.sep)
 
 
 def _make_group(kind: str, members: list[ImageInfo], scores: dict[int, float]) -> DuplicateGroup:
