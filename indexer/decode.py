@@ -14,9 +14,12 @@ import errno
 import hashlib
 import io
 import os
+import threading
 import warnings
 from dataclasses import dataclass
 from datetime import datetime
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import BinaryIO
 
 from PIL import Image, ImageFile, UnidentifiedImageError
@@ -81,6 +84,42 @@ class DecodedImage:
     content_hash: str
 
 
+class PixelBudget:
+    """Caps the pixels being decoded at once by all decoder threads together.
+
+    Memory then follows the budget, not the number of threads times the largest image: two
+    170-megapixel PNGs are decoded one after the other, while ordinary photos (or JPEGs, which
+    decode reduced) go on in parallel. One image larger than the budget still decodes, alone.
+    """
+
+    def __init__(self, pixels: int = MAX_PIXELS):
+        self.capacity = pixels
+        self._used = 0
+        self._cond = threading.Condition()
+
+    @contextmanager
+    def hold(self) -> Iterator[Callable[[int], None]]:
+        """A ``reserve(pixels)`` function for :func:`decode_image`; what it reserved is given
+        back when the block ends (after the caller is done with the full-size image)."""
+        held = 0
+
+        def reserve(pixels: int) -> None:
+            nonlocal held
+            want = min(max(pixels, 0), self.capacity - held)
+            with self._cond:
+                self._cond.wait_for(lambda: self._used == 0 or self._used + want <= self.capacity)
+                self._used += want
+            held += want
+
+        try:
+            yield reserve
+        finally:
+            if held:
+                with self._cond:
+                    self._used -= held
+                    self._cond.notify_all()
+
+
 def _fingerprint(size: int, head: bytes, tail: bytes) -> str:
     h = hashlib.blake2b(digest_size=16)
     h.update(size.to_bytes(8, "little"))
@@ -132,7 +171,8 @@ def describe_os_error(e: OSError) -> str:
     return f"the file cannot be read ({e.strerror or e})"
 
 
-def decode_image(path: str, min_side: int = 224, data: bytes | None = None) -> DecodedImage:
+def decode_image(path: str, min_side: int = 224, data: bytes | None = None,
+                 reserve: Callable[[int], None] | None = None) -> DecodedImage:
     """Decode ``path`` (or its already-read bytes) into an upright RGB image.
 
     ``min_side`` is the size the caller will resize the shorter side to; decoding may return a
@@ -141,10 +181,11 @@ def decode_image(path: str, min_side: int = 224, data: bytes | None = None) -> D
     The file is never read whole: it is opened as a regular file only (a FIFO or a device such as
     ``/dev/zero`` is refused, never read), fingerprinted from its first and last 64 KiB, and
     Pillow reads from it only what decoding needs, so memory follows the image's pixel count
-    (capped by ``MAX_PIXELS``), not the file's size.
+    (capped by ``MAX_PIXELS``), not the file's size. ``reserve``, if given, is called with the
+    number of pixels about to be decoded, before any is (see :class:`PixelBudget`).
     """
     if data is not None:
-        return _decode(path, io.BytesIO(data), len(data), min_side)
+        return _decode(path, io.BytesIO(data), len(data), min_side, reserve)
     try:
         fd = open_regular(path)
     except OSError as e:
@@ -152,12 +193,13 @@ def decode_image(path: str, min_side: int = 224, data: bytes | None = None) -> D
     with os.fdopen(fd, "rb") as f:
         try:
             size = os.fstat(fd).st_size
-            return _decode(path, f, size, min_side)
+            return _decode(path, f, size, min_side, reserve)
         except OSError as e:  # a read error of the medium (EIO), not a format problem
             raise UnreadableImageError(path, describe_os_error(e)) from None
 
 
-def _decode(path: str, f: BinaryIO, size: int, min_side: int) -> DecodedImage:
+def _decode(path: str, f: BinaryIO, size: int, min_side: int,
+            reserve: Callable[[int], None] | None) -> DecodedImage:
     if size == 0:
         raise UnreadableImageError(path, "the file is empty (0 bytes)")
     ext = os.path.splitext(path)[1].lower()
@@ -182,9 +224,11 @@ def _decode(path: str, f: BinaryIO, size: int, min_side: int) -> DecodedImage:
                     f"the image declares {width}×{height} pixels, over the {MAX_PIXELS // 1_000_000} "
                     "megapixel safety limit (possible decompression bomb)",
                 )
-            exif = _read_exif(img)
             if img.format == "JPEG" and min_side > 0:
                 img.draft("RGB", (min_side, min_side))
+            if reserve is not None:  # after draft (the pixels really decoded), before the EXIF
+                reserve(img.size[0] * img.size[1])  # read, which decodes a PNG whole
+            exif = _read_exif(img)
             img.load()
     except UnreadableImageError:
         raise

@@ -9,7 +9,8 @@ between batches; the CLI drives it with a tqdm bar, the GUI from a worker thread
   file name, then by inode number, so they never trade labels or dates.
 - Files that vanished are removed; a root folder that is missing altogether (an unplugged drive)
   is reported and its images are kept.
-- Decoding runs in a thread pool a few batches ahead of the model (Pillow releases the GIL).
+- Decoding runs in a thread pool a few batches ahead of the model (Pillow releases the GIL),
+  within a shared pixel budget, so huge images are decoded one at a time.
 - Each batch is one catalog transaction, so a kill at any moment loses at most the batch in
   flight, and the next run resumes where this one stopped.
 """
@@ -28,7 +29,7 @@ import numpy as np
 from PIL import Image
 
 from .catalog import Catalog, Failure, FileState, ImageRecord
-from .decode import decode_image, file_hash
+from .decode import PixelBudget, decode_image, file_hash
 from .errors import UnreadableImageError
 from .scan import ScannedFile, ScanProblem, fold_int64, is_inside, is_library_folder, outermost, scan
 from .vectors import VectorStore
@@ -105,16 +106,21 @@ class _Decoded:
     failure: str | None = None
 
 
-def _decode_one(file: ScannedFile, embedder: ImageEmbedder) -> _Decoded:
+def _decode_one(file: ScannedFile, embedder: ImageEmbedder, budget: PixelBudget) -> _Decoded:
     try:
-        img = decode_image(file.path, embedder.min_side)  # streamed: never the whole file in memory
-        prepared = embedder.prepare(img.image)
+        # Streamed (never the whole file in memory); the full-size image lives only within the
+        # budget's hold, until it is prepared (resized) for the model.
+        with budget.hold() as reserve:
+            img = decode_image(file.path, embedder.min_side, reserve=reserve)
+            prepared = embedder.prepare(img.image)
+            taken = img.taken if img.taken is not None else file.mtime
+            record = dict(hash=img.content_hash, width=img.width, height=img.height, taken=taken)
+            del img
     except UnreadableImageError as e:
         return _Decoded(file, failure=e.reason)
     except Exception as e:  # noqa: BLE001 - one odd file must not stop a library scan
         return _Decoded(file, failure=f"unexpected error while decoding ({type(e).__name__}: {e})")
-    taken = img.taken if img.taken is not None else file.mtime
-    return _Decoded(file, prepared, dict(hash=img.content_hash, width=img.width, height=img.height, taken=taken))
+    return _Decoded(file, prepared, record)
 
 
 def _stat_or_none(path: str) -> os.stat_result | None:
@@ -286,6 +292,7 @@ def index_files(
     total = len(todo)
     notify(Progress("embed", 0, total))
     workers = workers or max(1, os.cpu_count() or 1)
+    budget = PixelBudget()  # memory bound of decoding, whatever the number of workers
     last_checkpoint = time.perf_counter()
     t_embed = time.perf_counter()
     done = 0
@@ -299,7 +306,7 @@ def index_files(
                 f = next(it, None)
                 if f is None:
                     return
-                pending.append(pool.submit(_decode_one, f, embedder))
+                pending.append(pool.submit(_decode_one, f, embedder, budget))
 
         refill()
         try:

@@ -230,6 +230,64 @@ def test_huge_non_image_named_jpg_indexes_in_bounded_memory(tmp_path):
     assert "not a recognised image" in {f["path"]: f["reason"] for f in status["failures"]}[str(big / "huge.jpg")]
 
 
+def test_pixel_budget_decodes_huge_images_one_at_a_time(tmp_path):
+    """Decoder threads share one pixel budget: two images over half of it never decode together
+    (a PNG is decoded whole by its EXIF read, so the budget is taken before that)."""
+    import threading
+
+    from clipdesk.indexer.decode import PixelBudget, decode_image
+
+    budget = PixelBudget(pixels=1000)
+    paths = []
+    for i in range(4):
+        paths.append(tmp_path / f"p{i}.png")
+        Image.new("RGB", (30, 20), (i * 50, 0, 0)).save(paths[-1])  # 600 pixels each
+    inside, most, lock = [0], [0], threading.Lock()
+
+    def work(path):
+        with budget.hold() as reserve:
+            def counting(n):
+                reserve(n)
+                with lock:
+                    inside[0] += 1
+                    most[0] = max(most[0], inside[0])
+            decode_image(str(path), 16, reserve=counting)
+            time.sleep(0.05)
+            with lock:
+                inside[0] -= 1
+
+    threads = [threading.Thread(target=work, args=(p,)) for p in paths]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(10)
+    assert most[0] == 1 and budget._used == 0
+    with budget.hold() as reserve:  # one image larger than the whole budget still goes through
+        reserve(5000)
+        assert budget._used == 1000
+
+
+@pytest.mark.slow
+def test_huge_pngs_decode_within_one_image_of_memory(tmp_path):
+    """Two 169-megapixel PNGs (2.5 MB files) cost no more than one: ~1.7 GB peak, not ~2.4."""
+    one, two = tmp_path / "one", tmp_path / "two"
+    one.mkdir()
+    two.mkdir()
+    for i in range(2):
+        img = Image.new("RGB", (13000, 13000), (i * 100, 50, 200))
+        img.save(two / f"big{i}.png", compress_level=1)
+        del img
+    os.link(two / "big0.png", one / "big0.png")
+    peaks = []
+    for folder, lib in ((one, tmp_path / "lib1"), (two, tmp_path / "lib2")):
+        rc, out, err, peak, killed = run_watched(lib, "index", str(folder), "--model", "test-tiny", "--json",
+                                                 timeout=300, max_rss_mb=4000)
+        assert rc == 0 and not killed, (err, killed)
+        assert json.loads(out)["added"] == len(os.listdir(folder))
+        peaks.append(peak)
+    assert peaks[1] - peaks[0] < 200, peaks
+
+
 @pytest.fixture
 def indexed(tmp_path):
     """A small library over 4 photos, built in-process; returns (library folder, photo paths)."""
