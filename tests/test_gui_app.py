@@ -203,6 +203,13 @@ def test_train_apply_review_accept_reject_retrain(win):
         QTest.mouseClick(t.reject_button, Qt.MouseButton.LeftButton)
         until(lambda: second in win.lib.labels().get(f"__not__.{cat}", []))
         assert second not in win.lib.labels()[cat] and "__not__." + cat not in win.buckets
+    if t.review_results.rowCount():  # the keyboard: A accepts the current photo
+        t.review_grid.clearSelection()
+        t.review_grid.setFocus()
+        current = t.review_grid.current_path()
+        cat = t.review_category.currentData()
+        QTest.keyClick(t.review_grid, Qt.Key.Key_A)
+        until(lambda: current in win.lib.labels()[cat], what="key A accepts")
     # the confidence slider filters: at 0% nothing above 0 is shown
     t.confidence.setValue(0)
     assert all(it.score <= 0.0 + 1e-6 for it in t.review_results.items())
