@@ -24,6 +24,7 @@ after its current step and joins every thread.
 """
 from __future__ import annotations
 
+import logging
 import os
 import threading
 import time
@@ -107,6 +108,10 @@ class LibraryWatcher:
         self._cancel = CancelToken()
         self._observer = Observer()
         self._observer.daemon = True
+        # The kernel drops events when its queue overflows (a huge copy on a slow machine);
+        # watchdog only logs it. Lost events mean a rescan of the folders that rely on events.
+        self._overflow = _OverflowListener(self._on_overflow)
+        logging.getLogger("watchdog").addHandler(self._overflow)
         for folder in self.library.catalog.folders():
             self._watch(folder)
         self._observer.start()
@@ -126,6 +131,7 @@ class LibraryWatcher:
             self._observer.stop()
             self._observer.join(timeout)
             self._observer = None
+            logging.getLogger("watchdog").removeHandler(self._overflow)
 
     def __enter__(self) -> LibraryWatcher:
         return self.start()
@@ -205,6 +211,11 @@ class LibraryWatcher:
             places.append(path if exists else os.path.dirname(path))
         if places:
             self._mark(places)
+
+    def _on_overflow(self) -> None:
+        self._mark([f for f, m in self.modes.items() if m == "events"])
+        self.on_update(WatchUpdate("mode", message="file events were lost (the system's queue overflowed); "
+                                   "rescanning the watched folders"))
 
     def _ignored(self, path: str, is_dir: bool) -> bool:
         if is_inside(path, self._library_folder) or is_inside(path, self.library.folder):
@@ -293,6 +304,18 @@ class LibraryWatcher:
         if report.cancelled:
             return
         self.on_update(WatchUpdate(kind, roots, report))
+
+
+class _OverflowListener(logging.Handler):
+    """Calls back when watchdog reports that the kernel's event queue overflowed."""
+
+    def __init__(self, callback: Callable[[], None]):
+        super().__init__(logging.WARNING)
+        self._callback = callback
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if "overflow" in record.getMessage().lower():
+            self._callback()
 
 
 def collapse(places: Iterable[str], limit: int, folders: Iterable[str]) -> list[str]:

@@ -131,7 +131,7 @@ def test_memory_stays_flat_over_10000_events(watched, tmp_path):
         for i in range(start, start + n):
             d = flood / f"folder with a long name number {i // 50:04d}"
             d.mkdir(parents=True, exist_ok=True)
-            (d / f"a photo file with a rather long name {i:06d}.jpg").write_bytes(b"x")
+            os.mknod(d / f"a photo file with a rather long name {i:06d}.jpg")  # one event per file
 
     watcher.start()
     try:
@@ -251,3 +251,17 @@ def test_cli_watch_indexes_and_stops_on_sigterm(tmp_path):
     assert "Traceback" not in proc.stderr.read()
     with Library(str(lib_dir)) as lib:
         assert lib.catalog.counts()[0] == 2
+
+
+def test_lost_events_mean_a_rescan_of_the_watched_folders(watched):
+    """When the kernel's event queue overflows (watchdog logs it), changes may have been missed:
+    the folders that rely on events are refreshed as a whole."""
+    import logging
+
+    lib, watcher = watched["lib"], watched["watcher"]
+    with watcher:
+        logging.getLogger("watchdog.observers.inotify_c").warning("Inotify queue overflowed; filesystem events were lost")
+        assert _until(lambda: any(u.kind == "refresh" for u in watched["updates"]))
+        assert watcher.wait_idle(WAIT)
+    refreshed = [u.roots for u in watched["updates"] if u.kind == "refresh"]
+    assert refreshed == [lib.catalog.folders()]
