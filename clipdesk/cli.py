@@ -337,8 +337,10 @@ def run(args: argparse.Namespace) -> int:
             _emit(args, d, [", ".join(f"{k} {v}" for k, v in d.items() if k != "seconds")
                             + f" in {d['seconds']:.1f} s"])
         elif c == "search":
-            _results(args, lib.search(args.query, args.k, args.folder, args.after, args.before,
-                                      args.min_score, args.sort))
+            found = lib.search(args.query, args.k, args.folder, args.after, args.before, args.min_score, args.sort)
+            if not found and lib.catalog.vector_count() == 0:
+                log.warning("The library has no indexed photos yet: add some with 'clipdesk index FOLDER'.")
+            _results(args, found)
         elif c == "similar":
             _results(args, lib.similar(args.image, args.k, folder=args.folder, after=args.after,
                                        before=args.before, min_score=args.min_score, sort=args.sort))

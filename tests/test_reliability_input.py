@@ -515,6 +515,17 @@ def test_commands_other_than_index_create_no_library(tmp_path, args):
     assert "No library at" in line and os.listdir(existing) == []
 
 
+def test_search_of_an_empty_library_loads_no_model(tmp_path):
+    from clipdesk.library import Library
+
+    Library(str(tmp_path / "lib")).close()  # a new library on the default model, nothing indexed
+    env = {"HF_ENDPOINT": "http://192.0.2.1", "HF_HOME": str(tmp_path / "hf")}
+    p = cli(tmp_path / "lib", "search", "dog", "--json", env=env)
+    assert p.returncode == 0 and strict_json(p) == [], err(p)
+    assert "no indexed photos" in err(p) and "Fetching" not in err(p) and "Loading" not in err(p)
+    assert "Unclosed quote" in one_error_line(cli(tmp_path / "lib", "search", '"dog', env=env))
+
+
 def test_index_of_a_mistyped_path_is_an_error_but_an_unplugged_folder_is_not(tmp_path, photos):
     lib = tmp_path / "lib"
     line = one_error_line(cli(lib, "index", str(tmp_path / "nope"), "--model", "test-tiny"))
