@@ -66,6 +66,9 @@ _MIGRATIONS: dict[int, str] = {
     # 2: the file's inode number, so two identical files moved together keep their own rows.
     1: "ALTER TABLE images ADD COLUMN ino INTEGER NOT NULL DEFAULT 0",
 }
+# A vector column read so that an oversized (hostile) or non-blob value comes back as None,
+# never loaded: SQLite knows a blob's length without reading it.
+_VECTOR = "CASE WHEN typeof(vector) = 'blob' AND length(vector) <= 131072 THEN vector END"
 # SQLite's files beside the database; it follows a symbolic link at any of these names.
 _SIDE_FILES = ("-wal", "-shm", "-journal")
 
@@ -522,7 +525,7 @@ class Catalog:
         yield from self._vector_chunks(0, chunk, with_paths=True)
 
     def _vector_chunks(self, since_generation: int, chunk: int, with_paths: bool):
-        cols = "id, vector, path" if with_paths else "id, vector"
+        cols = f"id, {_VECTOR}, path" if with_paths else f"id, {_VECTOR}"
         last = -1
         while True:
             rows = self._query(
@@ -537,9 +540,10 @@ class Catalog:
             last = int(ids[-1])
 
     def _check_blobs(self, blobs: Iterable[bytes]) -> None:
-        """Every vector blob must be float16 and of one length (the catalog is untrusted input)."""
-        lengths = {len(b) for b in blobs}
-        if len(lengths) > 1 or any(n == 0 or n % 2 for n in lengths):
+        """Every vector blob must be float16 and of one length (the catalog is untrusted input;
+        ``_VECTOR`` reads an oversized or non-blob value as None, without loading it)."""
+        lengths = {-1 if b is None else len(b) for b in blobs}
+        if len(lengths) > 1 or any(n <= 0 or n % 2 for n in lengths):
             raise CatalogCorruptError(
                 f"The catalog {self.path} holds vectors of different sizes {sorted(lengths)[:4]} (damaged). "
                 "Run 'clipdesk repair', then 'clipdesk index'.")
@@ -557,7 +561,8 @@ class Catalog:
         found = {}
         for chunk in _chunks(list(ids), 900):
             q = ",".join("?" * len(chunk))
-            for i, v in self._query(f"SELECT id, vector FROM images WHERE vector IS NOT NULL AND id IN ({q})", chunk):
+            for i, v in self._query(f"SELECT id, {_VECTOR} FROM images WHERE vector IS NOT NULL AND id IN ({q})",
+                                    chunk):
                 found[i] = v
         missing = [i for i in ids if i not in found]
         if missing:

@@ -392,6 +392,28 @@ def test_catalog_vector_of_the_wrong_size_is_a_clear_error(tmp_path, indexed):
             L.vectors  # noqa: B018
 
 
+def test_catalog_vector_that_is_huge_is_refused_without_loading_it(tmp_path, indexed):
+    lib, photos = indexed
+    conn = sqlite3.connect(lib / "catalog.sqlite")
+    conn.execute("UPDATE images SET vector=zeroblob(300000000) WHERE id=(SELECT max(id) FROM images)")
+    conn.commit()
+    conn.close()
+    (lib / "vectors.faiss").unlink()
+    import tracemalloc
+
+    tracemalloc.start()  # the sqlite3 module returns blobs as Python bytes: traced if read
+    try:
+        with Library(str(lib)) as L:
+            with pytest.raises(CatalogCorruptError, match="repair"):
+                L.vectors  # noqa: B018
+            with pytest.raises(CatalogCorruptError, match="repair"):
+                L.catalog.vectors_for([i.id for i in L.catalog.all_images()])
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 50_000_000, peak  # the 300 MB value was never loaded
+
+
 # Property: whatever the bytes of vectors.faiss, a library opens and answers from its catalog.
 
 
