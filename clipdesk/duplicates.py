@@ -262,8 +262,7 @@ def find_duplicates(library, threshold: float | None = None, folder: str | None 
         ca, cb = checks.get(a), checks.get(b)
         return ca is not None and cb is not None and same_pixels(ca, cb)
 
-    vectors: dict[int, np.ndarray] = {}
-    near_groups = _group(pairs, info, verified, vectors, catalog, threshold, report, cancel)
+    near_groups = _group(pairs, info, verified, report, cancel)
 
     # 3. Results, keeper first.
     for ids in exact:
@@ -561,70 +560,42 @@ def _rescore(catalog, raw: dict[tuple[int, int], float]) -> dict[tuple[int, int]
 
 
 def _group(pairs: dict[tuple[int, int], float], info: dict[int, ImageInfo],
-           verified: Callable[[int, int], bool], vectors: dict[int, np.ndarray], catalog,
-           threshold: float, report: DuplicateReport, cancel: CancelToken | None
+           verified: Callable[[int, int], bool], report: DuplicateReport, cancel: CancelToken | None
            ) -> list[tuple[list[ImageInfo], dict[int, float]]]:
-    """Groups without chaining: connected components of the candidate pairs, then, inside each,
-    the best photo gathers those that are duplicates *of it*; the rest start over."""
-    parent: dict[int, int] = {}
+    """Groups without chaining: the best photo left (by :func:`keep_order`) gathers its
+    candidates that pass the pixel check and are not grouped yet; then the next best, and so on.
 
-    def find(x: int) -> int:
-        while parent.setdefault(x, x) != x:
-            parent[x] = parent[parent[x]]
-            x = parent[x]
-        return x
-
-    for a, b in pairs:
-        parent[find(a)] = find(b)
-    components: dict[int, list[int]] = {}
-    for x in list(parent):
-        components.setdefault(find(x), []).append(x)
+    Every pair at or above the threshold is in ``pairs``, so a photo's candidates are all the
+    photos it can be grouped with: the work is linear in the pairs, however large a chain of
+    similar photos (a time-lapse, a burst) is.
+    """
+    neighbours: dict[int, list[tuple[int, float]]] = {}
+    for (a, b), s in pairs.items():
+        if a in info and b in info:
+            neighbours.setdefault(a, []).append((b, s))
+            neighbours.setdefault(b, []).append((a, s))
+    grouped: set[int] = set()
+    rejected = 0
     out = []
-    rejected: set[tuple[int, int]] = set()
-    for members in components.values():
-        if cancel is not None:
+    for n, anchor in enumerate(sorted(neighbours, key=lambda i: keep_order(info[i]))):
+        if cancel is not None and n % 1000 == 0:
             cancel.check()
-        members = [m for m in members if m in info]
-        left = sorted(members, key=lambda i: keep_order(info[i]))
-        while len(left) > 1:
-            anchor, rest = left[0], left[1:]
-            scores = _scores_to(anchor, rest, pairs, vectors, catalog)
-            group = [anchor]
-            group_scores = {anchor: 1.0}
-            remaining = []
-            for m in rest:
-                s = scores[m]
-                if s >= threshold and verified(anchor, m):
-                    group.append(m)
-                    group_scores[m] = s
-                else:
-                    if s >= threshold:
-                        rejected.add((min(anchor, m), max(anchor, m)))
-                    remaining.append(m)
-            if len(group) > 1:
-                out.append(([info[i] for i in group], group_scores))
-            left = remaining
-    report.rejected_by_pixels = len(rejected)
-    return out
-
-
-def _scores_to(anchor: int, others: list[int], pairs: dict[tuple[int, int], float],
-               vectors: dict[int, np.ndarray], catalog) -> dict[int, float]:
-    """Exact cosine of ``anchor`` to each of ``others`` (pairs already scored are reused)."""
-    out, need = {}, []
-    for m in others:
-        s = pairs.get((min(anchor, m), max(anchor, m)))
-        if s is None:
-            need.append(m)
-        else:
-            out[m] = s
-    if need:
-        missing = [i for i in [anchor, *need] if i not in vectors]
-        if missing:
-            vectors.update(zip(missing, catalog.vectors_for(missing)))
-        a = vectors[anchor]
-        for m in need:
-            out[m] = float(vectors[m] @ a)
+        if anchor in grouped:
+            continue
+        members, scores = [anchor], {anchor: 1.0}
+        for m, s in neighbours[anchor]:
+            if m in grouped:
+                continue
+            if verified(anchor, m):
+                members.append(m)
+                scores[m] = s
+            else:
+                rejected += 1
+        if len(members) > 1:
+            grouped.update(members)
+            members.sort(key=lambda i: keep_order(info[i]))  # the anchor stays first: it sorts first
+            out.append(([info[i] for i in members], scores))
+    report.rejected_by_pixels = rejected
     return out
 
 

@@ -119,9 +119,9 @@ def test_groups_do_not_chain():
     pairs = {(1, 2): 0.97, (2, 3): 0.97, (1, 3): 0.91}
     same = {(1, 2), (2, 3)}
     report = dup.DuplicateReport()
-    groups = dup._group(pairs, info, lambda a, b: (min(a, b), max(a, b)) in same, {}, None, 0.9, report, None)
+    groups = dup._group(pairs, info, lambda a, b: (min(a, b), max(a, b)) in same, report, None)
     assert [[m.id for m in members] for members, _ in groups] == [[1, 2]]
-    assert report.rejected_by_pixels == 1
+    assert report.rejected_by_pixels == 1  # 1~3 (3 is left alone: 2 is taken by 1's group)
 
 
 def test_pixel_check_separates_mirror_crop_and_colour_variants(shared_data):
