@@ -254,7 +254,7 @@ def find_duplicates(library, threshold: float | None = None, folder: str | None 
     ids_needed = sorted({i for pair in pairs for i in pair} - info.keys())
     info.update(catalog.images(ids_needed))
     checks = _pixel_checks([info[i] for i in {i for pair in pairs for i in pair} if i in info],
-                           report, cancel) if verify_pixels else {}
+                           report, notify, cancel) if verify_pixels else {}
 
     def verified(a: int, b: int) -> bool:
         if not verify_pixels:
@@ -274,7 +274,7 @@ def find_duplicates(library, threshold: float | None = None, folder: str | None 
     return report
 
 
-def _pixel_checks(photos: Sequence[ImageInfo], report: DuplicateReport,
+def _pixel_checks(photos: Sequence[ImageInfo], report: DuplicateReport, notify: ProgressFn,
                   cancel: CancelToken | None) -> dict[int, PixelCheck | None]:
     """Pixel summaries of the candidate photos, decoded in a thread pool (Pillow releases the GIL)."""
     from concurrent.futures import ThreadPoolExecutor
@@ -289,7 +289,11 @@ def _pixel_checks(photos: Sequence[ImageInfo], report: DuplicateReport,
 
     with ThreadPoolExecutor(max_workers=max(1, min(8, os.cpu_count() or 1)),
                             thread_name_prefix="clipdesk-duplicates") as pool:
-        checks = dict(zip((p.id for p in photos), pool.map(one, photos)))
+        checks = {}
+        for n, (p, check) in enumerate(zip(photos, pool.map(one, photos)), 1):
+            checks[p.id] = check
+            if n % 50 == 0 or n == len(photos):
+                notify(Progress("pixels", n, len(photos)))
     if cancel is not None:
         cancel.check()
     report.unreadable += sorted(p.path for p in photos if checks[p.id] is None)

@@ -304,3 +304,22 @@ def test_eval_duplicates_command(shared_data, capsys, tmp_path):
     assert main(["eval", "duplicates", str(photos), "--limit", "3", "--model", "test-tiny"]) == 0
     out = capsys.readouterr().out
     assert "random weights" in out and "precision" in out
+
+
+def test_progress_and_cancel(library, dup_photos):
+    """What a GUI view needs: progress through the stages, and a cancel token that stops the job."""
+    from clipdesk.indexer.pipeline import CancelToken, Cancelled
+
+    _indexed(library, dup_photos["root"])
+    seen = []
+    find_duplicates(library, LOW, progress=seen.append)
+    stages = [p.stage for p in seen]
+    assert {"duplicates", "pixels", "done"} <= set(stages) and stages[-1] == "done"
+    assert all(0 <= p.done <= p.total for p in seen if p.stage != "done")
+    token = CancelToken()
+
+    def cancel_on_first(p):
+        token.cancel()
+
+    with pytest.raises(Cancelled):
+        find_duplicates(library, LOW, progress=cancel_on_first, cancel=token)
