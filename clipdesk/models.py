@@ -372,6 +372,10 @@ def _cached_weights(spec: ModelSpec) -> str | None:
     import open_clip
 
     cfg = open_clip.get_pretrained_cfg(spec.arch, spec.pretrained)
+    if not cfg.get("hf_hub"):  # a plain URL: open_clip keeps it under ~/.cache/clip by its name
+        url = cfg.get("url", "")
+        path = os.path.join(os.path.expanduser("~/.cache/clip"), os.path.basename(url)) if url else ""
+        return path if path and os.path.isfile(path) else None
     try:
         with _hub_offline(), _quiet_hub_logs():
             path = open_clip.download_pretrained(cfg)
