@@ -597,9 +597,9 @@ def _command_exists(words: list[str]) -> bool:
 def test_every_hint_names_a_real_command():
     hints = []
     for folder in ("clipdesk", "indexer", "ui"):
-        for path in (REPO / folder).glob("*.py"):
+        for path in (REPO / folder).rglob("*.py"):
             text = path.read_text(encoding="utf-8")
-            hints += [(path.name, m.group(1)) for m in re.finditer(r"'clipdesk ([^']+)'", text)]
+            hints += [(path.name, m.group(2)) for m in re.finditer(r"(['`])clipdesk ([^'`\n]+)\1", text)]
     assert len(hints) >= 8
     bad = [(f, h) for f, h in hints if not _command_exists([w for w in h.split() if w != "..."])]
     assert bad == []
