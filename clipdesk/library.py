@@ -114,7 +114,7 @@ def _foreign_tables(catalog: str) -> list[str]:
     try:
         from urllib.parse import quote
 
-        conn = sqlite3.connect(f"file:{quote(catalog)}?mode=ro", uri=True, timeout=5)
+        conn = sqlite3.connect(f"file:{quote(os.fsencode(catalog))}?mode=ro", uri=True, timeout=5)
         try:
             tables = sorted(r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='table'"))
         finally:
