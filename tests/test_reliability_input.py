@@ -717,6 +717,14 @@ def test_non_utf8_file_names_are_lossless_in_json_and_text(tmp_path, photos):
     assert base64.b64decode(listed["odd"][0]["path_bytes"]) == exact
 
 
+def test_non_utf8_library_folder(tmp_path, photos):
+    lib = Path(os.fsdecode(os.fsencode(str(tmp_path)) + b"/lib \xe9?#"))
+    index_in_process(lib, photos)
+    st_ = strict_json(cli(lib, "status", "--json"))
+    assert base64.b64decode(st_["library_bytes"]) == os.fsencode(str(lib)) and st_["images"] == 8
+    assert os.fsencode(str(lib)) in cli(lib, "status").stdout
+
+
 def test_json_output_never_holds_nan(probe_library):
     """Even a probe file crafted to give NaN cannot reach the JSON output (refused on load)."""
     from clipdesk.cli import json_safe
