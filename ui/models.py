@@ -165,6 +165,7 @@ class ResultsModel(QAbstractListModel):
         super().__init__(parent)
         self._items: list[Item] = []
         self._rows: dict[str, list[int]] = {}
+        self.label_captions = False  # captions name the label too (grids of mixed labels)
         self.thumbnails = thumbnails
         if thumbnails is not None:
             thumbnails.ready.connect(self._thumbnail_ready)
@@ -193,7 +194,7 @@ class ResultsModel(QAbstractListModel):
             return None
         it = self._items[index.row()]
         if role == Qt.ItemDataRole.DisplayRole:
-            return caption(it)
+            return caption(it, self.label_captions)
         if role == Qt.ItemDataRole.DecorationRole:
             if self.thumbnails is None:
                 return None
@@ -246,10 +247,11 @@ def paths_from_mime(mime: QMimeData) -> list[str]:
     return [u.toLocalFile() for u in mime.urls() if u.isLocalFile()]
 
 
-def caption(it: Item) -> str:
-    """The line under a thumbnail: a probability, a search score, else the date taken or the name."""
+def caption(it: Item, with_label: bool = False) -> str:
+    """The line under a thumbnail: a probability (after its label, ``with_label``), a search score,
+    else the date taken or the name."""
     if it.score is not None and it.label is not None:
-        return f"{it.score:.0%}"
+        return f"{it.label} {it.score:.0%}" if with_label else f"{it.score:.0%}"
     if it.score is not None:
         return f"{it.score:.3f}"
     if it.taken:

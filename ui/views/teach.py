@@ -102,6 +102,7 @@ class TeachView(QWidget):
         head.addStretch()
         pl.addLayout(head)
         self.pick_results = ResultsModel(ctx.thumbnails, self)
+        self.pick_results.label_captions = True  # suggestions: what the probe thinks, and how sure
         self.grid = PhotoGrid(self.pick_results, ctx.thumbnails.size, ctx.labels, "teachGrid")
         self.grid.open_requested.connect(self.open_requested)
         self.grid.show_in_folder_requested.connect(self.show_in_folder_requested)
