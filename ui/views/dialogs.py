@@ -1,6 +1,10 @@
 """Dialogs: settings, the model-weights dialog of a first run without network, save paths, confirmations."""
 from __future__ import annotations
 
+import os
+from pathlib import Path
+
+from PySide6.QtCore import QSettings
 from PySide6.QtWidgets import (QComboBox, QDialog, QDialogButtonBox, QFileDialog, QFormLayout, QHBoxLayout,
                                QLabel, QLineEdit, QMessageBox, QPushButton, QSpinBox, QVBoxLayout, QWidget)
 
@@ -9,9 +13,19 @@ CHECKPOINTS = "Checkpoints (*.safetensors *.bin *.pt *.pth)"
 
 
 def ask_save_path(parent: QWidget, title: str, default_name: str, filters: str = "CSV (*.csv)") -> str:
-    """A Qt (not native) save dialog, so it behaves the same on every desktop and in tests."""
-    path, _ = QFileDialog.getSaveFileName(parent, title, default_name, filters,
+    """A Qt (not native) save dialog, so it behaves the same on every desktop and in tests.
+
+    It opens in the folder of the last save (else the home folder), never in the app's working
+    directory, which for a desktop launch is wherever the launcher happened to be.
+    """
+    settings = QSettings()
+    folder = settings.value("last_save_dir") or ""
+    if not folder or not os.path.isdir(folder):
+        folder = str(Path.home())
+    path, _ = QFileDialog.getSaveFileName(parent, title, os.path.join(folder, default_name), filters,
                                           options=QFileDialog.Option.DontUseNativeDialog)
+    if path:
+        settings.setValue("last_save_dir", os.path.dirname(path))
     return path
 
 
