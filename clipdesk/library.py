@@ -756,54 +756,6 @@ class Library:
             "failures": [{"path": p, "reason": r} for p, r in self.catalog.failures()],
         }
 
-    # --- library care
-    def refresh(self, paths: Sequence[str], progress: ProgressFn | None = None,
-                cancel: CancelToken | None = None, batch_size: int = 32) -> IndexReport:
-        """Bring only some parts of the library's folders up to date: new, changed, moved and
-        deleted photos under ``paths`` (files or folders), which are not registered as folders.
-        What a file watcher calls instead of a rescan of everything.
-
-        Paths outside every library folder are ignored; a path that no longer exists stands for
-        its nearest existing folder inside the library, so its deletion is seen.
-        """
-        from clipdesk.indexer.scan import is_inside, outermost
-
-        folders = self.catalog.folders()
-        roots = []
-        for p in paths:
-            p = os.path.abspath(p)
-            owner = next((f for f in folders if is_inside(p, f)), None)
-            if owner is None:
-                continue
-            while p != owner and not os.path.exists(p):
-                p = os.path.dirname(p)
-            roots.append(p)
-        roots = outermost(roots)
-        if not roots:
-            return IndexReport()
-        if not self.catalog.get_meta("model") or self.catalog.vector_count() == 0:
-            return self.index(progress=progress, cancel=cancel, batch_size=batch_size)  # sets the model up
-        with self.writing():
-            self.check_model()
-            report = index_files(self.catalog, self.vectors, _LazyEmbedder(self), roots, batch_size=batch_size,
-                                 progress=progress, cancel=cancel, checkpoint=self._save_store)
-            self._resize_store_if_needed()
-            return report
-
-    def find_duplicates(self, threshold: float | None = None, folder: str | None = None,
-                        progress: ProgressFn | None = None, cancel: CancelToken | None = None):
-        """Groups of exact and near-duplicate photos (see ``clipdesk.duplicates``)."""
-        from clipdesk.duplicates import find_duplicates
-
-        return find_duplicates(self, threshold, folder, progress=progress, cancel=cancel)
-
-    def trash_duplicates(self, group, keep: str | None = None):
-        """Move a duplicate group's other photos to the Trash, keeping ``keep`` (default: the
-        suggested one); their labels move to the kept photo (see ``clipdesk.duplicates``)."""
-        from clipdesk.duplicates import trash_others
-
-        return trash_others(self, group, keep)
-
 
     # --- used by the app
     def browse(self, limit: int = 5000) -> tuple[list[SearchResult], int]:
