@@ -323,3 +323,56 @@ def test_progress_and_cancel(library, dup_photos):
 
     with pytest.raises(Cancelled):
         find_duplicates(library, LOW, progress=cancel_on_first, cancel=token)
+
+
+def test_cli_trash_yes_moves_the_others_to_the_trash(library, dup_photos, tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path / "xdg"))
+    monkeypatch.setenv("HOME", str(tmp_path))
+    _indexed(library, dup_photos["root"])
+    folder = library.folder
+    library.close()
+    only = str(dup_photos["root"] / "set2")
+    assert main(["--library", folder, "duplicates", "--json", "--threshold", str(LOW), "--folder", only,
+                 "--trash", "--yes"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    s2 = dup_photos["sets"][2]
+    assert out["done"] is True and [r["kept"] for r in out["results"]] == [s2["original"]]
+    assert sorted(out["results"][0]["trashed"]) == sorted([s2["resized"], s2["png"]])
+    assert os.path.exists(s2["original"]) and os.path.exists(s2["mirrored"]) and os.path.exists(s2["copy"])
+    assert len(list((tmp_path / "xdg" / "Trash" / "files").iterdir())) == 2
+
+
+def test_a_long_chain_of_similar_photos_is_grouped_without_chaining(tmp_path):
+    """3,000 photos each a little further from the first (a time-lapse): every pair of
+    neighbours is a candidate, but no group holds two photos below the threshold, and the
+    grouping stays fast (linear in the candidate pairs)."""
+    import time
+
+    from clipdesk.indexer.catalog import Catalog, ImageRecord
+    from clipdesk.library import Library
+
+    rng = np.random.default_rng(3)
+    dim, n = 32, 3000
+    v = rng.standard_normal(dim).astype(np.float32)
+    chain = []
+    for _ in range(n):
+        v = v + 0.08 * rng.standard_normal(dim).astype(np.float32) / np.sqrt(dim)
+        chain.append(v / np.linalg.norm(v))
+    cat = Catalog.open(str(tmp_path / "lib"))
+    cat.set_meta("model", "test-tiny")
+    cat.set_meta("dim", str(dim))
+    cat.write_batch([ImageRecord(f"/chain/{k:05d}.jpg", 1000, k, f"{k:032x}", 64, 64, float(k), x)
+                     for k, x in enumerate(chain)])
+    cat.close()
+    with Library(str(tmp_path / "lib")) as lib:
+        t0 = time.perf_counter()
+        report = find_duplicates(lib, 0.95, verify_pixels=False)
+        seconds = time.perf_counter() - t0
+        vecs = {k + 1: x for k, x in enumerate(chain)}
+        assert report.candidates > n  # a dense chain of candidates
+        assert report.groups and all(len(g.photos) >= 2 for g in report.groups)
+        for g in report.groups:
+            keeper = vecs[g.photos[0].id]
+            assert all(float(vecs[p.id] @ keeper) >= 0.95 - 1e-3 for p in g.photos)  # all like the keeper
+        assert len({p.id for g in report.groups for p in g.photos}) == sum(len(g.photos) for g in report.groups)
+        assert seconds < 20, seconds
