@@ -38,6 +38,16 @@ def _seconds(text: str) -> float:
     return v
 
 
+def _count(text: str) -> int:
+    try:
+        v = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
+    if v < 2:
+        raise argparse.ArgumentTypeError("must be at least 2")
+    return v
+
+
 def add_commands(subparsers, parents=(), eval_subparsers=None) -> None:
     """Add ``duplicates`` and ``watch`` to ``subparsers`` (and ``duplicates`` to ``eval``)."""
     parents = list(parents)
@@ -72,11 +82,11 @@ def add_commands(subparsers, parents=(), eval_subparsers=None) -> None:
         a = eval_subparsers.add_parser(
             "duplicates", parents=parents, help="precision/recall of duplicate detection on a photo folder",
             description="Build an evaluation set from PHOTOS (true duplicates of each photo: JPEG quality 60, "
-            "half size, 5%% crop, PNG, exposure +15%%, EXIF stripped; near-misses: mirrored, heavily "
+            "half size, 5% crop, PNG, exposure +15%, EXIF stripped; near-misses: mirrored, heavily "
             "cropped, and the other photos), index it with --model in a temporary library, and print "
             "precision and recall per threshold. Random weights (test-tiny) check the mechanics only.")
         a.add_argument("photos", metavar="PHOTOS")
-        a.add_argument("--limit", type=int, metavar="N", help="use N photos drawn at random (default: all)")
+        a.add_argument("--limit", type=_count, metavar="N", help="use N photos drawn at random (default: all)")
         a.add_argument("--keep", metavar="DIR", help="build the set and library in DIR and keep them")
         a.set_defaults(care=run_eval)
 
