@@ -25,6 +25,21 @@ pytestmark = pytest.mark.shared_data
 LOW = 0.5  # with random weights every pair must reach the pixel check
 
 
+@pytest.fixture(autouse=True)
+def trash_dir(tmp_path, monkeypatch) -> Path:
+    """The Trash of these tests: never the user's. send2trash reads XDG_DATA_HOME once, when it
+    is first imported, so its module constants are pointed at this test's folder too."""
+    import send2trash.plat_other as plat
+
+    data = tmp_path / "xdg"
+    monkeypatch.setenv("XDG_DATA_HOME", str(data))
+    monkeypatch.setenv("HOME", str(tmp_path))
+    monkeypatch.setattr(plat, "XDG_DATA_HOME", os.fsencode(data))
+    monkeypatch.setattr(plat, "HOMETRASH_B", os.fsencode(data / "Trash"))
+    monkeypatch.setattr(plat, "HOMETRASH", str(data / "Trash"))
+    return data / "Trash"
+
+
 def _sources(shared: Path, n: int = 4) -> list[Path]:
     classes = ["bird", "fish", "tool", "monument", "planet", "flower"]
     return [sorted((shared / "photos" / "labelled" / c).glob("*.jpg"))[1] for c in classes[:n]]
@@ -222,9 +237,7 @@ def test_range_search_finds_planted_twins_only(tmp_path, monkeypatch, cells):
         assert sorted(tuple(sorted(p.id for p in g.photos)) for g in report.groups) == sorted(planted)
 
 
-def test_trash_others_moves_to_trash_keeps_labels_and_journals(library, dup_photos, tmp_path, monkeypatch):
-    monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path / "xdg"))  # the real send2trash, into a test Trash
-    monkeypatch.setenv("HOME", str(tmp_path))
+def test_trash_others_moves_to_trash_keeps_labels_and_journals(library, dup_photos, trash_dir):
     _indexed(library, dup_photos["root"])
     s0 = dup_photos["sets"][0]
     library.add_to_label("favourites", [s0["resized"]])
@@ -235,7 +248,7 @@ def test_trash_others_moves_to_trash_keeps_labels_and_journals(library, dup_phot
     assert result.kept == s0["original"]
     assert sorted(result.trashed) == sorted([s0["resized"], s0["png"]]) and result.failed == []
     assert not os.path.exists(s0["resized"]) and not os.path.exists(s0["png"])
-    trash_files = sorted(p.name for p in (tmp_path / "xdg" / "Trash" / "files").iterdir())
+    trash_files = sorted(p.name for p in (trash_dir / "files").iterdir())
     assert trash_files == sorted(["small.jpg", "converted.png"])  # in the Trash, not deleted
     assert library.labels()["favourites"] == [s0["original"]]  # the label followed the kept photo
     assert library.labels()["prints"] == [s0["original"]]
@@ -325,9 +338,7 @@ def test_progress_and_cancel(library, dup_photos):
         find_duplicates(library, LOW, progress=cancel_on_first, cancel=token)
 
 
-def test_cli_trash_yes_moves_the_others_to_the_trash(library, dup_photos, tmp_path, monkeypatch, capsys):
-    monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path / "xdg"))
-    monkeypatch.setenv("HOME", str(tmp_path))
+def test_cli_trash_yes_moves_the_others_to_the_trash(library, dup_photos, trash_dir, capsys):
     _indexed(library, dup_photos["root"])
     folder = library.folder
     library.close()
@@ -339,7 +350,7 @@ def test_cli_trash_yes_moves_the_others_to_the_trash(library, dup_photos, tmp_pa
     assert out["done"] is True and [r["kept"] for r in out["results"]] == [s2["original"]]
     assert sorted(out["results"][0]["trashed"]) == sorted([s2["resized"], s2["png"]])
     assert os.path.exists(s2["original"]) and os.path.exists(s2["mirrored"]) and os.path.exists(s2["copy"])
-    assert len(list((tmp_path / "xdg" / "Trash" / "files").iterdir())) == 2
+    assert len(list((trash_dir / "files").iterdir())) == 2
 
 
 def test_a_long_chain_of_similar_photos_is_grouped_without_chaining(tmp_path):
