@@ -45,6 +45,7 @@ e2e: install-test
 
 bench: install-test
 	$(BIN)/python benchmarks/run_all.py
+	$(BIN)/python benchmarks/bench_duplicates.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache
