@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import sqlite3
 import sys
 import threading
 from pathlib import Path
@@ -42,6 +43,18 @@ def make_photo(path: Path, color=(200, 30, 30), size=(96, 72), pattern: int = 0,
     path.parent.mkdir(parents=True, exist_ok=True)
     Image.fromarray(arr).save(path, fmt)
     return path
+
+
+def catalog_rows(library) -> int:
+    """Rows committed to a library's catalog, read as another process would (0 before it exists)."""
+    try:
+        conn = sqlite3.connect(f"file:{library}/catalog.sqlite?mode=ro", uri=True, timeout=5)
+        try:
+            return conn.execute("SELECT count(*) FROM images").fetchone()[0]
+        finally:
+            conn.close()
+    except sqlite3.Error:
+        return 0
 
 
 @pytest.fixture

@@ -24,7 +24,7 @@ from clipdesk.indexer import decode
 from clipdesk.indexer.decode import decode_image
 from clipdesk.indexer.errors import UnreadableImageError
 from clipdesk.library import Library, repair_library
-from conftest import make_photo
+from conftest import catalog_rows, make_photo
 
 REPO = Path(__file__).resolve().parents[1]
 CLI = [sys.executable, "-m", "clipdesk.cli"]
@@ -235,17 +235,6 @@ def start_index(library, folder, env_extra=None, batch=8):
     return subprocess.Popen([sys.executable, "-c", DRIVER, "--library", str(library), "index", str(folder),
                              "--model", "test-tiny", "--batch-size", str(batch), "--json"],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
-
-
-def catalog_rows(library) -> int:
-    try:
-        conn = sqlite3.connect(f"file:{library}/catalog.sqlite?mode=ro", uri=True, timeout=5)
-        try:
-            return conn.execute("SELECT count(*) FROM images").fetchone()[0]
-        finally:
-            conn.close()
-    except sqlite3.Error:
-        return 0
 
 
 def many_photos(root: Path, n: int) -> Path:

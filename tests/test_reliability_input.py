@@ -26,7 +26,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from hypothesis import HealthCheck, assume, given, settings
+from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
@@ -35,7 +35,7 @@ from clipdesk.errors import ProbeError, QueryError
 from clipdesk.probe import Probe, ProbeData, fit_probe
 from clipdesk.query import combine, parse_query, query_vector
 from clipdesk.zeroshot import normalise
-from conftest import make_photo
+from conftest import catalog_rows, make_photo
 
 REPO = Path(__file__).resolve().parents[1]
 CLI = [sys.executable, "-m", "clipdesk.cli"]
@@ -612,20 +612,9 @@ def start_index(library, folder, *extra):
                              "--batch-size", "4", *extra], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
 
 
-def rows_committed(library) -> int:
-    try:
-        conn = sqlite3.connect(f"file:{library}/catalog.sqlite?mode=ro", uri=True, timeout=5)
-        try:
-            return conn.execute("SELECT count(*) FROM images").fetchone()[0]
-        finally:
-            conn.close()
-    except sqlite3.Error:
-        return 0
-
-
 def wait_for_rows(library, n: int, proc, limit: float = 120) -> None:
     deadline = time.monotonic() + limit
-    while rows_committed(library) < n:
+    while catalog_rows(library) < n:
         assert proc.poll() is None, proc.stderr.read().decode()
         assert time.monotonic() < deadline
         time.sleep(0.02)
@@ -644,7 +633,7 @@ def test_sigterm_and_ctrl_c_stop_a_real_index_cleanly(tmp_path, shared_data, sig
     text = stderr.decode()
     assert proc.returncode == code, text
     assert word in text and "Traceback" not in text and stdout == b""
-    kept = rows_committed(lib)
+    kept = catalog_rows(lib)
     assert 20 <= kept < 359
     status = cli(lib, "status", "--json")
     assert status.returncode == 0 and strict_json(status)["images"] == kept, err(status)
