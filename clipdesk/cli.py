@@ -337,7 +337,13 @@ def run(args: argparse.Namespace) -> int:
             _emit(args, d, [", ".join(f"{k} {v}" for k, v in d.items() if k != "seconds")
                             + f" in {d['seconds']:.1f} s"])
         elif c == "search":
-            found = lib.search(args.query, args.k, args.folder, args.after, args.before, args.min_score, args.sort)
+            # a RAW + JPEG pair is one photo: shown once, at its better rank
+            from clipdesk.library import search_without_twins
+
+            found = search_without_twins(lib, args.query, args.k, folder=args.folder, after=args.after,
+                                         before=args.before, min_score=args.min_score, sort="score")
+            if args.sort == "date":  # the same top-k in date order, as lib.search orders it
+                found.sort(key=lambda r: (r.taken is None, r.taken or 0.0))
             if not found and lib.catalog.vector_count() == 0:
                 log.warning("The library has no indexed photos yet: add some with 'clipdesk index FOLDER'.")
             _results(args, found)

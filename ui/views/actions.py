@@ -8,16 +8,33 @@ from __future__ import annotations
 
 import csv
 import os
+from collections import Counter
 from collections.abc import Callable
+from typing import NamedTuple
 
 from PySide6.QtCore import Signal
 from PySide6.QtGui import QGuiApplication
 from PySide6.QtWidgets import QHBoxLayout, QLabel, QMenu, QPushButton, QSpinBox, QToolButton, QWidget
 
-from .dialogs import ask_save_path
+from .dialogs import PlanDialog, ask_folder, ask_save_path
 from .grid import PhotoGrid
 
 Row = tuple[str, str, float]  # path, category, probability
+FIRST_FILES = 5  # files named in a preview
+
+
+class _Classified(NamedTuple):  # what organise.plan_sort reads from a row
+    path: str
+    label: str
+    probability: float
+
+
+def _plural(n: int, word: str) -> str:
+    return f"{n:,} {word}{'' if n == 1 else 's'}"
+
+
+def _counts(rows: list[Row]) -> str:
+    return "\n".join(f"  {c}: {_plural(n, 'photo')}" for c, n in sorted(Counter(r[1] for r in rows).items()))
 
 
 def write_csv(path: str, rows: list[Row]) -> int:
@@ -65,8 +82,28 @@ class ResultActions(QWidget):
         self.export.setToolTip("Save path, category and probability: the selected photos, or all when none is")
         self.export.clicked.connect(lambda _c=False: self.export_csv())  # clicked(bool) is not a path
         self.more = QMenu(self)
-        self.more.addAction("Tags and folders: coming with library interop").setEnabled(False)
+        self.ctx = None  # set by attach(): the library and its jobs
+        self.on_progress: Callable | None = None
+        self.last: tuple[str, str] | None = None  # (kind "tags" | "sort", operation) to undo
+        self.write_tags = self.more.addAction("Write tags…")
+        self.write_tags.setObjectName("writeTagsAction")
+        self.write_tags.setToolTip("Write each photo's category as a keyword into its XMP sidecar")
+        self.write_tags.triggered.connect(lambda _c=False: self.start_write_tags())
+        self.copy_to = self.more.addAction("Copy to folders…")
+        self.copy_to.setObjectName("copyToFoldersAction")
+        self.copy_to.triggered.connect(lambda _c=False: self.start_sort("copy"))
+        self.move_to = self.more.addAction("Move to folders…")
+        self.move_to.setObjectName("moveToFoldersAction")
+        self.move_to.triggered.connect(lambda _c=False: self.start_sort("move"))
+        self.more.addSeparator()
+        self.undo_last = self.more.addAction("Undo last tags write / sort")
+        self.undo_last.setObjectName("undoFileOperationAction")
+        self.undo_last.setEnabled(False)
+        self.undo_last.triggered.connect(lambda _c=False: self.undo_file_operation())
+        for a in (self.write_tags, self.copy_to, self.move_to):
+            a.setEnabled(False)
         more = QToolButton()
+        more.setObjectName(f"{export_name}Do")
         more.setText("Do ▸")
         more.setMenu(self.more)
         more.setPopupMode(QToolButton.ToolButtonPopupMode.InstantPopup)
@@ -119,3 +156,165 @@ class ResultActions(QWidget):
         self.resolved.emit()
         self.message.emit(f"Exported {n} row{'s' if n != 1 else ''} to {path}")
         return path
+
+    # ------------------------------------------------------------------ tags and folders
+    def attach(self, ctx, on_progress: Callable | None = None) -> None:
+        """Give the bar the library and its jobs: Write tags / Copy / Move to folders then work."""
+        self.ctx, self.on_progress = ctx, on_progress
+        for a in (self.write_tags, self.copy_to, self.move_to):
+            a.setEnabled(True)
+
+    def _chosen(self) -> list[Row]:
+        """The selected photos, else every shown row at or above the threshold; with a category."""
+        chosen = set(self.grid.selected_paths())
+        rows = self.all_rows()
+        if chosen:
+            rows = [r for r in rows if r[0] in chosen]
+        else:
+            p = self.threshold.value() / 100
+            rows = [r for r in rows if r[2] >= p - 1e-9]
+        return [r for r in rows if r[1]]
+
+    def _fail(self, message: str, kind: str) -> None:
+        self.ctx.error.emit(message, kind, "interop")
+
+    def _busy(self) -> bool:
+        if self.ctx.jobs.active:
+            self._fail("Another job is running: wait for it, or cancel it, first.", "input")
+            return True
+        return False
+
+    def _start(self, fn, *args, name: str, on_result: Callable) -> None:
+        self.ctx.jobs.start(fn, *args, name=name, on_result=on_result, on_error=self._fail,
+                            on_progress=self.on_progress,
+                            on_cancelled=lambda: self.message.emit(
+                                f"{name.capitalize()} cancelled: what was done is journaled; "
+                                "Do ▸ Undo puts it back."))
+
+    def start_write_tags(self, prefix: str | None = None) -> None:
+        """Preview, then write each photo's category as a keyword (``prefix`` + category)."""
+        from clipdesk import tags
+        from clipdesk.errors import ClipdeskError
+
+        if self.ctx is None or self._busy():
+            return
+        rows = self._chosen()
+        if not rows:
+            self._fail("Nothing to tag: select photos, or lower the threshold, after classifying.", "input")
+            return
+        plans: dict[str, object] = {}
+
+        def describe(prefix: str) -> tuple[str, bool]:
+            try:
+                keywords = {p: [tags.with_prefix(prefix, c)] for p, c, _ in rows}
+                plan = plans[prefix] = tags.plan_write(keywords)
+            except (ClipdeskError, ValueError) as e:
+                return f"Cannot write these keywords: {e}", False
+            created = sum(c.create for c in plan.changes)
+            lines = [f"Write keywords for {_plural(len(rows), 'photo')}:", _counts(rows), "",
+                     f"{_plural(created, 'sidecar')} created, {len(plan.changes) - created:,} updated, "
+                     f"{plan.unchanged:,} unchanged."]
+            lines += [f"  {'create' if c.create else 'update'} {c.sidecar}  +" + " +".join(c.add)
+                      for c in plan.changes[:FIRST_FILES]]
+            if len(plan.changes) > FIRST_FILES:
+                lines.append(f"  … and {len(plan.changes) - FIRST_FILES:,} more")
+            if plan.problems:
+                lines.append(f"{_plural(len(plan.problems), 'problem')} (left untouched): "
+                             + "; ".join(f"{p.path}: {p.reason}" for p in plan.problems[:3]))
+            return "\n".join(lines), bool(plan.changes)
+
+        dialog = PlanDialog(self, "Write tags", "Write tags", describe, "clipdesk/" if prefix is None else prefix)
+        if not dialog.exec():
+            return
+        plan = plans.get(dialog.prefix_text())
+        if plan is None:
+            return
+        self._start(tags.apply_write, self.ctx.lib, plan, "tags write", name="writing tags",
+                    on_result=self._tags_written)
+
+    def _tags_written(self, r) -> None:
+        self.ctx.resolved.emit("interop")
+        if r.operation:
+            self._remember("tags", r.operation)
+        problems = f", {_plural(len(r.problems), 'problem')}" if r.problems else ""
+        self.message.emit(f"Tags written: {r.written:,} sidecars updated, {r.created:,} created, "
+                          f"{r.unchanged:,} unchanged{problems}." + (" Undo: Do ▸ Undo last tags write / sort."
+                                                                     if r.operation else ""))
+
+    def start_sort(self, mode: str, into: str | None = None) -> None:
+        """Choose a folder, preview, then copy or move each photo into ``into/<category>/``."""
+        from clipdesk import organise
+        from clipdesk.errors import ClipdeskError
+
+        if self.ctx is None or self._busy():
+            return
+        rows = self._chosen()
+        if not rows:
+            self._fail("Nothing to sort: select photos, or lower the threshold, after classifying.", "input")
+            return
+        if into is None:
+            into = ask_folder(self, f"{mode.capitalize()} into folders under…")
+        if not into:
+            return
+        try:
+            plan = organise.plan_sort(self.ctx.lib, [_Classified(*r) for r in rows], into, mode)
+        except ClipdeskError as e:
+            self._fail(str(e), type(e).__name__)
+            return
+        counts = plan.as_dict()["categories"]
+        sidecars = sum(len(p.sidecars) for p in plan.placements)
+        lines = [f"{mode.capitalize()} {_plural(len(plan.placements), 'photo')} into {plan.into}:"]
+        lines += [f"  {c}/: {_plural(n, 'photo')}" for c, n in sorted(counts.items())]
+        lines += [f"  {p.source} → {p.dest}" for p in plan.placements[:FIRST_FILES]]
+        if len(plan.placements) > FIRST_FILES:
+            lines.append(f"  … and {len(plan.placements) - FIRST_FILES:,} more")
+        if sidecars:
+            lines.append(f"{_plural(sidecars, 'XMP sidecar')} go with them.")
+        if plan.in_place:
+            lines.append(f"{_plural(plan.in_place, 'photo')} already in place.")
+        if plan.problems:
+            lines.append(f"{_plural(len(plan.problems), 'problem')} (not sorted): "
+                         + "; ".join(f"{p.path}: {p.reason}" for p in plan.problems[:3]))
+        dialog = PlanDialog(self, f"{mode.capitalize()} to folders", mode.capitalize(),
+                            lambda _p: ("\n".join(lines), bool(plan.placements)))
+        if not dialog.exec():
+            return
+        self._start(organise.apply_sort, self.ctx.lib, plan, name=f"{mode}ing photos", on_result=self._sorted)
+
+    def _sorted(self, r) -> None:
+        self.ctx.resolved.emit("interop")
+        if r.operation:
+            self._remember("sort", r.operation)
+        moved = " The moved photos keep their labels; classify again to see their new paths." \
+            if r.mode == "move" and r.placed else ""
+        self.message.emit(f"{_plural(len(r.placed), 'photo')} {'copied' if r.mode == 'copy' else r.mode + 'd'} "
+                          f"into folders.{moved}" + (" Undo: Do ▸ Undo last tags write / sort." if r.operation else ""))
+
+    def _remember(self, kind: str, operation: str) -> None:
+        self.last = (kind, operation)
+        self.undo_last.setText(f"Undo last {'tags write' if kind == 'tags' else 'sort'}")
+        self.undo_last.setEnabled(True)
+
+    def undo_file_operation(self) -> None:
+        """Undo the last tags write or sort made from this bar (the core's journaled undo)."""
+        from clipdesk import organise, tags
+
+        if self.ctx is None or self.last is None or self._busy():
+            return
+        kind, operation = self.last
+        self.undo_last.setEnabled(False)
+
+        def done(r) -> None:
+            self.last = None
+            self.undo_last.setText("Undo last tags write / sort")
+            self.ctx.resolved.emit("interop")
+            kept = f"; kept {_plural(len(r.conflicts), 'file')} changed since" if r.conflicts else ""
+            self.message.emit(f"Undid the {'tags write' if kind == 'tags' else 'sort'}: "
+                              f"{_plural(r.reverted, 'change')} reverted{kept}.")
+
+        def failed(message: str, k: str) -> None:
+            self.undo_last.setEnabled(True)
+            self._fail(message, k)
+
+        self.ctx.jobs.start(tags.undo if kind == "tags" else organise.undo, self.ctx.lib, operation,
+                            name="undo", on_result=done, on_error=failed)

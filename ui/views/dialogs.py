@@ -4,7 +4,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from PySide6.QtCore import QSettings
+from PySide6.QtCore import QSettings, Qt
 from PySide6.QtWidgets import (QComboBox, QDialog, QDialogButtonBox, QFileDialog, QFormLayout, QHBoxLayout,
                                QLabel, QLineEdit, QMessageBox, QPushButton, QSpinBox, QVBoxLayout, QWidget)
 
@@ -150,3 +150,65 @@ class SettingsDialog(QDialog):
                                              QFileDialog.Option.DontUseNativeDialog | QFileDialog.Option.ShowDirsOnly)
         if d:
             self.library.setText(d)
+
+
+def ask_folder(parent: QWidget, title: str) -> str:
+    """A Qt (not native) folder chooser that opens where the last one was left; "" when cancelled."""
+    settings = QSettings()
+    folder = settings.value("last_folder_dir") or ""
+    if not folder or not os.path.isdir(folder):
+        folder = str(Path.home())
+    d = QFileDialog.getExistingDirectory(parent, title, folder,
+                                         QFileDialog.Option.DontUseNativeDialog | QFileDialog.Option.ShowDirsOnly)
+    if d:
+        settings.setValue("last_folder_dir", d)
+    return d
+
+
+class PlanDialog(QDialog):
+    """The preview of a file operation (tags write, copy/move into folders): what would change, then
+    Apply or Cancel. ``describe(prefix)`` re-plans when the optional prefix field changes; it returns
+    the text to show and whether there is anything to apply."""
+
+    def __init__(self, parent: QWidget, title: str, action: str, describe, prefix: str | None = None) -> None:
+        super().__init__(parent)
+        self.setObjectName("planDialog")
+        self.setWindowTitle(title)
+        self.describe = describe
+        lay = QVBoxLayout(self)
+        self.prefix = None
+        if prefix is not None:
+            form = QFormLayout()
+            self.prefix = QLineEdit(prefix)
+            self.prefix.setObjectName("planPrefix")
+            self.prefix.setToolTip('Put before every keyword, e.g. "clipdesk/"; empty for none')
+            self.prefix.textChanged.connect(lambda _t: self.refresh())
+            form.addRow("Keyword prefix", self.prefix)
+            lay.addLayout(form)
+        self.text = QLabel()
+        self.text.setObjectName("planText")
+        self.text.setWordWrap(True)
+        self.text.setTextFormat(Qt.TextFormat.PlainText)
+        lay.addWidget(self.text, 1)
+        buttons = QHBoxLayout()
+        buttons.addStretch(1)
+        self.apply = QPushButton(action)
+        self.apply.setObjectName("planApply")
+        self.apply.setDefault(True)
+        self.apply.clicked.connect(lambda _c=False: self.accept())
+        self.cancel = QPushButton("Cancel")
+        self.cancel.setObjectName("planCancel")
+        self.cancel.clicked.connect(lambda _c=False: self.reject())
+        buttons.addWidget(self.apply)
+        buttons.addWidget(self.cancel)
+        lay.addLayout(buttons)
+        self.setMinimumWidth(520)
+        self.refresh()
+
+    def prefix_text(self) -> str:
+        return self.prefix.text() if self.prefix is not None else ""
+
+    def refresh(self) -> None:
+        text, ok = self.describe(self.prefix_text())
+        self.text.setText(text)
+        self.apply.setEnabled(ok)

@@ -11,6 +11,7 @@ import os
 from PySide6.QtCore import Signal
 from PySide6.QtWidgets import QHBoxLayout, QLabel, QLineEdit, QSplitter, QToolButton, QVBoxLayout, QWidget
 
+from clipdesk.indexer.formats import collapse_twins
 from clipdesk.query import Term
 from clipdesk.relevance import describe_cut, relevance_cut
 
@@ -166,6 +167,7 @@ class SearchView(QWidget):
         if serial != self.serial:
             return  # a newer search is on its way
         self.ctx.resolved.emit("search")
+        results = collapse_twins(results)  # a RAW + JPEG pair is one photo: shown once, at its better rank
         self._all = [Item(r.path, r.score, taken=r.taken) for r in results]
         self._good = relevance_cut([r.score for r in results])
         self.count_text = describe_cut(self._good, len(self._all))

@@ -62,6 +62,7 @@ class SortView(QWidget):
         self.actions_bar.message.connect(ctx.message)
         self.actions_bar.error.connect(lambda m, k: ctx.error.emit(m, k, "export"))
         self.actions_bar.resolved.connect(lambda: ctx.resolved.emit("export"))
+        self.actions_bar.attach(ctx, self.progress.emit)
         right.addWidget(self.grid, 1)
         right.addWidget(self.actions_bar)
         lay.addLayout(right, 1)

@@ -166,6 +166,7 @@ class TeachView(QWidget):
         self.actions_bar.message.connect(ctx.message)
         self.actions_bar.error.connect(lambda m, k: ctx.error.emit(m, k, "export"))
         self.actions_bar.resolved.connect(lambda: ctx.resolved.emit("export"))
+        self.actions_bar.attach(ctx, self.progress.emit)
         rl.addWidget(self.actions_bar)
         split.addWidget(review)
         split.setSizes([500, 500])

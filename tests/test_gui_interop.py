@@ -1,0 +1,152 @@
+"""Library interop in the app: Do ▸ Write tags… / Copy to folders… (preview, worker, undo), and
+RAW+JPEG twins shown once by ``clipdesk search``. Offscreen, real clicks on the real widgets."""
+import json
+import time
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("pytestqt")
+
+from PySide6.QtCore import QEventLoop, QSettings, Qt, QTimer  # noqa: E402
+from PySide6.QtTest import QTest  # noqa: E402
+from PySide6.QtWidgets import QApplication, QDialog  # noqa: E402
+
+pytestmark = [pytest.mark.gui, pytest.mark.qt_log_ignore("This plugin does not support")]
+
+
+def pump(ms: int) -> None:
+    loop = QEventLoop()
+    QTimer.singleShot(ms, loop.quit)
+    loop.exec()
+
+
+def until(cond, timeout=30.0, what="condition"):
+    end = time.monotonic() + timeout
+    while not cond():
+        if time.monotonic() > end:
+            raise AssertionError(f"timed out waiting for {what}")
+        pump(10)
+
+
+@pytest.fixture
+def win(qtbot, tmp_path, photos, no_thread_leaks):
+    from clipdesk.library import Library
+    from clipdesk.ui.main_window import MainWindow
+
+    w = MainWindow(Library(str(tmp_path / "lib"), model="test-tiny"),
+                   QSettings(str(tmp_path / "s.ini"), QSettings.Format.IniFormat))
+    w.resize(1280, 800)
+    qtbot.addWidget(w)
+    w.show()
+    with qtbot.waitSignal(w.index_finished, timeout=60000):
+        w.add_folders([str(photos)])
+    until(lambda: w.results.rowCount() == 8, what="the library shown by date")
+    yield w
+    w.shutdown()
+    assert w.jobs.pool.activeThreadCount() == 0
+
+
+def classified(w):
+    sort = w.sort_view
+    w.tabs.setCurrentWidget(sort)
+    sort.categories.setPlainText("red\ngreen\nblue")
+    QTest.mouseClick(sort.classify_button, Qt.MouseButton.LeftButton)
+    until(lambda: sort.classified and sort.classify_button.isEnabled(), what="classify")
+    sort.grid.clearSelection()
+    sort.actions_bar.threshold.setValue(0)  # no selection: every row at/above 0 %
+    return sort
+
+
+def answer_plan(apply: bool) -> list[str]:
+    """When the preview dialog opens, note its text and click Apply (or Cancel)."""
+    seen: list[str] = []
+
+    def click():
+        dlg = next((d for d in QApplication.topLevelWidgets()
+                    if isinstance(d, QDialog) and d.objectName() == "planDialog" and d.isVisible()), None)
+        if dlg is None:
+            QTimer.singleShot(50, click)
+            return
+        seen.append(dlg.findChild(object, "planText").text())
+        seen.append(dlg.findChild(object, "planApply").isEnabled())
+        QTest.mouseClick(dlg.findChild(object, "planApply" if apply else "planCancel"), Qt.MouseButton.LeftButton)
+
+    QTimer.singleShot(50, click)
+    return seen
+
+
+def test_write_tags_from_the_sort_tab_then_undo(win):
+    from clipdesk import tags
+
+    sort = classified(win)
+    bar = sort.actions_bar
+    action = next(a for a in bar.more.actions() if a.objectName() == "writeTagsAction")
+    assert action.isEnabled() and not bar.undo_last.isEnabled()
+    rows = [(p, c) for p, c, _ in sort._rows()]
+    assert len(rows) == 8
+    seen = answer_plan(apply=False)  # Cancel changes nothing
+    action.trigger()
+    assert seen and "8 sidecars created, 0 updated" in seen[0] and "clipdesk/" in seen[0] and seen[1] is True
+    assert not any(Path(tags.sidecar_target(p)).exists() for p, _ in rows)
+    seen = answer_plan(apply=True)
+    action.trigger()
+    until(lambda: bar.undo_last.isEnabled(), what="tags written")
+    for p, c in rows:
+        keywords, problems = tags.read_photo_keywords(p)
+        assert f"clipdesk/{c}" in keywords and not problems
+    assert "Tags written: 0 sidecars updated, 8 created" in win.status.currentMessage()
+    # a second write changes nothing: the preview says so and Apply is off
+    seen = answer_plan(apply=False)
+    action.trigger()
+    assert "0 sidecars created, 0 updated, 8 unchanged" in seen[0] and seen[1] is False
+    bar.undo_last.trigger()
+    until(lambda: not any(Path(tags.sidecar_target(p)).exists() for p, _ in rows), what="undo")
+    until(lambda: "Undid the tags write" in win.status.currentMessage(), what="undo message")
+
+
+def test_copy_to_folders_puts_copies_in_category_folders_and_keeps_originals(win, tmp_path, monkeypatch):
+    sort = classified(win)
+    bar = sort.actions_bar
+    dest = tmp_path / "sorted"
+    monkeypatch.setattr("clipdesk.ui.views.actions.ask_folder", lambda *a: str(dest))
+    rows = sort._rows()
+    seen = answer_plan(apply=True)
+    next(a for a in bar.more.actions() if a.objectName() == "copyToFoldersAction").trigger()
+    until(lambda: bar.undo_last.isEnabled(), what="copied")
+    assert seen and f"Copy 8 photos into {dest}" in seen[0]
+    for p, c, _ in rows:
+        assert Path(p).is_file()
+        copy = dest / c / Path(p).name
+        assert copy.is_file() and copy.read_bytes() == Path(p).read_bytes()
+    assert len(list(dest.rglob("*.jpg"))) == 8
+    bar.undo_last.trigger()
+    until(lambda: not list(dest.rglob("*.jpg")), what="copies removed")
+    assert all(Path(p).is_file() for p, _, _ in rows)
+
+
+def test_copy_into_the_library_folder_is_one_clear_error(win, monkeypatch):
+    sort = classified(win)
+    errors = []
+    win.ctx.error.connect(lambda m, k, c: errors.append((m, c)))
+    monkeypatch.setattr("clipdesk.ui.views.actions.ask_folder", lambda *a: win.lib.folder)
+    next(a for a in sort.actions_bar.more.actions() if a.objectName() == "moveToFoldersAction").trigger()
+    assert len(errors) == 1 and "inside the library folder" in errors[0][0] and errors[0][1] == "interop"
+
+
+def test_cli_search_shows_a_raw_jpeg_pair_once(tmp_path, library, capsys):
+    from clipdesk.cli import main
+    from conftest import make_photo
+    from test_formats import write_dng
+
+    folder = tmp_path / "camera"
+    write_dng(folder / "IMG_0001.DNG")
+    make_photo(folder / "IMG_0001.JPG", (220, 220, 220))
+    make_photo(folder / "IMG_0002.JPG", (20, 20, 20), pattern=2)
+    assert library.index([str(folder)]).added == 3
+    assert len(library.search("a photo", k=10)) == 3
+    library.close()
+    capsys.readouterr()
+    assert main(["--library", library.folder, "search", "a photo", "-k", "10", "--json"]) == 0
+    stems = [Path(r["path"]).stem for r in json.loads(capsys.readouterr().out)]
+    assert sorted(stems) == ["IMG_0001", "IMG_0002"]
