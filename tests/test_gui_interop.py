@@ -125,6 +125,32 @@ def test_copy_to_folders_puts_copies_in_category_folders_and_keeps_originals(win
     assert all(Path(p).is_file() for p, _, _ in rows)
 
 
+def test_cancelled_copy_keeps_what_was_done_and_undo_removes_it(win, tmp_path, monkeypatch):
+    from clipdesk import organise
+
+    sort = classified(win)
+    bar = sort.actions_bar
+    dest = tmp_path / "sorted"
+    monkeypatch.setattr("clipdesk.ui.views.actions.ask_folder", lambda *a: str(dest))
+    real = organise.apply_sort
+
+    def cancelled_after_one(lib, plan, progress=None, cancel=None):
+        def step(p):
+            progress(p)
+            cancel.cancel()  # as the status bar's Cancel does, after the first photo
+
+        return real(lib, plan, progress=step, cancel=cancel)
+
+    monkeypatch.setattr(organise, "apply_sort", cancelled_after_one)
+    answer_plan(apply=True)
+    next(a for a in bar.more.actions() if a.objectName() == "copyToFoldersAction").trigger()
+    until(lambda: bar.undo_last.isEnabled(), what="cancelled")
+    assert "cancelled" in win.status.currentMessage()
+    assert len(list(dest.rglob("*.jpg"))) == 1
+    bar.undo_last.trigger()
+    until(lambda: not list(dest.rglob("*.jpg")), what="the one copy removed")
+
+
 def test_copy_into_the_library_folder_is_one_clear_error(win, monkeypatch):
     sort = classified(win)
     errors = []
@@ -132,6 +158,7 @@ def test_copy_into_the_library_folder_is_one_clear_error(win, monkeypatch):
     monkeypatch.setattr("clipdesk.ui.views.actions.ask_folder", lambda *a: win.lib.folder)
     next(a for a in sort.actions_bar.more.actions() if a.objectName() == "moveToFoldersAction").trigger()
     assert len(errors) == 1 and "inside the library folder" in errors[0][0] and errors[0][1] == "interop"
+    assert win.teach_view.actions_bar.write_tags.isEnabled()  # the Teach tab's bar has them too
 
 
 def test_cli_search_shows_a_raw_jpeg_pair_once(tmp_path, library, capsys):

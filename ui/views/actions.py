@@ -184,12 +184,15 @@ class ResultActions(QWidget):
             return True
         return False
 
-    def _start(self, fn, *args, name: str, on_result: Callable) -> None:
+    def _start(self, fn, *args, kind: str, name: str, on_result: Callable) -> None:
         self.ctx.jobs.start(fn, *args, name=name, on_result=on_result, on_error=self._fail,
-                            on_progress=self.on_progress,
-                            on_cancelled=lambda: self.message.emit(
-                                f"{name.capitalize()} cancelled: what was done is journaled; "
-                                "Do ▸ Undo puts it back."))
+                            on_progress=self.on_progress, on_cancelled=lambda: self._cancelled(kind, name))
+
+    def _cancelled(self, kind: str, name: str) -> None:
+        # the part done is journaled as an interrupted operation: undo takes the newest of its kind
+        self._remember(kind, None)
+        self.message.emit(f"{name.capitalize()} cancelled: what was done so far is kept; "
+                          "Do ▸ Undo puts it back.")
 
     def start_write_tags(self, prefix: str | None = None) -> None:
         """Preview, then write each photo's category as a keyword (``prefix`` + category)."""
@@ -229,7 +232,7 @@ class ResultActions(QWidget):
         plan = plans.get(dialog.prefix_text())
         if plan is None:
             return
-        self._start(tags.apply_write, self.ctx.lib, plan, "tags write", name="writing tags",
+        self._start(tags.apply_write, self.ctx.lib, plan, "tags write", kind="tags", name="writing tags",
                     on_result=self._tags_written)
 
     def _tags_written(self, r) -> None:
@@ -279,7 +282,8 @@ class ResultActions(QWidget):
                             lambda _p: ("\n".join(lines), bool(plan.placements)))
         if not dialog.exec():
             return
-        self._start(organise.apply_sort, self.ctx.lib, plan, name=f"{mode}ing photos", on_result=self._sorted)
+        self._start(organise.apply_sort, self.ctx.lib, plan, kind="sort", name=f"{mode}ing photos",
+                    on_result=self._sorted)
 
     def _sorted(self, r) -> None:
         self.ctx.resolved.emit("interop")
@@ -290,7 +294,7 @@ class ResultActions(QWidget):
         self.message.emit(f"{_plural(len(r.placed), 'photo')} {'copied' if r.mode == 'copy' else r.mode + 'd'} "
                           f"into folders.{moved}" + (" Undo: Do ▸ Undo last tags write / sort." if r.operation else ""))
 
-    def _remember(self, kind: str, operation: str) -> None:
+    def _remember(self, kind: str, operation: str | None) -> None:
         self.last = (kind, operation)
         self.undo_last.setText(f"Undo last {'tags write' if kind == 'tags' else 'sort'}")
         self.undo_last.setEnabled(True)
