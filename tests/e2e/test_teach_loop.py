@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import csv
 import os
+import shutil
 import time
 from pathlib import Path
 
@@ -28,6 +29,13 @@ def outdir(tmp_path) -> Path:
         pytest.fail("the end-to-end run needs " + ", ".join(missing)
                     + f": install with  sudo apt-get install -y {' '.join(missing)}")
     out = Path(os.environ.get("E2E_OUT") or tmp_path / "e2e")
+    # Every run is a first run: what an earlier run left (library, home, screenshots) goes first.
+    for name in ("library", "home", "screenshots", "state.json", "app.log", "teach-export.csv"):
+        target = out / name
+        if target.is_dir():
+            shutil.rmtree(target)
+        elif target.exists():
+            target.unlink()
     out.mkdir(parents=True, exist_ok=True)
     return out
 
