@@ -424,6 +424,15 @@ class Terminated(KeyboardInterrupt):
     """SIGTERM: stops a command exactly as Ctrl+C does (clean-up included), with exit status 143."""
 
 
+def _in_finalizer(frame, depth: int = 64) -> bool:
+    """Whether the interrupted code runs inside an object's ``__del__``."""
+    while frame is not None and depth > 0:
+        if frame.f_code.co_name == "__del__":
+            return True
+        frame, depth = frame.f_back, depth - 1
+    return False
+
+
 def _handle_stop_signals() -> tuple[dict, dict]:
     """SIGINT and SIGTERM raise KeyboardInterrupt / :class:`Terminated` in the main thread once;
     a second signal during the clean-up exits at once, with no traceback. Returns the state and
@@ -437,6 +446,13 @@ def _handle_stop_signals() -> tuple[dict, dict]:
                 os.write(2, b"clipdesk: stopped\n")
             finally:
                 os._exit(code)  # committed work is safe: the catalog survives even kill -9
+        if _in_finalizer(_frame):
+            # Python prints and drops an exception raised inside __del__ (a tqdm bar's, say): the
+            # stop would be lost. Deliver the signal again a moment later, outside the finalizer.
+            timer = threading.Timer(0.05, os.kill, (os.getpid(), signum))
+            timer.daemon = True
+            timer.start()
+            return
         state["stopping"] = True
         raise Terminated() if signum == signal.SIGTERM else KeyboardInterrupt()
 

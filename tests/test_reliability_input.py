@@ -780,3 +780,28 @@ def test_cached_weights_load_without_the_network(tmp_path):
     assert p.returncode == 0, p.stderr
     seconds, diff = map(float, p.stdout.split())
     assert seconds < 5 and diff < 1e-4, (seconds, diff)
+
+
+FINALIZER_DRIVER = r"""
+import os, signal, time
+from clipdesk.cli import _handle_stop_signals
+state, _ = _handle_stop_signals()
+class Bar:  # like a progress bar whose __del__ runs when Ctrl+C arrives
+    def __del__(self):
+        os.kill(os.getpid(), signal.SIGINT)
+        time.sleep(0.01)
+try:
+    bar = Bar()
+    del bar
+    time.sleep(5)
+    print("lost")
+except KeyboardInterrupt:
+    print("stopped")
+"""
+
+
+def test_ctrl_c_arriving_inside_a_finalizer_is_not_lost():
+    """Python drops an exception raised in __del__; the stop must still happen, without a traceback."""
+    out = subprocess.run([sys.executable, "-c", FINALIZER_DRIVER], capture_output=True, text=True, timeout=60)
+    assert out.stdout.strip() == "stopped", (out.stdout, out.stderr)
+    assert "Exception ignored" not in out.stderr and "Traceback" not in out.stderr, out.stderr
