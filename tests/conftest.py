@@ -77,6 +77,43 @@ def library(tmp_path):
     lib.close()
 
 
+def until(cond, timeout: float = 30.0, what: str = "condition") -> None:
+    """Run the Qt event loop until ``cond()`` holds (the app's own wait: see ui/selftest.py)."""
+    from clipdesk.ui.selftest import wait_until
+
+    try:
+        wait_until(cond, timeout, what)
+    except TimeoutError as e:
+        raise AssertionError(str(e)) from None  # a test failure, not an error
+
+
+def make_window(tmp_path, lib=None):
+    """The main window on a library in ``tmp_path`` (test-tiny) with settings of its own."""
+    from PySide6.QtCore import QSettings
+
+    from clipdesk.library import Library
+    from clipdesk.ui.main_window import MainWindow
+
+    lib = lib or Library(str(tmp_path / "lib"), model="test-tiny")
+    win = MainWindow(lib, QSettings(str(tmp_path / "s.ini"), QSettings.Format.IniFormat))
+    win.resize(1280, 800)
+    return win
+
+
+@pytest.fixture
+def window(qtbot, tmp_path, photos, no_thread_leaks):
+    """The main window shown, with the ``photos`` folder indexed and on screen by date."""
+    w = make_window(tmp_path)
+    qtbot.addWidget(w)
+    w.show()
+    with qtbot.waitSignal(w.index_finished, timeout=60000):
+        w.add_folders([str(photos)])
+    until(lambda: w.results.rowCount() == 8, what="the library shown by date")
+    yield w
+    w.shutdown()
+    assert w.jobs.pool.activeThreadCount() == 0 and w.thumbnails.pool.activeThreadCount() == 0
+
+
 @pytest.fixture
 def no_thread_leaks():
     """Fail a test that leaves threads running: Python threads, and Qt pool threads still busy.

@@ -90,24 +90,6 @@ def test_worker_cancel_and_errors(qtbot, jobs):
     assert any(k == "bug" and "ZeroDivisionError" in m for m, k in errors)
 
 
-@pytest.fixture
-def window(qtbot, tmp_path, photos, no_thread_leaks):
-    from PySide6.QtCore import QSettings
-
-    from clipdesk.library import Library
-    from clipdesk.ui.main_window import MainWindow
-
-    lib = Library(str(tmp_path / "lib"), model="test-tiny")
-    win = MainWindow(lib, QSettings(str(tmp_path / "s.ini"), QSettings.Format.IniFormat))
-    qtbot.addWidget(win)
-    win.show()
-    with qtbot.waitSignal(win.index_finished, timeout=60000):
-        win.start_indexing([str(photos)])
-    yield win
-    win.shutdown()
-    assert win.jobs.pool.activeThreadCount() == 0 and win.thumbnails.pool.activeThreadCount() == 0
-
-
 def test_drag_and_drop_into_buckets(qtbot, window, photos, tmp_path):
     from conftest import make_photo
 

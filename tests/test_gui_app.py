@@ -8,50 +8,15 @@ import pytest
 
 pytest.importorskip("pytestqt")
 
-from PySide6.QtCore import QEventLoop, QPoint, QPointF, QRect, QSettings, QSize, Qt, QTimer  # noqa: E402
+from PySide6.QtCore import QPoint, QPointF, QRect, QSize, Qt, QTimer  # noqa: E402
 from PySide6.QtGui import QColor, QContextMenuEvent, QImage, QPainter, QPixmap  # noqa: E402
 from PySide6.QtTest import QTest  # noqa: E402
 from PySide6.QtWidgets import QApplication, QFileDialog, QStyle, QStyleOptionViewItem  # noqa: E402
 
+from conftest import make_window, until  # noqa: E402
+from clipdesk.ui.selftest import pump  # noqa: E402
+
 pytestmark = [pytest.mark.gui, pytest.mark.qt_log_ignore("This plugin does not support")]  # offscreen popups
-
-
-def pump(ms: int) -> None:
-    """Run the event loop (not processEvents/qWait: see ui/selftest.py's ``pump``)."""
-    loop = QEventLoop()
-    QTimer.singleShot(ms, loop.quit)
-    loop.exec()
-
-
-def until(cond, timeout=30.0, what="condition"):
-    end = time.monotonic() + timeout
-    while not cond():
-        if time.monotonic() > end:
-            raise AssertionError(f"timed out waiting for {what}")
-        pump(10)
-
-
-def make_window(tmp_path, lib=None):
-    from clipdesk.library import Library
-    from clipdesk.ui.main_window import MainWindow
-
-    lib = lib or Library(str(tmp_path / "lib"), model="test-tiny")
-    win = MainWindow(lib, QSettings(str(tmp_path / "s.ini"), QSettings.Format.IniFormat))
-    win.resize(1280, 800)
-    return win
-
-
-@pytest.fixture
-def win(qtbot, tmp_path, photos, no_thread_leaks):
-    w = make_window(tmp_path)
-    qtbot.addWidget(w)
-    w.show()
-    with qtbot.waitSignal(w.index_finished, timeout=60000):
-        w.add_folders([str(photos)])
-    until(lambda: w.results.rowCount() == 8, what="the library shown by date")
-    yield w
-    w.shutdown()
-    assert w.jobs.pool.activeThreadCount() == 0 and w.thumbnails.pool.activeThreadCount() == 0
 
 
 def teach_tab(w, source=1, n=8):
@@ -76,28 +41,28 @@ def press_bucket_key(grid, rows, key):
 
 
 # ---------------------------------------------------------------------- the teaching loop
-def test_teach_grid_is_filled_before_any_bucket_and_photos_go_in_by_number_key(win):
-    t = teach_tab(win, source=0, n=8)  # "Suggested next": a diverse sample before training
-    assert win.tabs.tabText(win.tabs.currentIndex()) == "Teach" and t.grid.objectName() == "teachGrid"
-    add_buckets(win, "Anna", "Ben")
+def test_teach_grid_is_filled_before_any_bucket_and_photos_go_in_by_number_key(window):
+    t = teach_tab(window, source=0, n=8)  # "Suggested next": a diverse sample before training
+    assert window.tabs.tabText(window.tabs.currentIndex()) == "Teach" and t.grid.objectName() == "teachGrid"
+    add_buckets(window, "Anna", "Ben")
     paths = [it.path for it in t.pick_results.items()]
     press_bucket_key(t.grid, [0, 1], Qt.Key.Key_1)
-    until(lambda: len(win.buckets["Anna"].paths()) == 2, what="bucket 1")
-    assert set(win.lib.labels()["Anna"]) == set(paths[:2])
-    assert win.buckets["Anna"].count.text().startswith("2")
+    until(lambda: len(window.buckets["Anna"].paths()) == 2, what="bucket 1")
+    assert set(window.lib.labels()["Anna"]) == set(paths[:2])
+    assert window.buckets["Anna"].count.text().startswith("2")
     # labelled photos leave the suggestions
     assert not set(paths[:2]) & {it.path for it in t.pick_results.items()}
     press_bucket_key(t.grid, [0], Qt.Key.Key_2)
-    until(lambda: len(win.buckets["Ben"].paths()) == 1, what="bucket 2")
+    until(lambda: len(window.buckets["Ben"].paths()) == 1, what="bucket 2")
     press_bucket_key(t.grid, [0], Qt.Key.Key_9)  # no bucket 9: nothing happens, it says so
-    assert sum(len(v) for v in win.lib.labels().values()) == 3
+    assert sum(len(v) for v in window.lib.labels().values()) == 3
 
 
-def test_context_menu_adds_to_a_bucket_from_the_search_grid(win):
-    add_buckets(win, "Anna")
-    win.tabs.setCurrentWidget(win.search_view)
-    grid = win.search_view.grid
-    rect = grid.visualRect(win.results.index(3))
+def test_context_menu_adds_to_a_bucket_from_the_search_grid(window):
+    add_buckets(window, "Anna")
+    window.tabs.setCurrentWidget(window.search_view)
+    grid = window.search_view.grid
+    rect = grid.visualRect(window.results.index(3))
     chosen = []
 
     def pick():
@@ -111,80 +76,80 @@ def test_context_menu_adds_to_a_bucket_from_the_search_grid(win):
     QTimer.singleShot(300, pick)
     ev = QContextMenuEvent(QContextMenuEvent.Reason.Mouse, rect.center(), grid.viewport().mapToGlobal(rect.center()))
     QApplication.sendEvent(grid.viewport(), ev)
-    until(lambda: len(win.buckets["Anna"].paths()) == 1, what="menu add")
-    assert chosen and win.buckets["Anna"].paths() == [win.results.item(3).path]
+    until(lambda: len(window.buckets["Anna"].paths()) == 1, what="menu add")
+    assert chosen and window.buckets["Anna"].paths() == [window.results.item(3).path]
 
 
-def test_delete_takes_one_photo_out_of_a_bucket_and_ctrl_z_puts_it_back(win):
-    t = teach_tab(win)
-    add_buckets(win, "Anna")
+def test_delete_takes_one_photo_out_of_a_bucket_and_ctrl_z_puts_it_back(window):
+    t = teach_tab(window)
+    add_buckets(window, "Anna")
     press_bucket_key(t.grid, [0, 1, 2], Qt.Key.Key_1)
-    until(lambda: len(win.buckets["Anna"].paths()) == 3)
-    lst = win.buckets["Anna"].list
+    until(lambda: len(window.buckets["Anna"].paths()) == 3)
+    lst = window.buckets["Anna"].list
     assert lst.objectName() == "bucketList:Anna"
     gone = lst.item(1).data(Qt.ItemDataRole.UserRole)
     lst.setCurrentRow(1)
     lst.setFocus()
     QTest.keyClick(lst, Qt.Key.Key_Delete)
-    until(lambda: len(win.buckets["Anna"].paths()) == 2)
-    assert gone not in win.lib.labels()["Anna"]
+    until(lambda: len(window.buckets["Anna"].paths()) == 2)
+    assert gone not in window.lib.labels()["Anna"]
     QTest.keyClick(t.grid, Qt.Key.Key_Z, Qt.KeyboardModifier.ControlModifier)
-    until(lambda: len(win.buckets["Anna"].paths()) == 3)
-    assert gone in win.lib.labels()["Anna"]
+    until(lambda: len(window.buckets["Anna"].paths()) == 3)
+    assert gone in window.lib.labels()["Anna"]
 
 
-def test_undo_twenty_steps(win):
-    t = teach_tab(win)
-    add_buckets(win, "A", "B")  # 2 steps
+def test_undo_twenty_steps(window):
+    t = teach_tab(window)
+    add_buckets(window, "A", "B")  # 2 steps
     for r in range(8):  # 8 steps: one photo at a time into A by key 1 …
         press_bucket_key(t.grid, [r], Qt.Key.Key_1)
     for r in range(8):  # … and 8 more into B by key 2
         press_bucket_key(t.grid, [r], Qt.Key.Key_2)
-    lst = win.buckets["A"].list
+    lst = window.buckets["A"].list
     for _ in range(4):  # 4 steps: Delete takes photos out of A one by one
         lst.setCurrentRow(0)
         lst.setFocus()
         QTest.keyClick(lst, Qt.Key.Key_Delete)
-    assert win.undo_stack.count() == 23  # and the folder added by the fixture
-    assert len(win.lib.labels()["A"]) == 4 and len(win.lib.labels()["B"]) == 8
+    assert window.undo_stack.count() == 23  # and the folder added by the fixture
+    assert len(window.lib.labels()["A"]) == 4 and len(window.lib.labels()["B"]) == 8
     t.grid.setFocus()
     for _ in range(22):
         QTest.keyClick(t.grid, Qt.Key.Key_Z, Qt.KeyboardModifier.ControlModifier)
-    assert win.lib.labels() == {}  # back to before the two buckets were made
-    assert "A" not in win.buckets and win.undo_stack.index() == 1  # only the folder step is left
+    assert window.lib.labels() == {}  # back to before the two buckets were made
+    assert "A" not in window.buckets and window.undo_stack.index() == 1  # only the folder step is left
     # Ctrl+Z in a text field is the field's own undo, not the app's
-    win.undo_stack.redo()
+    window.undo_stack.redo()
     QTest.keyClicks(t.bucket_name, "xy")
     QTest.keyClick(t.bucket_name, Qt.Key.Key_Z, Qt.KeyboardModifier.ControlModifier)
-    assert t.bucket_name.text() != "xy" and "A" in win.lib.labels()
+    assert t.bucket_name.text() != "xy" and "A" in window.lib.labels()
 
 
-def test_bucket_delete_is_undoable(win):
-    t = teach_tab(win)
-    add_buckets(win, "Anna")
+def test_bucket_delete_is_undoable(window):
+    t = teach_tab(window)
+    add_buckets(window, "Anna")
     press_bucket_key(t.grid, [0, 1], Qt.Key.Key_1)
-    until(lambda: len(win.buckets["Anna"].paths()) == 2)
-    before = sorted(win.lib.labels()["Anna"])
-    close = win.buckets["Anna"].findChild(type(win.undo_button), "deleteBucket:Anna")
+    until(lambda: len(window.buckets["Anna"].paths()) == 2)
+    before = sorted(window.lib.labels()["Anna"])
+    close = window.buckets["Anna"].findChild(type(window.undo_button), "deleteBucket:Anna")
     QTest.mouseClick(close, Qt.MouseButton.LeftButton)
-    until(lambda: "Anna" not in win.buckets)
-    QTest.mouseClick(win.undo_button, Qt.MouseButton.LeftButton)
-    until(lambda: "Anna" in win.buckets)
-    assert sorted(win.lib.labels()["Anna"]) == before
+    until(lambda: "Anna" not in window.buckets)
+    QTest.mouseClick(window.undo_button, Qt.MouseButton.LeftButton)
+    until(lambda: "Anna" in window.buckets)
+    assert sorted(window.lib.labels()["Anna"]) == before
 
 
-def test_train_apply_review_accept_reject_retrain(win):
-    t = teach_tab(win)
-    add_buckets(win, "Anna", "Ben")
+def test_train_apply_review_accept_reject_retrain(window):
+    t = teach_tab(window)
+    add_buckets(window, "Anna", "Ben")
     press_bucket_key(t.grid, [0, 1], Qt.Key.Key_1)
     press_bucket_key(t.grid, [2, 3], Qt.Key.Key_2)
-    until(lambda: len(win.buckets["Ben"].paths()) == 2)
+    until(lambda: len(window.buckets["Ben"].paths()) == 2)
     assert not t.accept_button.isEnabled()  # nothing applied yet: nothing to accept
     QTest.mouseClick(t.train_button, Qt.MouseButton.LeftButton)
     until(lambda: "accuracy" in t.train_result.text(), what="training")
     QTest.mouseClick(t.apply_button, Qt.MouseButton.LeftButton)
     until(lambda: t.predictions, what="apply")
-    labelled = win.labels.labelled_paths()
+    labelled = window.labels.labelled_paths()
     options = [t.review_category.itemText(i) for i in range(t.review_category.count())]
     assert set(options) <= {"Anna", "Ben"} and options
     shown = {it.path for it in t.review_results.items()}
@@ -195,32 +160,32 @@ def test_train_apply_review_accept_reject_retrain(win):
     first = t.review_results.item(0).path
     t.review_grid.select_rows([0])
     QTest.mouseClick(t.accept_button, Qt.MouseButton.LeftButton)
-    until(lambda: first in win.lib.labels()[cat])
+    until(lambda: first in window.lib.labels()[cat])
     assert first not in {it.path for it in t.review_results.items()}
     if t.review_results.rowCount():
         second = t.review_results.item(0).path
         t.review_grid.select_rows([0])
         QTest.mouseClick(t.reject_button, Qt.MouseButton.LeftButton)
-        until(lambda: second in win.lib.labels().get(f"__not__.{cat}", []))
-        assert second not in win.lib.labels()[cat] and "__not__." + cat not in win.buckets
+        until(lambda: second in window.lib.labels().get(f"__not__.{cat}", []))
+        assert second not in window.lib.labels()[cat] and "__not__." + cat not in window.buckets
     if t.review_results.rowCount():  # the keyboard: A accepts the current photo
         t.review_grid.clearSelection()
         t.review_grid.setFocus()
         current = t.review_grid.current_path()
         cat = t.review_category.currentData()
         QTest.keyClick(t.review_grid, Qt.Key.Key_A)
-        until(lambda: current in win.lib.labels()[cat], what="key A accepts")
+        until(lambda: current in window.lib.labels()[cat], what="key A accepts")
     # the confidence slider filters: at 0% nothing above 0 is shown
     t.confidence.setValue(0)
     assert all(it.score <= 0.0 + 1e-6 for it in t.review_results.items())
     t.confidence.setValue(100)
-    examples_before = win.lib.load_probe("teach").keys.shape[0]
+    examples_before = window.lib.load_probe("teach").keys.shape[0]
     QTest.mouseClick(t.retrain_button, Qt.MouseButton.LeftButton)  # retrain + re-apply, one click
     with_new = examples_before + 1
-    until(lambda: win.lib.load_probe("teach").keys.shape[0] >= with_new and t.apply_button.isEnabled()
-          and not win.jobs.active, what="retrain and apply")
+    until(lambda: window.lib.load_probe("teach").keys.shape[0] >= with_new and t.apply_button.isEnabled()
+          and not window.jobs.active, what="retrain and apply")
     assert len(t.predictions) == 8
-    out = str(win.lib.folder) + "-predictions.csv"
+    out = str(window.lib.folder) + "-predictions.csv"
     drive_save_dialog(out)
     assert not t.review_grid.selected_paths()  # nothing auto-selected: Export writes every prediction
     QTest.mouseClick(t.actions_bar.export, Qt.MouseButton.LeftButton)
@@ -260,16 +225,16 @@ def drive_save_dialog(path: str) -> list:
     return seen
 
 
-def test_export_csv_from_sort_and_teach_opens_a_dialog_and_writes_the_file(win, tmp_path):
-    sort = win.sort_view
-    win.tabs.setCurrentWidget(sort)
+def test_export_csv_from_sort_and_teach_opens_a_dialog_and_writes_the_file(window, tmp_path):
+    sort = window.sort_view
+    window.tabs.setCurrentWidget(sort)
     sort.categories.setPlainText("red\ngreen\nblue\nunicorn")
     QTest.mouseClick(sort.classify_button, Qt.MouseButton.LeftButton)
     until(lambda: sort.classified and sort.classify_button.isEnabled(), what="classify")
     # every category is listed, also those that got 0 photos
     names = [sort.category_list.item(i).text() for i in range(sort.category_list.count())]
     assert len([n for n in names if not n.startswith("(none)")]) == 4
-    assert win.count_label.text().endswith("8 photos sorted")
+    assert window.count_label.text().endswith("8 photos sorted")
     out = tmp_path / "sorted.csv"
     seen = drive_save_dialog(str(out))
     QTest.mouseClick(sort.actions_bar.export, Qt.MouseButton.LeftButton)
@@ -285,20 +250,20 @@ def test_export_csv_from_sort_and_teach_opens_a_dialog_and_writes_the_file(win, 
     assert QApplication.clipboard().text().split("\n") == sort.grid.selected_paths()
 
 
-def test_search_shows_library_by_date_and_refine_keeps_paths_out_of_the_field(win):
-    assert win.count_label.text() == "8 photos"
-    taken = [it.taken for it in win.results.items() if it.taken]
+def test_search_shows_library_by_date_and_refine_keeps_paths_out_of_the_field(window):
+    assert window.count_label.text() == "8 photos"
+    taken = [it.taken for it in window.results.items() if it.taken]
     assert taken == sorted(taken, reverse=True)
-    win.search_bar.setText("red")
-    QTest.keyClick(win.search_bar, Qt.Key.Key_Return)
-    until(lambda: win.search_view.landed == win.search_view.serial and win.search_view.text == "red")
-    first = win.results.item(0).path
-    win.grid.setCurrentIndex(win.results.index(0))
-    QTest.mouseClick(win.search_view.preview.more, Qt.MouseButton.LeftButton)
-    until(lambda: win.search_view.landed == win.search_view.serial and win.search_view.images)
-    assert win.search_bar.text() == "red" and os.sep not in win.search_bar.text()
-    assert win.search_view.terms_label.text() == f"like: {os.path.basename(first)}"
-    assert first not in {it.path for it in win.results.items()}
+    window.search_bar.setText("red")
+    QTest.keyClick(window.search_bar, Qt.Key.Key_Return)
+    until(lambda: window.search_view.landed == window.search_view.serial and window.search_view.text == "red")
+    first = window.results.item(0).path
+    window.grid.setCurrentIndex(window.results.index(0))
+    QTest.mouseClick(window.search_view.preview.more, Qt.MouseButton.LeftButton)
+    until(lambda: window.search_view.landed == window.search_view.serial and window.search_view.images)
+    assert window.search_bar.text() == "red" and os.sep not in window.search_bar.text()
+    assert window.search_view.terms_label.text() == f"like: {os.path.basename(first)}"
+    assert first not in {it.path for it in window.results.items()}
 
 
 def test_search_is_cut_where_scores_stop_standing_out_and_show_all_is_one_click(qtbot, tmp_path, monkeypatch,
@@ -336,27 +301,27 @@ def test_search_is_cut_where_scores_stop_standing_out_and_show_all_is_one_click(
     w.shutdown()
 
 
-def test_banner_floats_over_the_page_and_clears_when_the_cause_is_gone(win):
-    until(lambda: not win.jobs.active, what="idle")
-    grid = win.search_view.grid
-    before = grid.mapTo(win, QPoint(0, 0)), grid.size()
-    win.show_error("Cannot read that photo " + "very long explanation " * 20, "QueryError", "search")
+def test_banner_floats_over_the_page_and_clears_when_the_cause_is_gone(window):
+    until(lambda: not window.jobs.active, what="idle")
+    grid = window.search_view.grid
+    before = grid.mapTo(window, QPoint(0, 0)), grid.size()
+    window.show_error("Cannot read that photo " + "very long explanation " * 20, "QueryError", "search")
     pump(50)
-    assert win.banner.isVisible()
-    assert (grid.mapTo(win, QPoint(0, 0)), grid.size()) == before  # nothing moved
-    assert win.banner.text.text().endswith("explanation ")  # the whole text, never cut
+    assert window.banner.isVisible()
+    assert (grid.mapTo(window, QPoint(0, 0)), grid.size()) == before  # nothing moved
+    assert window.banner.text.text().endswith("explanation ")  # the whole text, never cut
     with pytest.raises(AssertionError):
-        until(lambda: not win.banner.isVisible(), timeout=0.3)
-    win.search_view.set_text("blue")  # a search that works: the cause is gone
-    until(lambda: not win.banner.isVisible(), what="banner cleared")
+        until(lambda: not window.banner.isVisible(), timeout=0.3)
+    window.search_view.set_text("blue")  # a search that works: the cause is gone
+    until(lambda: not window.banner.isVisible(), what="banner cleared")
 
 
-def test_drag_over_a_tab_title_switches_tabs(win):
+def test_drag_over_a_tab_title_switches_tabs(window):
     from PySide6.QtGui import QDragEnterEvent, QDragMoveEvent
 
-    bar = win.tabs.tabBar()
-    win.tabs.setCurrentIndex(0)
-    mime = win.results.mimeData([win.results.index(0)])
+    bar = window.tabs.tabBar()
+    window.tabs.setCurrentIndex(0)
+    mime = window.results.mimeData([window.results.index(0)])
     pos = QPointF(bar.tabRect(2).center())
     for ev in (QDragEnterEvent(pos, Qt.DropAction.CopyAction, mime, Qt.MouseButton.LeftButton,
                                Qt.KeyboardModifier.NoModifier),
@@ -364,7 +329,7 @@ def test_drag_over_a_tab_title_switches_tabs(win):
                               Qt.KeyboardModifier.NoModifier)):
         QApplication.sendEvent(bar, ev)
         assert ev.isAccepted()
-    until(lambda: win.tabs.currentIndex() == 2, timeout=3, what="tab switch on hover")
+    until(lambda: window.tabs.currentIndex() == 2, timeout=3, what="tab switch on hover")
 
 
 # ---------------------------------------------------------------------- the grid
@@ -403,20 +368,20 @@ def test_delegate_never_crops_and_frames_the_selection(qtbot, tmp_path):
             assert inside.red() > 200 and inside.blue() > 200  # … and a light tint, not a block
 
 
-def test_cells_keep_their_size_and_captions_after_relayout(win):
-    grid = win.search_view.grid
+def test_cells_keep_their_size_and_captions_after_relayout(window):
+    grid = window.search_view.grid
     cell = grid.delegate.cell_size()
-    win.sort_box.setCurrentIndex(1)  # sort by date
+    window.sort_box.setCurrentIndex(1)  # sort by date
     QTest.keyClick(grid, Qt.Key.Key_Space)
     QTest.keyClick(grid, Qt.Key.Key_Space)
-    win.resize(1024, 640)
+    window.resize(1024, 640)
     pump(100)
-    sizes = {grid.visualRect(win.results.index(r)).size().toTuple() for r in range(win.results.rowCount())}
+    sizes = {grid.visualRect(window.results.index(r)).size().toTuple() for r in range(window.results.rowCount())}
     assert sizes == {cell.toTuple()}
-    assert all(win.results.data(win.results.index(r)) for r in range(win.results.rowCount()))  # captions
-    win.apply_settings("", "auto", 96, win.lib.folder)  # thumbnail size applies at once
-    assert grid.delegate.cell_size().width() == 96 + 12 and win.thumbnails.size == 96
-    assert win.teach_view.review_grid.delegate.thumb == 96
+    assert all(window.results.data(window.results.index(r)) for r in range(window.results.rowCount()))  # captions
+    window.apply_settings("", "auto", 96, window.lib.folder)  # thumbnail size applies at once
+    assert grid.delegate.cell_size().width() == 96 + 12 and window.thumbnails.size == 96
+    assert window.teach_view.review_grid.delegate.thumb == 96
 
 
 # ---------------------------------------------------------------------- first run, folders, settings
@@ -515,21 +480,21 @@ def test_registered_folder_with_no_photos_is_scanned_on_open(qtbot, tmp_path, ph
     w.shutdown()
 
 
-def test_remove_folder_asks_first_and_undo_brings_it_back(win, photos, monkeypatch):
+def test_remove_folder_asks_first_and_undo_brings_it_back(window, photos, monkeypatch):
     import clipdesk.ui.views.folders as folders
 
     asked = []
     monkeypatch.setattr(folders, "confirm", lambda *a: asked.append(a[2]) or False)
-    win.sidebar.list.setCurrentRow(0)
-    QTest.mouseClick(win.sidebar.remove_button, Qt.MouseButton.LeftButton)
-    assert asked and "8 indexed photos" in asked[0] and win.lib.catalog.counts()[0] == 8  # cancelled
+    window.sidebar.list.setCurrentRow(0)
+    QTest.mouseClick(window.sidebar.remove_button, Qt.MouseButton.LeftButton)
+    assert asked and "8 indexed photos" in asked[0] and window.lib.catalog.counts()[0] == 8  # cancelled
     monkeypatch.setattr(folders, "confirm", lambda *a: True)
-    QTest.mouseClick(win.sidebar.remove_button, Qt.MouseButton.LeftButton)
-    until(lambda: win.lib.catalog.counts()[0] == 0 or win.banner.isVisible(), timeout=60, what="folder removed")
-    assert win.lib.catalog.counts()[0] == 0, win.banner.text.text()
-    with qtbot_wait(win):
-        win.undo_stack.undo()
-    until(lambda: win.lib.catalog.counts()[0] == 8, timeout=60, what="folder back")
+    QTest.mouseClick(window.sidebar.remove_button, Qt.MouseButton.LeftButton)
+    until(lambda: window.lib.catalog.counts()[0] == 0 or window.banner.isVisible(), timeout=60, what="folder removed")
+    assert window.lib.catalog.counts()[0] == 0, window.banner.text.text()
+    with qtbot_wait(window):
+        window.undo_stack.undo()
+    until(lambda: window.lib.catalog.counts()[0] == 8, timeout=60, what="folder back")
 
 
 class qtbot_wait:  # noqa: N801 - a tiny context manager: wait for the next index_finished
@@ -543,33 +508,33 @@ class qtbot_wait:  # noqa: N801 - a tiny context manager: wait for the next inde
         until(lambda: self.done, timeout=60, what="indexing")
 
 
-def test_settings_switch_library_at_once_and_explain_a_refused_model(win, tmp_path):
+def test_settings_switch_library_at_once_and_explain_a_refused_model(window, tmp_path):
     other = tmp_path / "other-lib"
-    done = win.apply_settings("", "auto", win.thumbnails.size, str(other))
-    assert done == ["library"] and win.lib.folder == str(other)
-    assert win.settings.value("library") == str(other)
-    until(lambda: win.count_label.text() == "0 photos")
-    win.close()  # closing keeps the switched library
-    assert win.settings.value("library") == str(other)
+    done = window.apply_settings("", "auto", window.thumbnails.size, str(other))
+    assert done == ["library"] and window.lib.folder == str(other)
+    assert window.settings.value("library") == str(other)
+    until(lambda: window.count_label.text() == "0 photos")
+    window.close()  # closing keeps the switched library
+    assert window.settings.value("library") == str(other)
 
 
-def test_settings_refuse_another_model_for_an_indexed_library(win):
-    done = win.apply_settings("ViT-B-32-256/datacomp_s34b_b86k", "auto", win.thumbnails.size, win.lib.folder)
-    assert done == [] and win.banner.isVisible() and "re-embed" in win.banner.text.text()
-    assert win.lib.spec.arch == "test-tiny"
+def test_settings_refuse_another_model_for_an_indexed_library(window):
+    done = window.apply_settings("ViT-B-32-256/datacomp_s34b_b86k", "auto", window.thumbnails.size, window.lib.folder)
+    assert done == [] and window.banner.isVisible() and "re-embed" in window.banner.text.text()
+    assert window.lib.spec.arch == "test-tiny"
 
 
-def test_open_says_so_when_the_desktop_has_no_handler(win, monkeypatch):
+def test_open_says_so_when_the_desktop_has_no_handler(window, monkeypatch):
     from PySide6.QtGui import QDesktopServices
 
     import clipdesk.ui.desktop as desktop
 
     monkeypatch.setattr(QDesktopServices, "openUrl", staticmethod(lambda _u: False))
     monkeypatch.setattr(desktop.shutil, "which", lambda _p: None)
-    path = win.results.item(0).path
-    win.grid.setCurrentIndex(win.results.index(0))
-    QTest.mouseClick(win.search_view.preview.open, Qt.MouseButton.LeftButton)
-    assert win.banner.isVisible() and "No application" in win.banner.text.text()
+    path = window.results.item(0).path
+    window.grid.setCurrentIndex(window.results.index(0))
+    QTest.mouseClick(window.search_view.preview.open, Qt.MouseButton.LeftButton)
+    assert window.banner.isVisible() and "No application" in window.banner.text.text()
     assert QApplication.clipboard().text() == path
-    QTest.mouseClick(win.search_view.preview.show_folder, Qt.MouseButton.LeftButton)
-    assert "No file manager" in win.banner.text.text()
+    QTest.mouseClick(window.search_view.preview.show_folder, Qt.MouseButton.LeftButton)
+    assert "No file manager" in window.banner.text.text()

@@ -1,50 +1,19 @@
 """Library interop in the app: Do ▸ Write tags… / Copy to folders… (preview, worker, undo), and
 RAW+JPEG twins shown once by ``clipdesk search``. Offscreen, real clicks on the real widgets."""
 import json
-import time
 from pathlib import Path
 
 import pytest
 
 pytest.importorskip("pytestqt")
 
-from PySide6.QtCore import QEventLoop, QSettings, Qt, QTimer  # noqa: E402
+from PySide6.QtCore import Qt, QTimer  # noqa: E402
 from PySide6.QtTest import QTest  # noqa: E402
 from PySide6.QtWidgets import QApplication, QDialog  # noqa: E402
 
+from conftest import until  # noqa: E402
+
 pytestmark = [pytest.mark.gui, pytest.mark.qt_log_ignore("This plugin does not support")]
-
-
-def pump(ms: int) -> None:
-    loop = QEventLoop()
-    QTimer.singleShot(ms, loop.quit)
-    loop.exec()
-
-
-def until(cond, timeout=30.0, what="condition"):
-    end = time.monotonic() + timeout
-    while not cond():
-        if time.monotonic() > end:
-            raise AssertionError(f"timed out waiting for {what}")
-        pump(10)
-
-
-@pytest.fixture
-def win(qtbot, tmp_path, photos, no_thread_leaks):
-    from clipdesk.library import Library
-    from clipdesk.ui.main_window import MainWindow
-
-    w = MainWindow(Library(str(tmp_path / "lib"), model="test-tiny"),
-                   QSettings(str(tmp_path / "s.ini"), QSettings.Format.IniFormat))
-    w.resize(1280, 800)
-    qtbot.addWidget(w)
-    w.show()
-    with qtbot.waitSignal(w.index_finished, timeout=60000):
-        w.add_folders([str(photos)])
-    until(lambda: w.results.rowCount() == 8, what="the library shown by date")
-    yield w
-    w.shutdown()
-    assert w.jobs.pool.activeThreadCount() == 0
 
 
 def classified(w):
@@ -76,10 +45,10 @@ def answer_plan(apply: bool) -> list[str]:
     return seen
 
 
-def test_write_tags_from_the_sort_tab_then_undo(win):
+def test_write_tags_from_the_sort_tab_then_undo(window):
     from clipdesk import tags
 
-    sort = classified(win)
+    sort = classified(window)
     bar = sort.actions_bar
     action = next(a for a in bar.more.actions() if a.objectName() == "writeTagsAction")
     assert action.isEnabled() and not bar.undo_last.isEnabled()
@@ -95,18 +64,18 @@ def test_write_tags_from_the_sort_tab_then_undo(win):
     for p, c in rows:
         keywords, problems = tags.read_photo_keywords(p)
         assert f"clipdesk/{c}" in keywords and not problems
-    assert "Tags written: 0 sidecars updated, 8 created" in win.status.currentMessage()
+    assert "Tags written: 0 sidecars updated, 8 created" in window.status.currentMessage()
     # a second write changes nothing: the preview says so and Apply is off
     seen = answer_plan(apply=False)
     action.trigger()
     assert "0 sidecars created, 0 updated, 8 unchanged" in seen[0] and seen[1] is False
     bar.undo_last.trigger()
     until(lambda: not any(Path(tags.sidecar_target(p)).exists() for p, _ in rows), what="undo")
-    until(lambda: "Undid the tags write" in win.status.currentMessage(), what="undo message")
+    until(lambda: "Undid the tags write" in window.status.currentMessage(), what="undo message")
 
 
-def test_copy_to_folders_puts_copies_in_category_folders_and_keeps_originals(win, tmp_path, monkeypatch):
-    sort = classified(win)
+def test_copy_to_folders_puts_copies_in_category_folders_and_keeps_originals(window, tmp_path, monkeypatch):
+    sort = classified(window)
     bar = sort.actions_bar
     dest = tmp_path / "sorted"
     monkeypatch.setattr("clipdesk.ui.views.actions.ask_folder", lambda *a: str(dest))
@@ -125,10 +94,10 @@ def test_copy_to_folders_puts_copies_in_category_folders_and_keeps_originals(win
     assert all(Path(p).is_file() for p, _, _ in rows)
 
 
-def test_cancelled_copy_keeps_what_was_done_and_undo_removes_it(win, tmp_path, monkeypatch):
+def test_cancelled_copy_keeps_what_was_done_and_undo_removes_it(window, tmp_path, monkeypatch):
     from clipdesk import organise
 
-    sort = classified(win)
+    sort = classified(window)
     bar = sort.actions_bar
     dest = tmp_path / "sorted"
     monkeypatch.setattr("clipdesk.ui.views.actions.ask_folder", lambda *a: str(dest))
@@ -145,20 +114,20 @@ def test_cancelled_copy_keeps_what_was_done_and_undo_removes_it(win, tmp_path, m
     answer_plan(apply=True)
     next(a for a in bar.more.actions() if a.objectName() == "copyToFoldersAction").trigger()
     until(lambda: bar.undo_last.isEnabled(), what="cancelled")
-    assert "cancelled" in win.status.currentMessage()
+    assert "cancelled" in window.status.currentMessage()
     assert len(list(dest.rglob("*.jpg"))) == 1
     bar.undo_last.trigger()
     until(lambda: not list(dest.rglob("*.jpg")), what="the one copy removed")
 
 
-def test_copy_into_the_library_folder_is_one_clear_error(win, monkeypatch):
-    sort = classified(win)
+def test_copy_into_the_library_folder_is_one_clear_error(window, monkeypatch):
+    sort = classified(window)
     errors = []
-    win.ctx.error.connect(lambda m, k, c: errors.append((m, c)))
-    monkeypatch.setattr("clipdesk.ui.views.actions.ask_folder", lambda *a: win.lib.folder)
+    window.ctx.error.connect(lambda m, k, c: errors.append((m, c)))
+    monkeypatch.setattr("clipdesk.ui.views.actions.ask_folder", lambda *a: window.lib.folder)
     next(a for a in sort.actions_bar.more.actions() if a.objectName() == "moveToFoldersAction").trigger()
     assert len(errors) == 1 and "inside the library folder" in errors[0][0] and errors[0][1] == "interop"
-    assert win.teach_view.actions_bar.write_tags.isEnabled()  # the Teach tab's bar has them too
+    assert window.teach_view.actions_bar.write_tags.isEnabled()  # the Teach tab's bar has them too
 
 
 def test_cli_search_shows_a_raw_jpeg_pair_once(tmp_path, library, capsys):
