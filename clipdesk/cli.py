@@ -21,7 +21,6 @@ import argparse
 import base64
 import json
 import logging
-import math
 import os
 import signal
 import sys
@@ -29,6 +28,7 @@ import threading
 from datetime import datetime
 
 from clipdesk import __version__
+from clipdesk.argtypes import finite_float, positive_int, probability
 from clipdesk.errors import ClipdeskError, LibraryNotFoundError
 
 log = logging.getLogger("clipdesk")
@@ -39,33 +39,6 @@ def _date(text: str) -> float:
         return datetime.fromisoformat(text).timestamp()
     except ValueError:
         raise argparse.ArgumentTypeError(f"not a date: {text!r} (use YYYY-MM-DD)") from None
-
-
-def _probability(text: str) -> float:
-    v = float(text)
-    if not 0.0 <= v <= 1.0:  # NaN fails too
-        raise argparse.ArgumentTypeError("must be between 0 and 1")
-    return v
-
-
-def _positive_int(text: str) -> int:
-    try:
-        v = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
-    if not 1 <= v <= 1_000_000:
-        raise argparse.ArgumentTypeError(f"must be between 1 and 1000000 (got {v})")
-    return v
-
-
-def _finite_float(text: str) -> float:
-    try:
-        v = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
-    if not math.isfinite(v):
-        raise argparse.ArgumentTypeError(f"must be a finite number (got {text!r})")
-    return v
 
 
 EPILOG = ("exit status: 0 success, 1 error (one line on stderr), 2 usage error, 130 interrupted "
@@ -96,17 +69,17 @@ def build_parser() -> argparse.ArgumentParser:
         return sub.add_parser(name, parents=[common], help=help, description=help)
 
     def filters(sp: argparse.ArgumentParser) -> None:
-        sp.add_argument("-k", type=_positive_int, default=20, help="number of results (default 20)")
+        sp.add_argument("-k", type=positive_int, default=20, help="number of results (default 20)")
         sp.add_argument("--folder", metavar="PREFIX", help="only images under this folder")
         sp.add_argument("--after", type=_date, metavar="DATE", help="taken on or after (YYYY-MM-DD)")
         sp.add_argument("--before", type=_date, metavar="DATE", help="taken before (YYYY-MM-DD)")
-        sp.add_argument("--min-score", type=_finite_float, metavar="S", help="drop results scoring under S")
+        sp.add_argument("--min-score", type=finite_float, metavar="S", help="drop results scoring under S")
         sp.add_argument("--sort", choices=["score", "date"], default="score")
 
     sp = cmd("index", "add folders and index new or changed photos (no PATH: rescan all folders)")
     sp.add_argument("paths", nargs="*", metavar="PATH")
     sp.add_argument("--reembed", action="store_true", help="convert a library made with another model")
-    sp.add_argument("--batch-size", type=_positive_int, default=32, help="images per model call (default 32)")
+    sp.add_argument("--batch-size", type=positive_int, default=32, help="images per model call (default 32)")
 
     sp = cmd("search", 'text search; combine terms: "beach" + 0.5*"sunset" - "people", image paths too')
     sp.add_argument("query")
@@ -118,7 +91,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     sp = cmd("classify", "zero-shot: sort every photo into one of the given categories")
     sp.add_argument("--labels", required=True, help='comma-separated categories, e.g. "beach,city,food"')
-    sp.add_argument("--threshold", type=_probability, help='answer "none" (null) under this probability')
+    sp.add_argument("--threshold", type=probability, help='answer "none" (null) under this probability')
 
     sp = cmd("label", "manage labels (named sets of photos)")
     lsub = sp.add_subparsers(dest="action", required=True, metavar="ACTION")
@@ -140,7 +113,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     sp = cmd("suggest", "photos whose labels would most improve a probe")
     sp.add_argument("probe")
-    sp.add_argument("-k", type=_positive_int, default=20)
+    sp.add_argument("-k", type=positive_int, default=20)
 
     sp = cmd("probe", "list or delete probes")
     psub = sp.add_subparsers(dest="action", required=True, metavar="ACTION")
@@ -162,7 +135,7 @@ def build_parser() -> argparse.ArgumentParser:
     esub = sp.add_subparsers(dest="what", required=True, metavar="WHAT")
     a = esub.add_parser("fewshot", parents=[common], help="few-shot protocol on an embedding file")
     a.add_argument("--features", required=True, metavar="FILE.npz")
-    a.add_argument("--seeds", type=_positive_int, default=50)
+    a.add_argument("--seeds", type=positive_int, default=50)
     a = esub.add_parser("zeroshot", parents=[common], help="top-1/top-5 on a folder per class")
     a.add_argument("folder")
     a = esub.add_parser("retrieval", parents=[common], help="recall@k on a captions.jsonl file")

@@ -6,7 +6,6 @@ stderr, results to stdout (``--json``: one JSON document; ``watch --json``: one 
 """
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 import os
@@ -15,37 +14,13 @@ import sys
 import tempfile
 import threading
 
+from clipdesk.argtypes import number
+
 log = logging.getLogger("clipdesk")
 
-
-def _threshold(text: str) -> float:
-    try:
-        v = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
-    if not 0.5 <= v <= 1.0:
-        raise argparse.ArgumentTypeError("must be a cosine similarity between 0.5 and 1")
-    return v
-
-
-def _seconds(text: str) -> float:
-    try:
-        v = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
-    if not 0.0 < v <= 86400:
-        raise argparse.ArgumentTypeError("must be between 0 and 86400 seconds")
-    return v
-
-
-def _count(text: str) -> int:
-    try:
-        v = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
-    if v < 2:
-        raise argparse.ArgumentTypeError("must be at least 2")
-    return v
+_threshold = number(float, lambda v: 0.5 <= v <= 1.0, "must be a cosine similarity between 0.5 and 1")
+_seconds = number(float, lambda v: 0.0 < v <= 86400, "must be between 0 and 86400 seconds")
+_count = number(int, lambda v: v >= 2, "must be at least 2")
 
 
 def add_commands(subparsers, parents=(), eval_subparsers=None) -> None:

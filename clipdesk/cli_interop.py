@@ -9,17 +9,9 @@ import argparse
 import os
 import sys
 
+from clipdesk.argtypes import probability
+
 COMMANDS = frozenset({"tags", "sort", "journal"})
-
-
-def _probability(text: str) -> float:
-    try:
-        v = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
-    if not 0.0 <= v <= 1.0:
-        raise argparse.ArgumentTypeError("must be between 0 and 1")
-    return v
 
 
 def _selection(sp: argparse.ArgumentParser, label: bool) -> None:
@@ -28,9 +20,9 @@ def _selection(sp: argparse.ArgumentParser, label: bool) -> None:
         g.add_argument("--label", metavar="L", help="every photo of label L")
     g.add_argument("--probe", metavar="P", help="photos probe P recognises")
     g.add_argument("--classify", metavar='"a,b,c"', help="zero-shot categories, comma-separated")
-    sp.add_argument("--min-probability", type=_probability, default=None, metavar="P",
+    sp.add_argument("--min-probability", type=probability, default=None, metavar="P",
                     help="only predictions at least this sure (default: 0.8 for a probe's tags, else 0)")
-    sp.add_argument("--threshold", type=_probability, help='with --classify: "none" under this probability')
+    sp.add_argument("--threshold", type=probability, help='with --classify: "none" under this probability')
     sp.add_argument("--dry-run", action="store_true", help="print the plan; change nothing")
 
 
