@@ -20,6 +20,9 @@ from .dialogs import PlanDialog, ask_folder, ask_save_path
 from .grid import PhotoGrid
 
 Row = tuple[str, str, float]  # path, category, probability
+SORT_JOBS = {"copy": "copying photos", "move": "moving photos", "link": "linking photos"}
+# Jobs that write the catalog or files beside the photos: a file operation waits for them.
+CONFLICTING_JOBS = frozenset({"indexing", "removing a folder", "writing tags", "undo", *SORT_JOBS.values()})
 FIRST_FILES = 5  # files named in a preview
 
 
@@ -179,8 +182,13 @@ class ResultActions(QWidget):
         self.ctx.error.emit(message, kind, "interop")
 
     def _busy(self) -> bool:
-        if self.ctx.jobs.active:
-            self._fail("Another job is running: wait for it, or cancel it, first.", "input")
+        """Whether a job that changes the library or the files beside the photos is running.
+
+        Reading jobs (a preview, search, suggestions) never block an action: only another file
+        operation, its undo, or indexing would race with it."""
+        running = [w.name for w in self.ctx.jobs.active if w.name in CONFLICTING_JOBS]
+        if running:
+            self._fail(f"{running[0].capitalize()} is still running: wait for it, or cancel it, first.", "input")
             return True
         return False
 
@@ -282,7 +290,7 @@ class ResultActions(QWidget):
                             lambda _p: ("\n".join(lines), bool(plan.placements)))
         if not dialog.exec():
             return
-        self._start(organise.apply_sort, self.ctx.lib, plan, kind="sort", name=f"{mode}ing photos",
+        self._start(organise.apply_sort, self.ctx.lib, plan, kind="sort", name=SORT_JOBS[mode],
                     on_result=self._sorted)
 
     def _sorted(self, r) -> None:
