@@ -38,6 +38,9 @@ def add_commands(subparsers, parents=(), eval_subparsers=None) -> None:
                     help="move every photo but the suggested one of each group to the Trash (shows the "
                     "plan; add --yes to do it). Labels move to the kept photo")
     sp.add_argument("--yes", action="store_true", help="with --trash: do it")
+    sp.add_argument("--undo", action="store_true",
+                    help="bring the photos of the last --trash back from the Trash (labels too)")
+    sp.add_argument("--operation", metavar="ID", help="with --undo: a specific operation ('clipdesk journal')")
     sp.set_defaults(care=run_duplicates)
 
     sp = subparsers.add_parser("watch", parents=parents, help="keep the library current as photos change",
@@ -72,6 +75,8 @@ def run_duplicates(args, open_library, emit) -> int:
 
     lib = open_library(args)
     try:
+        if args.undo:
+            return _undo(args, lib, emit)
         if args.remember:
             if args.threshold is None:
                 from clipdesk.errors import ClipdeskError
@@ -112,15 +117,36 @@ def _trash(args, lib, report, emit) -> int:
         emit(args, {"plan": plan, "done": False},
              (lines or ["no duplicates"]) + ["(nothing moved: add --yes to move these to the Trash)"])
         return 0
-    results = []
-    for g in report.groups:
-        results.append(lib.trash_duplicates(g))
+    from clipdesk.duplicates import trash_groups
+
+    results = trash_groups(lib, [(g, None) for g in report.groups])  # one operation: one undo
     for r in results:
         for path, reason in r.failed:
             log.warning("left %s: %s", path, reason)
-    emit(args, {"done": True, "results": [r.as_dict() for r in results]},
-         [f"kept {r.kept}; moved {len(r.trashed)} to the Trash" for r in results] or ["no duplicates"])
+    operation = next((r.operation for r in results if r.operation), None)
+    lines = [f"kept {r.kept}; moved {len(r.trashed)} to the Trash" for r in results] or ["no duplicates"]
+    if operation:
+        lines.append(f"(undo: clipdesk duplicates --undo --operation {operation})"
+                     if all(r.undoable for r in results) else
+                     "(on this platform clipdesk cannot tell where the Trash keeps files: restore them from "
+                     "the Trash itself)")
+    emit(args, {"done": True, "operation": operation, "results": [r.as_dict() for r in results]}, lines)
     return 1 if any(r.failed for r in results) else 0
+
+
+def _undo(args, lib, emit) -> int:
+    from clipdesk.cli import _progress_bar
+    from clipdesk.duplicates import undo_trash
+
+    bar, update = _progress_bar("indexing")
+    try:
+        r = undo_trash(lib, args.operation, progress=update)
+    finally:
+        bar.close()
+    lines = [f"{r.reverted} photo{'s' if r.reverted != 1 else ''} back from the Trash"]
+    lines += [f"  left {c.path}: {c.reason}" for c in r.conflicts]
+    emit(args, r.as_dict(), lines)
+    return 1 if r.conflicts else 0
 
 
 # ---------------------------------------------------------------------- watch

@@ -18,14 +18,14 @@ exports of one photo. They are found in two steps:
 Groups never chain: a group is built around its best photo (``suggested_keep``), and each other
 member must itself be a duplicate of that photo.
 
-The core only finds and acts; it never prints. ``trash_others`` moves the non-kept photos of a
-group to the system Trash (``send2trash``; never a permanent delete), journals the step and moves
-their labels to the kept photo.
+The core only finds and acts; it never prints. ``trash_groups`` moves the non-kept photos of
+groups to the desktop's Trash (``send2trash``; never a permanent delete) as one journaled
+operation (``clipdesk.journal``) and moves their labels to the kept photo; ``undo_trash`` brings
+them back where the platform tells where the Trash keeps them (freedesktop: Linux desktops).
 """
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 import time
 from collections import OrderedDict
@@ -604,98 +604,165 @@ def _group(pairs: dict[tuple[int, int], float], info: dict[int, ImageInfo],
 
 
 # ---------------------------------------------------------------------- acting
+TRASH_KIND = "trash"  # the journal kind of "move duplicates to the Trash" (undo: :func:`undo_trash`)
+
+
 @dataclass(frozen=True)
 class TrashResult:
     kept: str
     trashed: list[str]
     failed: list[tuple[str, str]]  # (path, reason) of files left in place
     labels_moved: int  # label memberships given to the kept photo
+    operation: str | None = None  # the journaled operation (``clipdesk duplicates --undo``)
+    undoable: bool = True  # False where the Trash location of a moved file is not known
 
     def as_dict(self) -> dict:
         return {"kept": self.kept, "trashed": self.trashed,
-                "failed": [{"path": p, "reason": r} for p, r in self.failed], "labels_moved": self.labels_moved}
+                "failed": [{"path": p, "reason": r} for p, r in self.failed], "labels_moved": self.labels_moved,
+                "operation": self.operation, "undoable": self.undoable}
 
 
 def trash_others(library, group: DuplicateGroup, keep: str | None = None,
                  trash: Callable[[str], None] | None = None) -> TrashResult:
-    """Move every photo of ``group`` but ``keep`` (default: the suggested one) to the system Trash.
+    """Move every photo of ``group`` but ``keep`` (default: the suggested one) to the Trash
+    (one journaled operation: see :func:`trash_groups`)."""
+    return trash_groups(library, [(group, keep)], trash)[0]
 
-    Never a permanent delete. Before anything moves, the plan is journaled; each file's labels
-    go to the kept photo first (so no label is lost if a move fails), and the catalog forgets
-    only the files that did reach the Trash. A file that changed since the duplicate search
-    (another size) is left alone: it may no longer be a copy.
+
+def trash_groups(library, choices: Sequence[tuple[DuplicateGroup, str | None]],
+                 trash: Callable[[str], None] | None = None, progress: ProgressFn | None = None,
+                 cancel: CancelToken | None = None) -> list[TrashResult]:
+    """For each ``(group, keep)``, move every photo of the group but ``keep`` (None: the suggested
+    one) to the desktop's Trash (``send2trash``; never a permanent delete). One result per group.
+
+    One journaled operation for all of them (kind ``trash``), planned before anything moves, so
+    one undo (:func:`undo_trash`) brings every file back. Each file's labels go to the kept photo
+    before any file moves (so no label is lost if a move fails) and come back on undo; the catalog
+    forgets only the files that did reach the Trash. A file that changed since the duplicate
+    search (another size) is left alone: it may no longer be a copy. A keeper that is gone stops
+    everything before anything moves.
     """
+    from clipdesk.journal import Journal, TrashError
+
     if trash is None:
         from send2trash import send2trash as trash
-    keep = os.path.abspath(keep) if keep else group.suggested_keep
-    paths = {p.path: p for p in group.photos}
-    if keep not in paths:
-        raise ClipdeskError(f"{keep} is not in this duplicate group.")
     catalog = library.catalog
     with library.writing():
-        keep_id = catalog.id_for_path(keep)
-        if keep_id is None or not os.path.isfile(keep):
-            raise ClipdeskError(f"The photo to keep, {keep}, is no longer in the library or on disk; "
-                                "nothing was moved. Search for duplicates again.")
-        others: list[tuple[int, str]] = []
-        failed: list[tuple[str, str]] = []
-        for p in group.photos:
-            if p.path == keep:
-                continue
-            i = catalog.id_for_path(p.path)
-            try:
-                size = os.stat(p.path).st_size
-            except OSError as e:
-                failed.append((p.path, f"cannot be read ({e.strerror or e})"))
-                continue
-            if i is None or i != p.id:
-                failed.append((p.path, "is no longer this photo in the library"))
-            elif size != p.size:
-                failed.append((p.path, "changed since the duplicate search"))
-            else:
-                others.append((i, p.path))
-        moved = 0
+        plans = []
+        for group, keep in choices:
+            keep = os.path.abspath(keep) if keep else group.suggested_keep
+            if keep not in {p.path for p in group.photos}:
+                raise ClipdeskError(f"{keep} is not in this duplicate group.")
+            keep_id = catalog.id_for_path(keep)
+            if keep_id is None or not os.path.isfile(keep):
+                raise ClipdeskError(f"The photo to keep, {keep}, is no longer in the library or on disk; "
+                                    "nothing was moved. Search for duplicates again.")
+            others: list[tuple[int, str]] = []
+            failed: list[tuple[str, str]] = []
+            for p in group.photos:
+                if p.path == keep:
+                    continue
+                i = catalog.id_for_path(p.path)
+                try:
+                    size = os.stat(p.path).st_size
+                except OSError as e:
+                    failed.append((p.path, f"cannot be read ({e.strerror or e})"))
+                    continue
+                if i is None or i != p.id:
+                    failed.append((p.path, "is no longer this photo in the library"))
+                elif size != p.size:
+                    failed.append((p.path, "changed since the duplicate search"))
+                else:
+                    others.append((i, p.path))
+            plans.append((keep, keep_id, others, failed))
         labels = catalog.labels()
-        for name, members in labels.items():
-            member = set(members)
-            if keep_id not in member and any(i in member for i, _ in others):
-                catalog.add_to_label(name, [keep_id])
-                moved += 1
-        done_ids, trashed = [], []
-        journal_trash(library.folder, keep, [p for _, p in others])
-        for i, path in others:
-            try:
-                trash(path)
-            except Exception as e:  # noqa: BLE001 - send2trash raises OSError or its own TrashPermissionError
-                failed.append((path, f"could not be moved to the Trash ({e})"))
-                continue
-            done_ids.append(i)
-            trashed.append(path)
-        if done_ids:
-            catalog.delete_images(done_ids)
-            library.vectors  # noqa: B018 - catch the index up with the deletion
-            library._save_store()  # noqa: SLF001 - the writer persists its index, as index() does
-    return TrashResult(keep, trashed, failed, moved)
+        members = {name: set(ids) for name, ids in labels.items()}
+        steps, added_by_group = [], []
+        for g, (keep, keep_id, others, _failed) in enumerate(plans):
+            added = sorted(n for n, m in members.items() if keep_id not in m and any(i in m for i, _ in others))
+            added_by_group.append(added)
+            steps += [{"action": "trash", "path": path, "source": path,
+                       "info": {"group": g, "kept": keep, "labels": sorted(n for n, m in members.items() if i in m),
+                                "labels_added": added}} for i, path in others]
+        trashed: dict[int, list[str]] = {g: [] for g in range(len(plans))}
+        unknown: set[int] = set()
+        operation = None
+        done_ids: list[int] = []
+        if steps:
+            id_of = {path: i for _k, _ki, others, _f in plans for i, path in others}
+            n_photos = len(steps)
+            with Journal(library.folder).start(
+                    TRASH_KIND, f"move {n_photos} duplicate{'s' if n_photos != 1 else ''} to the Trash",
+                    steps) as op:
+                operation = op.id
+                for (_keep, keep_id, _o, _f), added in zip(plans, added_by_group):
+                    for name in added:
+                        catalog.add_to_label(name, [keep_id])
+                try:
+                    for n, step in enumerate(op.steps):
+                        if cancel is not None:
+                            cancel.check()  # what moved so far is journaled: undo brings it back
+                        g = step.info["group"]
+                        try:
+                            where = op.trash_file(step, trash)
+                        except TrashError as e:
+                            plans[g][3].append((step.source, str(e)))
+                            continue
+                        if where is None:
+                            unknown.add(g)
+                        trashed[g].append(step.source)
+                        done_ids.append(id_of[step.source])
+                        if progress is not None:
+                            progress(Progress("trash", n + 1, len(op.steps), path=step.source))
+                    op.finish()
+                finally:
+                    if done_ids:
+                        catalog.delete_images(done_ids)
+                        library.vectors  # noqa: B018 - catch the index up with the deletion
+                        library._save_store()  # noqa: SLF001 - the writer persists its index, as index() does
+    return [TrashResult(keep, trashed[g], failed, len(added_by_group[g]), operation if trashed[g] else None,
+                        g not in unknown)
+            for g, (keep, _ki, _o, failed) in enumerate(plans)]
 
 
-def journal_trash(library_folder: str, kept: str, paths: Sequence[str]) -> str | None:
-    """Record "these files went to the Trash, this one was kept" before they move.
+def undo_trash(library, operation: str | None = None, progress: ProgressFn | None = None,
+               cancel: CancelToken | None = None):
+    """Bring back the photos of the newest (or the given) ``trash`` operation from the Trash.
 
-    A minimal stand-in for the project's journal (one JSON file per step under
-    ``<library>/journal/``), written atomically; returns its path, or None with nothing to record.
+    Each file goes back to its original path if that name is free (never overwrites; a file that
+    is no longer in the Trash, or whose Trash location is unknown on this platform, is reported
+    as a conflict). The restored photos are indexed again, get their labels back, and the labels
+    their keeper received only for them are taken away again. Returns the journal's UndoReport.
     """
-    if not paths:
-        return None
-    from clipdesk.indexer.files import atomic_write
+    from clipdesk.journal import Journal
 
-    folder = os.path.join(library_folder, "journal")
-    os.makedirs(folder, exist_ok=True)
-    stamp = time.strftime("%Y%m%d-%H%M%S") + f"-{time.time_ns() % 1_000_000_000:09d}"
-    path = os.path.join(folder, f"{stamp}-trash.json")
-    entry = {"action": "trash", "time": time.time(), "kept": kept,
-             "steps": [{"op": "trash", "path": p} for p in paths]}
-    atomic_write(path, lambda f: f.write(json.dumps(entry, indent=1).encode()))
-    return path
+    with library.writing():
+        op = Journal(library.folder).latest(TRASH_KIND, operation)
+        with op:
+            op.recover()  # a kill mid-step: settle it, so it is undone like the rest
+            report = op.undo()
+        left = {c.path for c in report.conflicts}
+        moved = [s for s in op.steps if s.state != "planned" and not s.applied.get("noop")]
+        restored = [s for s in moved if s.source not in left and os.path.isfile(s.source)]
+        if not restored:
+            return report
+        library.refresh([s.source for s in restored], progress=progress, cancel=cancel)
+        catalog = library.catalog
+        for s in restored:
+            i = catalog.id_for_path(s.source)
+            for name in s.info.get("labels", []) if i is not None else []:
+                if isinstance(name, str):
+                    catalog.add_to_label(name, [i])
+        # A label the keeper got only because of these photos goes away again, unless a photo it
+        # came from is still in the Trash (then the keeper carries it on).
+        labels = catalog.labels()
+        for kept, name in {(s.info.get("kept"), n) for s in moved for n in s.info.get("labels_added", [])}:
+            still_out = any(s not in restored and s.info.get("kept") == kept and name in s.info.get("labels", [])
+                            for s in moved)
+            kept_id = catalog.id_for_path(kept) if isinstance(kept, str) else None
+            if not still_out and kept_id is not None and name in labels:
+                catalog.remove_from_label(name, [kept_id])
+        return report
 
 
 # ---------------------------------------------------------------------- evaluation

@@ -1,7 +1,7 @@
 """One journal for every change clipdesk makes beside the user's photos, so undo is one mechanism.
 
-Sidecars written or created (``tags write``), photos copied, moved or linked (``sort``): each run
-is an *operation*, planned in full first, then applied step by step. The journal of an operation
+Sidecars written or created (``tags write``), photos copied, moved or linked (``sort``), duplicates
+moved to the desktop's Trash (``duplicates``): each run is an *operation*, planned in full first, then applied step by step. The journal of an operation
 is one file of JSON lines, ``LIBRARY/journal/<id>.jsonl``, appended and fsynced line by line:
 
 - ``header`` (kind, description), one ``step`` line per planned step, ``planned``;
@@ -33,6 +33,7 @@ import re
 import secrets
 import shutil
 import stat
+import sys
 import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
@@ -46,7 +47,7 @@ JOURNAL_DIR = "journal"
 MAX_LINE = 1 << 20  # bytes; a step line holds a few paths and keywords
 MAX_JOURNAL_BYTES = 1 << 31
 MAX_BACKUP_BYTES = 64 << 20  # a sidecar is kilobytes; anything bigger is not ours to back up
-ACTIONS = frozenset({"write", "copy", "move", "link"})
+ACTIONS = frozenset({"write", "copy", "move", "link", "trash"})
 CancelCheck = Callable[[], None]  # raises to stop (``CancelToken.check``)
 _ID = re.compile(r"^\d{8}T\d{6}-[a-z]{1,16}-[0-9a-f]{6}$")
 _RECORDS = frozenset({"header", "step", "planned", "begin", "done", "finished", "undone"})
@@ -58,6 +59,10 @@ class JournalError(ClipdeskError):
 
 class NothingToUndoError(JournalError):
     """No operation of that kind is left to undo."""
+
+
+class TrashError(JournalError):
+    """A file could not be moved to the Trash (it stays where it was)."""
 
 
 @dataclass
@@ -226,6 +231,87 @@ def _user_error(e: OSError, what: str) -> ClipdeskError:
     if is_read_only_error(e):
         return JournalError(f"Cannot {what}: permission denied or read-only folder ({e.strerror}).")
     return JournalError(f"Cannot {what}: {e.strerror or e}.")
+
+
+# ---------------------------------------------------------------------- the desktop's Trash
+TRASHINFO_BYTES = 64 << 10
+
+
+def _trash_dirs(path: str) -> list[tuple[str, str]]:
+    """``(top folder, trash folder)`` pairs where a freedesktop Trash may have put ``path``: the
+    home Trash (``$XDG_DATA_HOME/Trash``, as ``send2trash`` read it), then its volume's Trashes."""
+    try:
+        from send2trash import plat_other  # reads XDG_DATA_HOME once, at import, like send2trash
+
+        xdg, home = os.fsdecode(plat_other.XDG_DATA_HOME), os.fsdecode(plat_other.HOMETRASH_B)
+    except (ImportError, AttributeError):
+        xdg = os.environ.get("XDG_DATA_HOME") or os.path.expanduser("~/.local/share")
+        home = os.path.join(xdg, "Trash")
+    mount = os.path.realpath(os.path.dirname(path))
+    while not os.path.ismount(mount) and os.path.dirname(mount) != mount:
+        mount = os.path.dirname(mount)
+    uid = str(os.getuid())
+    return [(xdg, home), (mount, os.path.join(mount, ".Trash", uid)), (mount, os.path.join(mount, f".Trash-{uid}"))]
+
+
+def _trashinfo_path(info: str, top: str) -> str | None:
+    """The original path a ``.trashinfo`` file records (absolute), None if it is not one."""
+    from urllib.parse import unquote
+
+    try:
+        data = read_bounded(info, TRASHINFO_BYTES)
+    except OSError:
+        return None
+    for line in (data or b"").decode("utf-8", "replace").splitlines():
+        if line.startswith("Path="):
+            p = unquote(line[5:].strip(), errors="surrogateescape")
+            return os.path.normpath(p if os.path.isabs(p) else os.path.join(top, p))
+    return None
+
+
+def trash_location(path: str, fingerprint: str | None) -> tuple[str, str] | None:
+    """Where the desktop's Trash keeps ``path`` now: ``(file, .trashinfo)``, or None when that
+    cannot be known (not a freedesktop Trash: macOS, Windows; or no entry matches).
+
+    The freedesktop Trash names the file after the original (``name.jpg``, ``name 1.jpg``…) in
+    ``files/`` with ``info/<name>.trashinfo`` recording the original path; the newest entry whose
+    recorded path is ``path`` and whose content is the same file is it."""
+    if sys.platform in ("darwin", "win32"):
+        return None
+    path = os.path.abspath(path)
+    name = os.path.basename(path)
+    base, ext = os.path.splitext(name)
+    found = []
+    for top, trash in _trash_dirs(path):
+        files, info = os.path.join(trash, "files"), os.path.join(trash, "info")
+        for counter in range(10_000):
+            cand = name if counter == 0 else f"{base} {counter}{ext}"
+            f, i = os.path.join(files, cand), os.path.join(info, cand + ".trashinfo")
+            if not os.path.lexists(f) and not os.path.lexists(i):
+                break
+            if os.path.lexists(f) and not os.path.islink(f) and _trashinfo_path(i, top) == path \
+                    and _fingerprint(f) == fingerprint:
+                try:
+                    found.append((os.lstat(i).st_mtime_ns, f, i))
+                except OSError:
+                    continue
+    if not found:
+        return None
+    _, f, i = max(found)
+    return f, i
+
+
+def _trash_record(rec: dict, journal_path: str) -> dict:
+    """The Trash location of a ``done`` record of a trash step, checked (undo moves that file)."""
+    where, info = rec.get("trashed"), rec.get("trashinfo")
+    if where is None:
+        return {"trashed": None, "trashinfo": None}
+    if not (isinstance(where, str) and os.path.isabs(where) and "\x00" not in where
+            and os.path.basename(os.path.dirname(where)) == "files"
+            and info == os.path.join(os.path.dirname(os.path.dirname(where)), "info",
+                                     os.path.basename(where) + ".trashinfo")):
+        raise JournalError(f"The journal {journal_path} is damaged (bad Trash location).")
+    return {"trashed": where, "trashinfo": info}
 
 
 # ---------------------------------------------------------------------- the journal
@@ -424,6 +510,8 @@ class Operation:
                     # would have used are accepted (sidecars for writes, its own temporary names).
                     if step.action == "write" and not target.lower().endswith(".xmp"):
                         raise JournalError(f"The journal {path} is damaged (a write to a non-sidecar).")
+                    if step.action == "trash" and target != step.source:
+                        raise JournalError(f"The journal {path} is damaged (a trash step names another file).")
                     if rec.get("tmp") is not None and rec.get("tmp") != op._tmp_name(target, n):
                         raise JournalError(f"The journal {path} is damaged (bad temporary name).")
                     backup = rec.get("backup")
@@ -438,6 +526,8 @@ class Operation:
                     step.state = "done"
                     if rec.get("noop"):
                         step.applied = {"path": step.path, "noop": True}
+                    elif step.action == "trash":
+                        step.applied = {**step.applied, **_trash_record(rec, path)}
             elif t == "finished":
                 op.finished = True
             elif t == "undone":
@@ -611,6 +701,26 @@ class Operation:
         self._done(step)
         return dst
 
+    def trash_file(self, step: Step, trash: Callable[[str], None]) -> str | None:
+        """Apply a ``trash`` step: move ``step.source`` to the desktop's Trash with ``trash``
+        (``send2trash``); returns where the Trash keeps it, None where that cannot be known (then
+        undo cannot bring it back and says so). Raises :class:`TrashError` when it did not move."""
+        src = step.source
+        rec = {"type": "begin", "n": step.n, "path": src, "fingerprint": _fingerprint(src)}
+        self._append(**rec)
+        step.state, step.applied = "begun", rec
+        try:
+            trash(src)
+        except Exception as e:  # noqa: BLE001 - send2trash raises OSError or its own TrashPermissionError
+            if os.path.lexists(src):
+                self.skip(step)  # it did not move (a gone file stays begun: recovery finds it)
+            raise TrashError(f"could not be moved to the Trash ({e})") from None
+        where = trash_location(src, rec["fingerprint"])
+        done = {"trashed": where[0] if where else None, "trashinfo": where[1] if where else None}
+        self._done(step, **done)
+        step.applied = {**rec, **done}
+        return done["trashed"]
+
     @staticmethod
     def _copy(src: str, dst: str, tmp: str) -> None:
         fd = open_regular(src)
@@ -660,6 +770,15 @@ class Operation:
             if step.state != "begun":
                 continue
             a = step.applied
+            if step.action == "trash":
+                if os.path.lexists(step.source) and _fingerprint(step.source) == a.get("fingerprint"):
+                    step.state, step.applied = "planned", {}  # killed before it moved
+                else:
+                    where = trash_location(step.source, a.get("fingerprint"))
+                    done = {"trashed": where[0] if where else None, "trashinfo": where[1] if where else None}
+                    self._done(step, **done)
+                    step.applied = {**a, **done}
+                continue
             _unlink_quiet(a.get("tmp"))
             dst = a["path"]
             if step.action == "write":
@@ -702,6 +821,8 @@ class Operation:
         return report
 
     def _undo_step(self, step: Step, on_move) -> str | None:
+        if step.action == "trash":
+            return self._untrash(step)
         a = step.applied
         dst = a["path"]
         _unlink_quiet(a.get("tmp"))
@@ -757,6 +878,35 @@ class Operation:
         if conflict is None:
             self._remove_empty_dirs(a.get("dirs", []))
         return conflict
+
+    def _untrash(self, step: Step) -> str | None:
+        """Move a trashed photo back to where it was, if that name is free (never overwrites)."""
+        a, src = step.applied, step.source
+        where, fingerprint = a.get("trashed"), a.get("fingerprint")
+        back = os.path.lexists(src) and _fingerprint(src) == fingerprint
+        if where is None:
+            return None if back else ("cannot be brought back from here: where the desktop's Trash keeps it is "
+                                      "not known on this platform; restore it from the Trash")
+        if not os.path.lexists(where):
+            return None if back else f"no longer in the Trash at {where} (emptied or restored since)"
+        if os.path.islink(where) or _fingerprint(where) != fingerprint:
+            return f"the file in the Trash at {where} is not the one clipdesk moved there; left in the Trash"
+        if os.path.lexists(src):
+            return f"a file now exists at {src}; the photo stays in the Trash at {where} (nothing is overwritten)"
+        os.makedirs(os.path.dirname(src), exist_ok=True)
+        try:
+            rename_noreplace(where, src)
+        except FileExistsError:
+            return f"a file now exists at {src}; the photo stays in the Trash at {where} (nothing is overwritten)"
+        except OSError as e:
+            if e.errno != errno.EXDEV:
+                raise
+            self._copy(where, src, self._tmp_name(src, step.n))  # the Trash of another volume
+            os.unlink(where)
+        info = a.get("trashinfo")
+        if info and os.path.basename(os.path.dirname(info)) == "info":
+            _unlink_quiet(info)
+        return None
 
     @staticmethod
     def _remove_empty_dirs(dirs: list[str]) -> None:

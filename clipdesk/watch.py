@@ -95,6 +95,7 @@ class LibraryWatcher:
         self._modes: dict[str, str] = {}
         self._next_poll: dict[str, float] = {}
         self._observer = None
+        self._watches: dict[str, object] = {}  # folder -> watchdog's ObservedWatch
         self._worker: threading.Thread | None = None
         self.events_seen = 0
 
@@ -131,6 +132,7 @@ class LibraryWatcher:
             self._observer.stop()
             self._observer.join(timeout)
             self._observer = None
+            self._watches.clear()
             logging.getLogger("watchdog").removeHandler(self._overflow)
 
     def __enter__(self) -> LibraryWatcher:
@@ -168,6 +170,29 @@ class LibraryWatcher:
         self._watch(folder)
         self._mark([folder])
 
+    def remove_folder(self, folder: str) -> None:
+        """Stop watching a folder removed from the library (what is pending under it is dropped)."""
+        watch = self._watches.pop(folder, None)
+        if watch is not None and self._observer is not None:
+            try:
+                self._observer.unschedule(watch)
+            except (KeyError, OSError):
+                pass  # already gone with its folder
+        with self._lock:
+            self._modes.pop(folder, None)
+            self._next_poll.pop(folder, None)
+            self._pending = {p for p in self._pending if not is_inside(p, folder)}
+
+    def sync_folders(self) -> tuple[list[str], list[str]]:
+        """Watch the library's folders as they are now; returns ``(added, removed)``."""
+        now = set(self.library.catalog.folders())
+        known = set(self.modes)
+        for f in sorted(known - now):
+            self.remove_folder(f)
+        for f in sorted(now - known):
+            self.add_folder(f)
+        return sorted(now - known), sorted(known - now)
+
     # ------------------------------------------------------------------ watching
     def _watch(self, folder: str) -> None:
         from watchdog.events import FileSystemEventHandler
@@ -185,7 +210,7 @@ class LibraryWatcher:
                     watcher._on_event(event)
 
             try:
-                self._observer.schedule(Handler(), folder, recursive=True)
+                self._watches[folder] = self._observer.schedule(Handler(), folder, recursive=True)
             except OSError as e:  # e.g. the system's limit of watches reached
                 mode = "poll"
                 self.on_update(WatchUpdate("mode", [folder], message=f"{folder}: no file events ({e}); "

@@ -254,10 +254,75 @@ def test_trash_others_moves_to_trash_keeps_labels_and_journals(library, dup_phot
     assert library.labels()["prints"] == [s0["original"]]
     assert library.catalog.id_for_path(s0["resized"]) is None
     assert all(r.path not in result.trashed for r in library.search(library.embed_image_file(s0["original"]), k=50))
-    journal = list((Path(library.folder) / "journal").glob("*-trash.json"))
-    assert len(journal) == 1
-    entry = json.loads(journal[0].read_text())
-    assert entry["kept"] == s0["original"] and sorted(s["path"] for s in entry["steps"]) == sorted(result.trashed)
+    # One journaled operation (kind "trash"), with where the Trash keeps each file.
+    from clipdesk.journal import Journal
+
+    [op] = Journal(library.folder).operations("trash")
+    assert op.id == result.operation and op.finished and result.undoable
+    assert sorted(s.source for s in op.steps) == sorted(result.trashed)
+    assert sorted(os.path.basename(s.applied["trashed"]) for s in op.steps) == trash_files
+    assert all(s.info["kept"] == s0["original"] for s in op.steps)
+
+    # Undo: the files come back to their places, indexed again, with their labels; the labels the
+    # keeper got only for them go away again.
+    report = dup.undo_trash(library)
+    assert report.reverted == 2 and report.conflicts == []
+    assert os.path.exists(s0["resized"]) and os.path.exists(s0["png"])
+    assert not list((trash_dir / "files").iterdir()) and not list((trash_dir / "info").iterdir())
+    assert library.catalog.id_for_path(s0["resized"]) is not None
+    assert library.labels()["favourites"] == [s0["resized"]]
+    assert sorted(library.labels()["prints"]) == sorted([s0["png"], s0["original"]])
+    assert Journal(library.folder).load(op.id).undone
+    with pytest.raises(ClipdeskError, match="Nothing to undo"):
+        dup.undo_trash(library)
+
+
+def test_undo_never_overwrites_and_says_what_it_left(library, dup_photos, trash_dir):
+    _indexed(library, dup_photos["root"])
+    s3 = dup_photos["sets"][3]
+    group = next(g for g in find_duplicates(library, LOW).groups
+                 if g.kind == "near" and g.suggested_keep == s3["original"])
+    result = trash_others(library, group)
+    assert sorted(result.trashed) == sorted([s3["resized"], s3["png"]])
+    Path(s3["png"]).write_bytes(b"a new file under the old name")  # the name is taken since
+    report = dup.undo_trash(library, result.operation)
+    assert report.reverted == 1 and [c.path for c in report.conflicts] == [s3["png"]]
+    assert "nothing is overwritten" in report.conflicts[0].reason
+    assert Path(s3["png"]).read_bytes() == b"a new file under the old name"
+    assert [p.name for p in (trash_dir / "files").iterdir()] == ["converted.png"]  # still in the Trash
+    assert os.path.exists(s3["resized"]) and library.catalog.id_for_path(s3["resized"]) is not None
+
+
+def test_trash_where_the_location_is_unknown_says_undo_is_not_available(library, dup_photos, tmp_path):
+    _indexed(library, dup_photos["root"])
+    s0 = dup_photos["sets"][0]
+    group = next(g for g in find_duplicates(library, LOW).groups
+                 if g.kind == "near" and g.suggested_keep == s0["original"])
+    elsewhere = tmp_path / "some-other-trash"
+    elsewhere.mkdir()
+    result = trash_others(library, group, trash=lambda p: shutil.move(p, elsewhere / os.path.basename(p)))
+    assert len(result.trashed) == 2 and not result.undoable
+    report = dup.undo_trash(library)
+    assert report.reverted == 0 and len(report.conflicts) == 2
+    assert all("not known on this platform" in c.reason for c in report.conflicts)
+    assert not os.path.exists(s0["resized"])
+
+
+def test_a_kill_between_journal_and_trash_is_recovered(library, dup_photos, trash_dir):
+    """A step begun (journaled) whose file reached the Trash before a kill: undo finds it there."""
+    from send2trash import send2trash
+
+    from clipdesk.journal import Journal, _fingerprint
+
+    _indexed(library, dup_photos["root"])
+    s0 = dup_photos["sets"][0]
+    with Journal(library.folder).start("trash", "test", [{"action": "trash", "path": s0["png"], "source": s0["png"],
+                                                          "info": {"kept": s0["original"]}}]) as op:
+        op._append(type="begin", n=0, path=s0["png"], fingerprint=_fingerprint(s0["png"]))
+    send2trash(s0["png"])  # ... and the process died before its "done" record
+    report = dup.undo_trash(library)
+    assert report.reverted == 1 and os.path.exists(s0["png"])
+    assert not list((trash_dir / "files").iterdir())
 
 
 def test_trash_leaves_changed_files_and_refuses_a_stranger(library, dup_photos, tmp_path):
@@ -351,6 +416,13 @@ def test_cli_trash_yes_moves_the_others_to_the_trash(library, dup_photos, trash_
     assert sorted(out["results"][0]["trashed"]) == sorted([s2["resized"], s2["png"]])
     assert os.path.exists(s2["original"]) and os.path.exists(s2["mirrored"]) and os.path.exists(s2["copy"])
     assert len(list((trash_dir / "files").iterdir())) == 2
+    op = out["operation"]
+    assert main(["--library", folder, "duplicates", "--json", "--undo", "--operation", op]) == 0
+    undone = json.loads(capsys.readouterr().out)
+    assert undone["reverted"] == 2 and undone["conflicts"] == []
+    assert os.path.exists(s2["resized"]) and os.path.exists(s2["png"])
+    assert main(["--library", folder, "duplicates", "--undo"]) == 1  # nothing left to undo: one clear error
+    assert "Nothing to undo" in capsys.readouterr().err
 
 
 def test_a_long_chain_of_similar_photos_is_grouped_without_chaining(tmp_path):

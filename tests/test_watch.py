@@ -265,3 +265,50 @@ def test_lost_events_mean_a_rescan_of_the_watched_folders(watched):
         assert watcher.wait_idle(WAIT)
     refreshed = [u.roots for u in watched["updates"] if u.kind == "refresh"]
     assert refreshed == [lib.catalog.folders()]
+
+
+def test_folders_added_and_removed_while_watching(watched, tmp_path):
+    lib, watcher = watched["lib"], watched["watcher"]
+    watcher.start()
+    other = tmp_path / "more"
+    other.mkdir()
+    lib.index([str(other)])
+    assert watcher.sync_folders() == ([str(other)], [])
+    make_photo(other / "new.jpg", (200, 10, 10), pattern=3)
+    assert _until(lambda: lib.catalog.id_for_path(str(other / "new.jpg")) is not None)
+    lib.remove_folder(str(other))
+    assert watcher.sync_folders() == ([], [str(other)])
+    assert str(other) not in watcher.modes
+    make_photo(other / "later.jpg", (10, 200, 10), pattern=4)
+    assert watcher.wait_idle(WAIT)
+    time.sleep(watcher.debounce * 2)
+    assert lib.catalog.id_for_path(str(other / "later.jpg")) is None  # no longer watched
+
+
+def test_writer_threads_of_one_library_take_turns(watched):
+    """The app's jobs and its watcher share one Library: its writers run one at a time."""
+    lib = watched["lib"]
+    inside, overlap = threading.Event(), []
+    release = threading.Event()
+
+    def hold() -> None:
+        with lib.writing():
+            inside.set()
+            release.wait(5)
+
+    t = threading.Thread(target=hold)
+    t.start()
+    assert inside.wait(5)
+
+    def second() -> None:
+        with lib.writing():
+            overlap.append(release.is_set())
+
+    t2 = threading.Thread(target=second)
+    t2.start()
+    time.sleep(0.3)
+    assert overlap == []  # still waiting for the first writer
+    release.set()
+    t.join(5)
+    t2.join(5)
+    assert overlap == [True]
