@@ -211,6 +211,7 @@ class Library:
         self._encoder: Encoder | None = None
         self._store: VectorStore | None = None
         self._guard = threading.RLock()
+        self._writer = threading.RLock()  # one writer thread at a time (see writing())
         stored = self.catalog.get_meta("model")
         self._requested = ModelSpec.parse(model, weights) if (model or weights) else None
         if self._requested is not None:
@@ -317,15 +318,17 @@ class Library:
 
     @contextmanager
     def writing(self) -> Iterable[None]:
-        """Hold the library's writer lock for a block (re-entrant within this object)."""
-        if self.lock.held:
-            yield
-            return
-        self.lock.acquire()
-        try:
-            yield
-        finally:
-            self.lock.release()
+        """Hold the library's writer lock for a block (re-entrant within a thread). Writer threads
+        of one process take turns (the app's jobs and its folder watcher share one Library)."""
+        with self._writer:
+            if self.lock.held:
+                yield
+                return
+            self.lock.acquire()
+            try:
+                yield
+            finally:
+                self.lock.release()
 
     # ------------------------------------------------------------------ indexing
     def index(self, paths: Sequence[str] = (), progress: ProgressFn | None = None,
