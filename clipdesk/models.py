@@ -212,7 +212,10 @@ class Encoder:
             raise ModelError("this encoder was loaded for texts only")
         if not len(prepared):
             return np.zeros((0, self.dim), np.float32)
-        batch = torch.from_numpy(np.stack(list(prepared))).to(self.device, self._dtype)
+        if all(isinstance(p, np.ndarray) for p in prepared):
+            batch = torch.from_numpy(np.stack(list(prepared))).to(self.device, self._dtype)
+        else:  # some prepared on the GPU already (indexer/gpu_decode.py), the rest as arrays
+            batch = torch.stack([torch.as_tensor(p).to(self.device) for p in prepared]).to(self._dtype)
         with self._lock, torch.inference_mode():
             feats = self.model.encode_image(batch)
             feats = torch.nn.functional.normalize(feats.float(), dim=-1)

@@ -253,6 +253,60 @@ def _decode(path: str, f: BinaryIO, size: int, min_side: int,
     return DecodedImage(image=img, width=width, height=height, taken=taken, content_hash=digest)
 
 
+@dataclass(frozen=True)
+class JpegBytes:
+    """A plain JPEG read whole for a GPU decoder, with what the catalog needs from its header."""
+
+    data: bytearray  # the file's bytes
+    width: int  # of the full-size upright image
+    height: int
+    orientation: int  # EXIF orientation (1..8), for the decoder to apply
+    taken: float | None
+    content_hash: str
+
+
+def read_plain_jpeg(path: str, max_bytes: int, max_pixels: int = MAX_PIXELS) -> JpegBytes | None:
+    """The bytes and header facts of a baseline 8-bit RGB/greyscale JPEG of at most ``max_bytes``,
+    or None for anything :func:`decode_image` should decode instead (another format, CMYK,
+    progressive, a missing end marker as in truncated files, too big, unreadable).
+
+    None is never a verdict on the file: the CPU decoder then reads it and words any failure, so
+    a file fails with the same reason whichever decoder was tried first.
+    """
+    try:
+        fd = open_regular(path)
+    except OSError:
+        return None
+    with os.fdopen(fd, "rb") as f:
+        try:
+            size = os.fstat(fd).st_size
+            if not 4 <= size <= max_bytes:
+                return None
+            data = bytearray(size)
+            if f.readinto(data) != size:
+                return None
+        except OSError:
+            return None
+    if data[:2] != b"\xff\xd8" or data[-2:] != b"\xff\xd9":
+        return None
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            img = Image.open(io.BytesIO(data))
+            if (img.format != "JPEG" or img.mode not in ("RGB", "L") or img.info.get("progressive")
+                    or img.info.get("progression")):
+                return None
+            width, height = img.size
+            if width * height > max_pixels:
+                return None
+            orientation, taken = _read_exif(img)
+    except Exception:  # noqa: BLE001 - whatever Pillow makes of it, the CPU path decides
+        return None
+    if orientation in (5, 6, 7, 8):
+        width, height = height, width
+    return JpegBytes(data, width, height, orientation, taken, content_hash(data))
+
+
 def _read_exif(img: Image.Image) -> tuple[int, float | None]:
     """(orientation, capture time); a corrupt EXIF block is ignored rather than failing the image."""
     try:

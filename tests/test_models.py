@@ -127,3 +127,14 @@ def test_trimmed_text_encoding_equals_the_full_pass():
         full = enc.model.encode_text(tokens)
         trimmed = encode_text_trimmed(enc.model, tokens)
     np.testing.assert_allclose(trimmed.numpy(), full.numpy(), atol=1e-5)
+
+
+def test_embed_takes_inputs_prepared_on_the_device_beside_arrays():
+    """The GPU decode path hands the encoder tensors already on its device, mixed with arrays
+    the CPU decoders prepared; both give the vectors the arrays alone give."""
+    enc = load_encoder(ModelSpec.parse("test-tiny"))
+    imgs = [Image.new("RGB", (80, 60), (10 * i, 200 - 20 * i, 30)) for i in range(4)]
+    arrays = [enc.prepare(im) for im in imgs]
+    mixed = [torch.from_numpy(a) if i % 2 else a for i, a in enumerate(arrays)]
+    np.testing.assert_allclose(enc.embed(mixed), enc.embed(arrays), atol=1e-6)
+    np.testing.assert_allclose(enc.embed([torch.from_numpy(a) for a in arrays]), enc.embed(arrays), atol=1e-6)
