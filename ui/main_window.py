@@ -26,6 +26,7 @@ from .models import Thumbnails, paths_from_mime
 from .views.banner import Banner
 from .views.context import Context
 from .views.dialogs import SettingsDialog
+from .views.duplicates import DuplicatesView
 from .views.folders import FoldersPanel
 from .views.model_setup import ModelSetup
 from .views.search import SearchBar, SearchView
@@ -33,6 +34,7 @@ from .views.status import StatusArea
 from .views.sort import SortView
 from .views.tabs import ClickableLabel, DragTabBar
 from .views.teach import PROBE, TeachView
+from .views.watching import FolderWatch
 from .views.welcome import WelcomePage
 from .workers import Jobs
 
@@ -150,6 +152,8 @@ class MainWindow(QMainWindow):
         self.tabs.addTab(self.search_view, "Search")
         self.tabs.addTab(self.sort_view, "Sort")
         self.tabs.addTab(self.teach_view, "Teach")
+        self.duplicates_view = DuplicatesView(self.ctx, self.settings)
+        self.tabs.addTab(self.duplicates_view, "Duplicates")
         split.addWidget(self.tabs)
         split.setStretchFactor(1, 1)
         split.setCollapsible(0, True)  # drag the divider to the left edge to hide the folders
@@ -165,6 +169,8 @@ class MainWindow(QMainWindow):
         self.status = StatusArea()
         self.setStatusBar(self.status)
         self.status_label, self.progress = self.status.label, self.status.progress
+        self.watch = FolderWatch(self.ctx, self.settings, self)  # keeps the library current while open
+        self.status.addPermanentWidget(self.watch.toggle)
 
     def _wire(self) -> None:
         ctx = self.ctx
@@ -184,13 +190,17 @@ class MainWindow(QMainWindow):
         self.undo_button.clicked.connect(lambda _c=False: self.undo_stack.undo())
         self.undo_stack.canUndoChanged.connect(self.undo_button.setEnabled)
         self.undo_stack.undoTextChanged.connect(lambda t: self.undo_button.setToolTip(f"Undo {t} (Ctrl+Z)"))
-        for view in (self.search_view, self.sort_view, self.teach_view):
+        for view in (self.search_view, self.sort_view, self.teach_view, self.duplicates_view):
             view.count_changed.connect(lambda _t: self._show_count())
             view.open_requested.connect(self.open_file)
             view.show_in_folder_requested.connect(self.show_in_folder)
         self.search_view.finished.connect(self.search_finished)
         self.sort_view.progress.connect(self.status.job_progress)
         self.teach_view.progress.connect(self.status.job_progress)
+        self.duplicates_view.progress.connect(self.status.job_progress)
+        self.duplicates_view.changed.connect(self._library_content_changed)
+        self.watch.message.connect(lambda m: self.statusBar().showMessage(m, 6000))
+        self.watch.changed.connect(self._watched_change)
         self.status.cancel_requested.connect(self.jobs.cancel_all)
         self.tabs.currentChanged.connect(self._tab_changed)
         self.sidebar.index_requested.connect(self.start_indexing)
@@ -246,6 +256,7 @@ class MainWindow(QMainWindow):
             self.model_setup.warm()
         self.search_view.run()
         self.teach_view.load_source()
+        self.watch.sync()
 
     def _model_changed(self) -> None:
         """After another model was chosen (or a retry): load it, and scan folders left empty."""
@@ -309,6 +320,13 @@ class MainWindow(QMainWindow):
         self.labels.refresh()
         if not self.search_view.terms():
             self.search_view.run()
+        self.watch.sync()  # folders added or removed are watched, or no longer
+
+    def _watched_change(self) -> None:
+        """The folder watcher indexed what changed on disk: counts, buckets and results follow."""
+        self.refresh_library_views()
+        self.labels.refresh()
+        self.search_view.run()
 
     # ------------------------------------------------------------------ search (routing)
     def run_search(self) -> None:
@@ -492,6 +510,7 @@ class MainWindow(QMainWindow):
         self.jobs.closed = True  # results of the old library's jobs, still queued, are dropped …
         QApplication.sendPostedEvents()
         self.jobs.closed = False  # … and the new library's jobs deliver again
+        self.watch.stop()  # its threads use the old library
         old = self.lib
         self.lib = self.ctx.lib = new
         new.status_callback = self.status_message.emit
@@ -523,6 +542,8 @@ class MainWindow(QMainWindow):
             return
         self._shut = True
         self.undo_stack.blockSignals(True)
+        self.jobs.cancel_all()  # a watcher batch waiting for a job's writes then stops at once
+        self.watch.close()
         self.jobs.shutdown()
         self.thumbnails.wait()
         self.lib.close()

@@ -22,7 +22,8 @@ from .grid import PhotoGrid
 Row = tuple[str, str, float]  # path, category, probability
 SORT_JOBS = {"copy": "copying photos", "move": "moving photos", "link": "linking photos"}
 # Jobs that write the catalog or files beside the photos: a file operation waits for them.
-CONFLICTING_JOBS = frozenset({"indexing", "removing a folder", "writing tags", "undo", *SORT_JOBS.values()})
+CONFLICTING_JOBS = frozenset({"indexing", "removing a folder", "writing tags", "undo", "moving photos to the Trash",
+                              *SORT_JOBS.values()})
 FIRST_FILES = 5  # files named in a preview
 
 

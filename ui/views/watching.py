@@ -1,0 +1,127 @@
+"""Watching the library's folders while the app runs: new, changed, moved and deleted photos show
+up within seconds, with no rescan.
+
+``FolderWatch`` owns a ``clipdesk.watch.LibraryWatcher`` (watchdog's threads plus its own worker,
+which batches events into ``Library.refresh``). Starting, following added or removed folders and
+stopping happen on one helper thread (adding inotify watches walks the folder tree; the GUI never
+waits on it, except for the final stop when the window closes). The watcher's updates arrive on
+its worker thread and are posted to the GUI thread through a queued signal. Its writes take turns
+with the app's own jobs (``Library.writing`` serialises writer threads), so an indexing job and a
+watcher batch never write at once. The toggle ("Watch folders", a QSettings value, default on) is
+a check box in the status bar.
+"""
+from __future__ import annotations
+
+from concurrent.futures import ThreadPoolExecutor
+
+from PySide6.QtCore import QObject, QSettings, Qt, Signal
+from PySide6.QtWidgets import QCheckBox
+
+from clipdesk.watch import LibraryWatcher, WatchUpdate
+
+from .actions import _plural
+from .context import Context
+
+SETTING = "watch_folders"
+DEBOUNCE = 1.0  # seconds of quiet before a batch is indexed
+MAX_DELAY = 5.0  # during a long copy, a batch at least this often
+
+
+def describe(report) -> str:
+    """"3 new photos, 1 removed" — what a watcher batch changed ("" when nothing did)."""
+    parts = []
+    if report.added:
+        parts.append(f"{_plural(report.added, 'new photo')}")
+    for n, what in ((report.updated, "changed"), (report.moved, "moved"), (report.removed, "removed")):
+        if n:
+            parts.append(f"{n:,} {what}" if parts else f"{_plural(n, 'photo')} {what}")
+    if report.failed:
+        parts.append(f"{report.failed:,} unreadable")
+    return ", ".join(parts)
+
+
+class FolderWatch(QObject):
+    changed = Signal()  # photos appeared, changed or left: the views refresh
+    message = Signal(str)  # a short status line ("3 new photos")
+    _update = Signal(object)  # from the watcher's thread to the GUI thread
+
+    def __init__(self, ctx: Context, settings: QSettings, parent: QObject | None = None,
+                 debounce: float = DEBOUNCE) -> None:
+        super().__init__(parent)
+        self.ctx, self.settings, self.debounce = ctx, settings, debounce
+        self.watcher: LibraryWatcher | None = None
+        self._helper = ThreadPoolExecutor(max_workers=1, thread_name_prefix="clipdesk-watch-control")
+        self._closed = False
+        self.toggle = QCheckBox("Watch folders")
+        self.toggle.setObjectName("watchFolders")
+        self.toggle.setToolTip("Watch folders for changes: new, changed, moved and deleted photos appear "
+                               "within seconds without a rescan")
+        self.toggle.setChecked(self.enabled)
+        self.toggle.toggled.connect(self.set_enabled)
+        self._update.connect(self._on_update, Qt.ConnectionType.QueuedConnection)
+
+    @property
+    def enabled(self) -> bool:
+        value = self.settings.value(SETTING, True)
+        return value not in (False, "false", "0", 0)
+
+    def set_enabled(self, on: bool) -> None:
+        self.settings.setValue(SETTING, bool(on))
+        if self.toggle.isChecked() != on:
+            self.toggle.setChecked(on)
+        if on:
+            self.sync()
+            self.message.emit("Watching the library's folders for changes.")
+        else:
+            self.stop(wait=False)
+            self.message.emit("No longer watching folders: rescan (Folders ▸ Rescan) to catch up.")
+
+    @property
+    def running(self) -> bool:
+        return self.watcher is not None
+
+    # ------------------------------------------------------------------ lifecycle
+    def sync(self) -> None:
+        """Start watching (when enabled and the library has folders), or follow its folders."""
+        if self._closed or not self.enabled:
+            return
+        if self.watcher is None:
+            if not self.ctx.lib.catalog.folders():
+                return
+            self.watcher = LibraryWatcher(self.ctx.lib, self._update.emit, debounce=self.debounce,
+                                          max_delay=MAX_DELAY)
+            self._helper.submit(self.watcher.start)
+        else:
+            self._helper.submit(self.watcher.sync_folders)
+
+    def stop(self, wait: bool = True) -> None:
+        """Stop watching; ``wait``: until its threads have ended (closing the window)."""
+        watcher, self.watcher = self.watcher, None
+        if watcher is not None:
+            done = self._helper.submit(watcher.stop)
+            if wait:
+                done.result()
+
+    def restart(self) -> None:
+        """Another library was opened: watch its folders instead."""
+        self.stop()
+        self.sync()
+
+    def close(self) -> None:
+        self._closed = True
+        self.stop()
+        self._helper.shutdown(wait=True)
+
+    # ------------------------------------------------------------------ updates
+    def _on_update(self, u: WatchUpdate) -> None:
+        if self._closed or self.watcher is None:
+            return
+        if u.kind in ("refresh", "rescan") and u.report is not None:
+            what = describe(u.report)
+            if what:
+                self.message.emit(what)
+                self.changed.emit()
+        elif u.kind == "error":
+            self.message.emit(f"Watching folders: {u.message} (will retry)")
+        elif u.kind == "mode" and ("no file events" in u.message or "lost" in u.message):
+            self.message.emit(u.message)
