@@ -14,7 +14,7 @@ import os
 
 from PySide6.QtCore import QObject, QRect, Qt, QTimer
 from PySide6.QtWidgets import (QAbstractButton, QAbstractItemView, QAbstractSlider, QApplication,
-                               QComboBox, QLabel, QLineEdit, QPlainTextEdit, QTabWidget, QWidget)
+                               QComboBox, QLabel, QLineEdit, QPlainTextEdit, QStatusBar, QTabWidget, QWidget)
 
 INTERVAL_MS = 200
 MAX_ITEMS = 400  # per view: enough for any screen
@@ -33,6 +33,8 @@ def _text(w: QWidget) -> str | None:
         return w.currentText()
     if isinstance(w, QPlainTextEdit):
         return w.toPlainText()
+    if isinstance(w, QStatusBar):
+        return w.currentMessage()  # the transient line ("3 new photos")
     return None
 
 
