@@ -28,7 +28,7 @@ import threading
 from datetime import datetime
 
 from clipdesk import __version__
-from clipdesk.argtypes import finite_float, positive_int, probability
+from clipdesk.argtypes import finite_float, number, positive_int, probability
 from clipdesk.errors import ClipdeskError, LibraryNotFoundError
 
 log = logging.getLogger("clipdesk")
@@ -80,6 +80,15 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("paths", nargs="*", metavar="PATH")
     sp.add_argument("--reembed", action="store_true", help="convert a library made with another model")
     sp.add_argument("--batch-size", type=positive_int, default=32, help="images per model call (default 32)")
+    cluster = sp.add_argument_group("on a Ray cluster (pip install 'clipdesk[cluster]'; see README, Beyond one machine)")
+    cluster.add_argument("--engine", choices=["local", "ray"], default="local",
+                         help="where photos are decoded and embedded (default local); the library is written here")
+    cluster.add_argument("--address", metavar="auto|ray://HOST:PORT|HOST:PORT",
+                         help="the Ray cluster (default: RAY_ADDRESS, else Ray on this machine)")
+    cluster.add_argument("--gpus-per-worker", type=number(float, lambda v: 0 <= v <= 64, "must be between 0 and 64"),
+                         metavar="N", help="GPUs each model worker reserves (default 0; 0.5 shares a GPU)")
+    cluster.add_argument("--cpus-per-worker", type=number(float, lambda v: 0 < v <= 1024, "must be above 0"),
+                         metavar="N", help="CPUs (decoding threads) of each model worker (default 1)")
 
     sp = cmd("search", 'text search; combine terms: "beach" + 0.5*"sunset" - "people", image paths too')
     sp.add_argument("query")
@@ -297,7 +306,10 @@ def run(args: argparse.Namespace) -> int:
         if c == "index":
             bar, update = _progress_bar("indexing")
             try:
-                report = lib.index(args.paths, progress=update, reembed=args.reembed, batch_size=args.batch_size)
+                engine = lib.ray_engine(args.address, args.gpus_per_worker or 0.0, args.cpus_per_worker or 1.0) \
+                    if args.engine == "ray" else None
+                report = lib.index(args.paths, progress=update, reembed=args.reembed, batch_size=args.batch_size,
+                                   engine=engine)
             finally:
                 bar.close()
             for f in report.failures:
@@ -451,6 +463,9 @@ def _main(argv: list[str] | None) -> int:
         sys.stdout.reconfigure(errors="surrogateescape")  # file names print as their own bytes
     parser = build_parser()
     args = parser.parse_args(argv)
+    if getattr(args, "engine", "ray") != "ray" and (args.address or args.gpus_per_worker is not None
+                                                    or args.cpus_per_worker is not None):
+        parser.error("--address, --gpus-per-worker and --cpus-per-worker go with --engine ray")
     logging.basicConfig(stream=sys.stderr, format="%(message)s",
                         level=logging.INFO if getattr(args, "verbose", False) else logging.WARNING)
     log.setLevel(logging.INFO)  # clipdesk's own status lines (model loading…) are worth seeing

@@ -28,7 +28,7 @@ from clipdesk.indexer.decode import decode_image, describe_os_error
 from clipdesk.indexer.errors import UnreadableImageError
 from clipdesk.indexer.files import atomic_write, check_library_entry, folder_writable, open_regular
 from clipdesk.indexer.lock import LibraryLock
-from clipdesk.indexer.pipeline import CancelToken, IndexReport, Progress, index_files
+from clipdesk.indexer.pipeline import CancelToken, EmbedEngine, IndexReport, Progress, index_files
 from clipdesk.indexer.scan import canonical_path, is_inside, is_library_folder
 from clipdesk.indexer.vectors import EXACT_LIMIT, VectorFileError, VectorStore, catch_up
 from clipdesk.models import DEFAULT_MODEL, Encoder, ModelSpec, load_encoder
@@ -333,11 +333,12 @@ class Library:
     # ------------------------------------------------------------------ indexing
     def index(self, paths: Sequence[str] = (), progress: ProgressFn | None = None,
               cancel: CancelToken | None = None, reembed: bool = False, batch_size: int = 32,
-              workers: int | None = None) -> IndexReport:
+              workers: int | None = None, engine: EmbedEngine | None = None) -> IndexReport:
         """Add folders (or files) and bring the library up to date with what is on disk.
 
         With no paths, every folder of the library is rescanned. ``reembed`` converts a library
-        made with another model to this one (labels are kept).
+        made with another model to this one (labels are kept). ``engine`` embeds elsewhere (see
+        :meth:`ray_engine`); the scan, the diff and the commits stay here.
         """
         with self.writing():
             stored = self.catalog.get_meta("model")
@@ -372,9 +373,21 @@ class Library:
             # library costs a directory walk, not a model load.
             report = index_files(self.catalog, store, _LazyEmbedder(self), roots, batch_size=batch_size,
                                  workers=workers, progress=progress, cancel=cancel,
-                                 checkpoint=self._save_store, exclude=[self.folder])
+                                 checkpoint=self._save_store, exclude=[self.folder], engine=engine)
             self._resize_store_if_needed()
             return report
+
+    def ray_engine(self, address: str | None = None, gpus_per_worker: float = 0.0,
+                   cpus_per_worker: float = 1.0, workers: int | None = None) -> EmbedEngine:
+        """An ``engine`` for :meth:`index` that decodes and embeds on a Ray cluster: each worker
+        loads this library's model once, exactly as :attr:`encoder` does here (same spec and
+        precision rule, its own device). Needs ``clipdesk[cluster]``."""
+        from functools import partial
+
+        from clipdesk.indexer.ray_engine import RayEngine
+
+        return RayEngine(partial(load_encoder, self.spec, self.device, self.precision), address,
+                         gpus_per_worker, cpus_per_worker, workers)
 
     def _register_roots(self, paths: Sequence[str]) -> list[str]:
         """Canonical roots for ``paths``, folders registered with the library.

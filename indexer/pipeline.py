@@ -20,8 +20,9 @@ import os
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import closing
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -106,6 +107,25 @@ class _Decoded:
     failure: str | None = None
 
 
+@dataclass(frozen=True)
+class Embedded:
+    """One file of the work list after decoding and embedding: ``vector`` and ``record``, or ``failure``."""
+
+    file: ScannedFile
+    vector: np.ndarray | None = None  # (dim,) float32, L2-normalised
+    record: dict | None = None  # hash, width, height, taken: the catalog fields decoding found
+    failure: str | None = None
+
+
+class EmbedEngine(Protocol):
+    """Where the work list is decoded and embedded: in this process (the default) or elsewhere (a
+    cluster, :mod:`ray_engine`). Batches come back in any order; the pipeline commits each one."""
+
+    def __call__(self, files: list[ScannedFile], batch_size: int) -> Iterator[list[Embedded]]:
+        """Yield every file of ``files`` once, in batches of about ``batch_size``. Closing the
+        iterator stops the work."""
+
+
 def _decode_one(file: ScannedFile, embedder: ImageEmbedder, budget: PixelBudget) -> _Decoded:
     try:
         # Streamed (never the whole file in memory); the full-size image lives only within the
@@ -121,6 +141,40 @@ def _decode_one(file: ScannedFile, embedder: ImageEmbedder, budget: PixelBudget)
     except Exception as e:  # noqa: BLE001 - one odd file must not stop a library scan
         return _Decoded(file, failure=f"unexpected error while decoding ({type(e).__name__}: {e})")
     return _Decoded(file, prepared, record)
+
+
+def embed_locally(files: Sequence[ScannedFile], embedder: ImageEmbedder, batch_size: int = 32,
+                  workers: int | None = None, prefetch_batches: int = 3) -> Iterator[list[Embedded]]:
+    """Decode ``files`` ahead in a thread pool (Pillow releases the GIL) within a shared pixel
+    budget, embed them batch by batch. The local engine, and what each cluster worker runs."""
+    budget = PixelBudget()  # memory bound of decoding, whatever the number of workers
+    workers = workers or max(1, os.cpu_count() or 1)
+    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="clipdesk-decode") as pool:
+        pending: deque[Future[_Decoded]] = deque()
+        it = iter(files)
+        window = batch_size * prefetch_batches
+
+        def refill() -> None:
+            while len(pending) < window:
+                f = next(it, None)
+                if f is None:
+                    return
+                pending.append(pool.submit(_decode_one, f, embedder, budget))
+
+        refill()
+        try:
+            while pending:
+                batch: list[_Decoded] = []
+                while pending and len(batch) < batch_size:
+                    batch.append(pending.popleft().result())
+                    refill()
+                ok = [d for d in batch if d.failure is None]
+                vectors = iter(embedder.embed([d.prepared for d in ok]) if ok else ())
+                yield [Embedded(d.file, failure=d.failure) if d.failure is not None
+                       else Embedded(d.file, next(vectors), d.record) for d in batch]
+        finally:
+            for fut in pending:
+                fut.cancel()
 
 
 def _stat_or_none(path: str) -> os.stat_result | None:
@@ -177,13 +231,15 @@ def index_files(
     checkpoint: Callable[[], None] | None = None,
     checkpoint_every: float = 60.0,
     exclude: Sequence[str] = (),
+    engine: EmbedEngine | None = None,
 ) -> IndexReport:
     """Bring the catalog and ``store`` up to date with the image files under ``roots``.
 
     ``checkpoint`` is called every ``checkpoint_every`` seconds and at the end, to persist the
     vector store. Cancelling stops after the batch in flight; everything committed stays.
     Folders in ``exclude`` (the library's own folder) are never indexed, nor is any folder that
-    holds a clipdesk library.
+    holds a clipdesk library. ``engine`` decodes and embeds the work list elsewhere (a cluster);
+    scanning, the diff and every commit stay here, so its library is the local one.
     """
     t0 = time.perf_counter()
     report = IndexReport()
@@ -286,66 +342,54 @@ def index_files(
     report.failed += len(scan_failures)
     report.failures.extend(scan_failures)
 
-    # 4. Decode ahead in threads, embed and commit batch by batch.
+    # 4. Decode and embed (ahead, in threads; or on a cluster), commit batch by batch.
     new_paths = {f.path for f in new}
     todo = new + todo
     total = len(todo)
     notify(Progress("embed", 0, total))
-    workers = workers or max(1, os.cpu_count() or 1)
-    budget = PixelBudget()  # memory bound of decoding, whatever the number of workers
+    if engine is None:
+        batches = embed_locally(todo, embedder, batch_size, workers, prefetch_batches)
+    else:
+        batches = engine(todo, batch_size)
     last_checkpoint = time.perf_counter()
     t_embed = time.perf_counter()
     done = 0
-    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="clipdesk-decode") as pool:
-        pending: deque[Future[_Decoded]] = deque()
-        it = iter(todo)
-        window = batch_size * prefetch_batches
-
-        def refill() -> None:
-            while len(pending) < window:
-                f = next(it, None)
-                if f is None:
-                    return
-                pending.append(pool.submit(_decode_one, f, embedder, budget))
-
-        refill()
-        try:
-            while pending:
-                if cancel.cancelled:
-                    report.cancelled = True
-                    break
-                batch: list[_Decoded] = []
-                while pending and len(batch) < batch_size:
-                    batch.append(pending.popleft().result())
-                    refill()
-                ok = [d for d in batch if d.failure is None]
-                bad = [d for d in batch if d.failure is not None]
-                vectors = embedder.embed([d.prepared for d in ok]) if ok else np.zeros((0, store.dim), np.float32)
-                records = [ImageRecord(d.file.path, d.file.size, d.file.stamp, vector=v, ino=d.file.ino, **d.record)
-                           for d, v in zip(ok, vectors)]
-                failures = [Failure(d.file.path, d.failure, d.file.size, d.file.stamp, d.file.ino) for d in bad]
-                with store.lock:  # the catalog and the index move together
-                    store.generation, ids, replaced = catalog.write_batch(records, failures)
-                    store.remove(replaced)
-                    store.add(np.asarray(ids, dtype=np.int64), vectors)
-                for d in ok:
-                    if d.file.path in new_paths:
-                        report.added += 1
-                    else:
-                        report.updated += 1
-                report.failed += len(bad)
-                report.failures.extend(failures)
-                done += len(batch)
-                elapsed = time.perf_counter() - t_embed
-                rate = done / elapsed if elapsed > 0 else 0.0
-                notify(Progress("embed", done, total, report.failed, rate,
-                                (total - done) / rate if rate > 0 else None, batch[-1].file.path))
-                if checkpoint and time.perf_counter() - last_checkpoint > checkpoint_every:
-                    checkpoint()
-                    last_checkpoint = time.perf_counter()
-        finally:
-            for fut in pending:
-                fut.cancel()
+    with closing(batches):  # stops the decoders (or the cluster job) however the loop ends
+        for batch in batches:
+            if cancel.cancelled:
+                report.cancelled = True
+                break
+            if not batch:
+                continue
+            ok = [e for e in batch if e.failure is None]
+            bad = [e for e in batch if e.failure is not None]
+            vectors = (np.stack([e.vector for e in ok]).astype(np.float32, copy=False) if ok
+                       else np.zeros((0, store.dim), np.float32))
+            records = [ImageRecord(e.file.path, e.file.size, e.file.stamp, vector=v, ino=e.file.ino, **e.record)
+                       for e, v in zip(ok, vectors)]
+            failures = [Failure(e.file.path, e.failure, e.file.size, e.file.stamp, e.file.ino) for e in bad]
+            with store.lock:  # the catalog and the index move together
+                store.generation, ids, replaced = catalog.write_batch(records, failures)
+                store.remove(replaced)
+                store.add(np.asarray(ids, dtype=np.int64), vectors)
+            for e in ok:
+                if e.file.path in new_paths:
+                    report.added += 1
+                else:
+                    report.updated += 1
+            report.failed += len(bad)
+            report.failures.extend(failures)
+            done += len(batch)
+            elapsed = time.perf_counter() - t_embed
+            rate = done / elapsed if elapsed > 0 else 0.0
+            notify(Progress("embed", done, total, report.failed, rate,
+                            (total - done) / rate if rate > 0 else None, batch[-1].file.path))
+            if checkpoint and time.perf_counter() - last_checkpoint > checkpoint_every:
+                checkpoint()
+                last_checkpoint = time.perf_counter()
+            if cancel.cancelled and done < total:
+                report.cancelled = True
+                break
     if checkpoint:
         checkpoint()
     report.seconds = time.perf_counter() - t0
