@@ -459,3 +459,24 @@ def test_a_long_chain_of_similar_photos_is_grouped_without_chaining(tmp_path):
             assert all(float(vecs[p.id] @ keeper) >= 0.95 - 1e-3 for p in g.photos)  # all like the keeper
         assert len({p.id for g in report.groups for p in g.photos}) == sum(len(g.photos) for g in report.groups)
         assert seconds < 20, seconds
+
+
+def test_a_journal_naming_another_file_as_the_trash_location_is_refused(library, dup_photos, trash_dir, tmp_path):
+    """Undo moves the file a journal names: a tampered location outside a Trash's files/ is damage."""
+    from clipdesk.journal import Journal, JournalError
+
+    _indexed(library, dup_photos["root"])
+    s0 = dup_photos["sets"][0]
+    group = next(g for g in find_duplicates(library, LOW).groups
+                 if g.kind == "near" and g.suggested_keep == s0["original"])
+    result = trash_others(library, group)
+    journal = Path(library.folder) / "journal" / f"{result.operation}.jsonl"
+    text = journal.read_text()
+    victim = tmp_path / "precious.jpg"
+    victim.write_bytes(b"not a photo of the group")
+    journal.write_text(text.replace(str(trash_dir / "files" / "small.jpg"), str(victim)))
+    with pytest.raises(JournalError, match="bad Trash location"):
+        Journal(library.folder).load(result.operation)
+    with pytest.raises(JournalError):
+        dup.undo_trash(library)
+    assert victim.read_bytes() == b"not a photo of the group" and not os.path.exists(s0["resized"])

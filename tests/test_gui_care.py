@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import time
 from pathlib import Path
 
 import pytest
@@ -207,6 +208,31 @@ def test_no_duplicates_says_so(window):
     shoot(window, "none")
 
 
+def test_find_shows_progress_and_cancel_stops_it(window, monkeypatch):
+    """A long search (a stand-in that reports progress until cancelled): Cancel ends it, nothing shown."""
+    from clipdesk.indexer.pipeline import Progress
+
+    def slow_find(threshold, folder=None, progress=None, cancel=None):
+        for n in range(10_000):
+            progress(Progress("pixels", n, 10_000))
+            cancel.check()
+            time.sleep(0.01)
+        raise AssertionError("not cancelled")
+
+    monkeypatch.setattr(window.lib, "find_duplicates", slow_find)
+    view = open_tab(window, "Duplicates")
+    QTest.mouseClick(view.find_button, Qt.MouseButton.LeftButton)
+    until(lambda: view.progress_bar.isVisible() and view.progress_bar.maximum() == 10_000
+          and view.progress_bar.value() > 0, what="progress shown")
+    assert view.cancel_button.isVisible() and not view.find_button.isEnabled()
+    assert "Checking pixels" in view.progress_bar.format()
+    QTest.mouseClick(view.cancel_button, Qt.MouseButton.LeftButton)
+    until(lambda: view._find is None, what="the search to stop")
+    assert view.find_button.isEnabled() and not view.cancel_button.isVisible() and view.cards == []
+    assert window.status.currentMessage() == "Finding duplicates cancelled."
+    assert not window.banner.isVisible()
+
+
 def test_copied_photos_appear_without_a_rescan_and_the_toggle(window, photos, monkeypatch):
     assert window.watch.toggle.isChecked() and window.watch.toggle.objectName() == "watchFolders"
     until(lambda: window.watch.watcher is not None and window.watch.watcher.modes, what="the watcher started")
@@ -225,7 +251,7 @@ def test_copied_photos_appear_without_a_rescan_and_the_toggle(window, photos, mo
     assert not window.watch.toggle.isChecked() and window.watch.watcher is None
     assert window.settings.value("watch_folders") in (False, "false")
     make_photo(photos / "new" / "while-off.jpg", (9, 9, 200), pattern=40)
-    QTest.qWait(2500)
+    QTest.qWait(1500)  # past the watcher's 1 s debounce
     assert window.results.rowCount() == 12
     QTest.mouseClick(window.watch.toggle, Qt.MouseButton.LeftButton, pos=QPoint(8, window.watch.toggle.height() // 2))
     until(lambda: window.watch.watcher is not None and window.watch.watcher.modes, what="watching again")
