@@ -199,6 +199,25 @@ def test_find_keep_trash_and_undo_in_the_duplicates_tab(care, dups, trash_dir):
     assert not w.banner.isVisible()
 
 
+def test_groups_come_a_page_at_a_time_and_all_groups_means_all(care, dups, trash_dir, monkeypatch):
+    import clipdesk.ui.views.duplicates as view_module
+
+    monkeypatch.setattr(view_module, "PAGE", 1)
+    view = open_tab(care, "Duplicates")
+    set_threshold(view, "0.5")
+    find(view)
+    assert len(view.cards) == 1 and len(view.groups) == 3
+    assert view.more.isVisible() and view.more.text() == "Show 1 more group (2 not shown)"
+    QTest.mouseClick(view.more, Qt.MouseButton.LeftButton)
+    assert len(view.cards) == 2 and view.more.text() == "Show 1 more group (1 not shown)"
+    seen = answer_confirmation(accept=True)
+    QTest.mouseClick(view.trash_all, Qt.MouseButton.LeftButton)
+    assert seen and seen[0].startswith("Move 3 files from 3 groups to the Trash?")  # the unshown one too
+    until(lambda: all(c.resolved for c in view.cards) and len(view.groups) == 2, what="all groups moved")
+    assert not view.more.isVisible() and not view.trash_all.isEnabled()
+    assert len(list((trash_dir / "files").iterdir())) == 3 and care.lib.catalog.counts()[0] == 3
+
+
 def test_no_duplicates_says_so(window):
     view = open_tab(window, "Duplicates")
     find(view)

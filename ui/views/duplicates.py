@@ -283,6 +283,7 @@ class DuplicatesView(QWidget):
         self.setStyleSheet(STYLE)
         self.groups: list[dup.DuplicateGroup] = []
         self.cards: list[GroupCard] = []
+        self._cells: dict[str, list[PhotoCell]] = {}  # path -> its cells, for thumbnails landing
         self.count_text = "Find exact copies and near-duplicates"
         self._find = None
         self._searched = False
@@ -384,7 +385,8 @@ class DuplicatesView(QWidget):
                                "check still keeps merely similar photos apart.")
         left = len(self.groups) - len(self.cards)
         self.more.setVisible(left > 0)
-        self.more.setText(f"Show {min(PAGE, left)} more groups ({left:,} not shown)")
+        self.more.setText(f"Show {min(PAGE, left)} more group{'s' if min(PAGE, left) != 1 else ''} "
+                          f"({left:,} not shown)")
         self.trash_all.setEnabled((bool(self._open_cards()) or left > 0) and self._find is None)
         if self._searched:
             exact = sum(g.kind == "exact" for g in self.groups)
@@ -412,6 +414,7 @@ class DuplicatesView(QWidget):
             self.list.removeWidget(c)
             c.deleteLater()
         self.cards = []
+        self._cells = {}
 
     def _build_page(self) -> None:
         start = len(self.cards)
@@ -419,13 +422,13 @@ class DuplicatesView(QWidget):
             card = GroupCard(self, n, self.groups[n])
             self.list.insertWidget(self.list.indexOf(self.more), card)
             self.cards.append(card)
+            for cell in card.cells:
+                self._cells.setdefault(cell.photo.path, []).append(cell)
         self._show_state()
 
     def _thumbnail_ready(self, path: str) -> None:
-        for card in self.cards:
-            for cell in card.cells:
-                if cell.photo.path == path:
-                    cell.show_thumbnail()
+        for cell in self._cells.get(path, ()):
+            cell.show_thumbnail()
 
     # ------------------------------------------------------------------ finding
     def find(self) -> None:
