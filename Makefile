@@ -46,6 +46,7 @@ e2e: install-test
 bench: install-test
 	$(BIN)/python benchmarks/run_all.py
 	$(BIN)/python benchmarks/bench_duplicates.py
+	$(BIN)/python benchmarks/bench_scale.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache

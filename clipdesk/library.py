@@ -30,6 +30,8 @@ from clipdesk.indexer.files import atomic_write, check_library_entry, folder_wri
 from clipdesk.indexer.lock import LibraryLock
 from clipdesk.indexer.pipeline import CancelToken, EmbedEngine, IndexReport, Progress, index_files
 from clipdesk.indexer.scan import canonical_path, is_inside, is_library_folder
+from clipdesk.indexer import vecfile  # noqa: I001 - beside vectors: the other derived cache
+from clipdesk.indexer.vecfile import VecFileError, VectorFile
 from clipdesk.indexer.vectors import EXACT_LIMIT, VectorFileError, VectorStore, catch_up
 from clipdesk.models import DEFAULT_MODEL, Encoder, ModelSpec, load_encoder
 from clipdesk.probe import BACKGROUND, FitReport, Probe, ProbeData, fit_probe, load_probe_file, uncertainty
@@ -186,6 +188,7 @@ class Library:
     """A photo library on disk. Thread-safe for one writer thread plus reader threads."""
 
     VECTORS = "vectors.faiss"
+    VECFILE = vecfile.FILENAME  # every vector as float16, memory-mapped (see indexer/vecfile.py)
 
     def __init__(self, folder: str | None = None, model: str | None = None, weights: str | None = None,
                  device: str | None = None, precision: str = "auto", create: bool = True,
@@ -210,6 +213,7 @@ class Library:
         self.status_callback = status or (lambda _m: None)
         self._encoder: Encoder | None = None
         self._store: VectorStore | None = None
+        self._vf: VectorFile | None = None  # the vector file, kept open for re-ranking (see _exact_vectors)
         self._guard = threading.RLock()
         self._writer = threading.RLock()  # one writer thread at a time (see writing())
         stored = self.catalog.get_meta("model")
@@ -225,6 +229,8 @@ class Library:
     # ------------------------------------------------------------------ lifecycle
     def close(self) -> None:
         self.lock.release()
+        if self._vf is not None:
+            self._vf.close()
         self.catalog.close()
         if self._encoder is not None and hasattr(self._encoder, "close"):
             self._encoder.close()
@@ -314,7 +320,100 @@ class Library:
         """Persist the vector index (writers only: the lock holder owns ``vectors.faiss``)."""
         if self._store is not None and self.lock.held:
             self._store.save(os.path.join(self.folder, self.VECTORS), self.model_name)
-            self.catalog.prune_tombstones(self._store.generation)
+            # Deletions stay recorded until both caches have seen them.
+            gen = self._write_vector_file()
+            self.catalog.prune_tombstones(self._store.generation if gen is None else min(self._store.generation, gen))
+
+    def _write_vector_file(self, rebuild: bool = False) -> int | None:
+        """Bring ``vectors.f16`` up to the catalog (writers only; ``rebuild``: from scratch);
+        returns the generation it reflects (None when there is no file)."""
+        dim = self.dim
+        if dim is None or not self.lock.held:
+            return None
+        path = os.path.join(self.folder, self.VECFILE)
+        try:
+            state, header = vecfile.sync(path, self.catalog, self.model_name, self.catalog.library_id(create=True),
+                                         dim, rebuild=rebuild)
+        except VecFileError as e:  # e.g. a hand-edited catalog with negative ids: read the catalog
+            self.status_callback(f"The vector file cannot be written ({e}); reading vectors from the catalog.")
+            try:
+                os.unlink(path)
+            except FileNotFoundError:
+                pass
+            return None
+        if state == "rebuilt" and header.live > 100_000:
+            self.status_callback(f"Rewrote the vector file ({header.live} vectors).")
+        return header.generation
+
+    def _vector_file(self, rebuild: bool = False) -> VectorFile | None:
+        """``vectors.f16``, open and validated, when it can be caught up with the catalog; else
+        None (whole-library passes then read the catalog).
+
+        A missing, damaged (``rebuild``: known damaged) or stale file is first brought up to date
+        when the library's writer lock is free; it is never waited for: with another writer at
+        work, or on read-only storage, a stale file is read with the catalog's changes overlaid
+        (see ``vecfile.overlay``), a missing or damaged one not at all."""
+        vf = None if rebuild else self._open_vector_file()
+        if vf is not None and vf.header.generation == self.catalog.generation:
+            return vf
+        if self.dim is None or self.catalog.read_only or not folder_writable(self.folder) \
+                or not self._writer.acquire(blocking=False):
+            return vf
+        try:
+            held = self.lock.held
+            if not held:
+                try:
+                    self.lock.acquire()
+                except (ClipdeskError, OSError):
+                    return vf
+            try:
+                if vf is not None:
+                    vf.close()
+                self._write_vector_file(rebuild=rebuild)
+            finally:
+                if not held:
+                    self.lock.release()
+        finally:
+            self._writer.release()
+        return self._open_vector_file()
+
+    def _open_vector_file(self) -> VectorFile | None:
+        dim, lid = self.dim, self.catalog.library_id()
+        if dim is None or lid is None:
+            return None
+        try:
+            vf = VectorFile.open(os.path.join(self.folder, self.VECFILE))
+        except VecFileError:
+            return None
+        if vecfile.catchable(vf, self.catalog, self.model_name, lid, dim):
+            return vf
+        vf.close()
+        return None
+
+    def _exact_vectors(self, ids: Sequence[int]) -> np.ndarray:
+        """(n, dim) float32 vectors of embedded ``ids``: from the vector file when it reflects the
+        catalog as it is now, else from the catalog."""
+        with self._guard:
+            vf = self._vf
+            gen = self.catalog.generation
+            if vf is None or vf.header.generation != gen:
+                if vf is not None:
+                    vf.close()
+                lid = self.catalog.library_id()
+                try:
+                    vf = VectorFile.open(os.path.join(self.folder, self.VECFILE))
+                    if vf.header.generation != gen or vf.header.library != lid or vf.header.model != self.model_name:
+                        vf.close()
+                        vf = None
+                except VecFileError:
+                    vf = None
+                self._vf = vf
+            if vf is not None:
+                try:
+                    return vf.rows_for(np.asarray(ids, np.int64))
+                except (KeyError, OSError, ValueError):
+                    pass
+        return self.catalog.vectors_for(list(ids))
 
     @contextmanager
     def writing(self) -> Iterable[None]:
@@ -348,10 +447,11 @@ class Library:
                 self.catalog.set_meta("model", self.spec.name)
                 with self._guard:
                     self._store = None
-                try:
-                    os.unlink(os.path.join(self.folder, self.VECTORS))
-                except FileNotFoundError:
-                    pass
+                for name in (self.VECTORS, self.VECFILE):
+                    try:
+                        os.unlink(os.path.join(self.folder, name))
+                    except FileNotFoundError:
+                        pass
             else:
                 self.check_model()
             roots = self._register_roots(paths) or self.catalog.folders()
@@ -474,11 +574,12 @@ class Library:
                                              after, before)
         want = k + len(exclude)
         if store.is_approximate:
-            # Over-fetch from the compressed index and re-rank with the exact vectors of the
-            # catalog: 8-bit codes blur near-ties, and a few hundred rows are cheap to read.
-            scores, ids = store.search(q[None, :], max(4 * want, 100), subset)
+            # Over-fetch from the compressed index and re-rank with the exact vectors (of the
+            # vector file, else the catalog): quantised codes blur near-ties, and a few hundred
+            # rows are cheap to read.
+            scores, ids = store.search(q[None, :], store.shortlist(want), subset)
             cand = [int(i) for i in ids[0] if i >= 0]
-            exact = self.catalog.vectors_for(cand) @ q if cand else np.zeros(0, np.float32)
+            exact = self._exact_vectors(cand) @ q if cand else np.zeros(0, np.float32)
             order = np.argsort(-exact, kind="stable")[:want]
             scores, ids = exact[order][None, :], np.array(cand, np.int64)[order][None, :]
         else:
@@ -505,10 +606,54 @@ class Library:
     # ------------------------------------------------------------------ bulk scoring
     def _iter_library(self, cancel: CancelToken | None, progress: ProgressFn | None, stage: str,
                       chunk: int = 50_000):
-        """Yield ``(ids, paths, vectors)`` over every embedded image, with progress and cancellation."""
+        """Yield ``(ids, paths, vectors (n, dim) float32)`` over every embedded image in id order,
+        with progress and cancellation. The vectors array is reused: use it before the next chunk.
+
+        Vectors stream from the memory-mapped vector file (with the catalog's changes since it was
+        written overlaid), else, when there is no usable file, from the catalog's rows.
+        """
+        vf = self._vector_file()
+        changes = vecfile.overlay(vf, self.catalog) if vf is not None else None
+        if changes is None:
+            if vf is not None:
+                vf.close()
+            yield from self._iter_catalog(cancel, progress, stage, chunk)
+            return
+        with vf:
+            total = vf.header.live - int(np.isin(changes[0], vf.ids[vf.live_mask]).sum()) + len(changes[1])
+            done, last, buf = 0, -1, None
+            try:
+                for ids, vecs in vecfile.chunks(vf, changes):
+                    if cancel is not None:
+                        cancel.check()
+                    known, paths = self.catalog.live_paths(int(ids[0]), int(ids[-1]))
+                    if not np.array_equal(known, ids):  # a writer changed the catalog meanwhile
+                        keep = np.isin(ids, known)
+                        ids, vecs = ids[keep], vecs[keep]
+                        paths = [paths[p] for p in np.searchsorted(known, ids).tolist()]
+                    buf = vecfile.as_float32(vecs, buf)
+                    if len(ids):
+                        yield ids, paths, buf[:len(ids)]
+                        last = int(ids[-1])
+                    done += len(ids)
+                    if progress:
+                        progress(Progress(stage, min(done, total), total))
+            except VecFileError as e:  # damaged: the catalog has the rest; a writer rebuilds the file
+                self.status_callback(f"Reading the rest from the catalog ({e}).")
+                damaged = True
+            else:
+                damaged = False
+        if damaged:
+            yield from self._iter_catalog(cancel, progress, stage, chunk, after=last)
+            rebuilt = self._vector_file(rebuild=True)
+            if rebuilt is not None:
+                rebuilt.close()
+
+    def _iter_catalog(self, cancel: CancelToken | None, progress: ProgressFn | None, stage: str,
+                      chunk: int, after: int = -1):
         total = self.catalog.vector_count()
         done = 0
-        for ids, paths, vecs in self.catalog.iter_embedded(chunk=chunk):
+        for ids, paths, vecs in self.catalog.iter_embedded(chunk=chunk, after=after):
             if cancel is not None:
                 cancel.check()
             yield ids, paths, vecs
@@ -924,10 +1069,11 @@ def repair_library(folder: str | None = None) -> dict:
             if os.path.exists(path + suffix):
                 os.replace(path + suffix, damaged + suffix)
         recovered = salvage(damaged, folder)
-        try:
-            os.unlink(os.path.join(folder, Library.VECTORS))
-        except FileNotFoundError:
-            pass
+        for name in (Library.VECTORS, Library.VECFILE):
+            try:
+                os.unlink(os.path.join(folder, name))
+            except FileNotFoundError:
+                pass
         return {"catalog": path, "status": "repaired", "problems": problems[:10],
                 "damaged_copy": damaged, "recovered": recovered}
 

@@ -4,7 +4,11 @@ Vectors are L2-normalised, so inner product is cosine similarity. The index type
 library's size: exact search (``IndexIDMap2`` over ``IndexFlatIP``) up to ``EXACT_LIMIT`` vectors,
 where one query costs a few milliseconds; above it an inverted-file index with 8-bit scalar
 quantisation (``IndexIVFScalarQuantizer``), a quarter of the memory, whose ``nprobe`` is chosen at
-build time as the smallest that reaches ``TARGET_RECALL`` recall@10 against exact search.
+build time as the smallest that reaches ``TARGET_RECALL`` recall@10 against exact search; above
+``COMPRESS_LIMIT`` an inverted file of product-quantised codes (``IndexIVFPQ``, 8 dimensions per
+byte: 72 bytes per photo with its id, so 10M photos take 0.7 GB), whose shortlist the caller
+re-ranks with the exact vectors (the memory-mapped vector file). Where the installed FAISS sees a
+GPU (faiss-gpu), approximate indexes are trained, filled and searched on it (:func:`gpu_count`).
 
 The file on disk holds a small JSON header (catalog generation, model, count), the serialised
 index and a digest of both, in one file written atomically, so a header can never describe another
@@ -15,6 +19,7 @@ from __future__ import annotations
 
 import errno
 import hashlib
+import itertools
 import json
 import os
 import struct
@@ -32,7 +37,9 @@ if TYPE_CHECKING:
     from .catalog import Catalog
 
 EXACT_LIMIT = 50_000
+COMPRESS_LIMIT = 2_000_000  # IVF-SQ8 takes 520 bytes per photo (1 GB at 2M); IVF-PQ 72
 TARGET_RECALL = 0.95
+GPU_MIN = 100_000  # vectors from which a GPU, where there is one, trains and searches the index
 _MAGIC = b"CLIPDESK-VECTORS-2\n"  # 2: a digest follows the index
 
 
@@ -61,11 +68,19 @@ class VectorStore:
         # catalog under ``lock``; readers catch up (see ``catch_up``) under the same lock.
         self.generation = generation
         self.lock = threading.RLock()
+        self._gpu = None  # a GPU copy of a large approximate index, made on first search
         self._apply_nprobe()
 
     @property
     def kind(self) -> str:
+        if isinstance(self.index, faiss.IndexIVFPQ):
+            return "ivf-pq"
         return "ivf-sq8" if self.is_approximate else "exact"
+
+    def shortlist(self, want: int) -> int:
+        """How many candidates to fetch for ``want`` results that the caller re-ranks exactly:
+        product-quantised scores blur far more than 8-bit ones."""
+        return max(10 * want, 400) if self.kind == "ivf-pq" else max(4 * want, 100)
 
     @property
     def is_approximate(self) -> bool:
@@ -83,6 +98,7 @@ class VectorStore:
         """Add ``vectors`` (n, dim) float32 under ``ids`` (n,) int64."""
         if len(ids):
             with self.lock:
+                self._gpu = None
                 self.index.add_with_ids(np.ascontiguousarray(vectors, dtype=np.float32),
                                         np.ascontiguousarray(ids, dtype=np.int64))
 
@@ -90,6 +106,7 @@ class VectorStore:
         ids = np.asarray(ids, dtype=np.int64)
         if len(ids) and len(self):
             with self.lock:
+                self._gpu = None
                 self.index.remove_ids(faiss.IDSelectorBatch(ids))
 
     # ------------------------------------------------------------------ search
@@ -111,36 +128,55 @@ class VectorStore:
             # A query far from the library's photos may land in sparse lists: probe more lists
             # until k results are found, rather than return fewer than asked for.
             nprobe = max(1, self.index.nprobe)
+            gpu = self._gpu_index() if sel is None else None  # GPU indexes take no id selector
             while True:
-                params = faiss.SearchParametersIVF(sel=sel, nprobe=nprobe) if sel is not None \
-                    else faiss.SearchParametersIVF(nprobe=nprobe)
-                scores, ids = self.index.search(queries, k, params=params)
+                if gpu is not None:
+                    gpu.nprobe = nprobe
+                    scores, ids = gpu.search(queries, k)
+                else:
+                    params = faiss.SearchParametersIVF(sel=sel, nprobe=nprobe) if sel is not None \
+                        else faiss.SearchParametersIVF(nprobe=nprobe)
+                    scores, ids = self.index.search(queries, k, params=params)
                 if (ids >= 0).all() or nprobe >= self.index.nlist:
                     return scores, ids
                 nprobe = min(self.index.nlist, nprobe * 4)
 
+    def _gpu_index(self):
+        """The GPU copy of a large approximate index (None on faiss-cpu, or when it is small)."""
+        if self._gpu is None and len(self) >= GPU_MIN and gpu_count() > 0:
+            self._gpu = _to_gpu(self.index)
+        return self._gpu
+
     # ------------------------------------------------------------------ building
     @classmethod
     def build(cls, dim: int, chunks: Iterable[tuple[np.ndarray, np.ndarray]], total: int,
-              exact_limit: int = EXACT_LIMIT) -> VectorStore:
+              exact_limit: int = EXACT_LIMIT, compress_limit: int = COMPRESS_LIMIT) -> VectorStore:
         """Build the index type that suits ``total`` vectors from ``(ids, vectors)`` chunks."""
         if total <= exact_limit:
             store = cls(dim)
             for ids, vecs in chunks:
                 store.add(ids, vecs)
             return store
-        return cls._build_ivf(dim, chunks, total)
+        return cls._build_ivf(dim, chunks, total, pq=total > compress_limit)
 
     @classmethod
-    def _build_ivf(cls, dim: int, chunks: Iterable[tuple[np.ndarray, np.ndarray]], total: int) -> VectorStore:
-        nlist = int(np.clip(4 * np.sqrt(total), 256, 16384))
+    def _build_ivf(cls, dim: int, chunks: Iterable[tuple[np.ndarray, np.ndarray]], total: int,
+                   pq: bool = False) -> VectorStore:
         quantizer = faiss.IndexFlatIP(dim)
-        index = faiss.IndexIVFScalarQuantizer(quantizer, dim, nlist, faiss.ScalarQuantizer.QT_8bit,
-                                              faiss.METRIC_INNER_PRODUCT)
+        if pq:
+            # Fewer, larger lists than for SQ8: training and assigning cost nlist per vector, and
+            # the shortlist is re-ranked exactly anyway. 8 dimensions per one-byte code.
+            nlist = int(np.clip(np.sqrt(total), 16, 4096))
+            index = faiss.IndexIVFPQ(quantizer, dim, nlist, _pq_bytes(dim), 8, faiss.METRIC_INNER_PRODUCT)
+            sample_size = min(total, max(40 * nlist, 39 * 256 + 16))  # PQ's 256 centroids need ~10k points
+        else:
+            nlist = int(np.clip(4 * np.sqrt(total), 256, 16384))
+            index = faiss.IndexIVFScalarQuantizer(quantizer, dim, nlist, faiss.ScalarQuantizer.QT_8bit,
+                                                  faiss.METRIC_INNER_PRODUCT)
+            sample_size = min(total, 40 * nlist)
         # Train on the first chunks, which are spread over the library's whole id range.
         it = iter(chunks)
         pending: list[tuple[np.ndarray, np.ndarray]] = []
-        sample_size = min(total, 40 * nlist)
         have = 0
         for ids, vecs in it:
             pending.append((ids, vecs))
@@ -149,12 +185,6 @@ class VectorStore:
                 break
         sample = np.concatenate([v for _, v in pending])[:sample_size]
         rng = np.random.default_rng(0)
-        index.train(sample)
-        store = cls(dim, index)
-        for ids, vecs in pending:
-            store.add(ids, vecs)
-        for ids, vecs in it:
-            store.add(ids, vecs)
         # Tuning queries: half are library vectors moved well away from themselves (real queries,
         # texts or other photos, rarely sit on an indexed photo), half are random directions, the
         # hardest case for an inverted file (a text query lies far from every photo).
@@ -162,9 +192,41 @@ class VectorStore:
         near = near + rng.standard_normal(near.shape).astype(np.float32) / np.sqrt(dim)
         queries = np.vstack([near, rng.standard_normal((100, dim)).astype(np.float32)])
         queries /= np.linalg.norm(queries, axis=1, keepdims=True)
-        store.nprobe = store._tune_nprobe(queries)
+        on_gpu = total >= GPU_MIN and gpu_count() > 0
+        work = _to_gpu(index) if on_gpu else index
+        work.train(sample)
+        del sample
+        truth = _TopK(queries, 10) if pq else None  # exact answers, gathered while filling
+        for ids, vecs in itertools.chain(pending, it):
+            if len(ids):
+                work.add_with_ids(np.ascontiguousarray(vecs, dtype=np.float32),
+                                  np.ascontiguousarray(ids, dtype=np.int64))
+                if truth is not None:
+                    truth.update(ids, vecs)
+        del pending
+        if on_gpu:
+            index = faiss.index_gpu_to_cpu(work)
+        store = cls(dim, index)
+        store._gpu = work if on_gpu else None
+        store.nprobe = store._tune_nprobe(queries) if truth is None else store._tune_shortlist(queries, truth.ids)
         store._apply_nprobe()
         return store
+
+    def _tune_shortlist(self, queries: np.ndarray, truth: np.ndarray, k: int = 10) -> int:
+        """Smallest nprobe (doubling) whose shortlist holds the exact top-``k`` (``truth``, found
+        while the index was filled) at ``TARGET_RECALL`` plus a margin: that is recall@k once the
+        caller re-ranks the shortlist with the exact vectors."""
+        nlist = self.index.nlist
+        nprobe = 1
+        while nprobe < nlist:
+            self.nprobe = nprobe
+            self._apply_nprobe()
+            _, found = self.search(queries, self.shortlist(k))
+            recall = np.mean([len(set(t) & set(f)) / k for t, f in zip(truth.tolist(), found.tolist())])
+            if recall >= TARGET_RECALL + 0.03:
+                break
+            nprobe *= 2
+        return min(nprobe, nlist)
 
     def _tune_nprobe(self, queries: np.ndarray, k: int = 10) -> int:
         """Smallest nprobe (doubling) whose recall@k reaches the target.
@@ -278,7 +340,7 @@ def _read_header(f, size: int, max_count: int | None) -> tuple[VectorHeader, byt
     ints = (header.generation, header.dim, header.count, header.nprobe)
     if not all(type(v) is int and v >= 0 for v in ints) or not isinstance(header.model, str):
         raise ValueError("header values of the wrong type")
-    if not 1 <= header.dim <= _MAX_DIM or header.kind not in ("exact", "ivf-sq8"):
+    if not 1 <= header.dim <= _MAX_DIM or header.kind not in ("exact", "ivf-sq8", "ivf-pq"):
         raise ValueError(f"unsupported index (dim {header.dim}, kind {header.kind!r})")
     if max_count is not None and header.count > max_count:
         raise ValueError(f"declares {header.count} vectors, more than the catalog's {max_count}")
@@ -332,8 +394,9 @@ class _Fields:
 def _check_payload(f, start: int, end: int, h: VectorHeader) -> None:
     """Walk the serialised index and check every count against the header and the file's size.
 
-    Only the two layouts :class:`VectorStore` writes are accepted: ``IndexIDMap2`` over
-    ``IndexFlatIP``, and ``IndexIVFScalarQuantizer`` (8-bit, flat quantizer, array lists).
+    Only the layouts :class:`VectorStore` writes are accepted: ``IndexIDMap2`` over
+    ``IndexFlatIP``, ``IndexIVFScalarQuantizer`` (8-bit) and ``IndexIVFPQ`` (8-bit codes), both
+    with a flat quantizer and array lists.
     """
     r = _Fields(f, start, end)
     d = h.dim
@@ -343,7 +406,7 @@ def _check_payload(f, start: int, end: int, h: VectorHeader) -> None:
         r.vector(4, h.count * d, "vectors")
         r.vector(8, h.count, "ids")
     else:
-        r.index_header(b"IwSq", d, h.count)
+        r.index_header(b"IwPQ" if h.kind == "ivf-pq" else b"IwSq", d, h.count)
         nlist, _nprobe = r.take("<QQ")
         if not 1 <= nlist <= _MAX_NLIST or h.nprobe > nlist:
             raise ValueError(f"implausible list count {nlist}")
@@ -351,16 +414,25 @@ def _check_payload(f, start: int, end: int, h: VectorHeader) -> None:
         r.vector(4, nlist * d, "centroids")
         r.expect("<B", 0, "direct map")
         r.vector(8, 0, "direct map")
-        r.take("<iif")  # quantizer type, range statistic and its argument
-        r.expect("<QQ", (d, d), "scalar quantizer size")
-        trained = r.take("<Q")
-        if trained > 2 * d:
-            raise ValueError("implausible quantizer training data")
-        r.skip(4 * trained)
-        r.expect("<Q", d, "code size")
-        r.take("<?")
+        if h.kind == "ivf-pq":
+            r.take("<?")  # by residual
+            code = r.take("<Q")
+            pq_d, m, nbits = r.take("<QQQ")
+            if pq_d != d or m != code or not 1 <= m <= d or d % m or nbits != 8:
+                raise ValueError(f"product quantizer (d {pq_d}, M {m}, {nbits} bits, code {code}) does not fit")
+            r.vector(4, d * 256, "product quantizer centroids")
+        else:
+            r.take("<iif")  # quantizer type, range statistic and its argument
+            r.expect("<QQ", (d, d), "scalar quantizer size")
+            trained = r.take("<Q")
+            if trained > 2 * d:
+                raise ValueError("implausible quantizer training data")
+            r.skip(4 * trained)
+            code = d
+            r.expect("<Q", d, "code size")
+            r.take("<?")
         r.expect("<4s", b"ilar", "inverted lists type")
-        r.expect("<QQ", (nlist, d), "inverted lists shape")
+        r.expect("<QQ", (nlist, code), "inverted lists shape")
         layout = r.take("<4s")
         n = r.take("<Q")
         if layout == b"full" and n == nlist:
@@ -374,7 +446,7 @@ def _check_payload(f, start: int, end: int, h: VectorHeader) -> None:
             raise ValueError("unknown inverted list layout")
         if sum(sizes) != h.count:
             raise ValueError("inverted lists do not hold the declared count")
-        r.skip(h.count * (d + 8))
+        r.skip(h.count * (code + 8))
     if r.pos != end:
         raise ValueError(f"{end - r.pos} unexpected bytes after the index")
 
@@ -387,6 +459,54 @@ def _read_exact(r: _Fields, n: int) -> bytes:
         raise ValueError("truncated index")
     r.pos += n
     return raw
+
+
+def gpu_count() -> int:
+    """GPUs the installed FAISS can use (0 with faiss-cpu, which has no GPU functions)."""
+    if not hasattr(faiss, "index_cpu_to_gpu"):
+        return 0
+    try:
+        return int(faiss.get_num_gpus())
+    except Exception:  # noqa: BLE001 - a broken CUDA set-up means "no GPU", not a crash
+        return 0
+
+
+_GPU_RESOURCES: list = []
+
+
+def _to_gpu(index: faiss.Index):
+    """A copy of ``index`` on GPU 0 (product-quantised lists with float16 lookup tables, which
+    large code sizes need)."""
+    if not _GPU_RESOURCES:
+        _GPU_RESOURCES.append(faiss.StandardGpuResources())
+    options = faiss.GpuClonerOptions()
+    options.useFloat16 = True
+    return faiss.index_cpu_to_gpu(_GPU_RESOURCES[0], 0, index, options)
+
+
+def _pq_bytes(dim: int) -> int:
+    """Sub-quantizers (one byte each): 8 dimensions each, fewer where 8 does not divide ``dim``."""
+    for m in range(max(1, dim // 8), 0, -1):
+        if dim % m == 0:
+            return m
+    return 1
+
+
+class _TopK:
+    """The exact top-``k`` ids of some queries over vectors seen a chunk at a time."""
+
+    def __init__(self, queries: np.ndarray, k: int):
+        self.queries, self.k = queries, k
+        self.scores = np.full((len(queries), 0), -np.inf, np.float32)
+        self.ids = np.zeros((len(queries), 0), np.int64)
+
+    def update(self, ids: np.ndarray, vecs: np.ndarray) -> None:
+        s = np.hstack([self.scores, self.queries @ np.asarray(vecs, np.float32).T])
+        i = np.hstack([self.ids, np.broadcast_to(np.asarray(ids, np.int64), (len(self.queries), len(ids)))])
+        keep = min(self.k, s.shape[1])
+        top = np.argpartition(-s, keep - 1, axis=1)[:, :keep]
+        self.scores = np.take_along_axis(s, top, 1)
+        self.ids = np.take_along_axis(i, top, 1)
 
 
 def catch_up(store: VectorStore, catalog: Catalog) -> int:
