@@ -1,8 +1,9 @@
 """One journal for every change clipdesk makes beside the user's photos, so undo is one mechanism.
 
 Sidecars written or created (``tags write``), photos copied, moved or linked (``sort``), duplicates
-moved to the desktop's Trash (``duplicates``): each run is an *operation*, planned in full first, then applied step by step. The journal of an operation
-is one file of JSON lines, ``LIBRARY/journal/<id>.jsonl``, appended and fsynced line by line:
+moved to the desktop's Trash (``duplicates``): each run is an *operation*, planned in full first,
+then applied step by step. The journal of an operation is one file of JSON lines,
+``LIBRARY/journal/<id>.jsonl``, appended and fsynced line by line:
 
 - ``header`` (kind, description), one ``step`` line per planned step, ``planned``;
 - per step, ``begin`` (written *before* the change, with what is needed to recognise and revert
@@ -14,7 +15,10 @@ A kill -9 at any moment leaves at most one step begun and not done; what happene
 from the file system (hashes, which of source and destination exist), never guessed. Undo replays
 the steps backwards and only reverts a file that is still exactly what clipdesk made: a sidecar
 edited since, or a photo changed since, is left alone and reported as a conflict. Undo is
-idempotent, so an undo that is itself killed can be run again.
+idempotent, so an undo that is itself killed can be run again. A trash step's ``done`` records
+where the freedesktop Trash put the file (found by the original path its ``.trashinfo`` records
+and by content); undo moves it back only while it is that file and its old name is free. Where
+the platform does not tell (macOS, Windows), the step says so and undo leaves the file there.
 
 Every file change is atomic: new content goes to a temporary file in the same folder, is
 fsynced, and is renamed over the target; moves never overwrite (``RENAME_NOREPLACE``, else a
