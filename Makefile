@@ -33,8 +33,11 @@ run: install
 	@$(BIN)/python scripts/check_qt_deps.py; [ $$? -ne 1 ]
 	$(BIN)/clipdesk-gui --library "$(SAMPLE_LIBRARY)" --add-folder assets/sample $(if $(MODEL),--model $(MODEL))
 
+# Two test processes at least (most tests wait on subprocesses: a second process fills the gaps),
+# one per core up to 4; a test file runs in one process (its module fixtures are built once).
+TEST_PROCS ?= $(shell n=$$(nproc 2>/dev/null || echo 2); [ $$n -lt 2 ] && n=2; [ $$n -gt 4 ] && n=4; echo $$n)
 test: install-test
-	QT_QPA_PLATFORM=offscreen $(BIN)/python -m pytest -m "not slow" --ignore=tests/e2e
+	QT_QPA_PLATFORM=offscreen $(BIN)/python -m pytest -m "not slow" --ignore=tests/e2e -n $(TEST_PROCS) --dist loadfile
 
 # The teach loop in a real window under Xvfb, driven with xdotool (Debian: xvfb xdotool).
 # Screenshots of every step go to $(E2E_OUT).

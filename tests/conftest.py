@@ -15,6 +15,9 @@ os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # tests never download
 
 REPO = Path(__file__).resolve().parents[1]
+# The longest one command started by a test may run: below pytest-timeout's limit for the whole test
+# (pyproject.toml, 300 s), so a hung command fails as itself, with its output, not as a pytest timeout.
+SUBPROCESS_TIMEOUT = 240
 SHARED_DATA = REPO.parent / "shared" / "data"
 
 

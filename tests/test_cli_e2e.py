@@ -6,6 +6,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from conftest import SUBPROCESS_TIMEOUT
 
 pytestmark = pytest.mark.shared_data
 
@@ -15,7 +16,7 @@ CLI = [sys.executable, "-m", "clipdesk.cli"]
 def clipdesk(library, *args, check=True):
     env = dict(os.environ, PYTHONUNBUFFERED="1")
     p = subprocess.run([*CLI, "--library", str(library), *args], capture_output=True, text=True,
-                       env=env, timeout=300)
+                       env=env, timeout=SUBPROCESS_TIMEOUT)
     if check:
         assert p.returncode == 0, p.stderr
     return p

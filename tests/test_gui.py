@@ -133,10 +133,12 @@ def test_search_errors_go_to_the_banner(qtbot, window):
 
 
 def test_selftest_command(tmp_path):
+    from conftest import SUBPROCESS_TIMEOUT
+
     out = tmp_path / "st"
     env = dict(os.environ, QT_QPA_PLATFORM="offscreen")
     p = subprocess.run([sys.executable, "-m", "clipdesk.ui.app", "--selftest", str(out), "--model", "test-tiny"],
-                       capture_output=True, text=True, timeout=300, env=env)
+                       capture_output=True, text=True, timeout=SUBPROCESS_TIMEOUT, env=env)
     report = json.loads((out / "selftest.json").read_text())
     assert p.returncode == 0, (report, p.stderr[-2000:])
     assert report["ok"] and [s["name"] for s in report["steps"]] == [

@@ -24,13 +24,13 @@ from clipdesk.indexer import decode
 from clipdesk.indexer.decode import decode_image
 from clipdesk.indexer.errors import UnreadableImageError
 from clipdesk.library import Library, repair_library
-from conftest import catalog_rows, make_photo
+from conftest import SUBPROCESS_TIMEOUT, catalog_rows, make_photo
 
 REPO = Path(__file__).resolve().parents[1]
 CLI = [sys.executable, "-m", "clipdesk.cli"]
 
 
-def run_cli(library, *args, timeout=300):
+def run_cli(library, *args, timeout=SUBPROCESS_TIMEOUT):
     return subprocess.run([*CLI, "--library", str(library), *args], capture_output=True, text=True,
                           timeout=timeout)
 
@@ -417,7 +417,7 @@ def test_one_writer_many_readers(tmp_path):
             with pytest.raises(LibraryLockedError, match="in use by PID"):
                 in_process.index()
     finally:
-        out, err = writer.communicate(timeout=300)
+        out, err = writer.communicate(timeout=SUBPROCESS_TIMEOUT)
     assert writer.returncode == 0, err
     assert json.loads(out)["added"] == 200
 

@@ -31,7 +31,7 @@ from clipdesk.indexer.errors import (CatalogCorruptError, FolderNotInLibraryErro
                                      LibraryReadOnlyError)
 from clipdesk.indexer.vectors import VectorFileError, VectorStore
 from clipdesk.library import Library
-from conftest import make_photo
+from conftest import SUBPROCESS_TIMEOUT, make_photo
 
 CLIPDESK = str(Path(sys.executable).parent / "clipdesk")
 IS_ROOT = os.geteuid() == 0
@@ -281,7 +281,7 @@ def test_huge_pngs_decode_within_one_image_of_memory(tmp_path):
     peaks = []
     for folder, lib in ((one, tmp_path / "lib1"), (two, tmp_path / "lib2")):
         rc, out, err, peak, killed = run_watched(lib, "index", str(folder), "--model", "test-tiny", "--json",
-                                                 timeout=300, max_rss_mb=4000)
+                                                 timeout=SUBPROCESS_TIMEOUT, max_rss_mb=4000)
         assert rc == 0 and not killed, (err, killed)
         assert json.loads(out)["added"] == len(os.listdir(folder))
         peaks.append(peak)

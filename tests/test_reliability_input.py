@@ -35,7 +35,7 @@ from clipdesk.errors import ProbeError, QueryError
 from clipdesk.probe import Probe, ProbeData, fit_probe
 from clipdesk.query import combine, parse_query, query_vector
 from clipdesk.zeroshot import normalise
-from conftest import catalog_rows, make_photo
+from conftest import SUBPROCESS_TIMEOUT, catalog_rows, make_photo
 
 REPO = Path(__file__).resolve().parents[1]
 CLI = [sys.executable, "-m", "clipdesk.cli"]
@@ -281,7 +281,7 @@ def test_probe_with_many_examples_predicts_in_bounded_memory(tmp_path):
     path = tmp_path / "many.npz"
     path.write_bytes(npz_bytes(probe.to_arrays()))
     p = subprocess.run([sys.executable, "-c", MEMORY_DRIVER, str(path)], capture_output=True, text=True,
-                       timeout=300)
+                       timeout=SUBPROCESS_TIMEOUT)
     assert p.returncode == 0, p.stderr
     result, stats = p.stdout.strip().splitlines()
     grown_mb, _seconds = map(float, stats.split())
@@ -637,7 +637,7 @@ def test_sigterm_and_ctrl_c_stop_a_real_index_cleanly(tmp_path, shared_data, sig
     assert 20 <= kept < 359
     status = cli(lib, "status", "--json")
     assert status.returncode == 0 and strict_json(status)["images"] == kept, err(status)
-    again = cli(lib, "index", "--json", timeout=300)
+    again = cli(lib, "index", "--json", timeout=SUBPROCESS_TIMEOUT)
     report = strict_json(again)
     assert report["added"] + report["unchanged"] == 359 and report["unchanged"] == kept and report["failed"] == 0
 
@@ -673,7 +673,7 @@ def test_second_ctrl_c_while_exiting_prints_no_traceback(tmp_path):
     text = stderr.decode()
     assert proc.returncode == 130 and time.monotonic() - t < 3, (proc.returncode, text)
     assert "cancelled" in text and "Traceback" not in text and "Exception ignored" not in text, text
-    final = cli(lib, "index", "--json", timeout=300)
+    final = cli(lib, "index", "--json", timeout=SUBPROCESS_TIMEOUT)
     assert final.returncode == 0, err(final)
     report = strict_json(final)
     assert report["added"] + report["unchanged"] == 40 and report["failed"] == 0
