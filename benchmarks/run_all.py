@@ -23,6 +23,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import warnings
 from concurrent.futures import ThreadPoolExecutor
 from datetime import date
 from pathlib import Path
@@ -129,9 +130,9 @@ def model_rates(models: dict, batch: int = 32, warmup: int = 2, runs: int = 5, s
 
 
 def bench_precision() -> dict:
-    """Model-only fp32 vs bf16 (ViT-B-32-256, batch 32, 2 warm-ups, median of 5 interleaved runs)
-    beside what the app's load-time check (``measure_precision``: batch 8, 1 warm-up, best of 2)
-    reads on the same models in the same run."""
+    """Model-only fp32 vs bf16 vs dynamic int8 (PyTorch ``quantize_dynamic`` on the Linear layers;
+    ViT-B-32-256, batch 32, 2 warm-ups, median of 5 interleaved runs), beside what the app's
+    load-time check (``measure_precision``: batch 8, 1 warm-up, best of 2) reads in the same run."""
     import copy
 
     import torch
@@ -140,14 +141,28 @@ def bench_precision() -> dict:
 
     fp32 = load_encoder(ModelSpec.parse(ARCH), precision="fp32").model
     bf16 = copy.deepcopy(fp32).to(torch.bfloat16)
-    rates = model_rates({"fp32": (fp32, torch.float32), "bf16": (bf16, torch.bfloat16)})
+    with warnings.catch_warnings():  # torch points to torchao for eager-mode quantisation
+        warnings.simplefilter("ignore")
+        int8 = torch.ao.quantization.quantize_dynamic(copy.deepcopy(fp32), {torch.nn.Linear}, dtype=torch.qint8)
+    rates = model_rates({"fp32": (fp32, torch.float32), "bf16": (bf16, torch.bfloat16),
+                         "int8_dynamic": (int8, torch.float32)})
+    # agreement with fp32 (random weights, random inputs: mechanics of the numbers, not quality)
+    x = torch.randn(16, 3, 256, 256, generator=torch.Generator().manual_seed(1))
+    with torch.inference_mode():
+        ref = torch.nn.functional.normalize(fp32.encode_image(x), dim=-1)
+        cos = {k: round(float((ref * torch.nn.functional.normalize(m.encode_image(x.to(dt)).float(), dim=-1))
+                              .sum(-1).mean()), 5)
+               for k, (m, dt) in {"bf16": (bf16, torch.bfloat16), "int8_dynamic": (int8, torch.float32)}.items()}
     quick = measure_precision(fp32)
+    med = {k: v["median"] for k, v in rates.items()}
     return {"threads": torch.get_num_threads(), "batch": 32,
-            "fp32_img_s": rates["fp32"]["median"], "bf16_img_s": rates["bf16"]["median"],
-            "bf16_over_fp32": round(rates["bf16"]["median"] / rates["fp32"]["median"], 2),
+            "fp32_img_s": med["fp32"], "bf16_img_s": med["bf16"], "int8_dynamic_img_s": med["int8_dynamic"],
+            "bf16_over_fp32": round(med["bf16"] / med["fp32"], 2),
+            "int8_over_bf16": round(med["int8_dynamic"] / med["bf16"], 2),
+            "mean_cosine_vs_fp32_random_inputs": cos,
             "runs_img_s": {k: v["runs"] for k, v in rates.items()},
             "load_time_check": quick,
-            "compared_with": "fp32 model-only, same batch, same run"}
+            "compared_with": "fp32 (and bf16 for int8) model-only, same batch, same run"}
 
 
 def bench_indexing(n: int = 300) -> dict:

@@ -22,13 +22,14 @@ import time
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
-from contextlib import closing
+from contextlib import closing, nullcontext
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import numpy as np
 from PIL import Image
 
+from . import gpu_decode
 from .catalog import Catalog, Failure, FileState, ImageRecord
 from .decode import PixelBudget, decode_image, file_hash
 from .errors import UnreadableImageError
@@ -146,20 +147,32 @@ def _decode_one(file: ScannedFile, embedder: ImageEmbedder, budget: PixelBudget)
 def embed_locally(files: Sequence[ScannedFile], embedder: ImageEmbedder, batch_size: int = 32,
                   workers: int | None = None, prefetch_batches: int = 3) -> Iterator[list[Embedded]]:
     """Decode ``files`` ahead in a thread pool (Pillow releases the GIL) within a shared pixel
-    budget, embed them batch by batch. The local engine, and what each cluster worker runs."""
+    budget, embed them batch by batch. The local engine, and what each cluster worker runs.
+    When the model runs on CUDA, the GPU decodes JPEGs beside the threads (:mod:`gpu_decode`);
+    without CUDA nothing changes."""
     budget = PixelBudget()  # memory bound of decoding, whatever the number of workers
     workers = workers or max(1, os.cpu_count() or 1)
-    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="clipdesk-decode") as pool:
+    # The one branch between CPU decoding and GPU decoding beside it (None without CUDA).
+    hybrid = gpu_decode.for_embedder(embedder, workers) if files else None
+    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="clipdesk-decode") as pool, \
+            (hybrid or nullcontext()):
         pending: deque[Future[_Decoded]] = deque()
         it = iter(files)
         window = batch_size * prefetch_batches
+
+        def submit(f: ScannedFile) -> Future[_Decoded]:
+            return pool.submit(_decode_one, f, embedder, budget)
+
+        if hybrid is not None:  # routes each file to the CPU (``submit``) or the GPU
+            submit = hybrid.bind(submit, _Decoded).submit
+            window = max(window, hybrid.window)
 
         def refill() -> None:
             while len(pending) < window:
                 f = next(it, None)
                 if f is None:
                     return
-                pending.append(pool.submit(_decode_one, f, embedder, budget))
+                pending.append(submit(f))
 
         refill()
         try:

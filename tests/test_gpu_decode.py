@@ -8,11 +8,10 @@ photos, and throughput. Without CUDA those are skipped with a loud reason.
 """
 from __future__ import annotations
 
-import io
 import os
 import threading
 import time
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -25,7 +24,6 @@ from clipdesk.indexer.catalog import Catalog
 from clipdesk.indexer.decode import decode_image, file_hash, read_plain_jpeg
 from clipdesk.indexer.gpu_decode import GpuJpegDecoder, GpuPreprocess, HybridDecoder, orient
 from clipdesk.indexer.pipeline import index_files
-from clipdesk.indexer.scan import scan
 from clipdesk.indexer.vectors import VectorStore
 from clipdesk.models import ModelSpec, Preprocessing, load_encoder
 
