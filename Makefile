@@ -50,6 +50,7 @@ bench: install-test
 	$(BIN)/python benchmarks/run_all.py
 	$(BIN)/python benchmarks/bench_duplicates.py
 	$(BIN)/python benchmarks/bench_scale.py
+	$(BIN)/python benchmarks/bench_ray.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache

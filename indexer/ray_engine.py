@@ -19,8 +19,8 @@ from __future__ import annotations
 
 import logging
 import os
+import socket
 from collections.abc import Callable, Iterator
-from typing import Any
 
 import numpy as np
 from PIL import Image
@@ -36,6 +36,7 @@ log = logging.getLogger(__name__)
 # decodes while the other is in the model.
 BATCHES_PER_TASK = 2
 INSTALL_HINT = "pip install 'clipdesk[cluster]'"
+CONNECT_SECONDS = 5.0
 
 
 class ClusterError(ClipdeskError):
@@ -100,29 +101,32 @@ class RayEngine:
     ``"auto"`` joins the cluster started on this machine with ``ray start``; ``ray://HOST:PORT``
     connects through Ray Client. ``gpus_per_worker``: GPUs each model actor reserves (fractions
     share a GPU); ``cpus_per_worker``: its CPUs, which are also its decoding threads. ``workers``:
-    most actors at once (default: as many as the cluster's free resources hold).
+    most actors at once (default: as many as the cluster's resources hold).
     """
 
     def __init__(self, embedder_factory: Callable[[], ImageEmbedder], address: str | None = None,
                  gpus_per_worker: float = 0.0, cpus_per_worker: float = 1.0, workers: int | None = None,
-                 files_per_task: int | None = None, init_options: dict[str, Any] | None = None):
+                 files_per_task: int | None = None):
         if gpus_per_worker < 0 or cpus_per_worker <= 0 or (workers is not None and workers < 1):
             raise ClusterError("GPUs per worker must be ≥ 0, CPUs per worker > 0 and workers ≥ 1.")
+        _host_port(address)  # a malformed address is refused before any work
         self.embedder_factory = embedder_factory
         self.address = address
         self.gpus_per_worker = gpus_per_worker
         self.cpus_per_worker = cpus_per_worker
         self.workers = workers
         self.files_per_task = files_per_task
-        self.init_options = init_options or {}
 
     # ------------------------------------------------------------------ cluster
     def _connect(self, ray) -> bool:
         """Join or start Ray; True when this call did (so the job disconnects at its end)."""
+        _check_reachable(self.address)
         if ray.is_initialized():
             return False
-        options = dict(include_dashboard=False, log_to_driver=False, logging_level=logging.WARNING)
-        options.update(self.init_options)
+        if self.address and self.address.startswith("ray://"):
+            options = {}  # Ray Client takes few of ray.init's options
+        else:
+            options = dict(include_dashboard=False, log_to_driver=False, logging_level=logging.WARNING)
         try:
             ray.init(address=self.address, **options)
         except (ConnectionError, RuntimeError, ValueError) as e:
@@ -134,12 +138,12 @@ class RayEngine:
     def _pool_size(self, ray) -> int:
         if self.workers is not None:
             return self.workers
-        free = ray.cluster_resources()
-        n = int(free.get("CPU", 1) // self.cpus_per_worker)
+        total = ray.cluster_resources()
+        n = int(total.get("CPU", 1) // self.cpus_per_worker)
         if self.gpus_per_worker > 0:
-            if not free.get("GPU"):
+            if not total.get("GPU"):
                 raise ClusterError(f"--gpus-per-worker {self.gpus_per_worker:g}: the cluster has no GPU.")
-            n = min(n, int(free["GPU"] // self.gpus_per_worker))
+            n = min(n, int(total["GPU"] // self.gpus_per_worker))
         return max(1, n)
 
     # ------------------------------------------------------------------ the engine
@@ -206,6 +210,29 @@ class RayEngine:
         if not seen.all():
             raise ClusterError(f"The Ray job returned {int(seen.sum())} of {len(files)} files; "
                                "run the same command again to index the rest.")
+
+
+def _host_port(address: str | None) -> tuple[str, int] | None:
+    """``(host, port)`` of an explicit address; None for Ray's own rules (no address, "auto")."""
+    if not address or address in ("auto", "local"):
+        return None
+    host, sep, port = address.split("://", 1)[-1].rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ClusterError(f"Ray address {address!r} is not auto, HOST:PORT or ray://HOST:PORT.")
+    return host.strip("[]"), int(port)
+
+
+def _check_reachable(address: str | None, timeout: float = CONNECT_SECONDS) -> None:
+    """Refuse, within seconds, a HOST:PORT where nothing listens (Ray itself retries for minutes)."""
+    host_port = _host_port(address)
+    if host_port is None:
+        return
+    host, port = host_port
+    try:
+        socket.create_connection((host, port), timeout=timeout).close()
+    except OSError as e:
+        raise ClusterError(f"No Ray cluster answers at {address} ({e.strerror or e}). Start one with "
+                           "'ray start --head' (see README, Beyond one machine), or check the address.") from None
 
 
 def _first_line(e: BaseException) -> str:

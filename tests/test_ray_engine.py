@@ -218,3 +218,13 @@ def test_no_gpu_in_the_cluster_is_one_clear_error(cluster, tmp_path):
     engine = RayEngine(lambda: None, cluster, gpus_per_worker=1)
     with pytest.raises(ClusterError, match="no GPU"):
         next(engine([ScannedFile(str(tmp_path / "a.jpg"), 1, 0)], 4))
+
+
+def test_a_bad_or_silent_address_is_one_clear_error(tmp_path):
+    with pytest.raises(ClusterError, match="not auto, HOST:PORT"):
+        RayEngine(lambda: None, "nonsense")
+    engine = RayEngine(lambda: None, "127.0.0.1:1")  # nothing listens on port 1
+    t = time.monotonic()
+    with pytest.raises(ClusterError, match="No Ray cluster answers at 127.0.0.1:1"):
+        next(engine([ScannedFile(str(tmp_path / "a.jpg"), 1, 0)], 4))
+    assert time.monotonic() - t < 10  # Ray alone would retry for minutes
