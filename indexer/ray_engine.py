@@ -29,8 +29,6 @@ from .errors import ClipdeskError
 from .pipeline import Embedded, ImageEmbedder, embed_locally
 from .scan import ScannedFile
 
-log = logging.getLogger(__name__)
-
 # Files per Ray task, in model batches: a task's results reach the driver (progress, commits) when
 # it ends, and are what a worker redoes when it dies. Two tasks run at once in each worker, so one
 # decodes while the other is in the model.
@@ -58,23 +56,31 @@ class _EmbedWorker:
     """A Ray Data actor: loads the model once, then decodes and embeds the batches it is given.
 
     Input columns: ``i`` (position in the driver's work list), ``path`` (bytes), ``mtime_ns``
-    (decimal text: any integer). Output: ``i``, ``vector`` (n, dim) float32 (zeros for a failure),
-    ``failure`` ("" when none), and the catalog fields decoding found.
+    (decimal text: any integer). Output: ``i``, ``ok``, ``vector`` (n, dim) float32 (zeros for a
+    failure), ``failure`` (its reason, "" when ok) and the catalog fields decoding found.
     """
 
     def __init__(self, embedder_factory: Callable[[], ImageEmbedder], batch_size: int, threads: int):
-        self.embedder = embedder_factory()
         self.batch_size = batch_size
         self.threads = threads
-        side = int(self.embedder.min_side)
-        # One blank image through the model: its output width (and a warm model for the first batch).
-        probe = self.embedder.embed([self.embedder.prepare(Image.new("RGB", (side, side)))])
-        self.dim = int(np.asarray(probe).shape[1])
+        self.broken = ""
+        try:
+            self.embedder = embedder_factory()
+            side = int(self.embedder.min_side)
+            # A blank image through the model: its output width (and a warm model for the first batch).
+            probe = self.embedder.embed([self.embedder.prepare(Image.new("RGB", (side, side)))])
+            self.dim = int(np.asarray(probe).shape[1])
+        except Exception as e:  # noqa: BLE001 - told to the driver as data: an actor that fails to
+            # start is retried by Ray forever, with a traceback on the console each time
+            self.broken = str(e) if isinstance(e, ClipdeskError) else f"{type(e).__name__}: {e}"
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        if self.broken:
+            return {"i": np.asarray(batch["i"], np.int64)[:1], "broken": np.array([self.broken], object)}
         files = [ScannedFile(os.fsdecode(bytes(p)), 0, int(m)) for p, m in zip(batch["path"], batch["mtime_ns"])]
         done = [e for part in embed_locally(files, self.embedder, self.batch_size, self.threads) for e in part]
         n = len(done)
+        ok = np.array([e.failure is None for e in done], bool)
         vectors = np.zeros((n, self.dim), np.float32)
         failure = np.full(n, "", dtype=object)
         content_hash = np.full(n, "", dtype=object)
@@ -90,8 +96,8 @@ class _EmbedWorker:
             width[k], height[k] = e.record["width"], e.record["height"]
             if e.record["taken"] is not None:
                 taken[k] = e.record["taken"]
-        return {"i": np.asarray(batch["i"], np.int64), "vector": vectors, "failure": failure, "hash": content_hash, "width": width,
-                "height": height, "taken": taken}
+        return {"i": np.asarray(batch["i"], np.int64), "broken": np.full(n, "", dtype=object), "ok": ok, "vector": vectors, "failure": failure,
+                "hash": content_hash, "width": width, "height": height, "taken": taken}
 
 
 class RayEngine:
@@ -180,7 +186,8 @@ class RayEngine:
                                                max_concurrent_calls_per_actor=2, enable_true_multi_threading=True),
             num_cpus=self.cpus_per_worker, num_gpus=self.gpus_per_worker or None)
         seen = np.zeros(len(files), bool)
-        batches = iter(ds.iter_batches(batch_size=batch_size, batch_format="numpy"))
+        # Each task's answer as it is (never merged with another worker's), committed in batches.
+        batches = iter(ds.iter_batches(batch_size=None, batch_format="numpy"))
         try:
             while True:
                 try:
@@ -189,20 +196,23 @@ class RayEngine:
                     break
                 except Exception as e:  # noqa: BLE001 - whatever broke on the cluster, one message
                     raise ClusterError(f"The Ray job failed: {_first_line(e)}") from None
+                broken = next((b for b in cols["broken"] if b), None)
+                if broken:
+                    raise ClusterError(f"A Ray worker cannot load the model: {broken}")
                 out = []
                 for k, i in enumerate(cols["i"].tolist()):
                     if not 0 <= i < len(files) or seen[i]:
                         continue  # a retried task's second answer: committed once
                     seen[i] = True
-                    if cols["failure"][k]:
+                    if not cols["ok"][k]:
                         out.append(Embedded(files[i], failure=str(cols["failure"][k])))
                     else:
                         taken = float(cols["taken"][k])
                         out.append(Embedded(files[i], cols["vector"][k], dict(
                             hash=str(cols["hash"][k]), width=int(cols["width"][k]), height=int(cols["height"][k]),
                             taken=None if np.isnan(taken) else taken)))
-                if out:
-                    yield out
+                for k in range(0, len(out), batch_size):
+                    yield out[k:k + batch_size]
         finally:
             close = getattr(batches, "close", None)
             if close is not None:

@@ -17,6 +17,7 @@ import sys
 import time
 from functools import partial
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -165,6 +166,24 @@ sys.exit(main(sys.argv[1:]))
 """
 
 
+def _no_model():
+    from clipdesk.errors import ModelError
+
+    raise ModelError("Checkpoint file not found: /mnt/share/model.safetensors")
+
+
+def test_a_model_the_workers_cannot_load_is_one_clear_error(cluster, folder, tmp_path):
+    ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])
+    with Library(str(tmp_path / "lib"), model="test-tiny") as lib:
+        engine = lib.ray_engine(cluster)
+        engine.embedder_factory = _no_model
+        t = time.monotonic()
+        with pytest.raises(ClusterError, match="cannot load the model: Checkpoint file not found: /mnt/share"):
+            lib.index([str(folder)], engine=engine)
+        assert time.monotonic() - t < 60  # not Ray's endless actor restarts
+        assert lib.catalog.counts() == (0, 0)
+
+
 @pytest.mark.slow  # ~25 s on 2 cores: a second Python with Ray, killed, then the command again
 def test_a_killed_driver_resumes(cluster, folder, local_state, tmp_path):
     lib_dir = tmp_path / "lib"
@@ -200,7 +219,7 @@ def test_ray_missing_is_one_clear_error(monkeypatch, tmp_path, folder):
     with Library(str(tmp_path / "lib"), model="test-tiny") as lib:
         with pytest.raises(ClusterError, match=r"clipdesk\[cluster\]"):
             lib.index([str(folder)], engine=lib.ray_engine())
-        assert lib.catalog.counts()[0] == 0  # nothing half-done
+        assert lib.catalog.counts() == (0, 0)  # nothing half-done
 
 
 def test_cluster_options_need_the_ray_engine(tmp_path, capsys):
@@ -214,10 +233,19 @@ def test_cluster_options_need_the_ray_engine(tmp_path, capsys):
     assert e.value.code == 2
 
 
-def test_no_gpu_in_the_cluster_is_one_clear_error(cluster, tmp_path):
-    engine = RayEngine(lambda: None, cluster, gpus_per_worker=1)
+def test_workers_fit_the_cluster_and_gpus_are_asked_only_of_a_cluster_with_them():
+    def fake_ray(**resources):
+        return SimpleNamespace(cluster_resources=lambda: resources)
+
+    engine = RayEngine(lambda: None, gpus_per_worker=0.5, cpus_per_worker=2)
+    assert engine._pool_size(fake_ray(CPU=16.0, GPU=2.0)) == 4  # 2 GPUs / 0.5
+    assert engine._pool_size(fake_ray(CPU=6.0, GPU=8.0)) == 3  # 6 CPUs / 2
+    assert RayEngine(lambda: None, cpus_per_worker=4)._pool_size(fake_ray(CPU=2.0)) == 1  # at least one
+    assert RayEngine(lambda: None, workers=3)._pool_size(fake_ray(CPU=64.0)) == 3
     with pytest.raises(ClusterError, match="no GPU"):
-        next(engine([ScannedFile(str(tmp_path / "a.jpg"), 1, 0)], 4))
+        engine._pool_size(fake_ray(CPU=16.0))
+    with pytest.raises(ClusterError, match="GPUs per worker"):
+        RayEngine(lambda: None, gpus_per_worker=-1)
 
 
 def test_a_bad_or_silent_address_is_one_clear_error(tmp_path):
