@@ -51,6 +51,7 @@ bench: install-test
 	$(BIN)/python benchmarks/bench_duplicates.py
 	$(BIN)/python benchmarks/bench_scale.py
 	$(BIN)/python benchmarks/bench_ray.py
+	$(BIN)/python benchmarks/bench_fewshot.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache
