@@ -142,9 +142,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     sp = cmd("eval", "measure zero-shot, few-shot and retrieval quality")
     esub = sp.add_subparsers(dest="what", required=True, metavar="WHAT")
-    a = esub.add_parser("fewshot", parents=[common], help="few-shot protocol on an embedding file")
+    a = esub.add_parser("fewshot", parents=[common], help="few-shot learning curves on an embedding file")
     a.add_argument("--features", required=True, metavar="FILE.npz")
     a.add_argument("--seeds", type=positive_int, default=50)
+    a.add_argument("--shots", type=number(int, lambda v: 1 <= v <= 1000, "must be between 1 and 1000 (got {v})"),
+                   nargs="+", default=[1, 2, 4, 8, 16, 32], metavar="K", help="shots per class (default 1 2 4 8 16 32)")
+    a.add_argument("--corrections", type=number(int, lambda v: 0 <= v <= 10_000, "must be between 0 and 10000 (got {v})"),
+                   default=10, metavar="k", help="most confident mistakes corrected before a refit (0: skip; default 10)")
+    a.add_argument("--half", choices=("dev", "check"), help="only the development or check half of the classes")
     a = esub.add_parser("zeroshot", parents=[common], help="top-1/top-5 on a folder per class")
     a.add_argument("folder")
     a = esub.add_parser("retrieval", parents=[common], help="recall@k on a captions.jsonl file")

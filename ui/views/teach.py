@@ -129,7 +129,9 @@ class TeachView(QWidget):
         self.confidence.setRange(0, 100)
         self.confidence.setValue(100)
         self.confidence.setMinimumWidth(80)
-        self.confidence.setToolTip("Show photos with a confidence up to this")
+        self.confidence.setToolTip("Show photos with a confidence up to this. Confidence is calibrated on "
+                                   "examples the probe did not train on: of the photos shown at 80%, about "
+                                   "80% are right (if anything, a few more).")
         self.confidence.valueChanged.connect(lambda _v: self.show_review())
         self.confidence_label = QLabel("≤ 100%")
         self.confidence_label.setObjectName("confidenceLabel")
@@ -193,7 +195,7 @@ class TeachView(QWidget):
             return
         self.concept = earlier.labels[0] if len(earlier.labels) == 1 else None
         self.train_result.setProperty("muted", "false")
-        self.train_result.setText(f"Trained earlier (cross-validated accuracy {earlier.cv_accuracy:.0%}): "
+        self.train_result.setText(f"Trained earlier (right on {earlier.cv_accuracy:.0%} of held-out examples): "
                                   "Apply labels the library, or train again.")
         self.apply_button.setEnabled(True)
 
@@ -277,8 +279,8 @@ class TeachView(QWidget):
         self.ctx.resolved.emit("teach")
         self.concept = r.labels[0] if len(r.labels) == 1 else None
         self.train_result.setText(
-            f"Trained on {r.examples} photos: cross-validated accuracy {r.cv_accuracy:.0%} "
-            f"(zero-shot would get {r.zeroshot_accuracy:.0%}).")
+            f"Trained on {r.examples} photos: right on {r.cv_accuracy:.0%} of examples held out of training "
+            f"(cross-validated; zero-shot would get {r.zeroshot_accuracy:.0%}).")
         self.apply_button.setEnabled(True)
         self.trained.emit()
         if self.source.currentIndex() == 0:

@@ -1,0 +1,107 @@
+"""Few-shot teaching: the full protocol on every evaluation set, and the probe's fitting time.
+
+    .venv/bin/python benchmarks/bench_fewshot.py [--seeds 50] [--half-seeds 20]
+
+For each set (shared/data/fewshot-proxy.npz and the sets under benchmarks/data/, built by
+scripts/build_fewshot_sets.py): the learning curves of ``clipdesk eval fewshot`` over 50 seeds
+(zero-shot, logistic regression, the probe, its ECE, the corrections protocol) on the whole file,
+then on its development and check halves of classes (the probe's rule was chosen on the
+development halves only). Then the fitting time the app pays on every click: ``fit_probe`` on 200
+examples × 10 classes of 512-d vectors (median of 15, wall and CPU time), with the machine and its
+load around it (benchmeta: a time taken under load is flagged, not published). Accuracy figures
+do not depend on load. Writes benchmarks/out/fewshot.json and prints the tables (Markdown).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+sys.path.insert(0, str(HERE.parent))
+from benchmeta import Watch, machine  # noqa: E402
+
+from clipdesk.evaluation import eval_fewshot  # noqa: E402
+from clipdesk.probe import ProbeData, fit_probe  # noqa: E402
+from clipdesk.zeroshot import normalise  # noqa: E402
+
+SETS = [HERE.parent.parent / "shared" / "data" / "fewshot-proxy.npz",
+        HERE / "data" / "debian-sections.npz", HERE / "data" / "debian-tags.npz"]
+
+
+def markdown(res: dict) -> list[str]:
+    title = res["file"] + (f", {res['half']} half" if res.get("half") else "")
+    lines = [f"**{title}** ({res['seeds']} seeds; ± = seed-to-seed s.d. of the probe)", "",
+             "| K (classes) | zero-shot | logreg | probe | probe − zs | target | met | ECE probe | ECE logreg |"
+             + (" corrections k=10: before → after (random k) |" if res.get("corrections") else ""),
+             "|---|---|---|---|---|---|---|---|---|" + ("---|" if res.get("corrections") else "")]
+    for k, v in res["K"].items():
+        row = (f"| {k} ({v['classes']}) | {v['zeroshot']:.4f} | {v['logreg']:.4f} | {v['probe']:.4f} ± {v['sd']['probe']:.3f}"
+               f" | {v['probe'] - v['zeroshot']:+.4f} | {v['target']:.4f} | {'yes' if v['meets_target'] else '**no**'}"
+               f" | {v['ece']['probe']:.3f} | {v['ece']['logreg']:.3f} |")
+        if "corrections" in v:
+            c = v["corrections"]
+            row += f" {c['before']:.4f} → {c['after']:.4f} ({c['random']:.4f}) |"
+        lines.append(row)
+    return lines + [""]
+
+
+def fit_time(repeats: int = 15, n_classes: int = 10, per_class: int = 20, dim: int = 512) -> dict:
+    rng = np.random.default_rng(0)
+    centres = normalise(rng.normal(size=(n_classes, dim)))
+    y = np.repeat(np.arange(n_classes), per_class)
+    X = normalise(centres[y] + 0.35 * rng.normal(size=(len(y), dim))).astype(np.float32)
+    text = normalise(centres + 0.35 * rng.normal(size=centres.shape)).astype(np.float32)
+    data = ProbeData([f"c{i}" for i in range(n_classes)], text, X, y)
+    fit_probe(data)  # warm-up
+    wall, cpu = [], []
+    with Watch() as w:
+        for _ in range(repeats):
+            t, c = time.perf_counter(), time.process_time()
+            fit_probe(data)
+            wall.append(time.perf_counter() - t)
+            cpu.append(time.process_time() - c)
+    return {"examples": int(len(y)), "classes": n_classes, "dim": dim, "repeats": repeats,
+            "median_wall_ms": round(1000 * float(np.median(wall)), 1),
+            "median_cpu_ms": round(1000 * float(np.median(cpu)), 1), "meta": w.meta()}
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--seeds", type=int, default=50)
+    p.add_argument("--half-seeds", type=int, default=20)
+    p.add_argument("--sets", nargs="*", default=[str(s) for s in SETS])
+    args = p.parse_args()
+    out: dict = {"machine": machine(), "runs": []}
+    lines: list[str] = []
+    t0 = time.perf_counter()
+    for path in args.sets:
+        if not Path(path).exists():
+            lines.append(f"{path}: missing, skipped")
+            continue
+        for half, seeds, corr in ((None, args.seeds, 10), ("dev", args.half_seeds, 0), ("check", args.half_seeds, 0)):
+            res = eval_fewshot(path, seeds=seeds, corrections=corr, half=half)
+            out["runs"].append(res)
+            lines += markdown(res)
+            print("\n".join(markdown(res)), flush=True)
+    out["fit_time"] = fit_time()
+    out["seconds"] = round(time.perf_counter() - t0, 1)
+    ft = out["fit_time"]
+    lines.append(f"fit_probe, {ft['examples']} examples × {ft['classes']} classes × {ft['dim']}-d: median "
+                 f"{ft['median_wall_ms']} ms wall, {ft['median_cpu_ms']} ms CPU"
+                 f"{'' if ft['meta'].get('published', True) else ' (' + str(ft['meta'].get('flag')) + ')'}")
+    print(lines[-1])
+    print(f"machine: {out['machine']}; whole benchmark {out['seconds']} s")
+    (HERE / "out").mkdir(exist_ok=True)
+    (HERE / "out" / "fewshot.json").write_text(json.dumps(out, indent=1))
+    (HERE / "out" / "fewshot.md").write_text("\n".join(lines) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
