@@ -126,7 +126,7 @@ class RayEngine:
     # ------------------------------------------------------------------ cluster
     def _connect(self, ray) -> bool:
         """Join or start Ray; True when this call did (so the job disconnects at its end)."""
-        _check_reachable(self.address)
+        _check_reachable(self.address or os.environ.get("RAY_ADDRESS"))
         if ray.is_initialized():
             return False
         if self.address and self.address.startswith("ray://"):
