@@ -2,8 +2,10 @@
 
 One Ray instance (2 CPUs, no dashboard) serves the whole module and is shut down at its end. The
 checks: the library from the cluster equals the local one (same paths, vectors within float16,
-same failures, same rescan), a worker that dies mid-batch is retried without duplicate rows, and a
-driver killed mid-run (SIGKILL) leaves a library the next run completes.
+same failures, same rescan) though a worker dies mid-batch (Ray retries its task, no row twice);
+a driver killed mid-run (SIGKILL) or stopped with Ctrl+C leaves a library the same command
+completes (slow); a model the workers cannot load, a missing Ray, a bad or silent address and
+GPUs asked of a cluster without any are each one clear error.
 """
 from __future__ import annotations
 
