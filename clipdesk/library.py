@@ -32,7 +32,7 @@ from clipdesk.indexer.pipeline import CancelToken, EmbedEngine, IndexReport, Pro
 from clipdesk.indexer.scan import canonical_path, is_inside, is_library_folder
 from clipdesk.indexer import vecfile  # noqa: I001 - beside vectors: the other derived cache
 from clipdesk.indexer.vecfile import VecFileError, VectorFile
-from clipdesk.indexer.vectors import EXACT_LIMIT, VectorFileError, VectorStore, catch_up
+from clipdesk.indexer.vectors import COMPRESS_LIMIT, EXACT_LIMIT, VectorFileError, VectorStore, catch_up
 from clipdesk.models import DEFAULT_MODEL, Encoder, ModelSpec, load_encoder
 from clipdesk.probe import BACKGROUND, FitReport, Probe, ProbeData, fit_probe, load_probe_file, uncertainty
 from clipdesk.query import Term, parse_query, query_vector
@@ -506,10 +506,13 @@ class Library:
         return [self.catalog.add_folder(p) if os.path.isdir(p) else canonical_path(p) for p in paths]
 
     def _resize_store_if_needed(self) -> None:
-        """Switch between exact and approximate search as the library crosses the size threshold."""
+        """Switch between exact, approximate and compressed search as the library crosses the size
+        thresholds (with a factor of two of hysteresis downwards)."""
         store = self.vectors
         n = len(store)
-        if (n > EXACT_LIMIT and not store.is_approximate) or (store.is_approximate and n < EXACT_LIMIT // 2):
+        compressed = store.kind == "ivf-pq"
+        if (n > EXACT_LIMIT and not store.is_approximate) or (store.is_approximate and n < EXACT_LIMIT // 2) \
+                or (n > COMPRESS_LIMIT and not compressed) or (compressed and n < COMPRESS_LIMIT // 2):
             self.status_callback(f"Rebuilding the vector index for {n} images…")
             with self._guard:
                 new = VectorStore.build(store.dim, self.catalog.iter_vectors(), self.catalog.vector_count())

@@ -349,7 +349,7 @@ def _patch(vf: VectorFile, catalog: Catalog, gen: int) -> VecHeader:
     if not (inside | append).all():
         raise _Rewrite
     rows = h.rows + int(append.sum())
-    dead = int((raw < 0).sum()) + 0
+    dead = int((raw < 0).sum())
     if rows > h.capacity or dead > DEAD_LIMIT * rows + 1000:
         raise _Rewrite
     fd = os.open(vf.path, os.O_RDWR | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0))

@@ -150,8 +150,11 @@ class VectorStore:
     # ------------------------------------------------------------------ building
     @classmethod
     def build(cls, dim: int, chunks: Iterable[tuple[np.ndarray, np.ndarray]], total: int,
-              exact_limit: int = EXACT_LIMIT, compress_limit: int = COMPRESS_LIMIT) -> VectorStore:
-        """Build the index type that suits ``total`` vectors from ``(ids, vectors)`` chunks."""
+              exact_limit: int | None = None, compress_limit: int | None = None) -> VectorStore:
+        """Build the index type that suits ``total`` vectors from ``(ids, vectors)`` chunks
+        (thresholds: ``EXACT_LIMIT`` and ``COMPRESS_LIMIT`` unless given)."""
+        exact_limit = EXACT_LIMIT if exact_limit is None else exact_limit
+        compress_limit = COMPRESS_LIMIT if compress_limit is None else compress_limit
         if total <= exact_limit:
             store = cls(dim)
             for ids, vecs in chunks:

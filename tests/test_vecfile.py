@@ -314,6 +314,29 @@ def test_above_the_threshold_the_index_is_product_quantised_with_exact_reranking
             VectorStore.load(path, max_count=12_000)
 
 
+def test_library_search_reranks_the_compressed_shortlist_from_the_vector_file(pq_store, tmp_path, monkeypatch):
+    store, vecs, rng = pq_store
+    cat = Catalog.open(str(tmp_path / "big"))
+    cat.set_meta("model", MODEL)
+    cat.set_meta("dim", str(PQ_DIM))
+    cat.write_batch([ImageRecord(f"/p/{k}.jpg", 1, k, f"h{k}", 4, 3, None, vecs[k - 1]) for k in range(1, 12_001)])
+    cat.close()
+    lib = Library(str(tmp_path / "big"))
+    store.generation = lib.catalog.generation
+    lib._store = store  # the module's IVF-PQ index over exactly these vectors
+    with lib.writing():
+        lib._save_store()  # writes vectors.faiss and vectors.f16
+    monkeypatch.setattr(lib.catalog, "vectors_for", lambda ids: pytest.fail("re-ranked from the catalog"))
+    queries = vecs[rng.choice(len(vecs), 30)] + 0.5 / np.sqrt(PQ_DIM) * rng.standard_normal((30, PQ_DIM))
+    queries = (queries / np.linalg.norm(queries, axis=1, keepdims=True)).astype(np.float32)
+    truth = exact_top(queries, vecs)
+    found = [[r.id for r in lib.search(q, k=10)] for q in queries]
+    assert np.mean([len(set(t) & set(f)) / 10 for t, f in zip(truth.tolist(), found)]) >= 0.9
+    best = lib.search(queries[0], k=3)
+    np.testing.assert_allclose([r.score for r in best], np.sort(vecs @ queries[0])[::-1][:3], atol=2e-3)  # exact (float16) scores
+    lib.close()
+
+
 # ---------------------------------------------------------------------- faiss-gpu
 class FakeGpu:
     """faiss-gpu's boundary on a faiss-cpu install: the "GPU" index is the CPU index itself, so
@@ -339,11 +362,13 @@ class FakeGpu:
 
 
 def test_with_a_gpu_large_indexes_are_trained_and_searched_there(pq_store, monkeypatch):
-    cpu, vecs, _ = pq_store
+    # The same _build_ivf path serves both approximate kinds; 8-bit codes train in a moment.
+    _, vecs, _ = pq_store
+    cpu = VectorStore.build(PQ_DIM, pq_chunks(vecs), 12_000, exact_limit=1000)
     gpu = FakeGpu(monkeypatch)
     assert vectors_mod.gpu_count() == 1
-    on_gpu = VectorStore.build(PQ_DIM, pq_chunks(vecs), 12_000, exact_limit=1000, compress_limit=5000)
-    assert gpu.calls[:2] == [("to_gpu", 0, "IndexIVFPQ", True), ("to_cpu", "IndexIVFPQ")]
+    on_gpu = VectorStore.build(PQ_DIM, pq_chunks(vecs), 12_000, exact_limit=1000)
+    assert gpu.calls[:2] == [("to_gpu", 0, "IndexIVFScalarQuantizer", True), ("to_cpu", "IndexIVFScalarQuantizer")]
     queries = unit(np.random.default_rng(9), 20, PQ_DIM)
     assert on_gpu.nprobe == cpu.nprobe
     np.testing.assert_array_equal(on_gpu.search(queries, 50)[1], cpu.search(queries, 50)[1])
