@@ -106,33 +106,78 @@ def synthetic_library(folder: Path, n: int, dim: int = 512) -> float:
 
 
 # ---------------------------------------------------------------------- benchmarks
+def _cpu_seconds() -> float:
+    r = resource.getrusage(resource.RUSAGE_SELF)
+    return r.ru_utime + r.ru_stime
+
+
 def model_rates(models: dict, batch: int = 32, warmup: int = 2, runs: int = 5, size: int = 256) -> dict:
-    """Model-only images/s of each ``{name: (model, dtype)}`` on one batch of ``batch`` images:
+    """Model-only images/s of each ``{name: (model, dtype)}`` (a torch CLIP model) or
+    ``{name: fn}`` (``fn(x)`` embeds a float32 (batch, 3, size, size) tensor) on one batch:
     ``warmup`` untimed calls each (the first bf16 calls build oneDNN kernels), then ``runs``
     timed calls, interleaved across the models so that a change of load hits them all alike.
-    Returns ``{name: {"median": img/s, "runs": [...]}}``."""
+
+    Also the CPU seconds this process spent per image. It rises under load too (OpenMP threads
+    spin while a sibling is descheduled), so it does not replace a quiet run; its ratios between
+    precisions show whether a ratio of rates taken under load is an artefact of the load.
+    Returns ``{name: {"median": img/s, "runs": [...], "cpu_ms_per_img": ...}}``."""
     import torch
 
     x = torch.randn(batch, 3, size, size, generator=torch.Generator().manual_seed(0))
-    inputs = {k: x.to(dt) for k, (_, dt) in models.items()}
-    times: dict[str, list[float]] = {k: [] for k in models}
+    calls = {}
+    for k, v in models.items():
+        if callable(v):
+            calls[k] = (v, x)
+        else:
+            m, dt = v
+            calls[k] = (m.encode_image, x.to(dt))
+    times: dict[str, list[float]] = {k: [] for k in calls}
+    cpu: dict[str, list[float]] = {k: [] for k in calls}
     with torch.inference_mode():
-        for k, (m, _) in models.items():
+        for k, (fn, inp) in calls.items():
             for _ in range(warmup):
-                m.encode_image(inputs[k])
+                fn(inp)
         for _ in range(runs):
-            for k, (m, _) in models.items():
-                t = time.perf_counter()
-                m.encode_image(inputs[k])
+            for k, (fn, inp) in calls.items():
+                c, t = _cpu_seconds(), time.perf_counter()
+                fn(inp)
                 times[k].append(time.perf_counter() - t)
-    return {k: {"median": round(batch / statistics.median(v), 1), "runs": [round(batch / t, 1) for t in v]}
+                cpu[k].append(_cpu_seconds() - c)
+    return {k: {"median": round(batch / statistics.median(v), 1), "runs": [round(batch / t, 1) for t in v],
+                "cpu_ms_per_img": round(1000 * statistics.median(cpu[k]) / batch, 1)}
             for k, v in times.items()}
 
 
+def onnx_int8(visual, size: int, threads: int, folder: Path):
+    """The image tower exported to ONNX, weights quantised to int8 (ONNX Runtime's dynamic
+    quantisation: int8 matrix products, VNNI where the CPU has it), as ``fn(x) -> features``;
+    None where onnxruntime/onnx are not installed (they are not clipdesk dependencies)."""
+    try:
+        import onnxruntime as ort
+        from onnxruntime.quantization import QuantType, quantize_dynamic
+    except ImportError:
+        return None
+    import torch
+
+    fp32_path, int8_path = folder / "visual.onnx", folder / "visual.int8.onnx"
+    x = torch.randn(2, 3, size, size)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(visual, (x,), str(fp32_path), input_names=["x"], output_names=["y"],
+                          dynamic_axes={"x": {0: "b"}, "y": {0: "b"}}, dynamo=False, opset_version=17)
+        quantize_dynamic(str(fp32_path), str(int8_path), weight_type=QuantType.QInt8)
+    so = ort.SessionOptions()
+    so.intra_op_num_threads, so.inter_op_num_threads = threads, 1
+    session = ort.InferenceSession(str(int8_path), so, providers=["CPUExecutionProvider"])
+    return lambda t: torch.from_numpy(session.run(None, {"x": t.numpy()})[0])
+
+
 def bench_precision() -> dict:
-    """Model-only fp32 vs bf16 vs dynamic int8 (PyTorch ``quantize_dynamic`` on the Linear layers;
-    ViT-B-32-256, batch 32, 2 warm-ups, median of 5 interleaved runs), beside what the app's
-    load-time check (``measure_precision``: batch 8, 1 warm-up, best of 2) reads in the same run."""
+    """Model-only fp32 vs bf16 vs int8 (PyTorch's dynamic int8 on the Linear layers, and ONNX
+    Runtime's dynamic int8 where it is installed); ViT-B-32-256, batch 32, 2 warm-ups, median of
+    5 interleaved runs; beside what the app's load-time check (``measure_precision``: batch 8,
+    1 warm-up, best of 2) reads in the same run. Agreement with fp32 on random inputs (random
+    weights: the mechanics of the numbers, not a quality figure)."""
     import copy
 
     import torch
@@ -144,21 +189,31 @@ def bench_precision() -> dict:
     with warnings.catch_warnings():  # torch points to torchao for eager-mode quantisation
         warnings.simplefilter("ignore")
         int8 = torch.ao.quantization.quantize_dynamic(copy.deepcopy(fp32), {torch.nn.Linear}, dtype=torch.qint8)
-    rates = model_rates({"fp32": (fp32, torch.float32), "bf16": (bf16, torch.bfloat16),
-                         "int8_dynamic": (int8, torch.float32)})
-    # agreement with fp32 (random weights, random inputs: mechanics of the numbers, not quality)
-    x = torch.randn(16, 3, 256, 256, generator=torch.Generator().manual_seed(1))
-    with torch.inference_mode():
-        ref = torch.nn.functional.normalize(fp32.encode_image(x), dim=-1)
-        cos = {k: round(float((ref * torch.nn.functional.normalize(m.encode_image(x.to(dt)).float(), dim=-1))
-                              .sum(-1).mean()), 5)
-               for k, (m, dt) in {"bf16": (bf16, torch.bfloat16), "int8_dynamic": (int8, torch.float32)}.items()}
+    models = {"fp32": (fp32, torch.float32), "bf16": (bf16, torch.bfloat16), "int8_torch_dynamic": (int8, torch.float32)}
+    work = Path(tempfile.mkdtemp(prefix="clipdesk-bench-"))
+    try:
+        ort_fn = onnx_int8(fp32.visual, 256, torch.get_num_threads(), work)
+        if ort_fn is not None:
+            models["int8_onnxruntime"] = ort_fn
+        rates = model_rates(models)
+        x = torch.randn(16, 3, 256, 256, generator=torch.Generator().manual_seed(1))
+        with torch.inference_mode():
+            ref = torch.nn.functional.normalize(fp32.encode_image(x), dim=-1)
+            cos = {}
+            for k, v in models.items():
+                out = v(x) if callable(v) else v[0].encode_image(x.to(v[1]))
+                cos[k] = round(float((ref * torch.nn.functional.normalize(out.float(), dim=-1)).sum(-1).mean()), 5)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
     quick = measure_precision(fp32)
     med = {k: v["median"] for k, v in rates.items()}
+    cpu = {k: v["cpu_ms_per_img"] for k, v in rates.items()}
     return {"threads": torch.get_num_threads(), "batch": 32,
-            "fp32_img_s": med["fp32"], "bf16_img_s": med["bf16"], "int8_dynamic_img_s": med["int8_dynamic"],
+            "img_s": med, "cpu_ms_per_img": cpu,
             "bf16_over_fp32": round(med["bf16"] / med["fp32"], 2),
-            "int8_over_bf16": round(med["int8_dynamic"] / med["bf16"], 2),
+            "bf16_over_fp32_by_cpu_time": round(cpu["fp32"] / cpu["bf16"], 2),
+            "int8_over_bf16": {k: round(med[k] / med["bf16"], 2) for k in med if k.startswith("int8")},
+            "int8_over_bf16_by_cpu_time": {k: round(cpu["bf16"] / cpu[k], 2) for k in cpu if k.startswith("int8")},
             "mean_cosine_vs_fp32_random_inputs": cos,
             "runs_img_s": {k: v["runs"] for k, v in rates.items()},
             "load_time_check": quick,

@@ -13,10 +13,14 @@ set): offline, loading fails within seconds with one :class:`ModelDownloadError`
 the ``--weights`` way out and the demo model ``test-tiny``, instead of the hub's minute of retries.
 
 On CPUs the precision is chosen by measuring: a short timing of fp32 against bfloat16 at load
-(cached per machine), kept only if bf16 is faster and its embeddings agree with fp32's.
+(cached per machine), kept only if bf16 is faster and its embeddings agree with fp32's. Where ONNX
+Runtime is installed, an int8 image tower (ONNX Runtime's dynamic quantisation: int8 matrix
+products on VNNI/AMX) is measured too and used only if it is ≥ ``INT8_GAIN`` times faster than the
+better of the two and agrees with fp32 as well; the text tower then stays in fp32.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -24,6 +28,7 @@ import platform
 import socket
 import threading
 import time
+import warnings
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from contextlib import contextmanager
@@ -45,6 +50,8 @@ _PROJECT_MODELS = {p.stem for p in _CONFIG_DIR.glob("*.json")}
 _TEXT_CACHE_SIZE = 4096
 # bf16 must agree with fp32 at least this well (mean cosine) to be used.
 MIN_AGREEMENT = 0.99
+# int8 must be this much faster than the better of fp32/bf16 to be worth its own code path.
+INT8_GAIN = 1.3
 NETWORK_PROBE_SECONDS = 2.0
 
 
@@ -184,7 +191,10 @@ class Encoder:
         self.tokenizer = tokenizer
         self.device = device
         self.precision = precision
-        self._dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
+        # int8 runs the image tower in ONNX Runtime (``self.int8``); torch keeps the text tower in fp32
+        self._dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16,
+                       "int8": torch.float32}[precision]
+        self.int8: Int8Visual | None = None
         self._lock = threading.Lock()
         self._text_cache: OrderedDict[str, np.ndarray] = OrderedDict()
         self.image_size = self.min_side = self.preprocess.size
@@ -212,6 +222,9 @@ class Encoder:
             raise ModelError("this encoder was loaded for texts only")
         if not len(prepared):
             return np.zeros((0, self.dim), np.float32)
+        if self.int8 is not None:
+            feats = self.int8(np.stack([np.asarray(p, np.float32) for p in prepared]))
+            return feats / np.maximum(np.linalg.norm(feats, axis=1, keepdims=True), 1e-12)
         if all(isinstance(p, np.ndarray) for p in prepared):
             batch = torch.from_numpy(np.stack(list(prepared))).to(self.device, self._dtype)
         else:  # some prepared on the GPU already (indexer/gpu_decode.py), the rest as arrays
@@ -326,8 +339,14 @@ def load_encoder(
     tokenizer = open_clip.get_tokenizer(spec.arch)
     if precision == "auto":
         precision = choose_precision(spec, model, device, say)
+    if precision == "int8" and not text_only:
+        int8 = Int8Visual.build(spec, model, say)
+        if int8 is None:  # ONNX Runtime missing (or its export failed): the next best
+            precision = "fp32"
     encoder = Encoder(spec, model, tokenizer, device, precision, text_only)
-    if precision != "fp32":
+    if precision == "int8" and not text_only:
+        encoder.int8 = int8
+    elif precision not in ("fp32", "int8"):
         encoder.model = model.to({"bf16": torch.bfloat16, "fp16": torch.float16}[precision])
     return encoder
 
@@ -480,7 +499,12 @@ def _machine_key(spec: ModelSpec) -> str:
             cpu = next((ln.split(":", 1)[1].strip() for ln in f if ln.startswith("model name")), cpu)
     except OSError:
         pass
-    return f"{spec.arch}|torch {torch.__version__}|{cpu}|threads {torch.get_num_threads()}"
+    key = f"{spec.arch}|torch {torch.__version__}|{cpu}|threads {torch.get_num_threads()}"
+    if Int8Visual.available():  # installing ONNX Runtime brings int8 into the measurement
+        import onnxruntime
+
+        key += f"|ort {onnxruntime.__version__}"
+    return key
 
 
 def choose_precision(spec: ModelSpec, model, device: str, say: Callable[[str], None] | None = None) -> str:
@@ -500,7 +524,10 @@ def choose_precision(spec: ModelSpec, model, device: str, say: Callable[[str], N
         return cached[key]["precision"]
     if say:
         say("Measuring the fastest precision on this machine (once)…")
-    result = measure_precision(model)
+    int8 = Int8Visual.build(spec, model, say)
+    result = measure_precision(model, int8=int8)
+    if int8 is not None and result["precision"] != "int8":
+        int8.discard()  # its file is not kept where it is not used
     cached[key] = result
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -512,8 +539,10 @@ def choose_precision(spec: ModelSpec, model, device: str, say: Callable[[str], N
     return result["precision"]
 
 
-def measure_precision(model, batch: int = 8, repeats: int = 2) -> dict:
-    """Time fp32 and bf16 image encoding on one batch and compare their embeddings."""
+def measure_precision(model, batch: int = 8, repeats: int = 2, int8: Int8Visual | None = None) -> dict:
+    """Time fp32 and bf16 image encoding on one batch and compare their embeddings; with
+    ``int8``, time it too: it wins where it is ``INT8_GAIN`` times faster than the better of fp32
+    and bf16 and agrees with fp32 (mean cosine ≥ ``MIN_AGREEMENT``)."""
     import copy
 
     import torch
@@ -538,10 +567,112 @@ def measure_precision(model, batch: int = 8, repeats: int = 2) -> dict:
         bf16_model = copy.deepcopy(model).to(torch.bfloat16)
         bf16_rate, out = run(bf16_model, torch.bfloat16)
         agreement = float((ref * out).sum(-1).mean())
+        del bf16_model
     except (RuntimeError, TypeError) as e:  # no bf16 kernels on this CPU/torch
         log.info("bf16 unavailable: %s", e)
-        return {"precision": "fp32", "fp32_img_s": fp32_rate, "bf16_img_s": None, "agreement": None}
-    use_bf16 = bf16_rate > 1.2 * fp32_rate and agreement >= MIN_AGREEMENT
-    return {"precision": "bf16" if use_bf16 else "fp32", "fp32_img_s": round(fp32_rate, 1),
-            "bf16_img_s": round(bf16_rate, 1), "agreement": round(agreement, 5)}
+        result = {"precision": "fp32", "fp32_img_s": round(fp32_rate, 1), "bf16_img_s": None, "agreement": None}
+    else:
+        use_bf16 = bf16_rate > 1.2 * fp32_rate and agreement >= MIN_AGREEMENT
+        result = {"precision": "bf16" if use_bf16 else "fp32", "fp32_img_s": round(fp32_rate, 1),
+                  "bf16_img_s": round(bf16_rate, 1), "agreement": round(agreement, 5)}
+    if int8 is not None:
+        xn = x.numpy()
+        try:
+            int8(xn)  # warm-up
+            best = float("inf")
+            for _ in range(repeats):
+                t = time.perf_counter()
+                out8 = int8(xn)
+                best = min(best, time.perf_counter() - t)
+        except Exception as e:  # noqa: BLE001 - ONNX Runtime errors have no common base
+            log.info("int8 unavailable: %s", e)
+            return result
+        int8_rate = batch / best
+        out8 = torch.nn.functional.normalize(torch.from_numpy(out8).float(), dim=-1)
+        agreement8 = float((ref * out8).sum(-1).mean())
+        best_other = result["bf16_img_s"] if result["precision"] == "bf16" else fp32_rate
+        result.update(int8_img_s=round(int8_rate, 1), int8_agreement=round(agreement8, 5))
+        if int8_rate >= INT8_GAIN * best_other and agreement8 >= MIN_AGREEMENT:
+            result["precision"] = "int8"
+    return result
+
+
+class Int8Visual:
+    """A model's image tower as an ONNX Runtime session with int8 weights.
+
+    Built once per model and machine (exported to ONNX, quantised with ONNX Runtime's dynamic
+    quantisation: int8 weights, activations quantised per batch) into the user cache folder;
+    needs the optional ``onnxruntime`` and ``onnx`` packages.
+    """
+
+    def __init__(self, session, path: Path):
+        self._session = session
+        self.path = path
+
+    def __call__(self, x: np.ndarray) -> np.ndarray:
+        """(n, 3, size, size) float32 → (n, dim) float32 image features (not normalised)."""
+        return np.asarray(self._session.run(None, {"x": np.ascontiguousarray(x, np.float32)})[0], np.float32)
+
+    def discard(self) -> None:
+        self._session = None
+        with contextlib.suppress(OSError):
+            self.path.unlink()
+
+    @staticmethod
+    def available() -> bool:
+        try:
+            import onnx  # noqa: F401
+            import onnxruntime  # noqa: F401
+            from onnxruntime.quantization import quantize_dynamic  # noqa: F401
+        except ImportError:
+            return False
+        return True
+
+    @classmethod
+    def build(cls, spec: ModelSpec, model, say: Callable[[str], None] | None = None) -> Int8Visual | None:
+        """The int8 image tower of ``model`` (fp32, on the CPU), built once and cached; None where
+        ONNX Runtime is not installed or the export fails (the caller keeps torch)."""
+        if not cls.available():
+            return None
+        import hashlib
+
+        import onnxruntime as ort
+        import torch
+        from onnxruntime.quantization import QuantType, quantize_dynamic
+
+        size = model.visual.image_size
+        size = size[0] if isinstance(size, (tuple, list)) else size
+        digest = hashlib.blake2b(f"{spec.name}|{size}|torch {torch.__version__}|ort {ort.__version__}".encode(),
+                                 digest_size=10).hexdigest()
+        path = _precision_cache_path().parent / "int8" / f"{spec.arch.replace('/', '_')}-{digest}.onnx"
+        try:
+            if not path.is_file():
+                if say:
+                    say("Preparing an int8 image model for this machine (once)…")
+                path.parent.mkdir(parents=True, exist_ok=True)
+                fp32_tmp, int8_tmp = path.with_suffix(".fp32.tmp"), path.with_suffix(".int8.tmp")
+                try:
+                    # With gradients on, PyTorch's attention takes its plain path (its fused
+                    # inference kernel has no ONNX form); the export computes no gradient.
+                    with torch.inference_mode(False), torch.enable_grad(), warnings.catch_warnings():
+                        warnings.simplefilter("ignore")  # exporter and quantiser chatter
+                        torch.onnx.export(model.visual, (torch.zeros(1, 3, size, size),), str(fp32_tmp),
+                                          input_names=["x"], output_names=["y"], opset_version=17,
+                                          dynamic_axes={"x": {0: "n"}, "y": {0: "n"}}, dynamo=False)
+                        quantize_dynamic(str(fp32_tmp), str(int8_tmp), weight_type=QuantType.QInt8)
+                    os.replace(int8_tmp, path)
+                finally:
+                    for t in (fp32_tmp, int8_tmp):
+                        with contextlib.suppress(OSError):
+                            t.unlink()
+            options = ort.SessionOptions()
+            options.intra_op_num_threads, options.inter_op_num_threads = torch.get_num_threads(), 1
+            options.log_severity_level = 3
+            session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        except Exception as e:  # noqa: BLE001 - exporter/ONNX Runtime errors have no common base
+            log.warning("int8 image model unavailable (%s: %s); staying with torch", type(e).__name__, e)
+            with contextlib.suppress(OSError):
+                path.unlink()
+            return None
+        return cls(session, path)
 

@@ -138,3 +138,42 @@ def test_embed_takes_inputs_prepared_on_the_device_beside_arrays():
     mixed = [torch.from_numpy(a) if i % 2 else a for i, a in enumerate(arrays)]
     np.testing.assert_allclose(enc.embed(mixed), enc.embed(arrays), atol=1e-6)
     np.testing.assert_allclose(enc.embed([torch.from_numpy(a) for a in arrays]), enc.embed(arrays), atol=1e-6)
+
+
+def test_int8_is_chosen_only_when_faster_and_in_agreement():
+    """measure_precision's rule, with the int8 tower replaced by instant answers: right ones win,
+    wrong ones (agreement < 0.99) never do, whatever their speed."""
+    from clipdesk.models import measure_precision
+
+    enc = load_encoder(ModelSpec.parse("test-tiny"))
+    x = torch.randn(8, 3, 64, 64, generator=torch.Generator().manual_seed(0))
+    with torch.inference_mode():
+        right = enc.model.encode_image(x).numpy()
+    wrong = np.random.default_rng(0).standard_normal(right.shape).astype(np.float32)
+    won = measure_precision(enc.model, int8=lambda _x: right)
+    assert won["precision"] == "int8" and won["int8_agreement"] > 0.999 and won["int8_img_s"] > won["fp32_img_s"]
+    lost = measure_precision(enc.model, int8=lambda _x: wrong)
+    assert lost["precision"] in ("fp32", "bf16") and lost["int8_agreement"] < 0.5
+
+    def broken(_x):
+        raise RuntimeError("ONNX Runtime: no kernel (mock)")
+
+    assert measure_precision(enc.model, int8=broken)["precision"] in ("fp32", "bf16")
+
+
+def test_int8_without_onnxruntime_is_fp32_and_with_it_agrees_with_fp32():
+    from clipdesk.models import Int8Visual
+
+    img = [Image.new("RGB", (80, 60), (10 * i, 200 - 20 * i, 30 + 9 * i)) for i in range(6)]
+    ref = load_encoder(ModelSpec.parse("test-tiny"), precision="fp32").encode_images(img)
+    enc = load_encoder(ModelSpec.parse("test-tiny"), precision="int8")
+    if not Int8Visual.available():
+        assert enc.precision == "fp32" and enc.int8 is None  # the next best, no error
+        np.testing.assert_allclose(enc.encode_images(img), ref, atol=1e-6)
+        return
+    assert enc.precision == "int8" and enc.int8 is not None and enc.int8.path.is_file()
+    got = enc.encode_images(img)
+    assert got.shape == ref.shape and (got * ref).sum(1).mean() >= 0.99
+    np.testing.assert_allclose(np.linalg.norm(got, axis=1), 1.0, rtol=1e-5)
+    np.testing.assert_allclose(enc.encode_texts(["a dog"]), load_encoder(
+        ModelSpec.parse("test-tiny"), precision="fp32").encode_texts(["a dog"]), atol=1e-6)  # texts: fp32
