@@ -190,6 +190,10 @@ class GpuJpegDecoder:
                     out.append(e)
             if self._cuda:
                 self._stream.synchronize()  # results ready for the model's stream; buffer reusable
+                model_stream = torch.cuda.default_stream(self.device)
+                for x in out:  # freed later on the model's stream: the allocator must know
+                    if not isinstance(x, Exception):
+                        x.record_stream(model_stream)
         return out
 
 
