@@ -185,7 +185,7 @@ def eval_fewshot(path: str, seeds: int = 50, shots=SHOTS, corrections: int = 10,
                 corr.append(_corrections(kn, W0, Xl, yl, len(train) + pool, len(train) + held, corrections,
                                          probe, rng))
         row: dict = {m: round(float(np.mean(v)), 4) for m, v in acc.items()}
-        row["classes"] = int(len(keep))
+        row["classes"] = len(keep)
         row["sd"] = {m: round(float(np.std(v)), 4) for m, v in acc.items()}
         # seed-to-seed spread of the probe's margins (what a test with a few seeds must allow for)
         gain = np.array(acc["probe"]) - np.array(acc["zeroshot"])
@@ -227,7 +227,7 @@ def eval_zeroshot(lib, folder: str) -> dict:
     S = F @ W.T
     top = np.argsort(-S, axis=1)
     confused = Counter((classes[t], classes[p]) for t, p in zip(y, top[:, 0]) if t != p)
-    return {"images": int(len(y)), "classes": len(classes),
+    return {"images": len(y), "classes": len(classes),
             "top1": round(float(np.mean(top[:, 0] == y)), 4),
             "top5": round(float(np.mean([t in row[:5] for t, row in zip(y, top)])), 4),
             "most_confused": [{"true": a, "predicted": b, "count": n} for (a, b), n in confused.most_common(10)]}
@@ -304,11 +304,13 @@ def run_cli(args, open_library, emit) -> int:
 
 def fewshot_table(res: dict) -> list[str]:
     """The learning curves as text lines: accuracy, probe − zero-shot, target, ECE, corrections."""
-    lines = [f"{res['file']}{' (' + res['half'] + ' half)' if res.get('half') else ''}: "
-             f"mean of {res['seeds']} seeds (± seed-to-seed s.d. of the probe)",
-             f"{'K':>3} {'classes':>7} {'zero-shot':>9} {'logreg':>7} {'probe':>14} {'Δzs':>7} {'target':>7}"
-             f" {'ECE':>6} {'lr ECE':>6}" + (f"  corrections (k={res['corrections']}): before → after (random)"
-                                             if res.get("corrections") else "")]
+    title = (f"{res['file']}{' (' + res['half'] + ' half)' if res.get('half') else ''}: "
+             f"mean of {res['seeds']} seeds (± seed-to-seed s.d. of the probe)")
+    header = (f"{'K':>3} {'classes':>7} {'zero-shot':>9} {'logreg':>7} {'probe':>14} {'Δzs':>7} {'target':>7}"
+              f" {'ECE':>6} {'lr ECE':>6}")
+    if res.get("corrections"):
+        header += f"  corrections (k={res['corrections']}): before → after (random)"
+    lines = [title, header]
     for k, v in res["K"].items():
         line = (f"{k:>3} {v['classes']:>7} {v['zeroshot']:>9.3f} {v['logreg']:>7.3f} "
                 f"{v['probe']:>7.3f} ±{v['sd']['probe']:.3f} {v['probe'] - v['zeroshot']:>+7.3f} "

@@ -1,11 +1,20 @@
 """Probes: learning, leave-one-out correctness, calibration, persistence (no pickle)."""
+import itertools
+
 import numpy as np
 import pytest
 
 from clipdesk.errors import ProbeError
-
-from clipdesk.probe import (BACKGROUND, Probe, ProbeData, fit_probe, loo_scores, prior_precision,
-                            load_probe_file, uncertainty)
+from clipdesk.probe import (
+    BACKGROUND,
+    Probe,
+    ProbeData,
+    fit_probe,
+    load_probe_file,
+    loo_scores,
+    prior_precision,
+    uncertainty,
+)
 from clipdesk.zeroshot import normalise
 
 
@@ -84,7 +93,7 @@ def test_cross_validated_accuracy_is_held_out_accuracy():
 def test_prior_precision_follows_the_texts_agreement_with_the_examples():
     z = np.linspace(0.0, 1.0, 21)
     lam = [prior_precision(v) for v in z]
-    assert all(a <= b for a, b in zip(lam, lam[1:]))
+    assert all(a <= b for a, b in itertools.pairwise(lam))
     assert prior_precision(0.5) == pytest.approx(0.1)
     assert prior_precision(0.9) == pytest.approx(0.1 * 9 ** 3)
     assert prior_precision(0.0) > 0 and np.isfinite(prior_precision(1.0))
@@ -148,7 +157,7 @@ def test_one_concept_against_background_is_balanced():
     bg = X[y != 0]
     data = ProbeData(["mine", BACKGROUND], np.vstack([text[:1], np.zeros_like(text[:1])]),
                      np.vstack([pos, bg]), np.array([0, 0] + [1] * len(bg)))
-    probe, fit = fit_probe(data)
+    probe, _fit = fit_probe(data)
     held_out = X[y == 0][2:]
     assert np.mean(probe.probabilities(held_out)[:, 0] > 0.5) > 0.9
     assert np.mean(probe.probabilities(bg)[:, 0] < 0.5) > 0.9
