@@ -6,7 +6,9 @@ CPUs as this process may use), with the real model architecture (`ViT-B-32-256/r
 weights cost the same). For each run: the job rate (images / the whole `index`, model loads and Ray
 start-up of the job included) and the steady rate (images / time between the first and the last
 committed batch). The Ray instance's own start is timed apart (a cluster is started once, not per
-job). The libraries are compared: same paths, the largest vector difference (float16 rows).
+job). Runs are interleaved (local, Ray, Ray, local, ...) so a change of load hits each engine
+alike; medians are reported. The libraries are compared: same paths, the largest vector
+difference (float16 rows). The photos are made once under benchmarks/out/camera-N/.
 
     python benchmarks/bench_ray.py [N_PHOTOS]      # default 300; prints one JSON document
 
@@ -20,6 +22,7 @@ import logging
 import os
 import shutil
 import sqlite3
+import statistics
 import sys
 import tempfile
 import time
@@ -69,35 +72,43 @@ def run(photos: Path, lib_dir: Path, engine_args: dict | None) -> dict:
             "first_batch_after_s": round(t0 - t, 2), "arrivals": arrivals, "driver_precision": precision}
 
 
-def main(n: int) -> dict:
+def main(n: int, rounds: int = 2) -> dict:
     import ray
 
     work = Path(tempfile.mkdtemp(prefix="clipdesk-bench-ray-"))
     out: dict = {"date": time.strftime("%Y-%m-%d"), "photos": f"{n} JPEGs 4000x3000 q90", "model": ARCH,
-                 "ray": ray.__version__}
+                 "ray": ray.__version__, "rounds": rounds}
     try:
-        photos = camera_library(work / "photos", n)
+        photos = camera_library(OUT / f"camera-{n}", n)  # kept: made once (minutes), reused
         cores = benchmeta.cores()
+        configs = {"local": None, f"ray_1_worker_x_{cores}_cpus": dict(cpus_per_worker=cores, workers=1),
+                   f"ray_{cores}_workers_x_1_cpu": dict(cpus_per_worker=1, workers=cores)}
+        runs: dict[str, list[dict]] = {name: [] for name in configs}
         with benchmeta.Watch() as watch:
-            out["local"] = run(photos, work / "local", None)
             t = time.perf_counter()
             ray.init(num_cpus=cores, include_dashboard=False, log_to_driver=False, logging_level=logging.WARNING)
             out["ray_start_s"] = round(time.perf_counter() - t, 2)
             try:
-                configs = {f"ray_1_worker_x_{cores}_cpus": dict(cpus_per_worker=cores, workers=1),
-                           f"ray_{cores}_workers_x_1_cpu": dict(cpus_per_worker=1, workers=cores)}
-                for name, args in configs.items():
-                    out[name] = run(photos, work / name, args)
-                    mine, base = out[name]["steady_img_s"], out["local"]["steady_img_s"]
-                    out[name]["steady_vs_local"] = round(mine / base, 3) if mine and base else None
+                # Interleaved (local, Ray, Ray, local, ...): a change of load hits every engine alike.
+                for r in range(rounds):
+                    for name, args in configs.items():
+                        runs[name].append(run(photos, work / f"{name}-{r}", args))
             finally:
                 ray.shutdown()
-        local = vectors(work / "local")
-        for name in configs:
-            other = vectors(work / name)
-            out[name]["same_paths_as_local"] = sorted(other) == sorted(local)
-            out[name]["max_abs_vector_diff_vs_local"] = float(max(
-                (np.abs(other[p] - v).max() for p, v in local.items() if p in other), default=float("nan")))
+        local = vectors(work / "local-0")
+        for name, rs in runs.items():
+            row = out[name] = {"runs": rs}
+            for key in ("job_img_s", "steady_img_s", "first_batch_after_s"):
+                values = [x[key] for x in rs if x[key] is not None]
+                row[f"median_{key}"] = round(statistics.median(values), 2) if values else None
+            if name != "local":
+                for key in ("job_img_s", "steady_img_s"):
+                    mine, base = row[f"median_{key}"], out["local"][f"median_{key}"]
+                    row[f"{key}_vs_local"] = round(mine / base, 3) if mine and base else None
+                other = vectors(work / f"{name}-0")
+                row["same_paths_as_local"] = sorted(other) == sorted(local)
+                row["max_abs_vector_diff_vs_local"] = float(max(
+                    (np.abs(other[p] - v).max() for p, v in local.items() if p in other), default=float("nan")))
         out.update(watch.meta())
     finally:
         shutil.rmtree(work, ignore_errors=True)
