@@ -399,7 +399,10 @@ def _fit_calibration(scores: np.ndarray, y: np.ndarray, fit_bias: bool, balanced
         b = np.zeros(C)
         for _ in range(50 if fit_bias else 0):
             p = softmax(T * scores + b)
-            b -= 0.5 * ((p - onehot) * w[:, None]).sum(0) / w.sum()
+            step = ((p - onehot) * w[:, None]).sum(0) / w.sum()
+            b -= 0.5 * step
+            if np.abs(step).max() < 1e-4:  # converged: the rest would not move it
+                break
         p = softmax(T * scores + b)
         nll = -(w * np.log(np.clip((p * onehot).sum(1), 1e-12, None))).sum() / w.sum()
         if nll < best[0]:
