@@ -302,3 +302,31 @@ def shoot(w, name: str) -> None:
         QTest.qWait(150)
         w.grab().save(str(SHOTS / f"care-{name}-{size[0]}x{size[1]}.png"))
     w.resize(1280, 800)
+
+
+def test_watch_updates_become_short_status_lines(qtbot, tmp_path):
+    from types import SimpleNamespace
+
+    from PySide6.QtCore import QSettings
+
+    from clipdesk.indexer.pipeline import IndexReport
+    from clipdesk.ui.views.watching import FolderWatch, describe
+    from clipdesk.watch import WatchUpdate
+
+    assert describe(IndexReport(added=3)) == "3 new photos"
+    assert describe(IndexReport(added=1, removed=2)) == "1 new photo, 2 removed"
+    assert describe(IndexReport(moved=4, failed=1)) == "4 photos moved, 1 unreadable"
+    assert describe(IndexReport(unchanged=9)) == ""
+    fw = FolderWatch(SimpleNamespace(lib=None), QSettings(str(tmp_path / "s.ini"), QSettings.Format.IniFormat))
+    fw.watcher = object()  # as if running
+    lines, changes = [], []
+    fw.message.connect(lines.append)
+    fw.changed.connect(lambda: changes.append(1))
+    for u in (WatchUpdate("error", message="locked"), WatchUpdate("error", message="locked"),
+              WatchUpdate("refresh", report=IndexReport(unchanged=5)),
+              WatchUpdate("refresh", report=IndexReport(added=2)), WatchUpdate("error", message="locked")):
+        fw._on_update(u)
+    assert lines == ["Watching folders: locked (will retry)", "2 new photos", "Watching folders: locked (will retry)"]
+    assert changes == [1]  # only the batch that changed something refreshes the views
+    fw.watcher = None
+    fw.close()

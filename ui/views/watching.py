@@ -52,6 +52,7 @@ class FolderWatch(QObject):
         self.watcher: LibraryWatcher | None = None
         self._helper = ThreadPoolExecutor(max_workers=1, thread_name_prefix="clipdesk-watch-control")
         self._closed = False
+        self._last_error = ""  # a failing batch is retried every few seconds: said once
         self.toggle = QCheckBox("Watch folders")
         self.toggle.setObjectName("watchFolders")
         self.toggle.setToolTip("Watch folders for changes: new, changed, moved and deleted photos appear "
@@ -117,11 +118,13 @@ class FolderWatch(QObject):
         if self._closed or self.watcher is None:
             return
         if u.kind in ("refresh", "rescan") and u.report is not None:
+            self._last_error = ""
             what = describe(u.report)
             if what:
                 self.message.emit(what)
                 self.changed.emit()
-        elif u.kind == "error":
+        elif u.kind == "error" and u.message != self._last_error:
+            self._last_error = u.message
             self.message.emit(f"Watching folders: {u.message} (will retry)")
         elif u.kind == "mode" and ("no file events" in u.message or "lost" in u.message):
             self.message.emit(u.message)
