@@ -330,3 +330,26 @@ def test_watch_updates_become_short_status_lines(qtbot, tmp_path):
     assert changes == [1]  # only the batch that changed something refreshes the views
     fw.watcher = None
     fw.close()
+
+
+def test_a_watcher_that_cannot_start_says_so_once(qtbot, tmp_path, monkeypatch):
+    from types import SimpleNamespace
+
+    from PySide6.QtCore import QSettings
+
+    from clipdesk.ui.views.watching import FolderWatch
+    from clipdesk.watch import LibraryWatcher
+
+    def refuse(self):
+        raise OSError(24, "inotify instance limit reached")
+
+    monkeypatch.setattr(LibraryWatcher, "start", refuse)
+    lib = SimpleNamespace(folder=str(tmp_path / "lib"), catalog=SimpleNamespace(folders=lambda: [str(tmp_path)]))
+    fw = FolderWatch(SimpleNamespace(lib=lib), QSettings(str(tmp_path / "s.ini"), QSettings.Format.IniFormat))
+    lines = []
+    fw.message.connect(lines.append)
+    fw.sync()
+    until(lambda: lines, what="the message")
+    assert fw.watcher is None and lines == [
+        "Cannot watch the library's folders (inotify instance limit reached); rescan to catch up with changes."]
+    fw.close()

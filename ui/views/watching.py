@@ -91,9 +91,23 @@ class FolderWatch(QObject):
                 return
             self.watcher = LibraryWatcher(self.ctx.lib, self._update.emit, debounce=self.debounce,
                                           max_delay=MAX_DELAY)
-            self._helper.submit(self.watcher.start)
+            self._helper.submit(self._start, self.watcher)
         else:
             self._helper.submit(self.watcher.sync_folders)
+
+    def _start(self, watcher: LibraryWatcher) -> None:
+        """On the helper thread: start, or say why watching is not possible (e.g. the system's
+        limit of inotify instances) and leave the app as it was, without watching."""
+        try:
+            watcher.start()
+        except Exception as e:  # noqa: BLE001 - watchdog raises OSError or its own errors
+            try:
+                watcher.stop(timeout=5)
+            except Exception:  # noqa: BLE001, S110 - threads that never started have nothing to stop
+                pass
+            why = e.strerror if isinstance(e, OSError) and e.strerror else str(e)
+            self._update.emit(WatchUpdate("stopped", message=f"Cannot watch the library's folders ({why}); "
+                                          "rescan to catch up with changes."))
 
     def stop(self, wait: bool = True) -> None:
         """Stop watching; ``wait``: until its threads have ended (closing the window)."""
@@ -116,6 +130,10 @@ class FolderWatch(QObject):
     # ------------------------------------------------------------------ updates
     def _on_update(self, u: WatchUpdate) -> None:
         if self._closed or self.watcher is None:
+            return
+        if u.kind == "stopped":
+            self.watcher = None
+            self.message.emit(u.message)
             return
         if u.kind in ("refresh", "rescan") and u.report is not None:
             self._last_error = ""
