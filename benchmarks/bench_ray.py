@@ -46,6 +46,34 @@ def vectors(folder: Path) -> dict[str, np.ndarray]:
         conn.close()
 
 
+def descendants_cpu_seconds() -> float:
+    """CPU seconds of this process's live descendants (Ray's raylet and workers are not waited
+    for, so the rusage of children, which benchmeta counts as this run's own, misses them). A
+    lower bound: workers that exited and were not reaped by their raylet are not counted, so
+    the "under load" flag errs on the side of flagging."""
+    parent: dict[int, int] = {}
+    cpu: dict[int, float] = {}
+    tick = os.sysconf("SC_CLK_TCK")
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        parent[int(entry)] = int(fields[1])
+        cpu[int(entry)] = sum(int(x) for x in fields[11:15]) / tick  # utime stime cutime cstime
+    me, total = os.getpid(), 0.0
+    for pid in parent:
+        p = pid
+        while p > 1 and p != me:
+            p = parent.get(p, 0)
+        if p == me and pid != me:
+            total += cpu[pid]
+    return total
+
+
 def run(photos: Path, lib_dir: Path, engine_args: dict | None) -> dict:
     """One ``index`` into a fresh library: job and steady rates."""
     from clipdesk.library import Library
@@ -94,6 +122,7 @@ def main(n: int, rounds: int = 2) -> dict:
                     for name, args in configs.items():
                         runs[name].append(run(photos, work / f"{name}-{r}", args))
             finally:
+                ray_cpu = descendants_cpu_seconds()
                 ray.shutdown()
         local = vectors(work / "local-0")
         for name, rs in runs.items():
@@ -109,7 +138,10 @@ def main(n: int, rounds: int = 2) -> dict:
                 row["same_paths_as_local"] = sorted(other) == sorted(local)
                 row["max_abs_vector_diff_vs_local"] = float(max(
                     (np.abs(other[p] - v).max() for p, v in local.items() if p in other), default=float("nan")))
-        out.update(watch.meta())
+        # Ray's processes worked for this benchmark: they are not "other processes".
+        others = None if watch.others_cores is None else max(0.0, watch.others_cores - ray_cpu / watch.seconds)
+        out["ray_processes_cpu_s"] = round(ray_cpu, 1)
+        out.update(benchmeta.flag_if_loaded({"machine": benchmeta.machine()}, watch.before, watch.after, others))
     finally:
         shutil.rmtree(work, ignore_errors=True)
     return out
