@@ -45,13 +45,13 @@ SETS = [HERE.parent.parent / "shared" / "data" / "fewshot-proxy.npz",
 def markdown(res: dict) -> list[str]:
     title = res["file"] + (f", {res['half']} half" if res.get("half") else "")
     lines = [f"**{title}** ({res['seeds']} seeds; ± = seed-to-seed s.d. of the probe)", "",
-             "| K (classes) | zero-shot | logreg | probe | probe − zs | target | met | ECE probe | ECE logreg |"
+             "| K (classes) | zero-shot | logreg | probe | probe − zs | target | met | ECE probe | mean confidence | ECE logreg |"
              + (" corrections k=10: before → after (random k) |" if res.get("corrections") else ""),
-             "|---|---|---|---|---|---|---|---|---|" + ("---|" if res.get("corrections") else "")]
+             "|---|---|---|---|---|---|---|---|---|---|" + ("---|" if res.get("corrections") else "")]
     for k, v in res["K"].items():
         row = (f"| {k} ({v['classes']}) | {v['zeroshot']:.4f} | {v['logreg']:.4f} | {v['probe']:.4f} ± {v['sd']['probe']:.3f}"
                f" | {v['probe'] - v['zeroshot']:+.4f} | {v['target']:.4f} | {'yes' if v['meets_target'] else '**no**'}"
-               f" | {v['ece']['probe']:.3f} | {v['ece']['logreg']:.3f} |")
+               f" | {v['ece']['probe']:.3f} | {v['confidence']:.3f} | {v['ece']['logreg']:.3f} |")
         if "corrections" in v:
             c = v["corrections"]
             row += f" {c['before']:.4f} → {c['after']:.4f} ({c['random']:.4f}) |"

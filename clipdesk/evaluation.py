@@ -6,7 +6,8 @@ Protocol (shared/data/README.md): for K in 1, 2, 4, 8, 16, 32, draw K training i
 random from classes with at least K + 2 items (the others sit that K out; a K with fewer than two
 such classes is skipped), test on every remaining item of those classes; mean top-1 accuracy over
 seeds 0..seeds-1 with ``numpy.random.default_rng(seed)``. Per K it also reports the expected
-calibration error (ECE, 15 bins) of the probe's probabilities on the test items, and the
+calibration error (ECE, 15 bins) of the probe's probabilities on the test items and their mean
+top probability (below the accuracy: modest; above: overconfident), and the
 *corrections* protocol: the test items are split in two (a review pool and a held-out half); after
 the first fit the ``corrections`` most confident mistakes in the pool are labelled with their true
 class and the probe is refit; accuracy on the held-out half before and after, next to adding as
@@ -160,6 +161,7 @@ def eval_fewshot(path: str, seeds: int = 50, shots=SHOTS, corrections: int = 10,
             continue
         acc: dict[str, list[float]] = {"zeroshot": [], "logreg": [], "probe": []}
         ece: dict[str, list[float]] = {"probe": [], "logreg": []}
+        confidence: list[float] = []
         corr: list[tuple] = []
         keep = None
         for seed in range(seeds):
@@ -177,6 +179,7 @@ def eval_fewshot(path: str, seeds: int = 50, shots=SHOTS, corrections: int = 10,
             p = probe.probabilities(X[test])
             acc["probe"].append(float(np.mean(p.argmax(1) == yte)))
             ece["probe"].append(expected_calibration_error(p, yte))
+            confidence.append(float(p.max(1).mean()))
             if corrections:
                 rng = np.random.default_rng([seed, K])
                 order = rng.permutation(len(test))
@@ -193,6 +196,7 @@ def eval_fewshot(path: str, seeds: int = 50, shots=SHOTS, corrections: int = 10,
         row["sd"]["probe_minus_best"] = round(float(np.std(
             np.array(acc["probe"]) - np.maximum(acc["zeroshot"], acc["logreg"]))), 4)
         row["ece"] = {m: round(float(np.mean(v)), 4) for m, v in ece.items()}
+        row["confidence"] = round(float(np.mean(confidence)), 4)  # the probe's mean top probability
         row["target"] = round(targets(K, row["zeroshot"], row["logreg"]), 4)
         row["meets_target"] = bool(row["probe"] >= row["target"])
         if corrections:
@@ -307,7 +311,7 @@ def fewshot_table(res: dict) -> list[str]:
     title = (f"{res['file']}{' (' + res['half'] + ' half)' if res.get('half') else ''}: "
              f"mean of {res['seeds']} seeds (± seed-to-seed s.d. of the probe)")
     header = (f"{'K':>3} {'classes':>7} {'zero-shot':>9} {'logreg':>7} {'probe':>14} {'Δzs':>7} {'target':>7}"
-              f" {'ECE':>6} {'lr ECE':>6}")
+              f" {'ECE':>6} {'conf':>6} {'lr ECE':>6}")
     if res.get("corrections"):
         header += f"  corrections (k={res['corrections']}): before → after (random)"
     lines = [title, header]
@@ -315,7 +319,7 @@ def fewshot_table(res: dict) -> list[str]:
         line = (f"{k:>3} {v['classes']:>7} {v['zeroshot']:>9.3f} {v['logreg']:>7.3f} "
                 f"{v['probe']:>7.3f} ±{v['sd']['probe']:.3f} {v['probe'] - v['zeroshot']:>+7.3f} "
                 f"{v['target']:>6.3f}{'' if v['meets_target'] else '✗'}{' ' if v['meets_target'] else ''}"
-                f"{v['ece']['probe']:>6.3f} {v['ece']['logreg']:>6.3f}")
+                f"{v['ece']['probe']:>6.3f} {v['confidence']:>6.3f} {v['ece']['logreg']:>6.3f}")
         if "corrections" in v:
             c = v["corrections"]
             line += f"  {c['before']:.3f} → {c['after']:.3f} ({c['random']:.3f})"

@@ -54,6 +54,7 @@ def test_fewshot_eval_on_synthetic_file(tmp_path):
         assert row["classes"] == 5
         assert all(0 <= row[m] <= 1 for m in ("zeroshot", "logreg", "probe"))
         assert all(0 <= row["ece"][m] <= 1 for m in ("probe", "logreg"))
+        assert 1 / row["classes"] <= row["confidence"] <= 1
         c = row["corrections"]
         assert all(0 <= c[m] <= 1 for m in ("before", "after", "random")) and 0 <= c["corrected"] <= 4
         assert row["target"] == pytest.approx(targets(int(k), row["zeroshot"], row["logreg"]), abs=1e-4)
