@@ -341,7 +341,7 @@ def load_encoder(
         precision = choose_precision(spec, model, device, say)
     if precision == "int8" and not text_only:
         int8 = Int8Visual.build(spec, model, say)
-        if int8 is None:  # ONNX Runtime missing (or its export failed): the next best
+        if int8 is None:  # ONNX Runtime missing, or its export failed: fp32 always works
             precision = "fp32"
     encoder = Encoder(spec, model, tokenizer, device, precision, text_only)
     if precision == "int8" and not text_only:

@@ -24,6 +24,7 @@ import threading
 import warnings
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import nullcontext
 from dataclasses import dataclass
 from typing import Any
 
@@ -165,7 +166,7 @@ class GpuJpegDecoder:
             return []
         if self._cuda and self._stream is None:
             self._stream = torch.cuda.Stream(self.device)
-        ctx = torch.cuda.stream(self._stream) if self._cuda else _nothing()
+        ctx = torch.cuda.stream(self._stream) if self._cuda else nullcontext()
         with ctx, torch.inference_mode():
             datas = self._stage(jpegs)
             try:
@@ -195,14 +196,6 @@ class GpuJpegDecoder:
                     if not isinstance(x, Exception):
                         x.record_stream(model_stream)
         return out
-
-
-class _nothing:
-    def __enter__(self):
-        return None
-
-    def __exit__(self, *exc):
-        return False
 
 
 @dataclass
