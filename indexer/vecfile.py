@@ -6,11 +6,13 @@ is a sequential read of 1 KB per photo, mapped a block at a time. Like ``vectors
 is a derived cache of the catalog, never the source of truth:
 
 - it records the catalog generation it reflects; a reader overlays the catalog's changes since
-  then (:meth:`VectorFile.chunks`), a writer patches the file in place (:func:`sync`);
+  then (:func:`overlay`, :func:`chunks`), a writer (the library's lock holder) patches the file in
+  place (:func:`sync`) and writes the header last;
 - it is untrusted input: opened without following a symbolic link, every size in its header is
   checked against the file's real size before anything is mapped, the header and the id array
   carry digests, and every block of vectors a CRC checked as it is read. Anything wrong means
-  "rebuild from the catalog" (writers) or "read the catalog instead" (readers).
+  "rebuild from the catalog" (writers) or "read the catalog instead" (readers). A block a writer
+  patches while a reader in another process maps it fails its CRC the same way.
 
 Layout (little-endian)::
 

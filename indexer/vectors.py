@@ -5,8 +5,8 @@ library's size: exact search (``IndexIDMap2`` over ``IndexFlatIP``) up to ``EXAC
 where one query costs a few milliseconds; above it an inverted-file index with 8-bit scalar
 quantisation (``IndexIVFScalarQuantizer``), a quarter of the memory, whose ``nprobe`` is chosen at
 build time as the smallest that reaches ``TARGET_RECALL`` recall@10 against exact search; above
-``COMPRESS_LIMIT`` an inverted file of product-quantised codes (``IndexIVFPQ``, 8 dimensions per
-byte: 72 bytes per photo with its id, so 10M photos take 0.7 GB), whose shortlist the caller
+``COMPRESS_LIMIT`` an inverted file of product-quantised codes (``IndexIVFPQ``, 4 dimensions per
+byte: 136 bytes per photo with its id, so 10M photos take 1.4 GB), whose shortlist the caller
 re-ranks with the exact vectors (the memory-mapped vector file). Where the installed FAISS sees a
 GPU (faiss-gpu), approximate indexes are trained, filled and searched on it (:func:`gpu_count`).
 
@@ -39,6 +39,10 @@ if TYPE_CHECKING:
 EXACT_LIMIT = 50_000
 COMPRESS_LIMIT = 2_000_000  # IVF-SQ8 takes 520 bytes per photo (1 GB at 2M); IVF-PQ 72
 TARGET_RECALL = 0.95
+# 4 dimensions per one-byte code: 136 bytes per photo with its id at 512-d (1.4 GB at 10M). With 8
+# (72 bytes) the codes blurred tight clusters of photos so much that a 5M library's exact top-10
+# fell out of any affordable shortlist (recall@10 0.6 for photo-like queries at full probing).
+PQ_DIMS_PER_BYTE = 4
 GPU_MIN = 100_000  # vectors from which a GPU, where there is one, trains and searches the index
 _MAGIC = b"CLIPDESK-VECTORS-2\n"  # 2: a digest follows the index
 
@@ -80,7 +84,7 @@ class VectorStore:
     def shortlist(self, want: int) -> int:
         """How many candidates to fetch for ``want`` results that the caller re-ranks exactly:
         product-quantised scores blur far more than 8-bit ones."""
-        return max(10 * want, 400) if self.kind == "ivf-pq" else max(4 * want, 100)
+        return max(50 * want, 1000) if self.kind == "ivf-pq" else max(4 * want, 100)
 
     @property
     def is_approximate(self) -> bool:
@@ -167,9 +171,10 @@ class VectorStore:
                    pq: bool = False) -> VectorStore:
         quantizer = faiss.IndexFlatIP(dim)
         if pq:
-            # Fewer, larger lists than for SQ8: training and assigning cost nlist per vector, and
-            # the shortlist is re-ranked exactly anyway. 8 dimensions per one-byte code.
-            nlist = int(np.clip(np.sqrt(total), 16, 4096))
+            # Fewer, larger lists than for SQ8 (sqrt(n)/2: 1,118 at 5M): training and assigning
+            # cost nlist products per vector (minutes on 2 cores at 5M), a list scanned costs one
+            # table lookup per byte of code, and the shortlist is re-ranked exactly anyway.
+            nlist = int(np.clip(np.sqrt(total) / 2, 16, 4096))
             index = faiss.IndexIVFPQ(quantizer, dim, nlist, _pq_bytes(dim), 8, faiss.METRIC_INNER_PRODUCT)
             sample_size = min(total, max(40 * nlist, 39 * 256 + 16))  # PQ's 256 centroids need ~10k points
         else:
@@ -217,10 +222,12 @@ class VectorStore:
 
     def _tune_shortlist(self, queries: np.ndarray, truth: np.ndarray, k: int = 10) -> int:
         """Smallest nprobe (doubling) whose shortlist holds the exact top-``k`` (``truth``, found
-        while the index was filled) at ``TARGET_RECALL`` plus a margin: that is recall@k once the
-        caller re-ranks the shortlist with the exact vectors."""
+        while the index was filled) at ``TARGET_RECALL`` plus a margin, that is recall@k once the
+        caller re-ranks the shortlist with the exact vectors; or, where the codes' error rather
+        than the probing limits recall, the nprobe after which doubling gains less than 1 %
+        (each doubling doubles the time of a query)."""
         nlist = self.index.nlist
-        nprobe = 1
+        nprobe, last = 1, -1.0
         while nprobe < nlist:
             self.nprobe = nprobe
             self._apply_nprobe()
@@ -228,6 +235,9 @@ class VectorStore:
             recall = np.mean([len(set(t) & set(f)) / k for t, f in zip(truth.tolist(), found.tolist())])
             if recall >= TARGET_RECALL + 0.03:
                 break
+            if recall - last < 0.01:
+                return max(1, nprobe // 2)
+            last = recall
             nprobe *= 2
         return min(nprobe, nlist)
 
@@ -488,8 +498,9 @@ def _to_gpu(index: faiss.Index):
 
 
 def _pq_bytes(dim: int) -> int:
-    """Sub-quantizers (one byte each): 8 dimensions each, fewer where 8 does not divide ``dim``."""
-    for m in range(max(1, dim // 8), 0, -1):
+    """Sub-quantizers (one byte each): one per ``PQ_DIMS_PER_BYTE`` dimensions (fewer where that
+    does not divide ``dim``)."""
+    for m in range(max(1, dim // PQ_DIMS_PER_BYTE), 0, -1):
         if dim % m == 0:
             return m
     return 1

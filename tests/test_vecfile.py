@@ -275,7 +275,7 @@ def exact_top(queries, vecs, k=10):
     return np.argsort(-(queries @ vecs.T), axis=1)[:, :k] + 1
 
 
-PQ_DIM = 16  # 2 one-byte codes per vector: PQ training (256 centroids per code) stays quick
+PQ_DIM = 8  # a few one-byte codes per vector: PQ training (256 centroids per code) stays quick
 
 
 def pq_chunks(vecs):
@@ -291,7 +291,7 @@ def pq_store():
 
 def test_above_the_threshold_the_index_is_product_quantised_with_exact_reranking(pq_store, tmp_path):
     store, vecs, rng = pq_store
-    assert store.kind == "ivf-pq" and store.index.code_size == PQ_DIM // 8
+    assert store.kind == "ivf-pq" and store.index.code_size == PQ_DIM // vectors_mod.PQ_DIMS_PER_BYTE
     near = vecs[rng.choice(len(vecs), 60)] + 0.5 / np.sqrt(PQ_DIM) * rng.standard_normal((60, PQ_DIM)).astype(np.float32)
     queries = np.vstack([near, unit(rng, 40, PQ_DIM)])
     queries /= np.linalg.norm(queries, axis=1, keepdims=True)
