@@ -434,8 +434,9 @@ def test_no_pickle_and_safe_torch_load():
             if "torch.load(" in line:
                 assert "weights_only=True" in line, (p, line)
         assert "shell=True" not in text and "os.system(" not in text, p
-        # Network access only where the model's one-time download lives (its offline check).
-        if p.name != "models.py":
+        # Network access only where the model's one-time download lives (its offline check) and
+        # where the Ray engine checks that a cluster's address answers before handing it to Ray.
+        if p.name not in ("models.py", "ray_engine.py"):
             assert "import socket" not in text and "from socket" not in text, p
 
 
