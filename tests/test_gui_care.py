@@ -353,3 +353,22 @@ def test_a_watcher_that_cannot_start_says_so_once(qtbot, tmp_path, monkeypatch):
     assert fw.watcher is None and lines == [
         "Cannot watch the library's folders (inotify instance limit reached); rescan to catch up with changes."]
     fw.close()
+
+
+def test_switching_library_watches_the_new_one(window, photos, tmp_path):
+    from clipdesk.library import Library
+
+    until(lambda: window.watch.watcher is not None and str(photos) in window.watch.watcher.modes,
+          what="the first library watched")
+    first = window.watch.watcher
+    other = tmp_path / "other-photos"
+    make_photo(other / "x.jpg", (10, 10, 240), pattern=90)
+    lib = Library(str(tmp_path / "lib2"), model="test-tiny")
+    lib.index([str(other)])
+    lib.close()
+    assert window.switch_library(str(tmp_path / "lib2"))
+    until(lambda: window.watch.watcher is not None and window.watch.watcher is not first
+          and list(window.watch.watcher.modes) == [str(other)], what="the new library watched")
+    assert first._worker is None  # the old watcher's threads ended
+    make_photo(other / "y.jpg", (240, 10, 10), pattern=91)
+    until(lambda: window.lib.catalog.id_for_path(str(other / "y.jpg")) is not None, what="a new photo in the new library")
