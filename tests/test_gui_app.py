@@ -146,7 +146,7 @@ def test_train_apply_review_accept_reject_retrain(window):
     until(lambda: len(window.buckets["Ben"].paths()) == 2)
     assert not t.accept_button.isEnabled()  # nothing applied yet: nothing to accept
     QTest.mouseClick(t.train_button, Qt.MouseButton.LeftButton)
-    until(lambda: "accuracy" in t.train_result.text(), what="training")
+    until(lambda: t.train_result.text().startswith("Trained on"), what="training")
     QTest.mouseClick(t.apply_button, Qt.MouseButton.LeftButton)
     until(lambda: t.predictions, what="apply")
     labelled = window.labels.labelled_paths()

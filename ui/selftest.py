@@ -205,7 +205,7 @@ def run_selftest(app: QApplication, outdir: str, model: str = "test-tiny", libra
     def train() -> None:
         teach = win.teach_view
         teach.train_button.click()
-        wait_until(lambda: teach.train_button.isEnabled() and "accuracy" in teach.train_result.text(), 60, "training")
+        wait_until(lambda: teach.train_button.isEnabled() and teach.train_result.text().startswith("Trained on"), 60, "training")
 
     def apply() -> None:
         teach = win.teach_view
