@@ -145,12 +145,14 @@ def _decode_one(file: ScannedFile, embedder: ImageEmbedder, budget: PixelBudget)
 
 
 def embed_locally(files: Sequence[ScannedFile], embedder: ImageEmbedder, batch_size: int = 32,
-                  workers: int | None = None, prefetch_batches: int = 3) -> Iterator[list[Embedded]]:
+                  workers: int | None = None, prefetch_batches: int = 3,
+                  budget: PixelBudget | None = None) -> Iterator[list[Embedded]]:
     """Decode ``files`` ahead in a thread pool (Pillow releases the GIL) within a shared pixel
     budget, embed them batch by batch. The local engine, and what each cluster worker runs.
     When the model runs on CUDA, the GPU decodes JPEGs beside the threads (:mod:`gpu_decode`);
-    without CUDA nothing changes."""
-    budget = PixelBudget()  # memory bound of decoding, whatever the number of workers
+    without CUDA nothing changes. ``budget``: one shared by calls running at once (a cluster
+    worker's), else a new one."""
+    budget = budget or PixelBudget()  # memory bound of decoding, whatever the number of workers
     workers = workers or max(1, os.cpu_count() or 1)
     # The one branch between CPU decoding and GPU decoding beside it (None without CUDA).
     hybrid = gpu_decode.for_embedder(embedder, workers) if files else None

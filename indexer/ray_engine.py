@@ -25,6 +25,7 @@ from collections.abc import Callable, Iterator
 import numpy as np
 from PIL import Image
 
+from .decode import PixelBudget
 from .errors import ClipdeskError
 from .pipeline import Embedded, ImageEmbedder, embed_locally
 from .scan import ScannedFile
@@ -63,6 +64,7 @@ class _EmbedWorker:
     def __init__(self, embedder_factory: Callable[[], ImageEmbedder], batch_size: int, threads: int):
         self.batch_size = batch_size
         self.threads = threads
+        self.budget = PixelBudget()  # one decoding memory bound for the calls that run at once
         self.broken = ""
         try:
             self.embedder = embedder_factory()
@@ -78,7 +80,8 @@ class _EmbedWorker:
         if self.broken:
             return {"i": np.asarray(batch["i"], np.int64)[:1], "broken": np.array([self.broken], object)}
         files = [ScannedFile(os.fsdecode(bytes(p)), 0, int(m)) for p, m in zip(batch["path"], batch["mtime_ns"])]
-        done = [e for part in embed_locally(files, self.embedder, self.batch_size, self.threads) for e in part]
+        done = [e for part in embed_locally(files, self.embedder, self.batch_size, self.threads, budget=self.budget)
+                for e in part]
         n = len(done)
         ok = np.array([e.failure is None for e in done], bool)
         vectors = np.zeros((n, self.dim), np.float32)
