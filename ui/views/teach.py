@@ -195,7 +195,7 @@ class TeachView(QWidget):
             return
         self.concept = earlier.labels[0] if len(earlier.labels) == 1 else None
         self.train_result.setProperty("muted", "false")
-        self.train_result.setText(f"Trained earlier (right on {earlier.cv_accuracy:.0%} of held-out examples): "
+        self.train_result.setText(f"Trained earlier (accuracy {earlier.cv_accuracy:.0%} on held-out examples): "
                                   "Apply labels the library, or train again.")
         self.apply_button.setEnabled(True)
 
@@ -279,7 +279,7 @@ class TeachView(QWidget):
         self.ctx.resolved.emit("teach")
         self.concept = r.labels[0] if len(r.labels) == 1 else None
         self.train_result.setText(
-            f"Trained on {r.examples} photos: right on {r.cv_accuracy:.0%} of examples held out of training "
+            f"Trained on {r.examples} photos: accuracy {r.cv_accuracy:.0%} on examples held out of training "
             f"(cross-validated; zero-shot would get {r.zeroshot_accuracy:.0%}).")
         self.apply_button.setEnabled(True)
         self.trained.emit()
