@@ -255,6 +255,29 @@ def test_workers_fit_the_cluster_and_gpus_are_asked_only_of_a_cluster_with_them(
         RayEngine(lambda: None, gpus_per_worker=-1)
 
 
+class _Stop(Exception):
+    pass
+
+
+def test_gpu_workers_reserve_their_gpus(cluster, monkeypatch, tmp_path):
+    """The GPU path up to Ray, on a cluster without GPUs: Ray's resources and the dataset's
+    map_batches are mocked at their boundary (no GPU is available to these tests)."""
+    asked = {}
+
+    def map_batches(self, fn, **kwargs):
+        asked.update(kwargs, fn=fn)
+        raise _Stop
+
+    monkeypatch.setattr(ray, "cluster_resources", lambda: {"CPU": 16.0, "GPU": 2.0})
+    monkeypatch.setattr(ray.data.Dataset, "map_batches", map_batches)
+    engine = RayEngine(lambda: None, cluster, gpus_per_worker=1, cpus_per_worker=4)
+    with pytest.raises(_Stop):
+        next(engine([ScannedFile(str(tmp_path / f"{i}.jpg"), 1, 0) for i in range(10)], 4))
+    assert (asked["num_gpus"], asked["num_cpus"]) == (1, 4)  # each model worker holds a GPU
+    assert asked["compute"].max_size == 2  # one worker per GPU, though the CPUs fit four
+    assert asked["fn_constructor_args"][1:] == (4, 4)  # batch size, decoding threads
+
+
 def test_a_bad_or_silent_address_is_one_clear_error(tmp_path):
     with pytest.raises(ClusterError, match="not auto, HOST:PORT"):
         RayEngine(lambda: None, "nonsense")
