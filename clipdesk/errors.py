@@ -34,3 +34,8 @@ class QueryError(ClipdeskError):
 
 class ProbeError(ClipdeskError):
     """A probe that cannot be trained (no examples) or is not found."""
+
+
+class ClusterError(ClipdeskError):
+    """The cluster could not be reached or used (Ray missing, no cluster at the address, a job
+    that failed on the workers). What was committed before stays."""

@@ -484,7 +484,7 @@ class Library:
         precision rule, its own device). Needs ``clipdesk[cluster]``."""
         from functools import partial
 
-        from clipdesk.indexer.ray_engine import RayEngine
+        from clipdesk.cluster import RayEngine
 
         return RayEngine(partial(load_encoder, self.spec, self.device, self.precision), address,
                          gpus_per_worker, cpus_per_worker, workers)

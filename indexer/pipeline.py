@@ -120,7 +120,7 @@ class Embedded:
 
 class EmbedEngine(Protocol):
     """Where the work list is decoded and embedded: in this process (the default) or elsewhere (a
-    cluster, :mod:`ray_engine`). Batches come back in any order; the pipeline commits each one."""
+    cluster, :mod:`clipdesk.cluster`). Batches come back in any order; the pipeline commits each one."""
 
     def __call__(self, files: list[ScannedFile], batch_size: int) -> Iterator[list[Embedded]]:
         """Yield every file of ``files`` once, in batches of about ``batch_size``. Closing the

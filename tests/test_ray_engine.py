@@ -25,7 +25,8 @@ import numpy as np
 import pytest
 import ray
 
-from clipdesk.indexer.ray_engine import ClusterError, RayEngine
+from clipdesk.cluster import RayEngine
+from clipdesk.errors import ClusterError
 from clipdesk.indexer.scan import ScannedFile
 from clipdesk.library import Library
 from conftest import catalog_rows, make_photo
@@ -142,7 +143,7 @@ def test_cluster_library_is_the_local_library_though_a_worker_died(cluster, fold
 
 DRIVER = r"""
 import os, sys, time
-from clipdesk.indexer import ray_engine
+from clipdesk import cluster as ray_engine
 
 class Slow:  # defined in __main__, so Ray ships it by value
     def __init__(self, factory):

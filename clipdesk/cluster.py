@@ -9,7 +9,7 @@ of a worker that died) is committed once.
 The workers run :func:`pipeline.embed_locally`, the local engine itself, on their share of the
 files: same decoders, same pixel budget, same model. The model comes from ``embedder_factory``, a
 picklable callable (the core passes ``functools.partial(load_encoder, spec, ...)``) that each
-actor calls once; so this module needs no model code. Workers read the files by the paths the
+actor calls once; so this module needs no model code and the workers import only the indexer. Workers read the files by the paths the
 driver sees: the photos must be at the same paths on every node (a shared mount).
 
 Ray is an optional dependency (``pip install 'clipdesk[cluster]'``), imported only when a job
@@ -25,10 +25,10 @@ from collections.abc import Callable, Iterator
 import numpy as np
 from PIL import Image
 
-from .decode import PixelBudget
-from .errors import ClipdeskError
-from .pipeline import Embedded, ImageEmbedder, embed_locally
-from .scan import ScannedFile
+from clipdesk.errors import ClipdeskError, ClusterError
+from clipdesk.indexer.decode import PixelBudget
+from clipdesk.indexer.pipeline import Embedded, ImageEmbedder, embed_locally
+from clipdesk.indexer.scan import ScannedFile
 
 # Files per Ray task, in model batches: a task's results reach the driver (progress, commits) when
 # it ends, and are what a worker redoes when it dies. Two tasks run at once in each worker, so one
@@ -36,11 +36,6 @@ from .scan import ScannedFile
 BATCHES_PER_TASK = 2
 INSTALL_HINT = "pip install 'clipdesk[cluster]'"
 CONNECT_SECONDS = 5.0
-
-
-class ClusterError(ClipdeskError):
-    """The cluster could not be reached or used (Ray missing, no cluster at the address, a job
-    that failed on the workers). What was committed before stays."""
 
 
 def _ray():
