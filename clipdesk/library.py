@@ -561,7 +561,7 @@ class Library:
                after: float | None = None, before: float | None = None, min_score: float | None = None,
                sort: str = "score", exclude: Iterable[int] = ()) -> list[SearchResult]:
         """Top-``k`` images for a query string or a (dim,) query vector, best first (or by date)."""
-        if isinstance(query, str) and self.catalog.vector_count() == 0:
+        if isinstance(query, str) and not self.catalog.has_vectors():
             parse_query(query)  # a malformed query is still reported; no model load for nothing
             return []
         q = self.query_vector(query) if isinstance(query, str) else np.asarray(query, np.float32)

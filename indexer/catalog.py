@@ -526,6 +526,10 @@ class Catalog:
     def vector_count(self) -> int:
         return self._query("SELECT count(*) FROM images WHERE vector IS NOT NULL")[0][0]
 
+    def has_vectors(self) -> bool:
+        """Whether any image is embedded (one row read; a count costs 0.6 s at 5M photos)."""
+        return bool(self._query("SELECT 1 FROM images WHERE vector IS NOT NULL LIMIT 1"))
+
     def vector_bound(self) -> int:
         """The most vectors an honest vector cache can hold: today's, plus those deleted since
         the oldest generation still recorded (a cache may lag behind the catalog)."""
