@@ -37,7 +37,7 @@ if TYPE_CHECKING:
     from .catalog import Catalog
 
 EXACT_LIMIT = 50_000
-COMPRESS_LIMIT = 2_000_000  # IVF-SQ8 takes 520 bytes per photo (1 GB at 2M); IVF-PQ 72
+COMPRESS_LIMIT = 2_000_000  # IVF-SQ8 takes 520 bytes per photo (1 GB at 2M); IVF-PQ 136
 TARGET_RECALL = 0.95
 # Recall@10 a product-quantised index is tuned to (issue 15's 0.9 plus a margin). Each doubling of
 # nprobe doubles a query's time; at 5M, reaching 0.98 took 512 of 1,118 lists (p50 0.5 s).
@@ -135,7 +135,8 @@ class VectorStore:
             # A query far from the library's photos may land in sparse lists: probe more lists
             # until k results are found, rather than return fewer than asked for.
             nprobe = max(1, self.index.nprobe)
-            gpu = self._gpu_index() if sel is None else None  # GPU indexes take no id selector
+            # GPU indexes take no id selector, and return at most 2,048 results per query.
+            gpu = self._gpu_index() if sel is None and k <= 2048 else None
             while True:
                 if gpu is not None:
                     gpu.nprobe = nprobe

@@ -372,10 +372,11 @@ def test_with_a_gpu_large_indexes_are_trained_and_searched_there(pq_store, monke
     queries = unit(np.random.default_rng(9), 20, PQ_DIM)
     assert on_gpu.nprobe == cpu.nprobe
     np.testing.assert_array_equal(on_gpu.search(queries, 50)[1], cpu.search(queries, 50)[1])
-    # A search with an id subset stays on the CPU (GPU indexes take no id selector).
-    n = len(gpu.calls)
+    # A search with an id subset, or for more than 2,048 results, stays on the CPU.
+    on_gpu._gpu = None
     on_gpu.search(queries, 5, subset=np.arange(1, 100))
-    assert len(gpu.calls) == n
+    on_gpu.search(queries, 3000)
+    assert on_gpu._gpu is None
     # After a change the GPU copy is made again before the next search.
     on_gpu.add(np.array([20_000]), vecs[:1])
     on_gpu.search(queries, 5)
