@@ -249,7 +249,9 @@ def bench_indexing(n: int = 300) -> dict:
         # M: model only, batches of 32, in the precision the app picked; fp32 the same way
         dtypes = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
         models = {"fp32": (ref.model, torch.float32)}
-        if enc.precision != "fp32":
+        if enc.int8 is not None:
+            models["int8"] = lambda x: torch.from_numpy(enc.int8(x.numpy()))
+        elif enc.precision != "fp32":
             models[enc.precision] = (enc.model, dtypes[enc.precision])
         rates = model_rates(models, size=enc.image_size)
         M, fp32_rate = rates[enc.precision]["median"], rates["fp32"]["median"]

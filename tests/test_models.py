@@ -1,4 +1,5 @@
 """The model factory: the tiny model, the local-checkpoint path and the offline error."""
+import json
 import subprocess
 import sys
 
@@ -177,3 +178,23 @@ def test_int8_without_onnxruntime_is_fp32_and_with_it_agrees_with_fp32():
     np.testing.assert_allclose(np.linalg.norm(got, axis=1), 1.0, rtol=1e-5)
     np.testing.assert_allclose(enc.encode_texts(["a dog"]), load_encoder(
         ModelSpec.parse("test-tiny"), precision="fp32").encode_texts(["a dog"]), atol=1e-6)  # texts: fp32
+
+
+def test_int8_is_neither_measured_nor_cached_on_a_loaded_machine(monkeypatch, tmp_path):
+    """Under load int8 looks far better than it is; there the verdict is bf16/fp32 for now and
+    nothing is cached, so a quiet load measures again."""
+    import clipdesk.models as models
+
+    monkeypatch.setenv("CLIPDESK_CACHE_DIR", str(tmp_path))
+    built = []
+    monkeypatch.setattr(models.Int8Visual, "available", staticmethod(lambda: True))
+    monkeypatch.setattr(models.Int8Visual, "build", classmethod(lambda cls, *a: built.append(a)))
+    monkeypatch.setattr(models, "_machine_key", lambda spec: "key")
+    model = load_encoder(ModelSpec.parse("test-tiny"), precision="fp32").model
+    spec = ModelSpec("ViT-B-32", "random")  # a real architecture's rule, on the tiny model's weights
+    monkeypatch.setattr(models, "_machine_loaded", lambda: True)
+    assert models.choose_precision(spec, model, "cpu") in ("fp32", "bf16")
+    assert built == [] and not (tmp_path / "precision.json").exists()
+    monkeypatch.setattr(models, "_machine_loaded", lambda: False)
+    models.choose_precision(spec, model, "cpu")
+    assert len(built) == 1 and "key" in json.loads((tmp_path / "precision.json").read_text())
