@@ -507,11 +507,17 @@ def main() -> None:
             benchmeta.wait_until_quiet(max_wait=args.wait_quiet)
         t = time.perf_counter()
         with benchmeta.Watch() as watch:
-            figures = BENCHES[name]()
+            try:
+                figures = BENCHES[name]()
+            except Exception as e:  # noqa: BLE001 - one failed benchmark must not lose the others' figures
+                print(f"{name} failed: {type(e).__name__}: {e}", file=sys.stderr, flush=True)
+                figures = {"error": f"{type(e).__name__}: {e}"}
         figures["bench_seconds"] = round(time.perf_counter() - t, 1)
         figures.setdefault("compared_with", COMPARED_WITH.get(name, "no measured bound (absolute figures)"))
         meta = watch.meta()
         figures.update({k: v for k, v in meta.items() if k != "machine"})
+        if "error" in figures:
+            figures["published"], figures["flag"] = False, "failed, not published"
         (results if figures["published"] else loaded)[name] = figures
         print(json.dumps({name: figures}), flush=True)
         if not figures["published"]:
