@@ -147,19 +147,19 @@ def test_int8_is_chosen_only_when_faster_and_in_agreement():
     from clipdesk.models import measure_precision
 
     enc = load_encoder(ModelSpec.parse("test-tiny"))
-    x = torch.randn(8, 3, 64, 64, generator=torch.Generator().manual_seed(0))
+    x = torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(0))  # measure_precision's input
     with torch.inference_mode():
         right = enc.model.encode_image(x).numpy()
     wrong = np.random.default_rng(0).standard_normal(right.shape).astype(np.float32)
-    won = measure_precision(enc.model, int8=lambda _x: right)
+    won = measure_precision(enc.model, batch=2, repeats=1, int8=lambda _x: right)
     assert won["precision"] == "int8" and won["int8_agreement"] > 0.999 and won["int8_img_s"] > won["fp32_img_s"]
-    lost = measure_precision(enc.model, int8=lambda _x: wrong)
+    lost = measure_precision(enc.model, batch=2, repeats=1, int8=lambda _x: wrong)
     assert lost["precision"] in ("fp32", "bf16") and lost["int8_agreement"] < 0.5
 
     def broken(_x):
         raise RuntimeError("ONNX Runtime: no kernel (mock)")
 
-    assert measure_precision(enc.model, int8=broken)["precision"] in ("fp32", "bf16")
+    assert measure_precision(enc.model, batch=2, repeats=1, int8=broken)["precision"] in ("fp32", "bf16")
 
 
 def test_int8_without_onnxruntime_is_fp32_and_with_it_agrees_with_fp32():
