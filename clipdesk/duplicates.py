@@ -491,7 +491,8 @@ class _Cells:
                 return np.zeros(0, np.int64), np.zeros((0, index.d), np.float32)
             ids = faiss.rev_swig_ptr(index.invlists.get_ids(c), n).copy()
             codes = faiss.rev_swig_ptr(index.invlists.get_codes(c), n * index.code_size).copy()
-        vecs = index.sq.decode(codes.reshape(n, index.code_size))
+        quantizer = index.pq if hasattr(index, "pq") else index.sq  # IVF-PQ above 2M photos, else IVF-SQ8
+        vecs = quantizer.decode(codes.reshape(n, index.code_size))
         if index.by_residual:
             vecs += self.centroids[c]
         out = (ids.astype(np.int64), vecs)

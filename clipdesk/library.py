@@ -1025,6 +1025,14 @@ class _LazyEmbedder:
     def min_side(self) -> int:
         return self._lib.encoder.min_side
 
+    @property
+    def device(self) -> str:  # a CUDA model decodes JPEGs on the GPU (indexer/gpu_decode.py)
+        return self._lib.encoder.device
+
+    @property
+    def preprocess(self):
+        return self._lib.encoder.preprocess
+
     def prepare(self, image):
         return self._lib.encoder.prepare(image)
 
