@@ -29,6 +29,21 @@ def _isolated_dirs(tmp_path_factory, monkeypatch):
 
 
 @pytest.fixture
+def trash_dir(tmp_path, monkeypatch) -> Path:
+    """The desktop Trash of this test: never the user's. send2trash reads XDG_DATA_HOME once, when
+    it is first imported, so its module constants are pointed at this test's folder too."""
+    import send2trash.plat_other as plat
+
+    data = tmp_path / "xdg"
+    monkeypatch.setenv("XDG_DATA_HOME", str(data))
+    monkeypatch.setenv("HOME", str(tmp_path))
+    monkeypatch.setattr(plat, "XDG_DATA_HOME", os.fsencode(data))
+    monkeypatch.setattr(plat, "HOMETRASH_B", os.fsencode(data / "Trash"))
+    monkeypatch.setattr(plat, "HOMETRASH", str(data / "Trash"))
+    return data / "Trash"
+
+
+@pytest.fixture
 def shared_data() -> Path:
     """The real photos in ../shared/data; missing data fails the test loudly (never skips)."""
     if not (SHARED_DATA / "photos" / "labelled").is_dir():

@@ -26,18 +26,9 @@ LOW = 0.5  # with random weights every pair must reach the pixel check
 
 
 @pytest.fixture(autouse=True)
-def trash_dir(tmp_path, monkeypatch) -> Path:
-    """The Trash of these tests: never the user's. send2trash reads XDG_DATA_HOME once, when it
-    is first imported, so its module constants are pointed at this test's folder too."""
-    import send2trash.plat_other as plat
-
-    data = tmp_path / "xdg"
-    monkeypatch.setenv("XDG_DATA_HOME", str(data))
-    monkeypatch.setenv("HOME", str(tmp_path))
-    monkeypatch.setattr(plat, "XDG_DATA_HOME", os.fsencode(data))
-    monkeypatch.setattr(plat, "HOMETRASH_B", os.fsencode(data / "Trash"))
-    monkeypatch.setattr(plat, "HOMETRASH", str(data / "Trash"))
-    return data / "Trash"
+def _own_trash(trash_dir) -> Path:
+    """Every test here gets a Trash of its own (conftest's ``trash_dir``), used or not."""
+    return trash_dir
 
 
 def _sources(shared: Path, n: int = 4) -> list[Path]:

@@ -26,20 +26,6 @@ SHOTS = Path(os.environ.get("CARE_SHOTS", "/tmp/u1shots"))
 
 
 @pytest.fixture
-def trash_dir(tmp_path, monkeypatch) -> Path:
-    """A Trash of this test's own (send2trash reads XDG_DATA_HOME once, at import)."""
-    import send2trash.plat_other as plat
-
-    data = tmp_path / "xdg"
-    monkeypatch.setenv("XDG_DATA_HOME", str(data))
-    monkeypatch.setenv("HOME", str(tmp_path))
-    monkeypatch.setattr(plat, "XDG_DATA_HOME", os.fsencode(data))
-    monkeypatch.setattr(plat, "HOMETRASH_B", os.fsencode(data / "Trash"))
-    monkeypatch.setattr(plat, "HOMETRASH", str(data / "Trash"))
-    return data / "Trash"
-
-
-@pytest.fixture
 def dups(tmp_path, shared_data) -> dict:
     """Three real photos; an exact copy of the first, a half-size JPEG of the second, a PNG of the third."""
     root = tmp_path / "photos"

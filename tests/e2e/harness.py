@@ -31,6 +31,27 @@ def missing_tools() -> list[str]:
     return sorted({pkg for tool, pkg in REQUIRED_TOOLS.items() if shutil.which(tool) is None})
 
 
+def output_folder(default: Path, leftovers: tuple[str, ...]) -> Path:
+    """The run's folder ($E2E_OUT, else ``default``), with what an earlier run left there
+    (``leftovers``: library, home, screenshots, ...) removed: every run is a first run. A missing
+    tool fails the test with the apt-get line that installs it."""
+    import pytest
+
+    missing = missing_tools()
+    if missing:
+        pytest.fail("the end-to-end run needs " + ", ".join(missing)
+                    + f": install with  sudo apt-get install -y {' '.join(missing)}")
+    out = Path(os.environ.get("E2E_OUT") or default)
+    for name in leftovers:
+        target = out / name
+        if target.is_dir():
+            shutil.rmtree(target)
+        elif target.exists():
+            target.unlink()
+    out.mkdir(parents=True, exist_ok=True)
+    return out
+
+
 class Session:
     """One app on one virtual screen. Use as a context manager."""
 

@@ -8,7 +8,6 @@ model has random weights, so the similarity is set low: the pixel check decides 
 """
 from __future__ import annotations
 
-import os
 import shutil
 import time
 from pathlib import Path
@@ -16,7 +15,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from .harness import Session, missing_tools
+from .harness import Session, output_folder
 
 pytestmark = [pytest.mark.e2e, pytest.mark.shared_data]
 CLASSES = ("bird", "fish", "tool", "flower", "planet", "monument")
@@ -24,19 +23,8 @@ CLASSES = ("bird", "fish", "tool", "flower", "planet", "monument")
 
 @pytest.fixture
 def outdir(tmp_path) -> Path:
-    missing = missing_tools()
-    if missing:
-        pytest.fail("the end-to-end run needs " + ", ".join(missing)
-                    + f": install with  sudo apt-get install -y {' '.join(missing)}")
-    out = Path(os.environ.get("E2E_OUT") or tmp_path / "e2e")
-    for name in ("library", "home", "screenshots", "photos", "incoming", "state.json", "app.log"):
-        target = out / name
-        if target.is_dir():
-            shutil.rmtree(target)
-        elif target.exists():
-            target.unlink()
-    out.mkdir(parents=True, exist_ok=True)
-    return out
+    return output_folder(tmp_path / "e2e", ("library", "home", "screenshots", "photos", "incoming", "state.json",
+                                           "app.log"))
 
 
 def real_photos(shared: Path, per_class: int, skip: int = 0) -> list[Path]:

@@ -9,13 +9,12 @@ from __future__ import annotations
 
 import csv
 import os
-import shutil
 import time
 from pathlib import Path
 
 import pytest
 
-from .harness import Session, missing_tools
+from .harness import Session, output_folder
 
 pytestmark = pytest.mark.e2e
 
@@ -24,20 +23,8 @@ SAMPLE_PHOTOS = sum(1 for p in (Path(__file__).resolve().parents[2] / "assets" /
 
 @pytest.fixture
 def outdir(tmp_path) -> Path:
-    missing = missing_tools()
-    if missing:
-        pytest.fail("the end-to-end run needs " + ", ".join(missing)
-                    + f": install with  sudo apt-get install -y {' '.join(missing)}")
-    out = Path(os.environ.get("E2E_OUT") or tmp_path / "e2e")
-    # Every run is a first run: what an earlier run left (library, home, screenshots) goes first.
-    for name in ("library", "home", "screenshots", "state.json", "app.log", "teach-export.csv"):
-        target = out / name
-        if target.is_dir():
-            shutil.rmtree(target)
-        elif target.exists():
-            target.unlink()
-    out.mkdir(parents=True, exist_ok=True)
-    return out
+    return output_folder(tmp_path / "e2e", ("library", "home", "screenshots", "state.json", "app.log",
+                                           "teach-export.csv"))
 
 
 def count_of(text: str) -> int:
