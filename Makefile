@@ -40,7 +40,7 @@ test: install-test
 	QT_QPA_PLATFORM=offscreen $(BIN)/python -m pytest -m "not slow" --ignore=tests/e2e -n $(TEST_PROCS) --dist loadfile
 
 # The teach loop in a real window under Xvfb, driven with xdotool (Debian: xvfb xdotool).
-# Screenshots of every step go to $(E2E_OUT).
+# Screenshots of every step go to $(E2E_OUT)/<run>/screenshots.
 E2E_OUT ?= e2e-out
 e2e: install-test
 	@$(BIN)/python scripts/check_qt_deps.py; [ $$? -ne 1 ]

@@ -31,8 +31,9 @@ def missing_tools() -> list[str]:
     return sorted({pkg for tool, pkg in REQUIRED_TOOLS.items() if shutil.which(tool) is None})
 
 
-def output_folder(default: Path, leftovers: tuple[str, ...]) -> Path:
-    """The run's folder ($E2E_OUT, else ``default``), with what an earlier run left there
+def output_folder(run: str, default: Path, leftovers: tuple[str, ...]) -> Path:
+    """The run's folder ($E2E_OUT/``run``: each run its own, so one run's screenshots are not
+    cleared by the next; else ``default``), with what an earlier run left there
     (``leftovers``: library, home, screenshots, ...) removed: every run is a first run. A missing
     tool fails the test with the apt-get line that installs it."""
     import pytest
@@ -41,7 +42,7 @@ def output_folder(default: Path, leftovers: tuple[str, ...]) -> Path:
     if missing:
         pytest.fail("the end-to-end run needs " + ", ".join(missing)
                     + f": install with  sudo apt-get install -y {' '.join(missing)}")
-    out = Path(os.environ.get("E2E_OUT") or default)
+    out = Path(os.environ["E2E_OUT"]) / run if os.environ.get("E2E_OUT") else default
     for name in leftovers:
         target = out / name
         if target.is_dir():

@@ -23,7 +23,7 @@ CLASSES = ("bird", "fish", "tool", "flower", "planet", "monument")
 
 @pytest.fixture
 def outdir(tmp_path) -> Path:
-    return output_folder(tmp_path / "e2e", ("library", "home", "screenshots", "photos", "incoming", "state.json",
+    return output_folder("care", tmp_path / "e2e", ("library", "home", "screenshots", "photos", "incoming", "state.json",
                                            "app.log"))
 
 

@@ -23,7 +23,7 @@ SAMPLE_PHOTOS = sum(1 for p in (Path(__file__).resolve().parents[2] / "assets" /
 
 @pytest.fixture
 def outdir(tmp_path) -> Path:
-    return output_folder(tmp_path / "e2e", ("library", "home", "screenshots", "state.json", "app.log",
+    return output_folder("teach-loop", tmp_path / "e2e", ("library", "home", "screenshots", "state.json", "app.log",
                                            "teach-export.csv"))
 
 
