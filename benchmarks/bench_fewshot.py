@@ -4,7 +4,7 @@
 
 For each set (shared/data/fewshot-proxy.npz and the sets under benchmarks/data/, built by
 scripts/build_fewshot_sets.py): the learning curves of ``clipdesk eval fewshot`` over 50 seeds
-(zero-shot, logistic regression, the probe, its ECE, the corrections protocol) on the whole file,
+(zero-shot, logistic regression, the probe, its ECE, the corrections and negatives protocols) on the whole file,
 then on its development and check halves of classes (the probe's rule was chosen on the
 development halves only). Then the fitting time the app pays on every click: ``fit_probe`` on 200
 examples × 10 classes of 512-d vectors (median of 15, wall and CPU time), with the machine and its
@@ -44,17 +44,26 @@ SETS = [HERE.parent.parent / "shared" / "data" / "fewshot-proxy.npz",
 
 def markdown(res: dict) -> list[str]:
     title = res["file"] + (f", {res['half']} half" if res.get("half") else "")
+    corr, neg = res.get("corrections"), res.get("negatives")
     lines = [f"**{title}** ({res['seeds']} seeds; ± = seed-to-seed s.d. of the probe)", "",
-             "| K (classes) | zero-shot | logreg | probe | probe − zs | target | met | ECE probe | mean confidence | ECE logreg |"
-             + (" corrections k=10: before → after (random k) |" if res.get("corrections") else ""),
-             "|---|---|---|---|---|---|---|---|---|---|" + ("---|" if res.get("corrections") else "")]
+             "| K (classes) | zero-shot | logreg | probe | probe − zs | probe − max(zs, lr) | target | met | ECE probe"
+             " | mean confidence |"
+             + (f" corrections k={corr}: before → after (random k) |" if corr else "")
+             + (f" negatives k={neg} of one class: accuracy, its false/true positives before → after"
+                " (random negatives; as a 'none' class) |" if neg else ""),
+             "|---|---|---|---|---|---|---|---|---|---|" + ("---|" if corr else "") + ("---|" if neg else "")]
     for k, v in res["K"].items():
         row = (f"| {k} ({v['classes']}) | {v['zeroshot']:.4f} | {v['logreg']:.4f} | {v['probe']:.4f} ± {v['sd']['probe']:.3f}"
-               f" | {v['probe'] - v['zeroshot']:+.4f} | {v['target']:.4f} | {'yes' if v['meets_target'] else '**no**'}"
-               f" | {v['ece']['probe']:.3f} | {v['confidence']:.3f} | {v['ece']['logreg']:.3f} |")
-        if "corrections" in v:
-            c = v["corrections"]
-            row += f" {c['before']:.4f} → {c['after']:.4f} ({c['random']:.4f}) |"
+               f" | {v['probe'] - v['zeroshot']:+.4f} | {v['probe'] - max(v['zeroshot'], v['logreg']):+.4f}"
+               f" | {v['target']:.4f} | {'yes' if v['meets_target'] else '**no**'}"
+               f" | {v['ece']['probe']:.3f} | {v['confidence']:.3f} |")
+        if corr:
+            c = v.get("corrections")
+            row += f" {c['before']:.4f} → {c['after']:.4f} ({c['random']:.4f}) |" if c else " – |"
+        if neg:
+            n = v.get("negatives")
+            f = lambda m: f"{n[m]['accuracy']:.4f}, {n[m]['false_pos']:.1f}/{n[m]['true_pos']:.1f}"
+            row += f" {f('before')} → {f('after')} ({f('random')}; {f('none_class')}) |" if n else " – |"
         lines.append(row)
     return lines + [""]
 
@@ -92,8 +101,8 @@ def main() -> int:
         if not Path(path).exists():
             lines.append(f"{path}: missing, skipped")
             continue
-        for half, seeds, corr in ((None, args.seeds, 10), ("dev", args.half_seeds, 0), ("check", args.half_seeds, 0)):
-            res = eval_fewshot(path, seeds=seeds, corrections=corr, half=half)
+        for half, seeds, k in ((None, args.seeds, 10), ("dev", args.half_seeds, 0), ("check", args.half_seeds, 0)):
+            res = eval_fewshot(path, seeds=seeds, corrections=k, negatives=k, half=half)
             out["runs"].append(res)
             lines += markdown(res)
             print("\n".join(markdown(res)), flush=True)

@@ -149,6 +149,9 @@ def build_parser() -> argparse.ArgumentParser:
                    nargs="+", default=[1, 2, 4, 8, 16, 32], metavar="K", help="shots per class (default 1 2 4 8 16 32)")
     a.add_argument("--corrections", type=number(int, lambda v: 0 <= v <= 10_000, "must be between 0 and 10000 (got {v})"),
                    default=10, metavar="k", help="most confident mistakes corrected before a refit (0: skip; default 10)")
+    a.add_argument("--negatives", type=number(int, lambda v: 0 <= v <= 10_000, "must be between 0 and 10000 (got {v})"),
+                   default=10, metavar="k", help="most confident false positives of one class given as its negatives "
+                   "before a refit (0: skip; default 10)")
     a.add_argument("--half", choices=("dev", "check"), help="only the development or check half of the classes")
     a = esub.add_parser("zeroshot", parents=[common], help="top-1/top-5 on a folder per class")
     a.add_argument("folder")

@@ -130,8 +130,8 @@ def class_half(n_classes: int, half: str) -> np.ndarray:
     return np.sort(order[0 if half == "dev" else 1::2])
 
 
-def _fit(names, text, X, y):
-    return fit_probe(ProbeData(list(names), text, X, y))[0]
+def _fit(names, text, X, y, **extra):
+    return fit_probe(ProbeData(list(names), text, X, y, **extra))[0]
 
 
 def _corrections(names, text, X, y, pool, held, k: int, probe, rng) -> tuple[float, float, float, int]:
@@ -143,18 +143,60 @@ def _corrections(names, text, X, y, pool, held, k: int, probe, rng) -> tuple[flo
     fix = pool[wrong[np.argsort(-p[wrong].max(1), kind="stable")][:k]]
     rand = rng.choice(pool, min(k, len(pool)), replace=False)
     out = [before]
-    for extra in (fix, rand):
-        again = _fit(names, text, np.vstack([probe.keys, X[extra]]), np.concatenate([probe.key_labels, y[extra]]))
+    for extra, marked in ((fix, True), (rand, False)):
+        # the corrections are marked as such (the app knows a label that overrode a prediction);
+        # random labels are a fair sample and are not
+        corrected = np.r_[np.zeros(len(probe.key_labels), bool), np.full(len(extra), marked)]
+        again = _fit(names, text, np.vstack([probe.keys, X[extra]]), np.concatenate([probe.key_labels, y[extra]]),
+                     corrected=corrected)
         out.append(float(np.mean(again.scores(X[held]).argmax(1) == y[held])))
     return out[0], out[1], out[2], len(fix)
 
 
+def _negatives(names, text, X, y, pool, held, k: int, probe, rng) -> dict:
+    """The negatives protocol: after the first fit, the class ``c`` with the most false positives
+    in ``pool`` gets its ``k`` most confident false positives as negatives ("not c", as "Less like
+    this" or a rejection in Review gives them, not as examples of their true class), and the probe
+    is refit. Held-out accuracy, and ``c``'s false and true positives among the held-out items:
+    before, after, with ``k`` random pool items outside ``c`` as negatives instead, and with the
+    same negatives as an extra class without text ("none of these", how the app's multi-class
+    Teach used rejections until now; a held-out item predicted "none" counts as a mistake)."""
+    Xk, yk = probe.keys, probe.key_labels
+    C = len(names)
+    p = probe.probabilities(X[pool])
+    pred = p.argmax(1)
+    false_pos = pred != y[pool]
+    if not false_pos.any():
+        return {}
+    c = int(np.bincount(pred[false_pos], minlength=C).argmax())
+    cand = np.where(false_pos & (pred == c))[0]
+    given = pool[cand[np.argsort(-p[cand, c], kind="stable")][:k]]
+    outside = pool[y[pool] != c]
+    rand = rng.choice(outside, min(len(given), len(outside)), replace=False)
+
+    def measure(pr, n_classes=C) -> tuple[float, int, int]:
+        ph = pr.scores(X[held]).argmax(1)
+        return (float(np.mean(ph == y[held])), int(((ph == c) & (y[held] != c)).sum()),
+                int(((ph == c) & (y[held] == c)).sum()))
+
+    out = {"before": measure(probe)}
+    for key, neg in (("after", given), ("random", rand)):
+        out[key] = measure(_fit(names, text, Xk, yk, negatives=X[neg], negative_of=np.full(len(neg), c)))
+    none = _fit(list(names) + ["(none of these)"], np.vstack([text, np.zeros_like(text[:1])]),
+                np.vstack([Xk, X[given]]), np.concatenate([yk, np.full(len(given), C)]))
+    out["none_class"] = measure(none)
+    out["given"] = len(given)
+    return out
+
+
 def eval_fewshot(path: str, seeds: int = 50, shots=SHOTS, corrections: int = 10, half: str | None = None,
-                 progress: Callable[[str], None] | None = None) -> dict:
+                 progress: Callable[[str], None] | None = None, negatives: int = 0) -> dict:
     """Learning curves of zero-shot, logistic regression and clipdesk's probe (accuracy per K,
-    mean and seed-to-seed standard deviation), the probe's ECE, and the corrections protocol."""
+    mean and seed-to-seed standard deviation), the probe's ECE, and the corrections and negatives
+    protocols (``corrections``/``negatives`` items per refit; 0 leaves a protocol out)."""
     X, y, names, text = load_fewshot(path, half)
-    out: dict = {"file": os.path.basename(path), "half": half, "seeds": seeds, "corrections": corrections, "K": {}}
+    out: dict = {"file": os.path.basename(path), "half": half, "seeds": seeds, "corrections": corrections,
+                 "negatives": negatives, "K": {}}
     for K in shots:
         counts = np.bincount(y, minlength=len(names))
         if (counts >= K + 2).sum() < 2:
@@ -163,6 +205,7 @@ def eval_fewshot(path: str, seeds: int = 50, shots=SHOTS, corrections: int = 10,
         ece: dict[str, list[float]] = {"probe": [], "logreg": []}
         confidence: list[float] = []
         corr: list[tuple] = []
+        negs: list[dict] = []
         keep = None
         for seed in range(seeds):
             keep, train, test = fewshot_splits(y, len(names), K, seed)
@@ -180,13 +223,19 @@ def eval_fewshot(path: str, seeds: int = 50, shots=SHOTS, corrections: int = 10,
             acc["probe"].append(float(np.mean(p.argmax(1) == yte)))
             ece["probe"].append(expected_calibration_error(p, yte))
             confidence.append(float(p.max(1).mean()))
-            if corrections:
+            if corrections or negatives:
                 rng = np.random.default_rng([seed, K])
                 order = rng.permutation(len(test))
                 pool, held = order[: len(test) // 2], order[len(test) // 2:]
                 Xl, yl = np.vstack([X[train], X[test]]), np.concatenate([ytr, yte])
+            if corrections:
                 corr.append(_corrections(kn, W0, Xl, yl, len(train) + pool, len(train) + held, corrections,
                                          probe, rng))
+            if negatives:
+                got = _negatives(kn, W0, Xl, yl, len(train) + pool, len(train) + held, negatives, probe,
+                                 np.random.default_rng([seed, K, 1]))
+                if got:
+                    negs.append(got)
         row: dict = {m: round(float(np.mean(v)), 4) for m, v in acc.items()}
         row["classes"] = len(keep)
         row["sd"] = {m: round(float(np.std(v)), 4) for m, v in acc.items()}
@@ -203,6 +252,15 @@ def eval_fewshot(path: str, seeds: int = 50, shots=SHOTS, corrections: int = 10,
             c = np.array(corr)
             row["corrections"] = {"before": round(float(c[:, 0].mean()), 4), "after": round(float(c[:, 1].mean()), 4),
                                   "random": round(float(c[:, 2].mean()), 4), "corrected": round(float(c[:, 3].mean()), 2)}
+        if negatives and negs:
+            row["negatives"] = {"given": round(float(np.mean([g["given"] for g in negs])), 2), "seeds": len(negs)}
+            for key in ("before", "after", "random", "none_class"):
+                v = np.array([g[key] for g in negs], np.float64)
+                row["negatives"][key] = {"accuracy": round(float(v[:, 0].mean()), 4),
+                                         "false_pos": round(float(v[:, 1].mean()), 2),
+                                         "true_pos": round(float(v[:, 2].mean()), 2)}
+            gain = np.array([g["after"][0] - g["before"][0] for g in negs])
+            row["negatives"]["gain_sd"] = round(float(gain.std()), 4)
         out["K"][str(K)] = row
         if progress:
             progress(f"K={K}: {row}")
@@ -290,7 +348,7 @@ def _model_only(args, open_library):
 def run_cli(args, open_library, emit) -> int:
     if args.what == "fewshot":
         res = eval_fewshot(args.features, args.seeds, shots=args.shots, corrections=args.corrections,
-                           half=args.half)
+                           half=args.half, negatives=getattr(args, "negatives", 0))
         emit(args, res, fewshot_table(res))
         return 0
     lib = _model_only(args, open_library)
@@ -307,13 +365,17 @@ def run_cli(args, open_library, emit) -> int:
 
 
 def fewshot_table(res: dict) -> list[str]:
-    """The learning curves as text lines: accuracy, probe − zero-shot, target, ECE, corrections."""
+    """The learning curves as text lines: accuracy, probe − zero-shot, target, ECE, corrections,
+    negatives (held-out accuracy, and the class's false/true positives)."""
     title = (f"{res['file']}{' (' + res['half'] + ' half)' if res.get('half') else ''}: "
              f"mean of {res['seeds']} seeds (± seed-to-seed s.d. of the probe)")
     header = (f"{'K':>3} {'classes':>7} {'zero-shot':>9} {'logreg':>7} {'probe':>14} {'Δzs':>7} {'target':>7}"
               f" {'ECE':>6} {'conf':>6} {'lr ECE':>6}")
     if res.get("corrections"):
         header += f"  corrections (k={res['corrections']}): before → after (random)"
+    if res.get("negatives"):
+        header += (f"  negatives (k={res['negatives']}) of one class: accuracy, its false/true positives"
+                   " before → after (random negatives; as a 'none' class)")
     lines = [title, header]
     for k, v in res["K"].items():
         line = (f"{k:>3} {v['classes']:>7} {v['zeroshot']:>9.3f} {v['logreg']:>7.3f} "
@@ -323,5 +385,11 @@ def fewshot_table(res: dict) -> list[str]:
         if "corrections" in v:
             c = v["corrections"]
             line += f"  {c['before']:.3f} → {c['after']:.3f} ({c['random']:.3f})"
+        if "negatives" in v:
+            n = v["negatives"]
+            line += "  " + " → ".join(
+                f"{n[m]['accuracy']:.3f} {n[m]['false_pos']:.1f}/{n[m]['true_pos']:.1f}" for m in ("before", "after"))
+            line += "".join(f" ({n[m]['accuracy']:.3f} {n[m]['false_pos']:.1f}/{n[m]['true_pos']:.1f})"
+                            for m in ("random", "none_class"))
         lines.append(line)
     return lines

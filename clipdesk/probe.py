@@ -21,6 +21,26 @@ the examples justify, by a rule that holds from 1 example per category to hundre
 A category without text (the "rest of the library" when one concept is taught, or "none of
 these") has a prototype made of its examples only, and an unpenalised bias balances it.
 
+**Corrections** (``ProbeData.corrected``): a label given *because the probe was wrong* trains the
+probe like any other, but is kept out of the prior's two estimates (λ's agreement ``z`` and the
+prior's scale ``T₀``). Why (``clipdesk eval fewshot``'s corrections protocol, dev halves): the most
+confident mistakes are not a fair sample. On debian-sections a logistic regression trained on the
+whole file (1,400 other items) still gets 76 % of them wrong, against 36 % of random pool items:
+they are atypical or debatably labelled items, on which the text is wrong by construction (zero-shot
+right on 0 of them). Counted as a fair sample they made the text look far worse than it is: λ and
+``T₀`` fell, the probe let go of the prior, and the refit lost accuracy everywhere (K = 1:
+0.571 → 0.536; with them out of the two estimates: 0.576). Keeping them out of the likelihood, or
+a bounded (label-noise) likelihood, did not help: with N ≪ dim the fit interpolates every example.
+
+**Negatives** (``ProbeData.negatives``/``negative_of``: "less like this", a rejection in Review,
+``--negatives``): an item known *not* to be in category ``c`` adds ``−log(1 − p_c(x))`` to the
+likelihood (its probability mass goes to the other categories in proportion), and counts in the
+text's agreement (agreeing when the text does not pick ``c``): without that, a text that agrees
+with a handful of examples (λ ≈ 700) held the probe so firmly that ten rejections changed nothing.
+Negatives are not examples (no cache key, no prototype); the file format is unchanged. Taught as a
+text-less "none of these" class instead, the same rejections cost 0.04–0.2 of accuracy on the
+evaluation sets (the extra class swallows true members); see benchmarks/RESULTS.md.
+
 Scores become probabilities by a softmax with a temperature (and, for concept-vs-rest, a bias)
 fitted by maximum likelihood on **out-of-fold** scores: the probe is refitted on 5 stratified
 folds, each scoring the examples it did not see, so the probabilities are calibrated on held-out
@@ -86,6 +106,14 @@ class ProbeData:
     text: np.ndarray  # (C, dim) zero-shot class vectors; rows of zeros for categories without text
     X: np.ndarray  # (N, dim) L2-normalised example embeddings
     y: np.ndarray  # (N,) category index of each example
+    # Negative examples: items known NOT to belong to a category ("less like this", a rejection
+    # in Review, ``--negatives``): (M, dim) embeddings and (M,) the category each one is not.
+    negatives: np.ndarray | None = None
+    negative_of: np.ndarray | None = None
+    # (N,) bool, optional: the examples labelled *because the probe got them wrong* (a correction
+    # in Review). They train the probe like any example but are not a fair sample of how good the
+    # text is, so they stay out of the prior's two estimates (λ's agreement and T₀).
+    corrected: np.ndarray | None = None
 
     @property
     def has_text(self) -> np.ndarray:
@@ -115,32 +143,48 @@ class Probe:
         self._counts = np.bincount(self.key_labels, minlength=len(self.classes)).astype(np.float32)
 
     # ------------------------------------------------------------------ prediction
-    def scores(self, features: np.ndarray, chunk: int = 65536) -> np.ndarray:
+    def scores(self, features: np.ndarray, chunk: int = 16384) -> np.ndarray:
         """Raw scores (n, C) of L2-normalised ``features`` (n, dim)."""
         C = len(self.classes)
+        n_keys = len(self.keys) if self.alpha else 0
         out = np.empty((len(features), C), np.float32)
-        # Memory stays bounded whatever the number of keys: blocks of at most _SCORE_BLOCK floats.
+        inv = 1.0 / np.maximum(self._counts, 1.0)
         # The per-class kernel means are one matrix product with a (keys × C) one-hot when that is
         # small, else sums over the keys sorted by class (no one-hot of unbounded size).
-        chunk = max(1, min(chunk, _SCORE_BLOCK // max(len(self.keys), C, 1)))
-        inv = 1.0 / np.maximum(self._counts, 1.0)
-        if len(self.keys) * C <= _ONEHOT_LIMIT:
-            onehot = np.eye(C, dtype=np.float32)[self.key_labels] * inv
-            keys = self.keys
+        onehot = n_keys * C <= _ONEHOT_LIMIT
+        if onehot:
+            keys, labels = self.keys, self.key_labels
+            mix = np.eye(C, dtype=np.float32)[labels] * inv
         else:
             order = np.argsort(self.key_labels, kind="stable")
-            keys = self.keys[order]
-            present, starts = np.unique(self.key_labels[order], return_index=True)
+            keys, labels = self.keys[order], self.key_labels[order]
+            present, starts = np.unique(labels, return_index=True)
+        # One matrix product per chunk gives both terms: the kernel's exponent β·(x·k) − β (keys
+        # scaled by β; exp taken in place) and the linear layer's scores. A whole-library pass is
+        # this product and little else. Memory stays bounded whatever the number of keys: blocks
+        # of at most _SCORE_BLOCK floats.
+        stacked = np.ascontiguousarray(np.vstack([self.beta * keys[:n_keys], self._linear]).T, np.float32)
+        chunk = max(1, min(chunk, _SCORE_BLOCK // max(n_keys + C, 1)))
+        tmp = np.empty((min(chunk, len(features)), n_keys + C), np.float32)
         for i in range(0, len(features), chunk):
-            f = np.asarray(features[i:i + chunk], np.float32)
-            s = f @ self._linear.T
-            if self.alpha and len(keys):
-                kernel = np.exp(-self.beta * (1.0 - f @ keys.T))
-                if len(self.keys) * C <= _ONEHOT_LIMIT:
-                    s += self.alpha * (kernel @ onehot)
+            f = features[i:i + chunk]
+            if f.dtype != np.float32:
+                f = np.asarray(f, np.float32)
+            t, o = tmp[:len(f)], out[i:i + len(f)]
+            np.matmul(f, stacked, out=t)
+            if n_keys:
+                kernel = t[:, :n_keys]
+                np.subtract(kernel, np.float32(self.beta), out=kernel)
+                np.exp(kernel, out=kernel)
+                if onehot:
+                    np.matmul(kernel, mix, out=o)
                 else:
-                    s[:, present] += self.alpha * np.add.reduceat(kernel, starts, axis=1) * inv[present]
-            out[i:i + chunk] = s
+                    o[:] = 0.0
+                    o[:, present] = np.add.reduceat(kernel, starts, axis=1) * inv[present]
+                o *= np.float32(self.alpha)
+                o += t[:, n_keys:]
+            else:
+                o[:] = t[:, n_keys:]
         return out
 
     def probabilities(self, features: np.ndarray) -> np.ndarray:
@@ -439,21 +483,36 @@ def prior_precision(zeroshot_agreement: float) -> float:
 
 
 def _map_fit(X: np.ndarray, y: np.ndarray, W0: np.ndarray, offset: np.ndarray, lam: float,
-             w: np.ndarray, b0: np.ndarray | None, iters: int = 100) -> tuple[np.ndarray, np.ndarray]:
+             w: np.ndarray, b0: np.ndarray | None, iters: int = 100,
+             negatives: tuple | None = None) -> tuple[np.ndarray, np.ndarray]:
     """``argmin_{W,b} Σ wᵢ·CE(W xᵢ + oᵢ + b, yᵢ) + λ/2‖W − W₀‖²`` (b only when ``b0`` is given,
     unpenalised: the class balance of concept-vs-rest), by L-BFGS from the prior mean.
+
+    ``negatives`` = ``(Xn, cn, offset_n, wn)``: items known *not* to
+    belong to class ``cn`` ("less like this", a rejection), each adding ``−wn·log(1 − p_cn)``.
 
     Plain numpy (no autograd, no threads of its own): a few hundred small matrix products, which
     keeps a refit on every click fast on a busy two-core machine.
     """
     # The two products with X (N × dim) are the whole cost: float32 for them (2× less memory
     # traffic); the optimiser's state, the loss and the softmax stay float64.
-    X = np.ascontiguousarray(X, np.float32)
     N, C = len(y), W0.shape[0]
+    n_pos = N
+    if negatives is not None and len(negatives[1]):
+        Xn, cn, on, wn = negatives
+        X = np.vstack([np.asarray(X, np.float32), np.asarray(Xn, np.float32)])
+        offset = np.vstack([np.broadcast_to(offset, (N, C)), np.broadcast_to(on, (len(cn), C))])
+        w = np.concatenate([np.asarray(w, np.float64), np.asarray(wn, np.float64)])
+        neg_mask = np.zeros((len(cn), C), bool)
+        neg_mask[np.arange(len(cn)), cn] = True
+    else:
+        neg_mask = None
+    X = np.ascontiguousarray(X, np.float32)
     base = (X @ np.asarray(W0, np.float32).T).astype(np.float64) + offset
     Y = np.zeros((N, C))
     Y[np.arange(N), y] = 1.0
     w = np.asarray(w, np.float64)[:, None]
+    wp = w[:n_pos]
     with_bias = b0 is not None
     size = W0.size
 
@@ -465,8 +524,21 @@ def _map_fit(X: np.ndarray, y: np.ndarray, W0: np.ndarray, offset: np.ndarray, l
         z -= z.max(1, keepdims=True)
         e = np.exp(z)
         s = e.sum(1, keepdims=True)
-        loss = float((w * (np.log(s) - (z * Y).sum(1, keepdims=True))).sum()) + 0.5 * lam * float(D.ravel() @ D.ravel())
-        G = w * (e / s - Y)
+        p = e / s
+        zp, pp = z[:n_pos], p[:n_pos]
+        loss = float((wp * (np.log(s[:n_pos]) - (zp * Y).sum(1, keepdims=True))).sum())
+        G = wp * (pp - Y)
+        if neg_mask is not None:
+            # −log(1 − p_c) = logsumexp(z) − logsumexp_{j≠c}(z); its gradient p − q, q the
+            # softmax over the other classes
+            zn = np.where(neg_mask, -np.inf, z[n_pos:])
+            mn = zn.max(1, keepdims=True)
+            en = np.exp(zn - mn)
+            sn = en.sum(1, keepdims=True)
+            wn_ = w[n_pos:]
+            loss += float((wn_ * (np.log(s[n_pos:]) - mn - np.log(sn))).sum())
+            G = np.vstack([G, wn_ * (p[n_pos:] - en / sn)])
+        loss += 0.5 * lam * float(D.ravel() @ D.ravel())
         g = ((G.T.astype(np.float32) @ X) + lam * D).ravel()
         if with_bias:
             g = np.concatenate([g, G.sum(0)])
@@ -555,7 +627,12 @@ def _fit_linear(data: ProbeData, y: np.ndarray, w: np.ndarray, balanced: bool, T
         X, y, w = X[train], y[train], w[train]
     P = _prototypes(np.asarray(data.text, np.float32), X, y, C, tau)
     offset = T0 * alpha * _cache(X, X, y, C, beta, leave_one_out=True) if alpha else np.zeros((len(y), C))
-    W, b = _map_fit(X, y, T0 * P, offset, lam, w, b0 if balanced else None)
+    neg = None
+    if data.negatives is not None and len(data.negatives):
+        Xn = np.asarray(data.negatives, np.float32)
+        on = T0 * alpha * _cache(Xn, X, y, C, beta) if alpha else np.zeros((len(Xn), C))
+        neg = (Xn, np.asarray(data.negative_of, np.int64), on, np.ones(len(Xn)))
+    W, b = _map_fit(X, y, T0 * P, offset, lam, w, b0 if balanced else None, negatives=neg)
     return W, b, T0 * P
 
 
@@ -577,17 +654,41 @@ def fit_probe(data: ProbeData, zeroshot_text: np.ndarray | None = None, meta: di
     """
     if len(data.y) == 0:
         raise ValueError("no examples")
+    if data.negatives is not None:
+        neg, of = np.asarray(data.negatives), np.asarray(data.negative_of if data.negative_of is not None else [])
+        if neg.ndim != 2 or neg.shape[1] != np.shape(data.X)[1] or of.shape != (len(neg),) \
+                or (len(of) and (of.min() < 0 or of.max() >= len(data.classes))):
+            raise ValueError(f"negatives of shape {neg.shape} with categories of shape {of.shape}")
     y = np.asarray(data.y)
     C = len(data.classes)
     X = np.asarray(data.X, np.float32)
     balanced = not data.has_text.all()  # concept vs rest: the background sample size is arbitrary
     w = _class_weights(y, C, balanced)
     zs_text = data.text if zeroshot_text is None else zeroshot_text
-    zs = float(((((X @ np.asarray(zs_text, np.float32).T).argmax(1)) == y) * w).sum() / w.sum())
+    right = (X @ np.asarray(zs_text, np.float32).T).argmax(1) == y
+    zs = float((right * w).sum() / w.sum())
+    # The prior's statistics come from the examples that are a fair sample: not the corrections,
+    # chosen because the probe (and mostly the text) got them wrong (see the module docstring).
+    fair = np.ones(len(y), bool)
+    if data.corrected is not None:
+        corrected = np.asarray(data.corrected, bool)
+        if corrected.shape != y.shape:
+            raise ValueError(f"'corrected' of shape {corrected.shape} for {len(y)} examples")
+        if not corrected.all():
+            fair = ~corrected
     tau, alpha, beta = TEXT_PSEUDO_SHOTS, CACHE_WEIGHT, CACHE_SHARPNESS
     # The prior mean: the prototype rule at its own leave-one-out temperature (its logit scale).
-    T0, b0 = _fit_calibration(loo_scores(data, tau, alpha, beta), y, fit_bias=balanced, balanced=balanced)
-    lam = prior_precision(zs)
+    fair_data = data if fair.all() else ProbeData(data.classes, data.text, X[fair], y[fair])
+    T0, b0 = _fit_calibration(loo_scores(fair_data, tau, alpha, beta), y[fair], fit_bias=balanced, balanced=balanced)
+    agree, judged = float((right * w)[fair].sum()), float(w[fair].sum())
+    if data.negatives is not None and len(data.negatives):
+        # a negative is a judgement on the text too: it agrees when the text does not pick the
+        # category the item is not (without this a text that agrees with a few examples holds
+        # the probe so firmly that "less like this" changes nothing)
+        neg_right = (np.asarray(data.negatives, np.float32) @ np.asarray(zs_text, np.float32).T).argmax(1) \
+            != np.asarray(data.negative_of)
+        agree, judged = agree + float(neg_right.sum()), judged + len(neg_right)
+    lam = prior_precision(agree / judged)
     n_folds = min(folds, int(np.bincount(y).max()))
     b_prior = b0 if balanced else np.zeros(C, np.float32)
     if n_folds >= 2:

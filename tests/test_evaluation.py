@@ -47,7 +47,7 @@ def test_logistic_regression_fits_separable_data():
 
 
 def test_fewshot_eval_on_synthetic_file(tmp_path):
-    res = eval_fewshot(str(synthetic_npz(tmp_path / "f.npz")), seeds=3, corrections=4)
+    res = eval_fewshot(str(synthetic_npz(tmp_path / "f.npz")), seeds=3, corrections=4, negatives=3)
     # 12 items per class: K = 16 and 32 have no class with K + 2 items and are left out
     assert res["seeds"] == 3 and list(res["K"]) == ["1", "2", "4", "8"]
     for k, row in res["K"].items():
@@ -57,6 +57,11 @@ def test_fewshot_eval_on_synthetic_file(tmp_path):
         assert 1 / row["classes"] <= row["confidence"] <= 1
         c = row["corrections"]
         assert all(0 <= c[m] <= 1 for m in ("before", "after", "random")) and 0 <= c["corrected"] <= 4
+        if "negatives" in row:  # a seed whose pool holds no false positive has nothing to give
+            n = row["negatives"]
+            assert 1 <= n["seeds"] <= 3 and 0 < n["given"] <= 3
+            for m in ("before", "after", "random", "none_class"):
+                assert 0 <= n[m]["accuracy"] <= 1 and n[m]["false_pos"] >= 0 and n[m]["true_pos"] >= 0
         assert row["target"] == pytest.approx(targets(int(k), row["zeroshot"], row["logreg"]), abs=1e-4)
         assert row["meets_target"] == (row["probe"] >= row["target"])
     # more shots help the probe on well-separated data
@@ -117,6 +122,25 @@ def test_correcting_confident_mistakes_fixes_a_misleading_text(tmp_path):
     res = eval_fewshot(str(path), seeds=3, shots=(1,), corrections=10)
     c = res["K"]["1"]["corrections"]
     assert c["corrected"] > 5 and c["after"] > c["before"] + 0.05
+
+
+def test_negatives_protocol_on_a_misleading_text(tmp_path):
+    # class 0's text is class 1's: the 1-shot probe calls many class-1 items "0"; the k most
+    # confident of them given as negatives of 0 must cut its false positives, more than k random
+    # negatives do, without costing accuracy; as a text-less "none" class they cost accuracy
+    path = synthetic_npz(tmp_path / "f.npz", classes=4, per=30)
+    d = dict(np.load(path))
+    d["class_text"][0] = d["class_text"][1]
+    np.savez(path, **d)
+    res = eval_fewshot(str(path), seeds=3, shots=(1,), corrections=0, negatives=10)
+    assert res["negatives"] == 10 and "corrections" not in res["K"]["1"]
+    n = res["K"]["1"]["negatives"]
+    assert n["seeds"] == 3 and 5 < n["given"] <= 10
+    assert set(n) >= {"before", "after", "random", "none_class", "gain_sd"}
+    assert n["after"]["false_pos"] < 0.5 * n["before"]["false_pos"]
+    assert n["after"]["false_pos"] < n["random"]["false_pos"]
+    assert n["after"]["accuracy"] >= n["before"]["accuracy"]
+    assert n["none_class"]["accuracy"] < n["after"]["accuracy"]
 
 
 # The full protocol (benchmarks/bench_fewshot.py: 50 seeds, `make bench`; the table is in
@@ -184,7 +208,7 @@ def _eval_cli(path) -> dict:
     # over on two shared cores (see benchmarks/bench_fewshot.py)
     env = dict(os.environ, OPENBLAS_NUM_THREADS="1", OMP_NUM_THREADS="1")
     out = subprocess.run([sys.executable, "-m", "clipdesk.cli", "eval", "fewshot", "--features", str(path),
-                          "--seeds", str(SEEDS), "--corrections", "0", "--json"],
+                          "--seeds", str(SEEDS), "--corrections", "0", "--negatives", "0", "--json"],
                          capture_output=True, text=True, timeout=100, env=env, check=False)
     assert out.returncode == 0, out.stderr
     res = json.loads(out.stdout)

@@ -273,3 +273,83 @@ def test_a_fitted_probe_round_trips_and_bad_weights_are_refused(tmp_path):
     np.savez(tmp_path / "extra.npz", **arrays, other=np.zeros(2))
     with pytest.raises(ProbeError, match="unexpected contents"):
         load_probe_file(str(tmp_path / "extra.npz"))
+
+
+def test_map_fit_with_negatives_reaches_the_optimum():
+    from clipdesk.probe import _map_fit
+
+    rng = np.random.default_rng(0)
+    X, Xn = normalise(rng.normal(size=(40, 12))), normalise(rng.normal(size=(7, 12)))
+    y, cn = np.arange(40) % 4, np.arange(7) % 4
+    W0 = 5 * normalise(rng.normal(size=(4, 12)))
+    off, on = rng.normal(size=(40, 4)), rng.normal(size=(7, 4))
+    W, _ = _map_fit(X, y, W0, off, 0.5, np.ones(40), None, iters=300, negatives=(Xn, cn, on, np.ones(7)))
+
+    def softmax(z):
+        p = np.exp(z - z.max(1, keepdims=True))
+        return p / p.sum(1, keepdims=True)
+
+    W = W.astype(np.float64)
+    p, pn = softmax(X @ W.T + off), softmax(Xn @ W.T + on)
+    # d/dz of −log(1 − p_c) is p − q, q the softmax over the classes other than c
+    q = pn * (1 - np.eye(4)[cn])
+    q /= q.sum(1, keepdims=True)
+    grad = (p - np.eye(4)[y]).T @ X + (pn - q).T @ Xn + 0.5 * (W - W0)
+    assert np.abs(grad).max() < 1e-3
+    # the negatives' likelihood of "not their class" went up against a fit without them
+    W_plain, _ = _map_fit(X, y, W0, off, 0.5, np.ones(40), None, iters=300)
+    before = softmax(Xn @ W_plain.T.astype(np.float64) + on)[np.arange(7), cn]
+    assert np.log(1 - pn[np.arange(7), cn]).sum() > np.log(1 - before).sum() + 0.5
+
+
+def test_negatives_of_a_class_keep_its_look_alikes_out():
+    # class a's text points nearer b than a: the 2-shot probe calls many b items "a"; the b items
+    # it is most sure are "a", given as negatives of a (not as examples of b), fix most of the rest
+    rng = np.random.default_rng(3)
+    centres = normalise(rng.normal(size=(3, 16)))
+    draw = lambda n: (normalise(np.repeat(centres, n, 0) + 0.3 * rng.normal(size=(3 * n, 16))).astype(np.float32),
+                      np.repeat(np.arange(3), n))
+    text = normalise(np.vstack([centres[0] + 3.0 * centres[1], centres[1], centres[2]])).astype(np.float32)
+    X, y = draw(2)
+    pool, ypool = draw(40)
+    test, ytest = draw(100)
+    probe, fit = fit_probe(ProbeData(["a", "b", "c"], text, X, y))
+    pa = probe.probabilities(pool)
+    wrong_a = np.where((pa.argmax(1) == 0) & (ypool != 0))[0]
+    neg = pool[wrong_a[np.argsort(-pa[wrong_a, 0])][:10]]
+    again, fit2 = fit_probe(ProbeData(["a", "b", "c"], text, X, y, negatives=neg, negative_of=np.zeros(len(neg), int)))
+    fp = lambda pr: int(((pr.scores(test).argmax(1) == 0) & (ytest != 0)).sum())
+    acc = lambda pr: float(np.mean(pr.scores(test).argmax(1) == ytest))
+    assert len(neg) == 10 and fp(probe) >= 20
+    assert fp(again) < 0.5 * fp(probe) and acc(again) > acc(probe) + 0.02
+    assert fit2.examples == fit.examples and again.keys.shape == probe.keys.shape  # not examples
+
+
+def test_negatives_are_checked():
+    X, y, text, _ = toy()
+    for neg, of in ((X[:2, :5], [0, 1]), (X[:2], [0]), (X[:2], [0, 3]), (X[:2], None)):
+        with pytest.raises(ValueError, match="negatives"):
+            fit_probe(ProbeData(["a", "b", "c"], text, X, y, negatives=neg,
+                                negative_of=None if of is None else np.array(of)))
+
+
+def test_corrections_do_not_move_the_priors_estimates():
+    # corrections are chosen because the text got them wrong: counted as a fair sample they would
+    # make the text look worse than it is (λ and T0 collapse); marked, they only train the layer
+    X, y, text, centres = toy(n_per=4, seed=5)
+    rng = np.random.default_rng(0)
+    odd = normalise(centres[[1, 2, 0]] + 0.1 * rng.normal(size=(3, 16))).astype(np.float32)  # text says otherwise
+    base = fit_probe(ProbeData(["a", "b", "c"], text, X, y))[1]
+    Xc, yc = np.vstack([X, odd]), np.concatenate([y, [0, 1, 2]])
+    unmarked = fit_probe(ProbeData(["a", "b", "c"], text, Xc, yc))[1]
+    marked_probe, marked = fit_probe(ProbeData(["a", "b", "c"], text, Xc, yc,
+                                               corrected=np.r_[np.zeros(len(y), bool), np.ones(3, bool)]))
+    assert unmarked.prior_precision < 0.5 * base.prior_precision
+    assert marked.prior_precision == pytest.approx(base.prior_precision)
+    assert marked.examples == len(yc)
+    # the corrections still train the probe: their own classes' probabilities rise
+    base_probe = fit_probe(ProbeData(["a", "b", "c"], text, X, y))[0]
+    own = lambda pr: pr.probabilities(odd)[np.arange(3), [0, 1, 2]]
+    assert (own(marked_probe) > own(base_probe)).all()
+    with pytest.raises(ValueError, match="corrected"):
+        fit_probe(ProbeData(["a", "b", "c"], text, X, y, corrected=np.zeros(3, bool)))
