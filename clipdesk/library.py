@@ -36,8 +36,9 @@ from clipdesk.indexer.vectors import COMPRESS_LIMIT, EXACT_LIMIT, VectorFileErro
 from clipdesk.models import DEFAULT_MODEL, Encoder, ModelSpec, load_encoder
 from clipdesk.probe import BACKGROUND, FitReport, Probe, ProbeData, fit_probe, load_probe_file, uncertainty
 from clipdesk.query import Term, parse_query, query_vector
+from clipdesk.results import Classification, Classifications
 from clipdesk.teaching import NONE_CLASS
-from clipdesk.zeroshot import assign, class_weights, zeroshot_probabilities
+from clipdesk.zeroshot import class_weights, top_category, zeroshot_probabilities
 
 ProgressFn = Callable[[Progress], None]
 BACKGROUND_SAMPLE = 200  # library photos sampled as "the rest" when one concept is taught
@@ -145,17 +146,6 @@ class SearchResult:
 
     def as_dict(self) -> dict:
         return {"path": self.path, "score": round(float(self.score), 6)}
-
-
-@dataclass(frozen=True)
-class Classification:
-    path: str
-    label: str | None
-    probability: float
-    id: int
-
-    def as_dict(self) -> dict:
-        return {"path": self.path, "label": self.label, "probability": round(self.probability, 6)}
 
 
 @dataclass(frozen=True)
@@ -668,8 +658,9 @@ class Library:
         return self.catalog.images(list(map(int, ids)))
 
     def classify(self, names: Sequence[str], threshold: float | None = None,
-                 progress: ProgressFn | None = None, cancel: CancelToken | None = None) -> list[Classification]:
-        """Zero-shot: every indexed image's most likely category among ``names`` (or None)."""
+                 progress: ProgressFn | None = None, cancel: CancelToken | None = None) -> Classifications:
+        """Zero-shot: every indexed image's most likely category among ``names`` (or None, under
+        ``threshold``), as columns (see :class:`Classifications`)."""
         names = [n.strip() for n in names if n.strip()]
         if len(names) < 1:
             raise QueryError("Give at least one category.")
@@ -678,12 +669,11 @@ class Library:
         self.check_model()
         enc = self.text_encoder
         weights = class_weights(enc.encode_texts, names)
-        out: list[Classification] = []
+        parts = []
         for ids, paths, vecs in self._iter_library(cancel, progress, "classify"):
-            probs = zeroshot_probabilities(vecs, weights, enc.logit_scale)
-            out += [Classification(p, names[a.index] if a.index >= 0 else None, a.probability, int(i))
-                    for i, p, a in zip(ids, paths, assign(probs, threshold))]
-        return out
+            parts.append((ids, paths, *top_category(zeroshot_probabilities(vecs, weights, enc.logit_scale),
+                                                           threshold)))
+        return Classifications.concatenate(names, parts)
 
     # ------------------------------------------------------------------ labels
     def _ids_for_paths(self, paths: Sequence[str], progress: ProgressFn | None = None) -> list[int]:
@@ -844,26 +834,23 @@ class Library:
         path.unlink()
 
     def predict(self, name: str, progress: ProgressFn | None = None,
-                cancel: CancelToken | None = None) -> list[Classification]:
-        """Apply probe ``name`` to every indexed image: its label and confidence.
+                cancel: CancelToken | None = None) -> Classifications:
+        """Apply probe ``name`` to every indexed image: its label and confidence, as columns (see
+        :class:`Classifications`).
 
         For a one-concept probe the label is the concept or None (probability is the concept's).
         """
         probe = self.load_probe(name)
         concept = BACKGROUND in probe.classes
-        out: list[Classification] = []
+        parts = []
         for ids, paths, vecs in self._iter_library(cancel, progress, "predict"):
             probs = probe.probabilities(vecs)
             if concept:
-                p0 = probs[:, 0].tolist()
-                out += [Classification(path, probe.classes[0] if p >= 0.5 else None, p, int(i))
-                        for i, path, p in zip(ids, paths, p0)]
+                p0 = probs[:, 0]
+                parts.append((ids, paths, np.where(p0 >= 0.5, 0, -1).astype(np.int32), p0))
             else:
-                top = probs.argmax(1)
-                best = probs[np.arange(len(top)), top].tolist()
-                out += [Classification(path, probe.classes[t], p, int(i))
-                        for i, path, t, p in zip(ids, paths, top.tolist(), best)]
-        return out
+                parts.append((ids, paths, *top_category(probs)))
+        return Classifications.concatenate(probe.classes, parts)
 
     def suggest(self, name: str, k: int = 20, cancel: CancelToken | None = None) -> list[Classification]:
         """Unlabelled images whose labels would teach probe ``name`` the most.

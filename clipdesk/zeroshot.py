@@ -66,9 +66,18 @@ class Assignment:
     probability: float
 
 
+def top_category(probabilities: np.ndarray, threshold: float | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """``(index int32, probability float32)`` of each row's top category; rows whose top
+    probability is under ``threshold`` get index -1."""
+    top = probabilities.argmax(axis=1)
+    p = probabilities[np.arange(len(top)), top].astype(np.float32)
+    index = top.astype(np.int32)
+    if threshold is not None:
+        index[p < threshold] = -1
+    return index, p
+
+
 def assign(probabilities: np.ndarray, threshold: float | None = None) -> list[Assignment]:
     """Top category per row; rows whose top probability is under ``threshold`` get index -1."""
-    top = probabilities.argmax(axis=1)
-    p = probabilities[np.arange(len(top)), top]
-    return [Assignment(int(i) if threshold is None or pi >= threshold else -1, float(pi))
-            for i, pi in zip(top, p)]
+    index, p = top_category(probabilities, threshold)
+    return [Assignment(i, pi) for i, pi in zip(index.tolist(), p.tolist())]

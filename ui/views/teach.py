@@ -10,6 +10,7 @@
 """
 from __future__ import annotations
 
+import numpy as np
 from PySide6.QtCore import QItemSelectionModel, Qt, Signal
 from PySide6.QtGui import QKeySequence, QShortcut
 from PySide6.QtWidgets import (QComboBox, QFrame, QHBoxLayout, QLabel, QLineEdit, QPushButton, QSlider,
@@ -297,12 +298,13 @@ class TeachView(QWidget):
     def _applied(self, predictions) -> None:
         self.predictions = predictions
         keep = self.review_category.currentData()
-        cats = sorted({p.label for p in predictions if p.label not in (None, NONE_CLASS, BACKGROUND)})
+        counts = predictions.counts()  # from the columns: no pass over a million rows here
+        cats = sorted(c for c in counts if c not in (None, NONE_CLASS, BACKGROUND))
         self.review_category.blockSignals(True)
         self.review_category.clear()
         for c in cats:
             self.review_category.addItem(c, c)
-        if any(p.label in (None, NONE_CLASS) for p in predictions):
+        if counts.get(None) or counts.get(NONE_CLASS):
             rest = f"{NOT_PREFIX}{self.concept}" if self.concept else "none of the buckets"
             self.review_category.addItem(rest, "")
         i = self.review_category.findData(keep)
@@ -317,11 +319,14 @@ class TeachView(QWidget):
         want = self.review_category.currentData()
         if want is None:
             return []
+        if not self.predictions:
+            return []
         labelled = self.ctx.labels.labelled_paths()
-        rows = [p for p in self.predictions if p.path not in labelled
-                and ((p.label or "") == want or (want == "" and p.label == NONE_CLASS))]
-        rows.sort(key=lambda p: p.probability)  # least sure first: those are worth a look
-        return rows
+        pred = self.predictions
+        rows = pred.rows_with([None, NONE_CLASS] if want == "" else [want])
+        paths = pred.paths
+        rows = np.array([r for r in rows.tolist() if paths[r] not in labelled], np.int64)
+        return list(pred.take(pred.by_probability(rows)))  # least sure first: those are worth a look
 
     def show_review(self) -> None:
         limit = self.confidence.value()

@@ -1,0 +1,61 @@
+"""Whole-library answers as columns (clipdesk/results.py): rows made on demand agree with the
+columns, counting and filtering work on the columns, bad columns are refused."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from clipdesk.results import Classification, Classifications
+
+
+def answers() -> Classifications:
+    names = ["beach", "snow", "city"]
+    ids = np.array([3, 5, 8, 9, 12, 20])
+    paths = [f"/p/{i}.jpg" for i in ids]
+    label = np.array([0, -1, 2, 0, 0, 1], np.int32)
+    prob = np.array([0.9, 0.3, 0.6, 0.5, 0.9, 0.7], np.float32)
+    return Classifications(names, ids, paths, label, prob)
+
+
+def test_rows_read_the_columns():
+    a = answers()
+    assert len(a) == 6 and bool(a)
+    assert a[0] == Classification("/p/3.jpg", "beach", pytest.approx(0.9), 3)
+    assert a[1].label is None and a[-1].label == "snow" and a[-1].id == 20
+    assert list(a) == [a[i] for i in range(len(a))]  # iteration and indexing agree
+    assert [r.as_dict()["label"] for r in a] == ["beach", None, "city", "beach", "beach", "snow"]
+    with pytest.raises(IndexError):
+        a[6]
+    assert [r.id for r in a[1:3]] == [5, 8]
+
+
+def test_counting_filtering_and_ordering_use_the_columns():
+    a = answers()
+    assert a.counts() == {"beach": 3, None: 1, "city": 1, "snow": 1}
+    assert a.rows_with(["beach"]).tolist() == [0, 3, 4]
+    assert a.rows_with([None, "city"]).tolist() == [1, 2]
+    assert a.rows_with(["not a category"]).tolist() == []
+    assert a.rows_with(["beach"], max_probability=0.6).tolist() == [3]
+    assert a.rows_with(["beach", "snow"], min_probability=0.7).tolist() == [0, 4, 5]
+    beach = a.rows_with(["beach"])
+    assert a.by_probability(beach).tolist() == [3, 0, 4]  # ties keep catalog order
+    assert a.by_probability(beach, descending=True).tolist() == [0, 4, 3]
+    picked = a.take([4, 1])
+    assert [(r.id, r.label) for r in picked] == [(12, "beach"), (5, None)]
+    assert picked.counts() == {"beach": 1, None: 1}
+
+
+def test_an_empty_answer_and_bad_columns():
+    empty = Classifications.concatenate(["x"], [])
+    assert len(empty) == 0 and not empty and list(empty) == [] and empty.counts() == {}
+    with pytest.raises(ValueError, match="lengths"):
+        Classifications(["x"], np.array([1, 2]), ["/a"], np.array([0, 0]), np.array([0.5, 0.5]))
+    with pytest.raises(ValueError, match="out of range"):
+        Classifications(["x"], np.array([1]), ["/a"], np.array([1]), np.array([0.5]))
+
+
+def test_chunks_concatenate_in_order():
+    parts = [(np.array([1, 2]), ["/a", "/b"], np.array([0, 1], np.int32), np.array([0.5, 0.6], np.float32)),
+             (np.array([7]), ["/c"], np.array([-1], np.int32), np.array([0.2], np.float32))]
+    a = Classifications.concatenate(["x", "y"], parts)
+    assert [(r.id, r.path, r.label) for r in a] == [(1, "/a", "x"), (2, "/b", "y"), (7, "/c", None)]
