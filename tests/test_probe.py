@@ -353,3 +353,34 @@ def test_corrections_do_not_move_the_priors_estimates():
     assert (own(marked_probe) > own(base_probe)).all()
     with pytest.raises(ValueError, match="corrected"):
         fit_probe(ProbeData(["a", "b", "c"], text, X, y, corrected=np.zeros(3, bool)))
+
+
+def test_held_out_evidence_decides_how_much_corrections_weigh(monkeypatch):
+    # ten "corrections" whose labels are wrong (items of class c labelled c + 1) wreck a probe
+    # that takes them at face value; marked as corrections they get weight 0 in the likelihood
+    # (they predict the fair examples worse); the same items with their true labels weigh fully
+    import clipdesk.probe as probe_module
+
+    rng = np.random.default_rng(1)
+    centres = normalise(rng.normal(size=(5, 32)))
+    draw = lambda n: (normalise(np.repeat(centres, n, 0) + 0.35 * rng.normal(size=(5 * n, 32))).astype(np.float32),
+                      np.repeat(np.arange(5), n))
+    text = normalise(centres + 0.5 * rng.normal(size=centres.shape)).astype(np.float32)
+    X, y = draw(2)
+    test, ytest = draw(100)
+    Xc, yc = draw(2)
+    names = list("abcde")
+    acc = lambda pr: float(np.mean(pr.scores(test).argmax(1) == ytest))
+    marked = np.r_[np.zeros(len(y), bool), np.ones(len(yc), bool)]
+    weights = []
+    real = probe_module._correction_weight
+    monkeypatch.setattr(probe_module, "_correction_weight", lambda *a: weights.append(real(*a)) or weights[-1])
+    base = fit_probe(ProbeData(names, text, X, y))[0]
+    wrong = (yc + 1) % 5
+    taken = fit_probe(ProbeData(names, text, np.vstack([X, Xc]), np.r_[y, wrong]))[0]
+    assert weights == []  # nothing marked: nothing to decide
+    weighed = fit_probe(ProbeData(names, text, np.vstack([X, Xc]), np.r_[y, wrong], corrected=marked))[0]
+    right = fit_probe(ProbeData(names, text, np.vstack([X, Xc]), np.r_[y, yc], corrected=marked))[0]
+    assert weights == [0.0, 1.0]
+    assert acc(taken) < acc(base) - 0.1
+    assert acc(weighed) > acc(base) - 0.03 and acc(right) > acc(base) + 0.03
