@@ -190,9 +190,14 @@ def child_predict(folder: str, source: str) -> dict:
     s, cpu = time.perf_counter() - t, time.process_time() - c
     n = len(out)
     first = (out[0].path, out[0].label, round(out[0].probability, 5))
+    counts = {str(k): v for k, v in out.counts().items()}
+    t = time.perf_counter()
+    rows = sum(1 for _ in out)  # every row as an object, as `clipdesk predict`'s output does
+    rows_s = time.perf_counter() - t
     del out
     lib.close()
     return {"predict_s": round(s, 2), "predict_cpu_s": round(cpu, 2), "photos": n, "first": first,
+            "counts": counts, "every_row_as_object_s": round(rows_s, 2), "rows": rows,
             "torch_loaded": "torch" in sys.modules, "peak_rss_mb": round(peak_rss_mb())}
 
 
@@ -204,13 +209,21 @@ def child_classify(folder: str, source: str) -> dict:
     if source == "catalog":
         lib._vector_file = lambda rebuild=False: None
     lib.text_encoder  # noqa: B018 - the model load is not what this measures
+    names = ["dog", "beach", "city", "food", "mountain"]
     t, c = time.perf_counter(), time.process_time()
-    out = lib.classify(["dog", "beach", "city", "food", "mountain"])
+    out = lib.classify(names)
     s, cpu = time.perf_counter() - t, time.process_time() - c
     n = len(out)
     del out
+    # The same categories again: their prompts' embeddings are cached by then, so this is the
+    # pass alone; the difference is encoding 5 × 12 prompts, whatever the library's size.
+    t = time.perf_counter()
+    again = lib.classify(names)
+    s2 = time.perf_counter() - t
+    del again
     lib.close()
-    return {"classify_s": round(s, 2), "classify_cpu_s": round(cpu, 2), "photos": n, "peak_rss_mb": round(peak_rss_mb())}
+    return {"classify_s": round(s, 2), "classify_cpu_s": round(cpu, 2), "classify_again_s": round(s2, 2),
+            "photos": n, "peak_rss_mb": round(peak_rss_mb())}
 
 
 def child_incremental(folder: str, added: int) -> dict:

@@ -15,7 +15,9 @@ import os
 import re
 import threading
 import time
+from collections import deque
 from collections.abc import Callable, Iterable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -43,6 +45,33 @@ from clipdesk.zeroshot import class_weights, top_category, zeroshot_probabilitie
 ProgressFn = Callable[[Progress], None]
 BACKGROUND_SAMPLE = 200  # library photos sampled as "the rest" when one concept is taught
 SUGGEST_CANDIDATES = 4000  # images a pre-training diverse sample is drawn from
+_CACHE_ROWS = 4096  # rows a whole-library pass converts and hands on at a time (8 MB at 512-d)
+BLOCK_SLICES = vecfile.BLOCK // _CACHE_ROWS
+_PASS_WORKERS = 4  # at most, and no more than the cores
+_blas_lock = threading.Lock()
+_blas_users = 0
+_blas_limit = None
+
+
+@contextmanager
+def _one_blas_thread():
+    """BLAS on one thread per call while whole-library passes run (BLAS's setting is the
+    process's: the first pass in sets it, the last one out restores it)."""
+    global _blas_users, _blas_limit
+    from threadpoolctl import threadpool_limits
+
+    with _blas_lock:
+        if _blas_users == 0:
+            _blas_limit = threadpool_limits(1, user_api="blas")
+        _blas_users += 1
+    try:
+        yield
+    finally:
+        with _blas_lock:
+            _blas_users -= 1
+            if _blas_users == 0:
+                _blas_limit.restore_original_limits()
+                _blas_limit = None
 _PROBE_NAME = re.compile(r"^[\w][\w .+-]{0,99}$")
 
 
@@ -597,10 +626,63 @@ class Library:
         return self.search(self.embed_image_file(path), k, exclude=[own] if own is not None else (), **filters)
 
     # ------------------------------------------------------------------ bulk scoring
-    def _iter_library(self, cancel: CancelToken | None, progress: ProgressFn | None, stage: str,
-                      chunk: int = 50_000):
+    def _iter_library(self, cancel: CancelToken | None, progress: ProgressFn | None, stage: str):
         """Yield ``(ids, paths, vectors (n, dim) float32)`` over every embedded image in id order,
         with progress and cancellation. The vectors array is reused: use it before the next chunk.
+
+        Converted and handed on a slice at a time: the float32 rows are still in the CPU's cache
+        when the caller's product reads them (a whole block's 64 MB would go out to memory and back).
+        """
+        buf = None
+        for ids, paths, vecs in self._library_blocks(cancel, progress, stage):
+            for a in range(0, len(ids), _CACHE_ROWS):
+                b = min(len(ids), a + _CACHE_ROWS)
+                buf = vecfile.as_float32(vecs[a:b], buf)
+                yield ids[a:b], paths[a:b], buf[:b - a]
+
+    def _map_library(self, fn: Callable[[np.ndarray], tuple], cancel: CancelToken | None,
+                     progress: ProgressFn | None, stage: str) -> list[tuple]:
+        """``(ids, paths, *fn(vectors float32))`` for every slice of the library, in id order.
+
+        ``fn`` runs on worker threads, one per core, each on its own slices with one BLAS thread
+        (many small products on BLAS's own threads wait on each other, badly so when other
+        programs use the cores), while this thread maps, checks and reads the paths of the next
+        block. ``fn`` must be thread-safe and return arrays it owns.
+        """
+        workers = min(_PASS_WORKERS, os.cpu_count() or 1)
+        if workers == 1:
+            return [(ids, paths, *fn(v)) for ids, paths, v in self._iter_library(cancel, progress, stage)]
+        local = threading.local()
+
+        def work(vecs: np.ndarray) -> tuple:
+            local.buf = vecfile.as_float32(vecs, getattr(local, "buf", None))
+            return fn(local.buf[:len(vecs)])
+
+        out: list[tuple] = []
+        pending: deque = deque()  # (ids, paths, future) in order; bounded: two blocks in flight
+        pool = ThreadPoolExecutor(workers, thread_name_prefix=f"clipdesk-{stage}")
+        try:
+            with _one_blas_thread():
+                for ids, paths, vecs in self._library_blocks(cancel, progress, stage):
+                    for a in range(0, len(ids), _CACHE_ROWS):
+                        b = min(len(ids), a + _CACHE_ROWS)
+                        pending.append((ids[a:b], paths[a:b], pool.submit(work, vecs[a:b])))
+                    del vecs  # the block's map closes once its slices are done
+                    while pending and (pending[0][2].done() or len(pending) > 2 * BLOCK_SLICES):
+                        i, p, f = pending.popleft()
+                        out.append((i, p, *f.result()))
+                while pending:
+                    i, p, f = pending.popleft()
+                    out.append((i, p, *f.result()))
+        finally:
+            pool.shutdown(wait=True, cancel_futures=True)
+        return out
+
+    def _library_blocks(self, cancel: CancelToken | None, progress: ProgressFn | None, stage: str,
+                        chunk: int = 50_000):
+        """Yield ``(ids, paths, vectors (n, dim))`` a block at a time over every embedded image in
+        id order, with progress and cancellation: float16 views of the vector file's mapped block,
+        or float32 from the catalog. A view keeps its block mapped until it is dropped.
 
         Vectors stream from the memory-mapped vector file (with the catalog's changes since it was
         written overlaid), else, when there is no usable file, from the catalog's rows.
@@ -614,7 +696,7 @@ class Library:
             return
         with vf:
             total = vf.header.live - int(np.isin(changes[0], vf.ids[vf.live_mask]).sum()) + len(changes[1])
-            done, last, buf = 0, -1, None
+            done, last = 0, -1
             try:
                 for ids, vecs in vecfile.chunks(vf, changes):
                     if cancel is not None:
@@ -624,10 +706,10 @@ class Library:
                         keep = np.isin(ids, known)
                         ids, vecs = ids[keep], vecs[keep]
                         paths = [paths[p] for p in np.searchsorted(known, ids).tolist()]
-                    buf = vecfile.as_float32(vecs, buf)
                     if len(ids):
-                        yield ids, paths, buf[:len(ids)]
+                        yield ids, paths, vecs
                         last = int(ids[-1])
+                    del vecs
                     done += len(ids)
                     if progress:
                         progress(Progress(stage, min(done, total), total))
@@ -669,10 +751,9 @@ class Library:
         self.check_model()
         enc = self.text_encoder
         weights = class_weights(enc.encode_texts, names)
-        parts = []
-        for ids, paths, vecs in self._iter_library(cancel, progress, "classify"):
-            parts.append((ids, paths, *top_category(zeroshot_probabilities(vecs, weights, enc.logit_scale),
-                                                           threshold)))
+        scale = enc.logit_scale
+        parts = self._map_library(lambda v: top_category(zeroshot_probabilities(v, weights, scale), threshold),
+                                  cancel, progress, "classify")
         return Classifications.concatenate(names, parts)
 
     # ------------------------------------------------------------------ labels
@@ -842,15 +923,14 @@ class Library:
         """
         probe = self.load_probe(name)
         concept = BACKGROUND in probe.classes
-        parts = []
-        for ids, paths, vecs in self._iter_library(cancel, progress, "predict"):
+
+        def answer(vecs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
             probs = probe.probabilities(vecs)
             if concept:
-                p0 = probs[:, 0]
-                parts.append((ids, paths, np.where(p0 >= 0.5, 0, -1).astype(np.int32), p0))
-            else:
-                parts.append((ids, paths, *top_category(probs)))
-        return Classifications.concatenate(probe.classes, parts)
+                return np.where(probs[:, 0] >= 0.5, 0, -1).astype(np.int32), probs[:, 0].copy()
+            return top_category(probs)
+
+        return Classifications.concatenate(probe.classes, self._map_library(answer, cancel, progress, "predict"))
 
     def suggest(self, name: str, k: int = 20, cancel: CancelToken | None = None) -> list[Classification]:
         """Unlabelled images whose labels would teach probe ``name`` the most.
@@ -863,18 +943,19 @@ class Library:
         if not self._probe_path(name).exists():
             return self._diverse_sample(name, k, labelled)
         probe = self.load_probe(name)
-        best: list[tuple[float, int, np.ndarray]] = []
-        for ids, _paths, vecs in self._iter_library(cancel, None, "suggest"):
+
+        def answer(vecs: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
             probs = probe.probabilities(vecs)
-            u = uncertainty(probs)
-            for i, ui, p in zip(ids, u, probs):
-                if int(i) not in labelled:
-                    best.append((float(ui), int(i), p))
-            best.sort(key=lambda t: -t[0])
-            del best[k:]  # memory stays O(k + chunk) on any library size
-        info = self._paths([i for _, i, _ in best])
-        return [Classification(info[i].path, probe.classes[int(p.argmax())], float(p.max()), i)
-                for _, i, p in best]
+            return (uncertainty(probs).astype(np.float32), *top_category(probs))
+
+        parts = self._map_library(answer, cancel, None, "suggest")
+        if not parts:
+            return []
+        found = Classifications.concatenate(probe.classes, [(i, p, top, best) for i, p, _u, top, best in parts])
+        u = np.concatenate([part[2] for part in parts])
+        open_rows = np.flatnonzero(~np.isin(found.ids, np.fromiter(labelled, np.int64, len(labelled))))
+        pick = open_rows[np.argsort(-u[open_rows], kind="stable")[:k]]  # most uncertain; ties in id order
+        return list(found.take(pick))
 
     def _diverse_sample(self, seed_text: str, k: int, exclude: set[int]) -> list[Classification]:
         from clipdesk.sampling import farthest_point_sample

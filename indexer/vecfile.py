@@ -403,7 +403,7 @@ def as_float32(vecs: np.ndarray, buf: np.ndarray | None = None) -> np.ndarray:
     """
     n, dim = vecs.shape
     if buf is None or buf.shape[0] < n or buf.shape[1] != dim:
-        buf = np.empty((max(n, BLOCK), dim), np.float32)
+        buf = np.empty((max(n, 1), dim), np.float32)
     if vecs.dtype != np.float16:
         buf[:n] = vecs
         return buf

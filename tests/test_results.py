@@ -59,3 +59,37 @@ def test_chunks_concatenate_in_order():
              (np.array([7]), ["/c"], np.array([-1], np.int32), np.array([0.2], np.float32))]
     a = Classifications.concatenate(["x", "y"], parts)
     assert [(r.id, r.path, r.label) for r in a] == [(1, "/a", "x"), (2, "/b", "y"), (7, "/c", None)]
+
+
+def test_whole_library_answers_match_the_probe_row_by_row(library, photos, monkeypatch):
+    """predict, classify and suggest over the library (worker threads, slices) against the probe
+    and the zero-shot rule applied to every catalog vector directly; one worker gives the same."""
+    from clipdesk import library as library_mod
+    from clipdesk.probe import uncertainty
+    from clipdesk.zeroshot import class_weights, zeroshot_probabilities
+
+    library.index([str(photos)])
+    reds = [str(p) for p in sorted(photos.rglob("*.jpg"))[:2]]
+    library.add_to_label("red", reds)
+    library.add_to_label("other", [str(sorted(photos.rglob("*.jpg"))[-1])])
+    library.train("p")
+    monkeypatch.setattr(library_mod, "_CACHE_ROWS", 3)  # several slices and workers on 8 photos
+    got = library.predict("p")
+    ids = got.ids
+    vecs = library.catalog.vectors_for(ids.tolist())
+    probs = library.load_probe("p").probabilities(vecs)
+    assert [r.path for r in got] == [library.catalog.images([int(i)])[int(i)].path for i in ids]
+    assert got.label_index.tolist() == probs.argmax(1).tolist()
+    assert np.allclose(got.probability, probs.max(1), atol=1e-6)
+    names = ["red", "green", "blue"]
+    zs = zeroshot_probabilities(vecs, class_weights(library.text_encoder.encode_texts, names),
+                                library.text_encoder.logit_scale)
+    classified = library.classify(names)
+    assert classified.label_index.tolist() == zs.argmax(1).tolist()
+    u = uncertainty(probs)
+    labelled = set(library.catalog.labels()["red"]) | set(library.catalog.labels()["other"])
+    open_rows = [r for r in np.argsort(-u, kind="stable").tolist() if int(ids[r]) not in labelled]
+    assert [s.id for s in library.suggest("p", k=3)] == [int(ids[r]) for r in open_rows[:3]]
+    monkeypatch.setattr(library_mod, "_PASS_WORKERS", 1)
+    one = library.predict("p")
+    assert list(one) == list(got)

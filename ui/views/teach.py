@@ -123,7 +123,7 @@ class TeachView(QWidget):
         rtitle.setObjectName("title")
         self.review_category = QComboBox()
         self.review_category.setObjectName("reviewCategory")
-        self.review_category.setMinimumContentsLength(10)
+        self.review_category.setMinimumContentsLength(len("none of the buckets"))  # never elided
         self.review_category.currentIndexChanged.connect(lambda _i: self.show_review())
         self.confidence = QSlider(Qt.Orientation.Horizontal)
         self.confidence.setObjectName("confidence")
@@ -137,7 +137,7 @@ class TeachView(QWidget):
         self.confidence_label = QLabel("≤ 100%")
         self.confidence_label.setObjectName("confidenceLabel")
         rh.addWidget(rtitle)
-        rh.addWidget(self.review_category, 1)
+        rh.addWidget(self.review_category, 2)
         rh.addWidget(self.confidence, 1)
         rh.addWidget(self.confidence_label)
         rl.addLayout(rh)
