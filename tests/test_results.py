@@ -93,3 +93,31 @@ def test_whole_library_answers_match_the_probe_row_by_row(library, photos, monke
     monkeypatch.setattr(library_mod, "_PASS_WORKERS", 1)
     one = library.predict("p")
     assert list(one) == list(got)
+
+
+def test_a_cancelled_pass_stops_and_leaves_no_thread_or_blas_setting_behind(library, photos, monkeypatch):
+    import threading
+
+    from threadpoolctl import threadpool_info
+
+    from clipdesk.indexer import vecfile
+    from clipdesk.indexer.pipeline import CancelToken, Cancelled
+
+    monkeypatch.setattr(vecfile, "BLOCK", 2)  # the vector file in blocks of 2 photos: 4 blocks
+    library.index([str(photos)])
+    library.add_to_label("red", [str(sorted(photos.rglob("*.jpg"))[0])])
+    library.add_to_label("other", [str(sorted(photos.rglob("*.jpg"))[-1])])
+    library.train("p")
+    blas = [i["num_threads"] for i in threadpool_info() if i["user_api"] == "blas"]
+    token, seen = CancelToken(), []
+
+    def progress(p):
+        seen.append(p.done)
+        token.cancel()  # after the first block
+
+    with pytest.raises(Cancelled):
+        library.predict("p", progress=progress, cancel=token)
+    assert seen == [2]
+    assert not [t for t in threading.enumerate() if t.name.startswith("clipdesk-predict")]
+    assert [i["num_threads"] for i in threadpool_info() if i["user_api"] == "blas"] == blas
+    assert len(library.predict("p")) == 8  # and the next pass runs whole
