@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import os
 from collections import OrderedDict
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -26,6 +27,25 @@ class Item:
     score: float | None = None  # similarity, or a probability for classified/predicted items
     label: str | None = None
     taken: float | None = None
+
+
+class AnswerItems(Sequence[Item]):
+    """The grid's items for rows of a whole-library answer (``clipdesk.results.Classifications``),
+    made when the grid asks for them: a category of a million photos shows at once instead of
+    after a million objects are built on the GUI thread. Unlabelled rows show ``unlabelled``."""
+
+    def __init__(self, answers, unlabelled: str | None = None):
+        self.answers = answers
+        self.unlabelled = unlabelled
+
+    def __len__(self) -> int:
+        return len(self.answers)
+
+    def __getitem__(self, i):  # type: ignore[override]
+        if isinstance(i, slice):
+            return [self[j] for j in range(len(self))[i]]
+        r = self.answers[i]
+        return Item(r.path, r.probability, r.label or self.unlabelled)
 
 
 # ---------------------------------------------------------------------- thumbnails
@@ -163,20 +183,19 @@ class ResultsModel(QAbstractListModel):
 
     def __init__(self, thumbnails: Thumbnails | None = None, parent: QObject | None = None):
         super().__init__(parent)
-        self._items: list[Item] = []
-        self._rows: dict[str, list[int]] = {}
+        self._items: Sequence[Item] = []
+        self._rows: dict[str, set[int]] = {}  # rows whose thumbnail was asked for, by path
         self.label_captions = False  # captions name the label too (grids of mixed labels)
         self.thumbnails = thumbnails
         if thumbnails is not None:
             thumbnails.ready.connect(self._thumbnail_ready)
 
     # plain-Python side
-    def set_items(self, items: list[Item]) -> None:
+    def set_items(self, items: Sequence[Item]) -> None:
+        """Show ``items``: a list, or an :class:`AnswerItems` (kept as it is, read row by row)."""
         self.beginResetModel()
-        self._items = list(items)
+        self._items = items if isinstance(items, AnswerItems) else list(items)
         self._rows = {}
-        for i, it in enumerate(self._items):
-            self._rows.setdefault(it.path, []).append(i)
         self.endResetModel()
 
     def items(self) -> list[Item]:
@@ -198,6 +217,7 @@ class ResultsModel(QAbstractListModel):
         if role == Qt.ItemDataRole.DecorationRole:
             if self.thumbnails is None:
                 return None
+            self._rows.setdefault(it.path, set()).add(index.row())  # to repaint when it lands
             return self.thumbnails.get(it.path) or self.thumbnails.placeholder
         if role == Qt.ItemDataRole.ToolTipRole:
             lines = [os.path.basename(it.path)]
@@ -234,7 +254,7 @@ class ResultsModel(QAbstractListModel):
         return Qt.DropAction.CopyAction
 
     def _thumbnail_ready(self, path: str) -> None:
-        for row in self._rows.get(path, ()):
+        for row in sorted(self._rows.get(path, ())):
             idx = self.index(row)
             self.dataChanged.emit(idx, idx, [Qt.ItemDataRole.DecorationRole])
 

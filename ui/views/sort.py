@@ -5,7 +5,7 @@ from PySide6.QtCore import Qt, Signal
 from PySide6.QtWidgets import (QHBoxLayout, QLabel, QListWidget, QListWidgetItem, QPlainTextEdit, QPushButton,
                                QVBoxLayout, QWidget)
 
-from ..models import Item, ResultsModel
+from ..models import AnswerItems, ResultsModel
 from .actions import ResultActions
 from .context import Context
 from .grid import PhotoGrid
@@ -104,7 +104,7 @@ class SortView(QWidget):
         name = it.data(Qt.ItemDataRole.UserRole)
         found = self.classified
         rows = found.take(found.by_probability(found.rows_with([name]), descending=True)) if found else []
-        self.results.set_items([Item(r.path, r.probability, r.label or NONE) for r in rows])
+        self.results.set_items(AnswerItems(rows, NONE))
         self.count_text = f"{len(rows):,} in “{name or NONE}” · {len(self.classified):,} photos sorted"
         if not rows:
             self.grid.set_empty_text(f"No photo was sorted into “{name or NONE}”.")

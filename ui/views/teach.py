@@ -20,7 +20,7 @@ from clipdesk.errors import ClipdeskError
 from clipdesk.probe import BACKGROUND
 from clipdesk.teaching import NONE_CLASS, negative_label
 
-from ..models import Item, ResultsModel
+from ..models import AnswerItems, Item, ResultsModel
 from .actions import ResultActions
 from .buckets import BucketsPanel
 from .context import Context
@@ -315,26 +315,27 @@ class TeachView(QWidget):
         self.applied.emit()
 
     # ------------------------------------------------------------------ review
-    def _review_rows(self) -> list:
+    def _review_rows(self, limit: float = 100.0):
+        """The predictions to review: the chosen category's photos not labelled yet, at most
+        ``limit`` % sure, least sure first (those are worth a look); None before any."""
         want = self.review_category.currentData()
-        if want is None:
-            return []
-        if not self.predictions:
-            return []
-        labelled = self.ctx.labels.labelled_paths()
+        if want is None or not self.predictions:
+            return None
         pred = self.predictions
-        rows = pred.rows_with([None, NONE_CLASS] if want == "" else [want])
+        rows = pred.rows_with([None, NONE_CLASS] if want == "" else [want], max_probability=(limit + 1e-6) / 100)
+        labelled = self.ctx.labels.labelled_paths()
         paths = pred.paths
         rows = np.array([r for r in rows.tolist() if paths[r] not in labelled], np.int64)
-        return list(pred.take(pred.by_probability(rows)))  # least sure first: those are worth a look
+        return pred.take(pred.by_probability(rows))
 
     def show_review(self) -> None:
         limit = self.confidence.value()
         self.confidence_label.setText(f"≤ {limit}%")
-        rows = [p for p in self._review_rows() if p.probability * 100 <= limit + 1e-6]
+        rows = self._review_rows(limit)
+        rows = [] if rows is None else rows
         current = self.review_grid.currentIndex().row()
         want = self.review_category.currentData()
-        self.review_results.set_items([Item(p.path, p.probability, p.label or want or "none") for p in rows])
+        self.review_results.set_items(AnswerItems(rows, want or "none"))
         if rows:
             # current, not selected: Export and Copy act on a selection the user makes, else on all
             self.review_grid.selectionModel().setCurrentIndex(
