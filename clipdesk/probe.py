@@ -53,6 +53,19 @@ examples and ``FitReport.cv_accuracy`` is the accuracy on them. (With one exampl
 no fold can hold one out; the prior's closed-form leave-one-out scores stand in.) Held-out
 models see a fifth fewer examples than the final one, so the probabilities err on the modest side.
 
+**The cache's weight and width** (α, β) are chosen per fit among (1, 20) — the rule of earlier
+versions — and (10, 10), (30, 10), (100, 10) by the out-of-fold likelihood the calibration already
+computes: a candidate replaces (1, 20) only when it predicts the held-out examples better by more
+than ``SELECTION_SE = 2`` standard errors of the paired per-example difference. Evidence (dev
+halves, 10 seeds; margin over max(zero-shot, logistic regression)): a fixed wide, heavy cache
+(α = 30–100, β = 10) lifted K = 32 on the Debian dev halves (sections +0.004 → +0.015–0.021, tags
+−0.009 → +0.004–0.010) but cost the proxy's dev half 0.03–0.11 at K = 1–8; chosen per fit
+without the guard it still cost the proxy 0.013–0.03 at K = 2–4 (too few held-out examples to
+choose well); with the 2-SE guard the proxy is unchanged and K = 32 reaches +0.015 (sections) and
+−0.000 (tags). A guard of 1 SE: tags +0.005, proxy K = 2–8 −0.008 to −0.014. Tried at K = 16–32
+without gain (dev halves): λ scaled ×0.1–×10, another λ floor (0.002–1), the text vector(s) as
+extra examples, shrinkage LDA (alone and with zero-shot logits), averaging the fold models.
+
 Methods compared before this one (``clipdesk eval fewshot``, benchmarks/RESULTS.md): the prototype
 rule alone (caps below logistic regression from K = 16: the class mean is not the best direction),
 logistic regression (far below zero-shot at K ≤ 4), MAP logistic regression with a fixed λ (no
@@ -97,7 +110,7 @@ _MEMBERS = ("text", "keys", "key_labels", "bias", "meta")
 _OPTIONAL_MEMBERS = ("weights",)
 MAX_WEIGHT = 1e6  # |w| of a fitted linear layer (fits stay far below; larger is a forged file)
 # Parameters outside these ranges cannot come from fit_probe and would overflow the scores.
-_PARAM_RANGES = {"tau": (0.0, 1e6), "alpha": (0.0, 1e3), "beta": (0.0, 1e3), "temperature": (1e-6, 1e4)}
+_PARAM_RANGES = {"tau": (0.0, 1e6), "alpha": (0.0, 1e6), "beta": (0.0, 1e3), "temperature": (1e-6, 1e4)}
 _UNIT_SLACK = 1.01  # stored vectors are L2-normalised (float16 round trips move norms by ~1e-3)
 _SCORE_BLOCK = 1 << 24  # floats per temporary (n × keys) block in scores(): 64 MB
 _ONEHOT_LIMIT = 1 << 20  # keys × classes up to which scores() uses a one-hot product (4 MB)
@@ -641,6 +654,9 @@ def _fit_linear(data: ProbeData, y: np.ndarray, w: np.ndarray, balanced: bool, T
     return W, b, T0 * P
 
 
+# (α, β) of the cache tried per fit, chosen by out-of-fold likelihood (the first: the default)
+CACHE_CANDIDATES = ((CACHE_WEIGHT, CACHE_SHARPNESS), (10.0, 10.0), (30.0, 10.0), (100.0, 10.0))
+SELECTION_SE = 2.0
 CORRECTION_WEIGHTS = (1.0, 0.5, 0.0)  # tried in this order; the first best held-out likelihood wins
 
 
@@ -718,7 +734,11 @@ def fit_probe(data: ProbeData, zeroshot_text: np.ndarray | None = None, meta: di
     tau, alpha, beta = TEXT_PSEUDO_SHOTS, CACHE_WEIGHT, CACHE_SHARPNESS
     # The prior mean: the prototype rule at its own leave-one-out temperature (its logit scale).
     fair_data = data if fair.all() else ProbeData(data.classes, data.text, X[fair], y[fair])
-    T0, b0 = _fit_calibration(loo_scores(fair_data, tau, alpha, beta), y[fair], fit_bias=balanced, balanced=balanced)
+
+    def prior_scale(alpha: float, beta: float) -> tuple[float, np.ndarray]:
+        return _fit_calibration(loo_scores(fair_data, tau, alpha, beta), y[fair], fit_bias=balanced, balanced=balanced)
+
+    T0, b0 = prior_scale(alpha, beta)
     agree, judged = float((right * w)[fair].sum()), float(w[fair].sum())
     if data.negatives is not None and len(data.negatives):
         # a negative is a judgement on the text too: it agrees when the text does not pick the
@@ -732,19 +752,36 @@ def fit_probe(data: ProbeData, zeroshot_text: np.ndarray | None = None, meta: di
         w = w.copy()
         w[~fair] *= _correction_weight(data, y, w, fair, balanced, T0, b0, lam, tau, alpha, beta)
     n_folds = min(folds, int(np.bincount(y).max()))
-    b_prior = b0 if balanced else np.zeros(C, np.float32)
     if n_folds >= 2:
-        oof = np.zeros((len(y), C), np.float32)
+        # The cache's weight and width: the candidate whose out-of-fold probabilities are the most
+        # likely on the fair examples (the first one on a tie); the winner's folds calibrate.
         fold = _folds(y, n_folds)
-        for f in range(n_folds):
-            tr, te = fold != f, fold == f
-            W, b, _ = _fit_linear(data, y, w, balanced, T0, b0, lam, tau, alpha, beta, train=tr)
-            cache = T0 * alpha * _cache(X[te], X[tr], y[tr], C, beta) if alpha else 0.0
-            oof[te] = X[te] @ W.T + cache + b
-        T, bias = _fit_calibration(oof, y, fit_bias=balanced, balanced=balanced,
-                                   temperatures=np.geomspace(0.05, 20.0, 40))
+        best = None
+        for cand_alpha, cand_beta in CACHE_CANDIDATES:
+            cT0, cb0 = (T0, b0) if (cand_alpha, cand_beta) == (alpha, beta) else prior_scale(cand_alpha, cand_beta)
+            oof = np.zeros((len(y), C), np.float32)
+            for f in range(n_folds):
+                tr, te = fold != f, fold == f
+                W, b, _ = _fit_linear(data, y, w, balanced, cT0, cb0, lam, tau, cand_alpha, cand_beta, train=tr)
+                cache = cT0 * cand_alpha * _cache(X[te], X[tr], y[tr], C, cand_beta) if cand_alpha else 0.0
+                oof[te] = X[te] @ W.T + cache + b
+            T, bias = _fit_calibration(oof, y, fit_bias=balanced, balanced=balanced,
+                                       temperatures=np.geomspace(0.05, 20.0, 40))
+            p = softmax(T * oof + bias)[fair]
+            nll = -w[fair] * np.log(np.clip(p[np.arange(len(p)), y[fair]], 1e-12, None))
+            if best is None:
+                best = default = (nll, cand_alpha, cand_beta, cT0, cb0, oof, T, bias)
+                continue
+            # a candidate replaces the default only when it predicts the held-out examples better
+            # by more than SELECTION_SE standard errors of the paired difference (few examples
+            # make the choice noisy; the default is the rule that holds at small K)
+            gain = default[0] - nll
+            if gain.mean() - SELECTION_SE * gain.std() / math.sqrt(len(gain)) > 0 and nll.sum() < best[0].sum():
+                best = (nll, cand_alpha, cand_beta, cT0, cb0, oof, T, bias)
+        _, alpha, beta, T0, b0, oof, T, bias = best
     else:  # one example per class: no fold can hold one out; the prior's own leave-one-out
         # scores (closed form) stand in, already calibrated by T0
+        b_prior = b0 if balanced else np.zeros(C, np.float32)
         oof = T0 * loo_scores(data, tau, alpha, beta) + b_prior
         T, bias = 1.0, np.zeros(C, np.float32)
     W, b, _ = _fit_linear(data, y, w, balanced, T0, b0, lam, tau, alpha, beta)
