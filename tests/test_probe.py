@@ -384,3 +384,33 @@ def test_held_out_evidence_decides_how_much_corrections_weigh(monkeypatch):
     assert weights == [0.0, 1.0]
     assert acc(taken) < acc(base) - 0.1
     assert acc(weighed) > acc(base) - 0.03 and acc(right) > acc(base) + 0.03
+
+
+def test_a_heavier_cache_is_chosen_where_held_out_examples_need_it(tmp_path, monkeypatch):
+    # two classes of two opposite clusters each (±e0 vs ±e1): no linear layer separates them; the
+    # out-of-fold likelihood picks a wider, heavier cache (a kernel vote), which does
+    import clipdesk.probe as probe_module
+
+    rng = np.random.default_rng(0)
+    sub = np.eye(16)[[0, 0, 1, 1]] * np.array([1, -1, 1, -1])[:, None]
+
+    def draw(n):
+        y = np.repeat(np.arange(2), n)
+        return normalise(sub[2 * y + np.arange(len(y)) % 2] + 0.3 * rng.normal(size=(len(y), 16))).astype(np.float32), y
+
+    X, y = draw(16)
+    test, ytest = draw(100)
+    text = normalise(rng.normal(size=(2, 16))).astype(np.float32)
+    probe, _ = fit_probe(ProbeData(["a", "b"], text, X, y))
+    assert probe.beta == 10.0 and probe.alpha > 100  # a heavy candidate (T0·α), not (1, 20)
+    monkeypatch.setattr(probe_module, "CACHE_CANDIDATES", probe_module.CACHE_CANDIDATES[:1])
+    default, _ = fit_probe(ProbeData(["a", "b"], text, X, y))
+    acc = lambda pr: float(np.mean(pr.scores(test).argmax(1) == ytest))
+    assert default.beta == 20.0 and acc(probe) > acc(default) + 0.1
+    # such a probe is saved and loaded like any other; a cache weight beyond any fit is refused
+    np.savez(tmp_path / "p.npz", **probe.to_arrays())
+    np.testing.assert_allclose(load_probe_file(str(tmp_path / "p.npz")).scores(test), probe.scores(test), rtol=1e-5, atol=1e-4)
+    forged = Probe(["a", "b"], text, X, y, alpha=2e6, weights=probe.weights)
+    np.savez(tmp_path / "forged.npz", **forged.to_arrays())
+    with pytest.raises(ProbeError, match="alpha"):
+        load_probe_file(str(tmp_path / "forged.npz"))
