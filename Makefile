@@ -22,7 +22,7 @@ $(VENV)/.installed: pyproject.toml | $(BIN)/python
 	touch $@
 
 $(VENV)/.installed-test: $(VENV)/.installed pyproject.toml
-	$(BIN)/python -m pip install -e '.[test,cluster]'
+	$(BIN)/python -m pip install -e '.[test,cluster,int8]'
 	touch $@
 
 install: $(VENV)/.installed

@@ -13,9 +13,9 @@ set): offline, loading fails within seconds with one :class:`ModelDownloadError`
 the ``--weights`` way out and the demo model ``test-tiny``, instead of the hub's minute of retries.
 
 On CPUs the precision is chosen by measuring: a short timing of fp32 against bfloat16 at load
-(cached per machine), kept only if bf16 is faster and its embeddings agree with fp32's. Where ONNX
-Runtime is installed, an int8 image tower (ONNX Runtime's dynamic quantisation: int8 matrix
-products on VNNI/AMX) is measured too and used only if it is ≥ ``INT8_GAIN`` times faster than the
+(cached per machine), kept only if bf16 is faster and its embeddings agree with fp32's. Where OpenVINO and NNCF
+(``clipdesk[int8]``: static int8, calibrated) or else ONNX Runtime (dynamic int8) are installed,
+an int8 image tower is measured too and used only if it is ≥ ``INT8_GAIN`` times faster than the
 better of the two and agrees with fp32 as well; the text tower then stays in fp32.
 """
 from __future__ import annotations
@@ -191,7 +191,7 @@ class Encoder:
         self.tokenizer = tokenizer
         self.device = device
         self.precision = precision
-        # int8 runs the image tower in ONNX Runtime (``self.int8``); torch keeps the text tower in fp32
+        # int8 runs the image tower in OpenVINO/ONNX Runtime (``self.int8``); the text tower stays fp32
         self._dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16,
                        "int8": torch.float32}[precision]
         self.int8: Int8Visual | None = None
@@ -341,7 +341,7 @@ def load_encoder(
         precision = choose_precision(spec, model, device, say)
     if precision == "int8" and not text_only:
         int8 = Int8Visual.build(spec, model, say)
-        if int8 is None:  # ONNX Runtime missing, or its export failed: fp32 always works
+        if int8 is None:  # no int8 backend installed, or its build failed: fp32 always works
             precision = "fp32"
     encoder = Encoder(spec, model, tokenizer, device, precision, text_only)
     if precision == "int8" and not text_only:
@@ -500,10 +500,9 @@ def _machine_key(spec: ModelSpec) -> str:
     except OSError:
         pass
     key = f"{spec.arch}|torch {torch.__version__}|{cpu}|threads {torch.get_num_threads()}"
-    if Int8Visual.available():  # installing ONNX Runtime brings int8 into the measurement
-        import onnxruntime
-
-        key += f"|ort {onnxruntime.__version__}"
+    backend = Int8Visual.backend_available()
+    if backend:  # installing OpenVINO or ONNX Runtime brings int8 into the measurement
+        key += f"|int8 {Int8Visual.backend_version(backend)}"
     return key
 
 
@@ -610,82 +609,217 @@ def measure_precision(model, batch: int = 8, repeats: int = 2, int8: Int8Visual 
     return result
 
 
-class Int8Visual:
-    """A model's image tower as an ONNX Runtime session with int8 weights.
+# The calibration set of static int8: photo-like images made here (no photos are needed at load).
+CALIBRATION_IMAGES = 64
 
-    Built once per model and machine (exported to ONNX, quantised with ONNX Runtime's dynamic
-    quantisation: int8 weights, activations quantised per batch) into the user cache folder;
-    needs the optional ``onnxruntime`` and ``onnx`` packages.
+
+def calibration_images(n: int, pre: Preprocessing, seed: int = 0) -> np.ndarray:
+    """``n`` photo-like model inputs (n, 3, size, size), normalised as ``pre`` normalises photos:
+    1/f colour noise (the spectrum of natural images) with correlated channels and random
+    brightness and contrast. They calibrate the activation ranges of static int8 without photos."""
+    size = pre.size
+    rng = np.random.default_rng(seed)
+    f = np.hypot(np.fft.fftfreq(size)[:, None], np.fft.fftfreq(size)[None, :])
+    f[0, 0] = 1.0
+    mean = np.asarray(pre.mean, np.float32)[:, None, None]
+    std = np.asarray(pre.std, np.float32)[:, None, None]
+    out = np.empty((n, 3, size, size), np.float32)
+    for i in range(n):
+        spectrum = rng.standard_normal((3, size, size)) + 1j * rng.standard_normal((3, size, size))
+        img = np.fft.ifft2(spectrum / f ** (rng.uniform(1.5, 2.5) / 2)).real
+        img = np.einsum("cd,dhw->chw", rng.normal(0.6, 0.25, (3, 3)) + np.eye(3), img)
+        img = (img - img.mean()) / (img.std() + 1e-6)
+        img = rng.uniform(0.3, 0.7) + rng.uniform(0.1, 0.3) * img + rng.normal(0, 0.08, (3, 1, 1))
+        out[i] = (np.clip(img, 0.0, 1.0) - mean) / std
+    return out
+
+
+class Int8Visual:
+    """A model's image tower in int8, run outside torch (torch keeps the text tower in fp32).
+
+    Built once per model and machine into the user cache folder, by the first of two optional
+    backends that is installed:
+
+    - ``openvino``: OpenVINO with NNCF (``pip install clipdesk[int8]``): *static* int8, every
+      Linear layer and the attention matrix products in int8 with activation scales calibrated
+      once on ``CALIBRATION_IMAGES`` photo-like images (:func:`calibration_images`), VNNI/AMX
+      kernels; on 2 EPYC cores ~1.6x torch's bf16 (benchmarks/bench_int8.py).
+    - ``onnxruntime``: ONNX Runtime's *dynamic* quantisation (int8 weights, activations quantised
+      per batch; ``onnxruntime`` and ``onnx``): ~1.1x bf16 there, so precision "auto" rarely
+      picks it.
     """
 
-    def __init__(self, session, path: Path):
-        self._session = session
+    def __init__(self, run: Callable[[np.ndarray], np.ndarray], path: Path, backend: str = "onnxruntime"):
+        self._run: Callable[[np.ndarray], np.ndarray] | None = run
         self.path = path
+        self.backend = backend
 
     def __call__(self, x: np.ndarray) -> np.ndarray:
         """(n, 3, size, size) float32 → (n, dim) float32 image features (not normalised)."""
-        return np.asarray(self._session.run(None, {"x": np.ascontiguousarray(x, np.float32)})[0], np.float32)
+        if self._run is None:
+            raise ModelError("this int8 image model was discarded")
+        return np.asarray(self._run(np.ascontiguousarray(x, np.float32)), np.float32)
 
     def discard(self) -> None:
-        self._session = None
-        with contextlib.suppress(OSError):
-            self.path.unlink()
+        self._run = None
+        for p in (self.path, self.path.with_suffix(".bin")):
+            with contextlib.suppress(OSError):
+                p.unlink()
 
     @staticmethod
-    def available() -> bool:
-        try:
-            import onnx  # noqa: F401
-            import onnxruntime  # noqa: F401
-            from onnxruntime.quantization import quantize_dynamic  # noqa: F401
-        except ImportError:
-            return False
-        return True
+    def backend_available() -> str | None:
+        """The backend :meth:`build` uses here ("openvino" or "onnxruntime"), None where neither is
+        installed. Looks the packages up without importing them."""
+        from importlib.util import find_spec
+
+        def has(*names: str) -> bool:
+            try:
+                return all(find_spec(n) is not None for n in names)
+            except (ImportError, ValueError):
+                return False
+
+        if has("openvino", "nncf"):
+            return "openvino"
+        if has("onnxruntime", "onnx"):
+            return "onnxruntime"
+        return None
 
     @classmethod
-    def build(cls, spec: ModelSpec, model, say: Callable[[str], None] | None = None) -> Int8Visual | None:
+    def available(cls) -> bool:
+        return cls.backend_available() is not None
+
+    @staticmethod
+    def backend_version(backend: str | None) -> str:
+        """"openvino 2026.4.1" and the like, for cache keys; "" where none."""
+        from importlib.metadata import PackageNotFoundError, version
+
+        try:
+            if backend == "openvino":
+                return f"openvino {version('openvino')} nncf {version('nncf')}"
+            if backend == "onnxruntime":
+                return f"ort {version('onnxruntime')}"
+        except PackageNotFoundError:
+            pass
+        return ""
+
+    @classmethod
+    def build(cls, spec: ModelSpec, model, say: Callable[[str], None] | None = None,
+              backend: str | None = None) -> Int8Visual | None:
         """The int8 image tower of ``model`` (fp32, on the CPU), built once and cached; None where
-        ONNX Runtime is not installed or the export fails (the caller keeps torch)."""
-        if not cls.available():
-            return None
+        no backend is installed or the build fails (the caller keeps torch). ``backend`` picks one
+        ("openvino" or "onnxruntime") instead of the first installed."""
         import hashlib
 
-        import onnxruntime as ort
         import torch
-        from onnxruntime.quantization import QuantType, quantize_dynamic
 
-        size = model.visual.image_size
-        size = size[0] if isinstance(size, (tuple, list)) else size
-        digest = hashlib.blake2b(f"{spec.name}|{size}|torch {torch.__version__}|ort {ort.__version__}".encode(),
-                                 digest_size=10).hexdigest()
-        path = _precision_cache_path().parent / "int8" / f"{spec.arch.replace('/', '_')}-{digest}.onnx"
+        backend = backend or cls.backend_available()
+        if backend not in ("openvino", "onnxruntime"):
+            return None
+        pre = Preprocessing.of(model)
+        size = pre.size
+        tag = f"{spec.name}|{size}|torch {torch.__version__}|{cls.backend_version(backend)}"
+        if backend == "openvino":
+            tag += f"|calibration {CALIBRATION_IMAGES} v1"
+        digest = hashlib.blake2b(tag.encode(), digest_size=10).hexdigest()
+        suffix = ".xml" if backend == "openvino" else ".onnx"
+        path = _precision_cache_path().parent / "int8" / f"{spec.arch.replace('/', '_')}-{digest}{suffix}"
+        threads = torch.get_num_threads()
         try:
             if not path.is_file():
                 if say:
                     say("Preparing an int8 image model for this machine (once)…")
                 path.parent.mkdir(parents=True, exist_ok=True)
-                fp32_tmp, int8_tmp = path.with_suffix(".fp32.tmp"), path.with_suffix(".int8.tmp")
-                try:
-                    # With gradients on, PyTorch's attention takes its plain path (its fused
-                    # inference kernel has no ONNX form); the export computes no gradient.
-                    with torch.inference_mode(False), torch.enable_grad(), warnings.catch_warnings():
-                        warnings.simplefilter("ignore")  # exporter and quantiser chatter
-                        torch.onnx.export(model.visual, (torch.zeros(1, 3, size, size),), str(fp32_tmp),
-                                          input_names=["x"], output_names=["y"], opset_version=17,
-                                          dynamic_axes={"x": {0: "n"}, "y": {0: "n"}}, dynamo=False)
-                        quantize_dynamic(str(fp32_tmp), str(int8_tmp), weight_type=QuantType.QInt8)
-                    os.replace(int8_tmp, path)
-                finally:
-                    for t in (fp32_tmp, int8_tmp):
-                        with contextlib.suppress(OSError):
-                            t.unlink()
-            options = ort.SessionOptions()
-            options.intra_op_num_threads, options.inter_op_num_threads = torch.get_num_threads(), 1
-            options.log_severity_level = 3
-            session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-        except Exception as e:  # noqa: BLE001 - exporter/ONNX Runtime errors have no common base
+                if backend == "openvino":
+                    _build_openvino_int8(model, pre, path)
+                else:
+                    _build_onnxruntime_int8(model, size, path)
+            run = _openvino_runner(path, threads) if backend == "openvino" else _onnxruntime_runner(path, threads)
+        except Exception as e:  # noqa: BLE001 - converter/quantiser/runtime errors have no common base
             log.warning("int8 image model unavailable (%s: %s); staying with torch", type(e).__name__, e)
-            with contextlib.suppress(OSError):
-                path.unlink()
+            for p in (path, path.with_suffix(".bin")):
+                with contextlib.suppress(OSError):
+                    p.unlink()
             return None
-        return cls(session, path)
+        return cls(run, path, backend)
 
+
+def _build_openvino_int8(model, pre: Preprocessing, path: Path) -> None:
+    """OpenVINO model of the image tower, quantised by NNCF (static int8, calibrated on
+    :func:`calibration_images`), written as ``path`` (.xml) and its .bin; the .xml last, so an
+    .xml on disk is always a whole model."""
+    import io
+
+    import nncf
+    import openvino as ov
+    import torch
+
+    size = pre.size
+    tmp = path.with_name(path.stem + ".tmp.xml")
+    try:
+        with torch.inference_mode(False), torch.no_grad(), warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # tracer chatter
+            ov_model = ov.convert_model(model.visual, example_input=torch.zeros(1, 3, size, size),
+                                        input=[(-1, 3, size, size)])
+        calib = calibration_images(CALIBRATION_IMAGES, pre)
+        nncf.set_log_level(logging.ERROR)
+        # NNCF draws progress bars on stdout/stderr: not this library's to print (a one-off, seconds)
+        with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+            quantised = nncf.quantize(ov_model, nncf.Dataset([calib[i:i + 1] for i in range(len(calib))]),
+                                      model_type=nncf.ModelType.TRANSFORMER, subset_size=len(calib),
+                                      preset=nncf.QuantizationPreset.MIXED)
+        ov.save_model(quantised, str(tmp), compress_to_fp16=False)
+        os.replace(tmp.with_suffix(".bin"), path.with_suffix(".bin"))
+        os.replace(tmp, path)
+    finally:
+        for t in (tmp, tmp.with_suffix(".bin")):
+            with contextlib.suppress(OSError):
+                t.unlink()
+
+
+def _openvino_runner(path: Path, threads: int) -> Callable[[np.ndarray], np.ndarray]:
+    import openvino as ov
+
+    compiled = ov.Core().compile_model(str(path), "CPU", {
+        "INFERENCE_NUM_THREADS": threads, "NUM_STREAMS": 1, "PERFORMANCE_HINT": "LATENCY",
+        # the layers NNCF left in float stay fp32 (a bf16 hint gains ~1% and agrees less)
+        "INFERENCE_PRECISION_HINT": "f32",
+        "ENABLE_CPU_PINNING": False})  # decoder threads share these cores
+    request = compiled.create_infer_request()
+    lock = threading.Lock()
+
+    def run(x: np.ndarray) -> np.ndarray:
+        with lock:  # one infer request: one call at a time
+            return np.array(request.infer({0: x})[0], np.float32, copy=True)
+
+    return run
+
+
+def _build_onnxruntime_int8(model, size: int, path: Path) -> None:
+    import torch
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    fp32_tmp, int8_tmp = path.with_suffix(".fp32.tmp"), path.with_suffix(".int8.tmp")
+    try:
+        # With gradients on, PyTorch's attention takes its plain path (its fused inference kernel
+        # has no ONNX form); the export computes no gradient.
+        with torch.inference_mode(False), torch.enable_grad(), warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # exporter and quantiser chatter
+            torch.onnx.export(model.visual, (torch.zeros(1, 3, size, size),), str(fp32_tmp),
+                              input_names=["x"], output_names=["y"], opset_version=17,
+                              dynamic_axes={"x": {0: "n"}, "y": {0: "n"}}, dynamo=False)
+            quantize_dynamic(str(fp32_tmp), str(int8_tmp), weight_type=QuantType.QInt8)
+        os.replace(int8_tmp, path)
+    finally:
+        for t in (fp32_tmp, int8_tmp):
+            with contextlib.suppress(OSError):
+                t.unlink()
+
+
+def _onnxruntime_runner(path: Path, threads: int) -> Callable[[np.ndarray], np.ndarray]:
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads, options.inter_op_num_threads = threads, 1
+    options.log_severity_level = 3
+    session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    return lambda x: session.run(None, {"x": x})[0]

@@ -198,3 +198,161 @@ def test_int8_is_neither_measured_nor_cached_on_a_loaded_machine(monkeypatch, tm
     monkeypatch.setattr(models, "_machine_loaded", lambda: False)
     models.choose_precision(spec, model, "cpu")
     assert len(built) == 1 and "key" in json.loads((tmp_path / "precision.json").read_text())
+
+
+# ---------------------------------------------------------------- int8: OpenVINO static (issue 12.6)
+def _openvino_or_skip():
+    from clipdesk.models import Int8Visual
+
+    if Int8Visual.backend_available() != "openvino":
+        pytest.skip("OpenVINO + NNCF are not installed (pip install 'clipdesk[int8]'): "
+                    "the static int8 image model is NOT tested here")
+
+
+@pytest.fixture(scope="module")
+def tiny_openvino_int8(tmp_path_factory):
+    """test-tiny's static int8 image tower, built once for this module's tests."""
+    _openvino_or_skip()
+    from clipdesk.models import Int8Visual
+
+    cache = tmp_path_factory.getbasetemp() / "cache"  # conftest's: the int8 test above built it there
+    mp = pytest.MonkeyPatch()
+    mp.setenv("CLIPDESK_CACHE_DIR", str(cache))
+    model = load_encoder(ModelSpec.parse("test-tiny"), precision="fp32").model
+    built = Int8Visual.build(ModelSpec.parse("test-tiny"), model)
+    mp.undo()
+    assert built is not None and built.backend == "openvino"
+    return cache, model, built
+
+
+def test_openvino_int8_agrees_with_fp32_on_photo_like_inputs(tiny_openvino_int8):
+    _cache, model, int8 = tiny_openvino_int8
+    rng = np.random.default_rng(3)
+    imgs = [Image.fromarray((np.linspace(0, 1, 80)[None, :, None] * rng.uniform(60, 255, 3)
+                             + rng.integers(0, 40, (60, 80, 3))).astype(np.uint8)) for _ in range(5)]
+    ref = load_encoder(ModelSpec.parse("test-tiny"), precision="fp32")
+    x = np.stack([ref.prepare(im) for im in imgs])
+    with torch.inference_mode():
+        want = torch.nn.functional.normalize(model.encode_image(torch.from_numpy(x)), dim=-1).numpy()
+    got = int8(x)
+    assert got.shape == want.shape and got.dtype == np.float32
+    got /= np.linalg.norm(got, axis=1, keepdims=True)
+    cos = (got * want).sum(1)
+    assert cos.mean() >= 0.99 and not np.allclose(got, want, atol=1e-7)  # quantised, not a copy of fp32
+
+
+def test_openvino_int8_is_built_once_and_loaded_from_the_cache(tiny_openvino_int8, monkeypatch):
+    from clipdesk import models
+
+    cache, _model, first = tiny_openvino_int8
+    assert first.path.suffix == ".xml" and first.path.is_file() and first.path.with_suffix(".bin").is_file()
+    assert first.path.parent == cache / "int8" and not list(cache.glob("int8/*.tmp*"))
+    monkeypatch.setenv("CLIPDESK_CACHE_DIR", str(cache))
+
+    def no_rebuild(*_a):
+        raise AssertionError("rebuilt although the cached model was there")
+
+    monkeypatch.setattr(models, "_build_openvino_int8", no_rebuild)
+    enc = load_encoder(ModelSpec.parse("test-tiny"), precision="int8")
+    assert enc.precision == "int8" and enc.int8.backend == "openvino" and enc.int8.path == first.path
+    x = np.random.default_rng(0).standard_normal((3, 3, 64, 64)).astype(np.float32)
+    np.testing.assert_allclose(enc.int8(x), first(x), rtol=1e-5, atol=1e-6)
+
+
+def test_openvino_int8_one_call_at_a_time_from_many_threads(tiny_openvino_int8):
+    from concurrent.futures import ThreadPoolExecutor
+
+    _cache, _model, int8 = tiny_openvino_int8
+    rng = np.random.default_rng(1)
+    batches = [rng.standard_normal((n, 3, 64, 64)).astype(np.float32) for n in (1, 2, 3, 4, 5, 6, 7, 8)]
+    alone = [int8(b) for b in batches]
+    with ThreadPoolExecutor(4) as pool:
+        together = list(pool.map(int8, batches * 2))
+    for want, got in zip(alone * 2, together):
+        np.testing.assert_array_equal(got, want)
+
+
+def test_a_damaged_cached_int8_model_is_dropped_and_fp32_used(tmp_path, monkeypatch):
+    """A half-written or corrupt cached model: one warning, fp32 for this load, the file deleted
+    so that the next load builds it again."""
+    _openvino_or_skip()
+    from clipdesk import models
+
+    monkeypatch.setenv("CLIPDESK_CACHE_DIR", str(tmp_path))
+    monkeypatch.setattr(models, "_build_openvino_int8", lambda model, pre, path: (
+        path.write_text("<net>not a model"), path.with_suffix(".bin").write_bytes(b"\0" * 10)))
+    enc = load_encoder(ModelSpec.parse("test-tiny"), precision="int8")
+    assert enc.precision == "fp32" and enc.int8 is None
+    assert not list((tmp_path / "int8").iterdir())
+    img = Image.new("RGB", (80, 60), (10, 200, 30))
+    np.testing.assert_allclose(enc.encode_images([img]), load_encoder(ModelSpec.parse("test-tiny")).encode_images([img]),
+                               atol=1e-6)
+
+
+def test_a_failed_int8_build_leaves_nothing_and_falls_back(tmp_path, monkeypatch):
+    """Mechanics without OpenVINO: a build that fails halfway leaves no file behind, the caller
+    gets None (load_encoder: fp32), and discard() removes both files of a built model."""
+    from clipdesk import models
+
+    monkeypatch.setenv("CLIPDESK_CACHE_DIR", str(tmp_path))
+    monkeypatch.setattr(models.Int8Visual, "backend_available", staticmethod(lambda: "openvino"))
+    monkeypatch.setattr(models.Int8Visual, "backend_version", staticmethod(lambda b: "openvino 0 (mock)"))
+
+    def half_then_fail(model, pre, path):
+        path.with_suffix(".bin").write_bytes(b"partial")
+        raise RuntimeError("NNCF: out of memory (mock)")
+
+    monkeypatch.setattr(models, "_build_openvino_int8", half_then_fail)
+    enc = load_encoder(ModelSpec.parse("test-tiny"), precision="int8")
+    assert enc.precision == "fp32" and enc.int8 is None and not list((tmp_path / "int8").iterdir())
+
+    def whole(model, pre, path):
+        path.write_text("xml")
+        path.with_suffix(".bin").write_bytes(b"weights")
+
+    monkeypatch.setattr(models, "_build_openvino_int8", whole)
+    monkeypatch.setattr(models, "_openvino_runner", lambda path, threads: lambda x: x.reshape(len(x), -1)[:, :4])
+    built = models.Int8Visual.build(ModelSpec.parse("test-tiny"), enc.model)
+    assert built.backend == "openvino" and built(np.ones((2, 3, 4, 4))).shape == (2, 4)
+    built.discard()
+    assert not list((tmp_path / "int8").iterdir())
+    with pytest.raises(ModelError, match="discarded"):
+        built(np.ones((1, 3, 4, 4)))
+
+
+def test_int8_backend_order_and_machine_key(monkeypatch):
+    """OpenVINO (static int8) is preferred to ONNX Runtime (dynamic); installing or upgrading either
+    changes the machine key, so precision "auto" measures again."""
+    import importlib.util
+
+    from clipdesk import models
+
+    installed: set[str] = set()
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name: object() if name in installed else None)
+    assert models.Int8Visual.backend_available() is None and not models.Int8Visual.available()
+    spec = ModelSpec("ViT-B-32", "random")
+    bare = models._machine_key(spec)
+    installed |= {"onnxruntime", "onnx"}
+    assert models.Int8Visual.backend_available() == "onnxruntime"
+    installed |= {"openvino"}
+    assert models.Int8Visual.backend_available() == "onnxruntime"  # OpenVINO alone cannot quantise
+    installed |= {"nncf"}
+    assert models.Int8Visual.backend_available() == "openvino"
+    monkeypatch.setattr(models.Int8Visual, "backend_version", staticmethod(lambda b: f"{b} 1.0"))
+    with_ov = models._machine_key(spec)
+    assert with_ov != bare and with_ov.endswith("|int8 openvino 1.0")
+
+
+def test_calibration_images_are_photo_like_and_repeatable():
+    from clipdesk.models import Preprocessing, calibration_images
+
+    pre = Preprocessing(32, (0.48, 0.46, 0.41), (0.27, 0.26, 0.28))
+    a, b = calibration_images(6, pre), calibration_images(6, pre)
+    np.testing.assert_array_equal(a, b)
+    assert a.shape == (6, 3, 32, 32) and a.dtype == np.float32
+    pixels = a * np.asarray(pre.std, np.float32)[:, None, None] + np.asarray(pre.mean, np.float32)[:, None, None]
+    assert pixels.min() >= -1e-5 and pixels.max() <= 1 + 1e-5  # photos' range after normalising
+    assert len({round(float(p.mean()), 3) for p in pixels}) == 6  # different brightness per image
+    # natural images' spectrum: far more energy in low spatial frequencies than in high ones
+    power = np.abs(np.fft.fft2(pixels - pixels.mean(axis=(2, 3), keepdims=True))) ** 2
+    assert power[..., 1:3, 1:3].mean() > 20 * power[..., 14:18, 14:18].mean()
