@@ -50,6 +50,7 @@ bench: install-test
 	$(BIN)/python benchmarks/run_all.py
 	$(BIN)/python benchmarks/bench_duplicates.py
 	$(BIN)/python benchmarks/bench_scale.py
+	$(BIN)/python benchmarks/bench_gui_scale.py
 	$(BIN)/python benchmarks/bench_ray.py
 	$(BIN)/python benchmarks/bench_fewshot.py
 
