@@ -454,21 +454,29 @@ def _fit_calibration(scores: np.ndarray, y: np.ndarray, fit_bias: bool, balanced
     C = scores.shape[1]
     w = _class_weights(y, C, balanced)
     onehot = np.eye(C)[y]
+    Ts = np.geomspace(1.0, 300.0, 40) if temperatures is None else np.asarray(temperatures, np.float64)
     # A grid over the temperature (the likelihood is unimodal in it) and, per temperature, plain
-    # gradient steps on the bias, where the problem is convex.
+    # gradient steps on the bias, where the problem is convex: every temperature of a block at
+    # once (each stops when its own step is negligible), blocks bounded to 4M floats.
     best = (np.inf, 10.0, np.zeros(C))
-    for T in (np.geomspace(1.0, 300.0, 40) if temperatures is None else temperatures):
-        b = np.zeros(C)
+    block = max(1, (1 << 22) // max(scores.size, 1))
+    for at in range(0, len(Ts), block):
+        T = Ts[at:at + block][:, None, None]
+        B = np.zeros((T.shape[0], 1, C))
+        active = np.ones(T.shape[0], bool)
         for _ in range(50 if fit_bias else 0):
-            p = softmax(T * scores + b)
-            step = ((p - onehot) * w[:, None]).sum(0) / w.sum()
-            b -= 0.5 * step
-            if np.abs(step).max() < 1e-4:  # converged: the rest would not move it
+            p = softmax(T * scores + B)
+            step = ((p - onehot) * w[:, None]).sum(1) / w.sum()
+            step[~active] = 0.0
+            B[:, 0] -= 0.5 * step
+            active &= np.abs(step).max(1) >= 1e-4  # converged: the rest would not move it
+            if not active.any():
                 break
-        p = softmax(T * scores + b)
-        nll = -(w * np.log(np.clip((p * onehot).sum(1), 1e-12, None))).sum() / w.sum()
-        if nll < best[0]:
-            best = (nll, float(T), b.copy())
+        p = softmax(T * scores + B)
+        nll = -(w * np.log(np.clip((p * onehot).sum(2), 1e-12, None))).sum(1) / w.sum()
+        i = int(np.argmin(nll))
+        if nll[i] < best[0]:
+            best = (float(nll[i]), float(Ts[at + i]), B[i, 0].copy())
     return best[1], best[2].astype(np.float32)
 
 
