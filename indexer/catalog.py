@@ -72,6 +72,7 @@ _MIGRATIONS: dict[int, str] = {
 # never loaded: SQLite knows a blob's length without reading it.
 _VECTOR = "CASE WHEN typeof(vector) = 'blob' AND length(vector) <= 131072 THEN vector END"
 _LIVE_INDEX = "CREATE INDEX IF NOT EXISTS images_live ON images(id, path) WHERE vector IS NOT NULL"
+_FAILED_INDEX = "CREATE INDEX IF NOT EXISTS images_failed ON images(id) WHERE error IS NOT NULL"
 # SQLite's files beside the database; it follows a symbolic link at any of these names.
 _SIDE_FILES = ("-wal", "-shm", "-journal")
 
@@ -264,13 +265,17 @@ class Catalog:
     def _ensure_indexes(self) -> None:
         """Indexes that only speed reads up; older versions of clipdesk read and keep them too, so
         they need no schema version. ``images_live``: the embedded rows' ids and paths, so a
-        whole-library pass reads 50 MB per million photos instead of every row with its vector."""
-        try:
-            if not self._conn.execute("SELECT 1 FROM sqlite_master WHERE type='index' AND name='images_live'").fetchone():
-                with self.transaction() as c:
-                    c.execute(_LIVE_INDEX)
-        except sqlite3.OperationalError:
-            pass  # busy (another process creating it) or read-only: reads work without it
+        whole-library pass reads 50 MB per million photos instead of every row with its vector.
+        ``images_failed``: the files that failed, so the status line's counts read two indexes
+        (0.05 s at a million photos) instead of the whole table (0.45 s, on the GUI thread)."""
+        for name, sql in (("images_live", _LIVE_INDEX), ("images_failed", _FAILED_INDEX)):
+            try:
+                if not self._conn.execute("SELECT 1 FROM sqlite_master WHERE type='index' AND name=?",
+                                          (name,)).fetchone():
+                    with self.transaction() as c:
+                        c.execute(sql)
+            except sqlite3.OperationalError:
+                pass  # busy (another process creating it) or read-only: reads work without it
 
     def _create(self) -> None:
         with self._lock:
@@ -696,7 +701,8 @@ class Catalog:
 
     def counts(self) -> tuple[int, int]:
         """(embedded images, failed files)."""
-        row = self._query("SELECT count(vector), count(error) FROM images")[0]
+        row = self._query("SELECT (SELECT count(*) FROM images WHERE vector IS NOT NULL),"
+                          " (SELECT count(*) FROM images WHERE error IS NOT NULL)")[0]
         return int(row[0]), int(row[1])
 
     # ------------------------------------------------------------------ labels
