@@ -8,7 +8,7 @@ import pytest
 
 pytest.importorskip("pytestqt")
 
-from PySide6.QtCore import QPoint, QPointF, QRect, QSize, Qt, QTimer  # noqa: E402
+from PySide6.QtCore import QPoint, QRect, QSize, Qt, QTimer  # noqa: E402
 from PySide6.QtGui import QColor, QContextMenuEvent, QImage, QPainter, QPixmap  # noqa: E402
 from PySide6.QtTest import QTest  # noqa: E402
 from PySide6.QtWidgets import QApplication, QFileDialog, QStyle, QStyleOptionViewItem  # noqa: E402
@@ -322,7 +322,7 @@ def test_drag_over_a_tab_title_switches_tabs(window):
     bar = window.tabs.tabBar()
     window.tabs.setCurrentIndex(0)
     mime = window.results.mimeData([window.results.index(0)])
-    pos = QPointF(bar.tabRect(2).center())
+    pos = bar.tabRect(2).center()  # a QPoint, as drag-enter and drag-move take
     for ev in (QDragEnterEvent(pos, Qt.DropAction.CopyAction, mime, Qt.MouseButton.LeftButton,
                                Qt.KeyboardModifier.NoModifier),
                QDragMoveEvent(pos, Qt.DropAction.CopyAction, mime, Qt.MouseButton.LeftButton,

@@ -72,8 +72,9 @@ def drop_paths(widget, mime: QMimeData) -> None:
     pos = QPoint(widget.width() // 2, widget.height() // 2)
     actions = Qt.DropAction.CopyAction
     buttons, mods = Qt.MouseButton.LeftButton, Qt.KeyboardModifier.NoModifier
-    for ev in (QDragEnterEvent(pos.toPointF(), actions, mime, buttons, mods),
-               QDragMoveEvent(pos.toPointF(), actions, mime, buttons, mods),
+    # Qt's signatures: drag-enter and drag-move take a QPoint, a drop a QPointF.
+    for ev in (QDragEnterEvent(pos, actions, mime, buttons, mods),
+               QDragMoveEvent(pos, actions, mime, buttons, mods),
                QDropEvent(pos.toPointF(), actions, mime, buttons, mods)):
         QApplication.sendEvent(widget, ev)
         if not ev.isAccepted():
