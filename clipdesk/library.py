@@ -46,8 +46,10 @@ ProgressFn = Callable[[Progress], None]
 BACKGROUND_SAMPLE = 200  # library photos sampled as "the rest" when one concept is taught
 SUGGEST_CANDIDATES = 4000  # images a pre-training diverse sample is drawn from
 _CACHE_ROWS = 4096  # rows a whole-library pass converts and hands on at a time (8 MB at 512-d)
-BLOCK_SLICES = vecfile.BLOCK // _CACHE_ROWS
+_BLOCK_SLICES = vecfile.BLOCK // _CACHE_ROWS
 _PASS_WORKERS = 4  # at most, and no more than the cores
+_PROBE_NAME = re.compile(r"^[\w][\w .+-]{0,99}$")
+
 _blas_lock = threading.Lock()
 _blas_users = 0
 _blas_limit = None
@@ -72,7 +74,6 @@ def _one_blas_thread():
             if _blas_users == 0:
                 _blas_limit.restore_original_limits()
                 _blas_limit = None
-_PROBE_NAME = re.compile(r"^[\w][\w .+-]{0,99}$")
 
 
 def check_library_folder(folder: str, create: bool) -> None:
@@ -641,24 +642,30 @@ class Library:
                 yield ids[a:b], paths[a:b], buf[:b - a]
 
     def _map_library(self, fn: Callable[[np.ndarray], tuple], cancel: CancelToken | None,
-                     progress: ProgressFn | None, stage: str) -> list[tuple]:
-        """``(ids, paths, *fn(vectors float32))`` for every slice of the library, in id order.
+                     progress: ProgressFn | None, stage: str,
+                     take: Callable[..., None] | None = None) -> list[tuple]:
+        """``(ids, paths, *fn(vectors float32))`` for every slice of the library, in id order;
+        or, with ``take``, each of them handed to ``take(ids, paths, *results)`` in that order
+        instead of kept (memory then stays what ``take`` keeps).
 
         ``fn`` runs on worker threads, one per core, each on its own slices with one BLAS thread
         (many small products on BLAS's own threads wait on each other, badly so when other
         programs use the cores), while this thread maps, checks and reads the paths of the next
         block. ``fn`` must be thread-safe and return arrays it owns.
         """
+        out: list[tuple] = []
+        take = take or (lambda *part: out.append(part))
         workers = min(_PASS_WORKERS, os.cpu_count() or 1)
         if workers == 1:
-            return [(ids, paths, *fn(v)) for ids, paths, v in self._iter_library(cancel, progress, stage)]
+            for ids, paths, v in self._iter_library(cancel, progress, stage):
+                take(ids, paths, *fn(v))
+            return out
         local = threading.local()
 
         def work(vecs: np.ndarray) -> tuple:
             local.buf = vecfile.as_float32(vecs, getattr(local, "buf", None))
             return fn(local.buf[:len(vecs)])
 
-        out: list[tuple] = []
         pending: deque = deque()  # (ids, paths, future) in order; bounded: two blocks in flight
         pool = ThreadPoolExecutor(workers, thread_name_prefix=f"clipdesk-{stage}")
         try:
@@ -668,12 +675,12 @@ class Library:
                         b = min(len(ids), a + _CACHE_ROWS)
                         pending.append((ids[a:b], paths[a:b], pool.submit(work, vecs[a:b])))
                     del vecs  # the block's map closes once its slices are done
-                    while pending and (pending[0][2].done() or len(pending) > 2 * BLOCK_SLICES):
+                    while pending and (pending[0][2].done() or len(pending) > 2 * _BLOCK_SLICES):
                         i, p, f = pending.popleft()
-                        out.append((i, p, *f.result()))
+                        take(i, p, *f.result())
                 while pending:
                     i, p, f = pending.popleft()
-                    out.append((i, p, *f.result()))
+                    take(i, p, *f.result())
         finally:
             pool.shutdown(wait=True, cancel_futures=True)
         return out
@@ -948,14 +955,22 @@ class Library:
             probs = probe.probabilities(vecs)
             return (uncertainty(probs).astype(np.float32), *top_category(probs))
 
-        parts = self._map_library(answer, cancel, None, "suggest")
-        if not parts:
-            return []
-        found = Classifications.concatenate(probe.classes, [(i, p, top, best) for i, p, _u, top, best in parts])
-        u = np.concatenate([part[2] for part in parts])
-        open_rows = np.flatnonzero(~np.isin(found.ids, np.fromiter(labelled, np.int64, len(labelled))))
-        pick = open_rows[np.argsort(-u[open_rows], kind="stable")[:k]]  # most uncertain; ties in id order
-        return list(found.take(pick))
+        labelled_ids = np.fromiter(labelled, np.int64, len(labelled))
+        best: list[Classification] = []
+        best_u = np.zeros(0, np.float32)
+
+        def take(ids, paths, u, top, p) -> None:  # the k most uncertain so far; ties in id order
+            nonlocal best, best_u
+            rows = np.flatnonzero(~np.isin(ids, labelled_ids))
+            rows = rows[np.argsort(-u[rows], kind="stable")[:k]]
+            found = Classifications(probe.classes, ids[rows], [paths[r] for r in rows.tolist()], top[rows], p[rows])
+            both_u = np.concatenate([best_u, u[rows]])
+            keep = np.argsort(-both_u, kind="stable")[:k]
+            both = best + list(found)
+            best, best_u = [both[i] for i in keep.tolist()], both_u[keep]
+
+        self._map_library(answer, cancel, None, "suggest", take)
+        return best
 
     def _diverse_sample(self, seed_text: str, k: int, exclude: set[int]) -> list[Classification]:
         from clipdesk.sampling import farthest_point_sample
