@@ -89,10 +89,12 @@ def _child(*args: str) -> dict:
     return json.loads(res.stdout.strip().splitlines()[-1])
 
 
-def _labels(lib, n: int) -> None:
-    rng = np.random.default_rng(1)
-    for c in range(4):
-        lib.catalog.add_to_label(f"class {c}", [int(i) for i in rng.choice(n, 50, replace=False) + 1])
+def _labels(lib, n: int, per_class: int = 50, prefix: str = "class") -> list[str]:
+    rng = np.random.default_rng(1 if prefix == "class" else 2)
+    names = [f"{prefix} {c}" for c in range(4)]
+    for name in names:
+        lib.catalog.add_to_label(name, [int(i) for i in rng.choice(n, per_class, replace=False) + 1])
+    return names
 
 
 def child_prepare(folder: str, what: str = "index") -> dict:
@@ -114,10 +116,12 @@ def child_prepare(folder: str, what: str = "index") -> dict:
             state = os.path.exists(os.path.join(folder, lib.VECFILE))
             lib._write_vector_file()
             out["vector_file_build_s" if not state else "vector_file_check_s"] = round(time.perf_counter() - t, 1)
-    if "bench" not in [p.name for p in lib.probes()]:
-        n = lib.catalog.vector_count()
-        _labels(lib, n)
-        lib.train("bench")
+    probes = [p.name for p in lib.probes()]
+    n = lib.catalog.vector_count()
+    if "bench" not in probes:  # 4 categories x 50 examples
+        lib.train("bench", _labels(lib, n))
+    if "bench-1000" not in probes:  # 4 x 250: the probe's kernel grows with its examples
+        lib.train("bench-1000", _labels(lib, n, 250, "many"))
     lib.close()
     out["peak_rss_mb"] = round(peak_rss_mb())
     return out
@@ -177,7 +181,7 @@ def child_prepare_from_generator(folder: str) -> dict:
     return out
 
 
-def child_predict(folder: str, source: str) -> dict:
+def child_predict(folder: str, source: str, probe: str = "bench") -> dict:
     """`clipdesk predict` as a fresh process does it (no model loaded): from the vector file, or
     (``source`` = catalog) the way it was before it."""
     from clipdesk.library import Library
@@ -186,7 +190,7 @@ def child_predict(folder: str, source: str) -> dict:
     if source == "catalog":
         lib._vector_file = lambda rebuild=False: None  # the pass reads the catalog's rows
     t, c = time.perf_counter(), time.process_time()
-    out = lib.predict("bench")
+    out = lib.predict(probe)
     s, cpu = time.perf_counter() - t, time.process_time() - c
     n = len(out)
     first = (out[0].path, out[0].label, round(out[0].probability, 5))
@@ -195,8 +199,9 @@ def child_predict(folder: str, source: str) -> dict:
     rows = sum(1 for _ in out)  # every row as an object, as `clipdesk predict`'s output does
     rows_s = time.perf_counter() - t
     del out
+    examples = len(lib.load_probe(probe).keys)
     lib.close()
-    return {"predict_s": round(s, 2), "predict_cpu_s": round(cpu, 2), "photos": n, "first": first,
+    return {"probe_examples": examples, "predict_s": round(s, 2), "predict_cpu_s": round(cpu, 2), "photos": n, "first": first,
             "counts": counts, "every_row_as_object_s": round(rows_s, 2), "rows": rows,
             "torch_loaded": "torch" in sys.modules, "peak_rss_mb": round(peak_rss_mb())}
 
@@ -317,6 +322,7 @@ def bench_predict(n: int = 1_000_000) -> dict:
     for name in ("scan", "predict", "classify"):
         for source in ("vecfile", "catalog"):
             out[f"{name}_{source}"] = _child(name, folder, source)
+    out["predict_vecfile_1000_examples"] = _child("predict", folder, "vecfile", "bench-1000")
     out["incremental"] = _child("incremental", folder, "1000")
     out["predict_after_incremental"] = _child("predict", folder, "vecfile")
     return out

@@ -121,3 +121,39 @@ def test_a_cancelled_pass_stops_and_leaves_no_thread_or_blas_setting_behind(libr
     assert not [t for t in threading.enumerate() if t.name.startswith("clipdesk-predict")]
     assert [i["num_threads"] for i in threadpool_info() if i["user_api"] == "blas"] == blas
     assert len(library.predict("p")) == 8  # and the next pass runs whole
+
+
+def test_passes_running_at_once_give_the_same_answers(library, photos, monkeypatch):
+    """The app's Sort and Teach may run their passes at the same time: answers as when alone,
+    and BLAS's thread count restored after the last one."""
+    import threading
+
+    from threadpoolctl import threadpool_info
+
+    from clipdesk import library as library_mod
+
+    library.index([str(photos)])
+    library.add_to_label("red", [str(sorted(photos.rglob("*.jpg"))[0])])
+    library.add_to_label("other", [str(sorted(photos.rglob("*.jpg"))[-1])])
+    library.train("p")
+    monkeypatch.setattr(library_mod, "_CACHE_ROWS", 1)  # a slice per photo: the passes interleave
+    alone = (list(library.predict("p")), list(library.classify(["red", "green"])))
+    blas = [i["num_threads"] for i in threadpool_info() if i["user_api"] == "blas"]
+    got, errors = [], []
+
+    def run(kind: str) -> None:
+        try:
+            for _ in range(5):
+                got.append((kind, list(library.predict("p")) if kind == "predict"
+                            else list(library.classify(["red", "green"]))))
+        except Exception as e:  # noqa: BLE001 - reported below
+            errors.append(e)
+
+    threads = [threading.Thread(target=run, args=(k,)) for k in ("predict", "classify", "predict")]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(120)
+    assert not errors and len(got) == 15
+    assert all(rows == (alone[0] if kind == "predict" else alone[1]) for kind, rows in got)
+    assert [i["num_threads"] for i in threadpool_info() if i["user_api"] == "blas"] == blas
