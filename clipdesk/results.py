@@ -75,6 +75,13 @@ class Classifications(Sequence[Classification]):
         return Classifications(self.names, self.ids[rows], [self.paths[r] for r in rows.tolist()],
                                self.label_index[rows], self.probability[rows])
 
+    def as_rows(self, blank: Sequence[str] = ()) -> list[tuple[str, str, float]]:
+        """``(path, label, probability)`` per photo, "" for no label or a label in ``blank``
+        (what an export writes); built from the columns without a row object each."""
+        names = [("" if n in blank else n) for n in self.names] + [""]  # index -1 reads the last
+        labels = [names[k] for k in self.label_index.tolist()]
+        return list(zip(self.paths, labels, self.probability.tolist()))
+
     # ------------------------------------------------------------------ columns
     def index_of(self, label: str | None) -> int:
         """The label index of ``label`` (-1 for None; ValueError for a name not among them)."""

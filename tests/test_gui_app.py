@@ -538,3 +538,21 @@ def test_open_says_so_when_the_desktop_has_no_handler(window, monkeypatch):
     assert QApplication.clipboard().text() == path
     QTest.mouseClick(window.search_view.preview.show_folder, Qt.MouseButton.LeftButton)
     assert "No file manager" in window.banner.text.text()
+
+
+def test_export_writes_off_the_gui_thread_and_a_failure_is_shown_not_raised(window, qtbot, tmp_path):
+    sort = window.sort_view
+    window.tabs.setCurrentWidget(sort)
+    sort.categories.setPlainText("red\ngreen")
+    QTest.mouseClick(sort.classify_button, Qt.MouseButton.LeftButton)
+    until(lambda: sort.classified and sort.classify_button.isEnabled(), what="classify")
+    bar = sort.actions_bar
+    with qtbot.waitSignal(bar.error, timeout=20000) as failed:
+        bar.export_csv(str(tmp_path / "no such folder" / "out.csv"))
+    assert failed.args[0].startswith("Cannot write") and failed.args[1] == "export"
+    out = tmp_path / "out.csv"
+    with qtbot.waitSignal(bar.message, timeout=20000) as done:
+        bar.export_csv(str(out))
+    assert done.args[0] == f"Exported 8 rows to {out}"
+    rows = list(csv.reader(out.open()))
+    assert len(rows) == 9 and {r[1] for r in rows[1:]} <= {"red", "green", ""}

@@ -157,3 +157,9 @@ def test_passes_running_at_once_give_the_same_answers(library, photos, monkeypat
     assert not errors and len(got) == 15
     assert all(rows == (alone[0] if kind == "predict" else alone[1]) for kind, rows in got)
     assert [i["num_threads"] for i in threadpool_info() if i["user_api"] == "blas"] == blas
+
+
+def test_rows_for_an_export():
+    a = answers()
+    assert a.as_rows() == [(r.path, r.label or "", pytest.approx(r.probability)) for r in a]
+    assert [r[1] for r in a.as_rows(blank=("beach",))] == ["", "", "city", "", "", "snow"]

@@ -16,6 +16,8 @@ from PySide6.QtCore import Signal
 from PySide6.QtGui import QGuiApplication
 from PySide6.QtWidgets import QHBoxLayout, QLabel, QMenu, QPushButton, QSpinBox, QToolButton, QWidget
 
+from clipdesk.errors import ClipdeskError
+
 from .dialogs import PlanDialog, ask_folder, ask_save_path
 from .grid import PhotoGrid
 
@@ -51,6 +53,14 @@ def write_csv(path: str, rows: list[Row]) -> int:
             w.writerow([p, label, f"{prob:.4f}"])
     os.replace(tmp, path)
     return len(rows)
+
+
+def _export(path: str, rows: list[Row]) -> int:
+    """:func:`write_csv` for a worker: a failure is the user's to see, not a bug."""
+    try:
+        return write_csv(path, rows)
+    except OSError as e:
+        raise ClipdeskError(f"Cannot write {path}: {e.strerror or e}") from None
 
 
 class ResultActions(QWidget):
@@ -152,13 +162,19 @@ class ResultActions(QWidget):
             return None
         if not path.lower().endswith(".csv") and not os.path.splitext(path)[1]:
             path += ".csv"
-        try:
-            n = write_csv(path, rows)
-        except OSError as e:
-            self.error.emit(f"Cannot write {path}: {e.strerror or e}", "export")
-            return None
-        self.resolved.emit()
-        self.message.emit(f"Exported {n} row{'s' if n != 1 else ''} to {path}")
+        def written(n: int) -> None:
+            self.resolved.emit()
+            self.message.emit(f"Exported {n} row{'s' if n != 1 else ''} to {path}")
+
+        if self.ctx is None:
+            try:
+                written(write_csv(path, rows))
+            except OSError as e:
+                self.error.emit(f"Cannot write {path}: {e.strerror or e}", "export")
+                return None
+        else:  # a million rows take seconds to write: not on the GUI thread
+            self.ctx.jobs.start(_export, path, rows, name="export", on_result=written,
+                                on_error=lambda message, _kind: self.error.emit(message, "export"))
         return path
 
     # ------------------------------------------------------------------ tags and folders

@@ -66,7 +66,7 @@ class SortView(QWidget):
         lay.addLayout(right, 1)
 
     def _rows(self) -> list[tuple[str, str, float]]:
-        return [(r.path, r.label or "", r.probability) for r in self.classified]
+        return self.classified.as_rows() if self.classified else []
 
     def run(self) -> None:
         names = [n.strip() for n in self.categories.toPlainText().splitlines() if n.strip()]

@@ -368,8 +368,7 @@ class TeachView(QWidget):
         self.review_grid.setFocus()
 
     def _rows(self) -> list[tuple[str, str, float]]:
-        label = (lambda p: p.label if p.label not in (None, NONE_CLASS) else "")
-        return [(p.path, label(p), p.probability) for p in self.predictions]
+        return self.predictions.as_rows(blank=(NONE_CLASS,)) if self.predictions else []
 
     def reset(self) -> None:
         self.predictions = []
