@@ -137,7 +137,7 @@ class ResultActions(QWidget):
         return len(rows)
 
     def _summarise(self) -> None:
-        n = len(self.grid.selectionModel().selectedIndexes()) if self.grid.selectionModel() else 0
+        n = len(self.grid.selected_rows()) if self.grid.selectionModel() else 0
         self.summary.setText(f"{n} selected" if n else "")
 
     def _rows(self) -> list[Row]:
