@@ -42,9 +42,11 @@ gains or ties within seed noise at every K on the Debian halves. Tried and dropp
 likelihood (its probability mass goes to the other categories in proportion), and counts in the
 text's agreement (agreeing when the text does not pick ``c``): without that, a text that agrees
 with a handful of examples (λ ≈ 700) held the probe so firmly that ten rejections changed nothing.
-Negatives are not examples (no cache key, no prototype); the file format is unchanged. Taught as a
-text-less "none of these" class instead, the same rejections cost 0.04–0.2 of accuracy on the
-evaluation sets (the extra class swallows true members); see benchmarks/RESULTS.md.
+Negatives are not examples (no cache key, no prototype); the file format is unchanged. In the
+negatives protocol (50 seeds, whole files) ten of them cut their category's held-out false
+positives by 45–90 % at K = 1–2 (and its true positives by 6–72 %), overall accuracy within
+−0.0044 … +0.0017; taught as a text-less "none of these" class instead, the same rejections cost
+0.012–0.109 of accuracy (the extra class swallows true members); see benchmarks/RESULTS.md.
 
 Scores become probabilities by a softmax with a temperature (and, for concept-vs-rest, a bias)
 fitted by maximum likelihood on **out-of-fold** scores: the probe is refitted on 5 stratified
@@ -62,7 +64,9 @@ halves, 10 seeds; margin over max(zero-shot, logistic regression)): a fixed wide
 −0.009 → +0.004–0.010) but cost the proxy's dev half 0.03–0.11 at K = 1–8; chosen per fit
 without the guard it still cost the proxy 0.013–0.03 at K = 2–4 (too few held-out examples to
 choose well); with the 2-SE guard the proxy is unchanged and K = 32 reaches +0.015 (sections) and
-−0.000 (tags). A guard of 1 SE: tags +0.005, proxy K = 2–8 −0.008 to −0.014. Tried at K = 16–32
+−0.000 (tags). The full run (benchmarks/RESULTS.md, 22:17 UTC): dev halves +0.016 / +0.002, check
+halves +0.011 / +0.009, whole files +0.006 / +0.012 (sections / tags; target +0.01), K = 1–8
+unchanged within seed noise. A guard of 1 SE: tags +0.005, proxy K = 2–8 −0.008 to −0.014. Tried at K = 16–32
 without gain (dev halves): λ scaled ×0.1–×10, another λ floor (0.002–1), the text vector(s) as
 extra examples, shrinkage LDA (alone and with zero-shot logits), averaging the fold models.
 
