@@ -514,6 +514,44 @@ def _machine_loaded() -> bool:
         return False
 
 
+# Other programs using more than this share of the cores while precisions are timed make the
+# timing unfit to keep (the load average lags: it can read quiet while a neighbour starts).
+OTHERS_BUSY_SHARE = 0.25
+
+
+def _busy_cpu_seconds() -> float | None:
+    """CPU seconds all processes have spent busy since boot (Linux /proc/stat); None elsewhere."""
+    try:
+        with open("/proc/stat") as f:
+            fields = [int(x) for x in f.readline().split()[1:]]
+        ticks = os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, AttributeError):
+        return None
+    idle = fields[3] + (fields[4] if len(fields) > 4 else 0)
+    guest = sum(fields[8:10]) if len(fields) > 9 else 0  # already counted in user/nice
+    return (sum(fields) - idle - guest) / ticks
+
+
+@contextmanager
+def _others_cpu(out: dict):
+    """Sets ``out["cores"]`` to the cores other processes kept busy (on average) during the block,
+    from /proc/stat's busy time less this process's own; None where the system does not say."""
+    busy, own, t = _busy_cpu_seconds(), time.process_time(), time.monotonic()
+    try:
+        yield out
+    finally:
+        end, seconds = _busy_cpu_seconds(), time.monotonic() - t
+        out["cores"] = None if busy is None or end is None or seconds <= 0 else \
+            max(0.0, (end - busy - (time.process_time() - own)) / seconds)
+
+
+def _cores() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except (OSError, AttributeError):
+        return os.cpu_count() or 1
+
+
 def choose_precision(spec: ModelSpec, model, device: str, say: Callable[[str], None] | None = None) -> str:
     """fp16 on CUDA; fp32 on MPS; on CPUs bf16 only where a measurement shows it faster and the
     embeddings agree with fp32 (mean cosine ≥ MIN_AGREEMENT). The verdict is cached per machine."""
@@ -535,11 +573,15 @@ def choose_precision(spec: ModelSpec, model, device: str, say: Callable[[str], N
     # bf16 under load, 1.09x quiet), so int8 is only measured, and a verdict only kept, when quiet.
     loaded = Int8Visual.available() and _machine_loaded()
     int8 = None if loaded else Int8Visual.build(spec, model, say)
-    result = measure_precision(model, int8=int8)
+    others: dict = {}
+    with _others_cpu(others):
+        result = measure_precision(model, int8=int8)
+    busy = others["cores"] is not None and others["cores"] > OTHERS_BUSY_SHARE * _cores()
+    if loaded or busy:  # for this session; measured again at the next load (an int8 file is kept for it)
+        log.info("precision measured under load (other processes: %s cores): not cached", others["cores"])
+        return result["precision"]
     if int8 is not None and result["precision"] != "int8":
         int8.discard()  # its file is not kept where it is not used
-    if loaded:
-        return result["precision"]  # for this session; measured again at the next load
     cached[key] = result
     try:
         path.parent.mkdir(parents=True, exist_ok=True)

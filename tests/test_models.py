@@ -190,6 +190,7 @@ def test_int8_is_neither_measured_nor_cached_on_a_loaded_machine(monkeypatch, tm
     monkeypatch.setattr(models.Int8Visual, "available", staticmethod(lambda: True))
     monkeypatch.setattr(models.Int8Visual, "build", classmethod(lambda cls, *a: built.append(a)))
     monkeypatch.setattr(models, "_machine_key", lambda spec: "key")
+    monkeypatch.setattr(models, "_busy_cpu_seconds", lambda: None)  # other test processes: not load here
     model = load_encoder(ModelSpec.parse("test-tiny"), precision="fp32").model
     spec = ModelSpec("ViT-B-32", "random")  # a real architecture's rule, on the tiny model's weights
     monkeypatch.setattr(models, "_machine_loaded", lambda: True)
@@ -356,3 +357,32 @@ def test_calibration_images_are_photo_like_and_repeatable():
     # natural images' spectrum: far more energy in low spatial frequencies than in high ones
     power = np.abs(np.fft.fft2(pixels - pixels.mean(axis=(2, 3), keepdims=True))) ** 2
     assert power[..., 1:3, 1:3].mean() > 20 * power[..., 14:18, 14:18].mean()
+
+
+def test_a_precision_timed_while_others_kept_the_cores_busy_is_not_cached(monkeypatch, tmp_path):
+    """The load average lags: it can read quiet while another program starts. Other processes'
+    CPU time during the timing decides too: busy, the verdict serves this session only, and the
+    int8 model built for it is kept for the next (quiet) measurement."""
+    from clipdesk import models
+
+    monkeypatch.setenv("CLIPDESK_CACHE_DIR", str(tmp_path))
+    monkeypatch.setattr(models, "_machine_key", lambda spec: "key")
+    monkeypatch.setattr(models, "_machine_loaded", lambda: False)
+    discarded = []
+
+    class Built:
+        def discard(self):
+            discarded.append(True)
+
+    monkeypatch.setattr(models.Int8Visual, "build", classmethod(lambda cls, *a: Built()))
+    monkeypatch.setattr(models, "measure_precision", lambda model, int8=None: {"precision": "bf16", "int8_img_s": 1.0})
+    clock = iter([100.0, 100.0 + 2 * models._cores()])  # others: busy on every core during the timing
+    monkeypatch.setattr(models, "_busy_cpu_seconds", lambda: next(clock))
+    spec = ModelSpec("ViT-B-32", "random")
+    assert models.choose_precision(spec, None, "cpu") == "bf16"
+    assert not (tmp_path / "precision.json").exists() and discarded == []
+    clock = iter([100.0, 100.0])  # quiet: cached, and the unused int8 model's file removed
+    monkeypatch.setattr(models, "_busy_cpu_seconds", lambda: next(clock))
+    assert models.choose_precision(spec, None, "cpu") == "bf16"
+    assert json.loads((tmp_path / "precision.json").read_text())["key"]["precision"] == "bf16"
+    assert discarded == [True]
