@@ -726,6 +726,8 @@ def fit_probe(data: ProbeData, zeroshot_text: np.ndarray | None = None, meta: di
         if neg.ndim != 2 or neg.shape[1] != np.shape(data.X)[1] or of.shape != (len(neg),) \
                 or (len(of) and (of.min() < 0 or of.max() >= len(data.classes))):
             raise ValueError(f"negatives of shape {neg.shape} with categories of shape {of.shape}")
+        if len(neg) and len(data.classes) < 2:
+            raise ValueError("negatives need at least two categories (an item is not A, so it is another)")
     y = np.asarray(data.y)
     C = len(data.classes)
     X = np.asarray(data.X, np.float32)

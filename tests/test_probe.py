@@ -331,6 +331,8 @@ def test_negatives_are_checked():
         with pytest.raises(ValueError, match="negatives"):
             fit_probe(ProbeData(["a", "b", "c"], text, X, y, negatives=neg,
                                 negative_of=None if of is None else np.array(of)))
+    with pytest.raises(ValueError, match="negatives need at least two categories"):
+        fit_probe(ProbeData(["a"], text[:1], X[y == 0], y[y == 0], negatives=X[:2], negative_of=np.zeros(2, int)))
 
 
 def test_corrections_do_not_move_the_priors_estimates():
