@@ -39,7 +39,7 @@ from clipdesk.models import DEFAULT_MODEL, Encoder, ModelSpec, load_encoder
 from clipdesk.probe import BACKGROUND, FitReport, Probe, ProbeData, fit_probe, load_probe_file, uncertainty
 from clipdesk.query import Term, parse_query, query_vector
 from clipdesk.results import Classification, Classifications
-from clipdesk.teaching import NONE_CLASS
+from clipdesk.teaching import NONE_CLASS, is_negative, positive_of
 from clipdesk.zeroshot import class_weights, top_category, zeroshot_probabilities
 
 ProgressFn = Callable[[Progress], None]
@@ -864,10 +864,26 @@ class Library:
             classes.append(BACKGROUND)
             text = np.vstack([text, np.zeros_like(text[:1])])
             zs_text = np.vstack([text[:1], class_weights(enc.encode_texts, ["photo"])])
+        # A photo rejected from one bucket ("not A", from Review or the Teach tab) is also a
+        # negative of that bucket: it lowers A's probability on it and counts against A's text
+        # (clipdesk eval fewshot --negatives: a bucket's look-alikes drop by half or more).
+        neg_ids, neg_of = [], []
+        if len(chosen) > 1:
+            for lb in negatives:
+                bucket = positive_of(lb)
+                if is_negative(lb) and bucket in chosen:
+                    inside = set(all_labels[bucket])
+                    rejected = [i for i in all_labels[lb] if i not in inside]
+                    neg_ids += rejected
+                    neg_of += [chosen.index(bucket)] * len(rejected)
         X = self.catalog.vectors_for(ids)
+        data = ProbeData(classes, text, X, np.array(y))
+        if neg_ids:
+            data.negatives = self.catalog.vectors_for(neg_ids)
+            data.negative_of = np.array(neg_of)
         if progress:
             progress(Progress("train", 0, 1))
-        probe, fit = fit_probe(ProbeData(classes, text, X, np.array(y)), zs_text,
+        probe, fit = fit_probe(data, zs_text,
                                meta={"labels": chosen, "negatives": negatives, "model": self.model_name,
                                      "created": time.time()})
         self._save_probe(name, probe, fit)

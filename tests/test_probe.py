@@ -416,3 +416,24 @@ def test_a_heavier_cache_is_chosen_where_held_out_examples_need_it(tmp_path, mon
     np.savez(tmp_path / "forged.npz", **forged.to_arrays())
     with pytest.raises(ProbeError, match="alpha"):
         load_probe_file(str(tmp_path / "forged.npz"))
+
+
+def test_a_photo_rejected_from_a_bucket_is_taught_as_not_that_bucket(library, photos):
+    """Library.train passes Review's rejections ("not red") to the probe as negatives of that
+    bucket, on top of the "none of these" class: the rejected photo's red probability falls
+    below what the same photo gets as a plain "none of these" example."""
+    from clipdesk.teaching import NONE_CLASS, negative_label
+
+    library.index([str(photos)])
+    files = sorted(str(p) for p in photos.rglob("*.jpg"))
+    library.add_to_label("red", files[:2])
+    library.add_to_label("green", files[2:4])
+    library.add_to_label(negative_label("red"), [files[5]])
+    library.add_to_label("plain rejects", [files[5]])
+    library.train("wired", labels=["red", "green"], negatives=[negative_label("red")])
+    library.train("plain", labels=["red", "green"], negatives=["plain rejects"])
+    wired, plain = library.load_probe("wired"), library.load_probe("plain")
+    assert wired.classes == plain.classes == ["red", "green", NONE_CLASS]
+    x = library.catalog.vectors_for([library.catalog.id_for_path(files[5])])
+    red = wired.classes.index("red")
+    assert wired.probabilities(x)[0, red] < plain.probabilities(x)[0, red]
