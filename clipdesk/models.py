@@ -761,7 +761,7 @@ class Int8Visual:
         size = pre.size
         tag = f"{spec.name}|{size}|torch {torch.__version__}|{cls.backend_version(backend)}"
         if backend == "openvino":
-            tag += f"|calibration {CALIBRATION_IMAGES} v1"
+            tag += f"|calibration {CALIBRATION_IMAGES} v2"
         digest = hashlib.blake2b(tag.encode(), digest_size=10).hexdigest()
         suffix = ".xml" if backend == "openvino" else ".onnx"
         path = _precision_cache_path().parent / "int8" / f"{spec.arch.replace('/', '_')}-{digest}{suffix}"
@@ -794,6 +794,7 @@ def _build_openvino_int8(model, pre: Preprocessing, path: Path) -> None:
     import nncf
     import openvino as ov
     import torch
+    from nncf.quantization.advanced_parameters import AdvancedQuantizationParameters, AdvancedSmoothQuantParameters
 
     size = pre.size
     tmp = path.with_name(path.stem + ".tmp.xml")
@@ -806,9 +807,13 @@ def _build_openvino_int8(model, pre: Preprocessing, path: Path) -> None:
         nncf.set_log_level(logging.ERROR)
         # NNCF draws progress bars on stdout/stderr: not this library's to print (a one-off, seconds)
         with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+            # SmoothQuant off: on synthetic calibration it lowered the worst photo's agreement
+            # (min cosine 0.992 against 0.998 without) and doubles the build time
             quantised = nncf.quantize(ov_model, nncf.Dataset([calib[i:i + 1] for i in range(len(calib))]),
                                       model_type=nncf.ModelType.TRANSFORMER, subset_size=len(calib),
-                                      preset=nncf.QuantizationPreset.MIXED)
+                                      preset=nncf.QuantizationPreset.MIXED,
+                                      advanced_parameters=AdvancedQuantizationParameters(
+                                          smooth_quant_alphas=AdvancedSmoothQuantParameters(matmul=-1)))
         ov.save_model(quantised, str(tmp), compress_to_fp16=False)
         os.replace(tmp.with_suffix(".bin"), path.with_suffix(".bin"))
         os.replace(tmp, path)
