@@ -173,8 +173,9 @@ def onnx_int8(visual, size: int, threads: int, folder: Path):
 
 
 def bench_precision() -> dict:
-    """Model-only fp32 vs bf16 vs int8 (PyTorch's dynamic int8 on the Linear layers, and ONNX
-    Runtime's dynamic int8 where it is installed); ViT-B-32-256, batch 32, 2 warm-ups, median of
+    """Model-only fp32 vs bf16 vs int8 (PyTorch's dynamic int8 on the Linear layers, ONNX
+    Runtime's dynamic int8 where it is installed, and the app's OpenVINO static int8 where
+    clipdesk[int8] is; benchmarks/bench_int8.py compares more int8 variants); ViT-B-32-256, batch 32, 2 warm-ups, median of
     5 interleaved runs; beside what the app's load-time check (``measure_precision``: batch 8,
     1 warm-up, best of 2) reads in the same run. Agreement with fp32 on random inputs (random
     weights: the mechanics of the numbers, not a quality figure)."""
@@ -182,7 +183,7 @@ def bench_precision() -> dict:
 
     import torch
 
-    from clipdesk.models import ModelSpec, load_encoder, measure_precision
+    from clipdesk.models import Int8Visual, ModelSpec, load_encoder, measure_precision
 
     fp32 = load_encoder(ModelSpec.parse(ARCH), precision="fp32").model
     bf16 = copy.deepcopy(fp32).to(torch.bfloat16)
@@ -195,6 +196,10 @@ def bench_precision() -> dict:
         ort_fn = onnx_int8(fp32.visual, 256, torch.get_num_threads(), work)
         if ort_fn is not None:
             models["int8_onnxruntime"] = ort_fn
+        if Int8Visual.backend_available() == "openvino":  # the app's static int8 (clipdesk[int8])
+            ov8 = Int8Visual.build(ModelSpec.parse(ARCH), fp32, backend="openvino")
+            if ov8 is not None:
+                models["int8_openvino_static"] = lambda t: torch.from_numpy(ov8(t.numpy()))
         rates = model_rates(models)
         x = torch.randn(16, 3, 256, 256, generator=torch.Generator().manual_seed(1))
         with torch.inference_mode():
