@@ -569,8 +569,9 @@ def choose_precision(spec: ModelSpec, model, device: str, say: Callable[[str], N
         return cached[key]["precision"]
     if say:
         say("Measuring the fastest precision on this machine (once)…")
-    # Other programs sharing the cores slow bf16 far more than int8 (measured: int8 looks 1.8x
-    # bf16 under load, 1.09x quiet), so int8 is only measured, and a verdict only kept, when quiet.
+    # Other programs sharing the cores slow torch's bf16 far more than int8 (measured: ONNX Runtime
+    # int8 1.8x bf16 under load, 1.09x quiet; OpenVINO int8 3.2x under load, 2x quiet), so int8 is
+    # only measured, and a verdict only kept, when quiet.
     loaded = Int8Visual.available() and _machine_loaded()
     int8 = None if loaded else Int8Visual.build(spec, model, say)
     others: dict = {}
@@ -683,9 +684,10 @@ class Int8Visual:
     backends that is installed:
 
     - ``openvino``: OpenVINO with NNCF (``pip install clipdesk[int8]``): *static* int8, every
-      Linear layer and the attention matrix products in int8 with activation scales calibrated
-      once on ``CALIBRATION_IMAGES`` photo-like images (:func:`calibration_images`), VNNI/AMX
-      kernels; on 2 EPYC cores ~1.6x torch's bf16 (benchmarks/bench_int8.py).
+      Linear layer (73 matrix products in ViT-B-32) with int8 weights and int8 activations, their
+      scales calibrated once on ``CALIBRATION_IMAGES`` photo-like images
+      (:func:`calibration_images`), VNNI/AMX kernels; the attention's own score products stay in
+      float (OpenVINO's fused attention). On 2 EPYC cores ~2x torch's bf16 (benchmarks/bench_int8.py).
     - ``onnxruntime``: ONNX Runtime's *dynamic* quantisation (int8 weights, activations quantised
       per batch; ``onnxruntime`` and ``onnx``): ~1.1x bf16 there, so precision "auto" rarely
       picks it.
