@@ -799,7 +799,7 @@ def _build_openvino_int8(model, pre: Preprocessing, path: Path) -> None:
     from nncf.quantization.advanced_parameters import AdvancedQuantizationParameters, AdvancedSmoothQuantParameters
 
     size = pre.size
-    tmp = path.with_name(path.stem + ".tmp.xml")
+    tmp = path.with_name(f"{path.stem}.{os.getpid()}.tmp.xml")  # processes building at once (Ray workers)
     try:
         with torch.inference_mode(False), torch.no_grad(), warnings.catch_warnings():
             warnings.simplefilter("ignore")  # tracer chatter
