@@ -15,8 +15,9 @@ the ``--weights`` way out and the demo model ``test-tiny``, instead of the hub's
 On CPUs the precision is chosen by measuring: a short timing of fp32 against bfloat16 at load
 (cached per machine), kept only if bf16 is faster and its embeddings agree with fp32's. Where
 OpenVINO and NNCF (``clipdesk[int8]``: static int8, calibrated) or else ONNX Runtime (dynamic
-int8) are installed, an int8 image tower is measured too and used only if it is ≥ ``INT8_GAIN`` times faster than the
-better of the two and agrees with fp32 as well; the text tower then stays in fp32.
+int8) are installed, an int8 image tower is measured too and used only if it is ≥ ``INT8_GAIN``
+times faster than the better of the two and agrees with fp32 as well; the text tower then stays
+in fp32.
 """
 from __future__ import annotations
 
