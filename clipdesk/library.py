@@ -46,7 +46,6 @@ ProgressFn = Callable[[Progress], None]
 BACKGROUND_SAMPLE = 200  # library photos sampled as "the rest" when one concept is taught
 SUGGEST_CANDIDATES = 4000  # images a pre-training diverse sample is drawn from
 _CACHE_ROWS = 4096  # rows a whole-library pass converts and hands on at a time (8 MB at 512-d)
-_BLOCK_SLICES = vecfile.BLOCK // _CACHE_ROWS
 _PASS_WORKERS = 4  # at most, and no more than the cores
 _PROBE_NAME = re.compile(r"^[\w][\w .+-]{0,99}$")
 
@@ -675,7 +674,7 @@ class Library:
                         b = min(len(ids), a + _CACHE_ROWS)
                         pending.append((ids[a:b], paths[a:b], pool.submit(work, vecs[a:b])))
                     del vecs  # the block's map closes once its slices are done
-                    while pending and (pending[0][2].done() or len(pending) > 2 * _BLOCK_SLICES):
+                    while pending and (pending[0][2].done() or len(pending) > 2 * vecfile.BLOCK // _CACHE_ROWS):
                         i, p, f = pending.popleft()
                         take(i, p, *f.result())
                 while pending:

@@ -73,6 +73,17 @@ def open_regular(path: str, follow_symlinks: bool = True) -> int:
     return fd
 
 
+def open_derived(path: str, error: type[Exception]) -> int:
+    """:func:`open_regular` for a library's derived files (``vectors.faiss``, ``vectors.f16``):
+    a symbolic link is not followed, and any failure is one ``error`` saying what was wrong."""
+    try:
+        return open_regular(path, follow_symlinks=False)
+    except OSError as e:
+        if e.errno == errno.ELOOP:
+            raise error(f"{path} is a symbolic link, not followed") from None
+        raise error(f"cannot read {path}: {e.strerror or e}") from None
+
+
 def check_library_entry(path: str, want: str = "file") -> bool:
     """Whether the library entry ``path`` exists; raises :class:`LibraryFileError` if it is a
     symbolic link or not a regular file (``want="file"``) / folder (``want="dir"``)."""

@@ -28,7 +28,6 @@ rewrites the file, atomically.
 """
 from __future__ import annotations
 
-import errno
 import hashlib
 import json
 import mmap
@@ -41,7 +40,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from .files import atomic_write, open_regular
+from .files import atomic_write, open_derived
 
 if TYPE_CHECKING:
     from .catalog import Catalog
@@ -101,12 +100,7 @@ class VectorFile:
         """Open and validate; raises :class:`VecFileError` for anything but an intact file of ours.
 
         ``max_count`` bounds the rows the file may declare (what the catalog can account for)."""
-        try:
-            fd = open_regular(path, follow_symlinks=False)
-        except OSError as e:
-            if e.errno == errno.ELOOP:
-                raise VecFileError(f"{path} is a symbolic link, not followed") from None
-            raise VecFileError(f"cannot read {path}: {e.strerror or e}") from None
+        fd = open_derived(path, VecFileError)
         try:
             header = _read_header(fd, os.fstat(fd).st_size, max_count)
             raw = np.frombuffer(_pread(fd, 8 * header.rows, _ids_offset(header)), dtype="<i8").astype(np.int64)

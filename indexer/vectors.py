@@ -17,7 +17,6 @@ index. The file is a cache and untrusted input: it is checked field by field bef
 """
 from __future__ import annotations
 
-import errno
 import hashlib
 import itertools
 import json
@@ -31,7 +30,7 @@ from typing import TYPE_CHECKING
 import faiss
 import numpy as np
 
-from .files import atomic_write, open_regular
+from .files import atomic_write, open_derived
 
 if TYPE_CHECKING:
     from .catalog import Catalog
@@ -292,12 +291,7 @@ class VectorStore:
         ``max_count``, the most vectors the catalog can account for) before FAISS allocates
         anything, so a damaged or hostile file costs a rebuild, never memory or time.
         """
-        try:
-            fd = open_regular(path, follow_symlinks=False)
-        except OSError as e:
-            if e.errno == errno.ELOOP:
-                raise VectorFileError(f"{path} is a symbolic link, not followed") from None
-            raise VectorFileError(f"cannot read {path}: {e}") from None
+        fd = open_derived(path, VectorFileError)
         try:
             with os.fdopen(fd, "rb") as f:
                 size = os.fstat(fd).st_size
