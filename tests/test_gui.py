@@ -90,6 +90,33 @@ def test_worker_cancel_and_errors(qtbot, jobs):
     assert any(k == "bug" and "ZeroDivisionError" in m for m, k in errors)
 
 
+def test_a_job_no_longer_counts_as_running_when_its_outcome_arrives(qtbot, jobs):
+    """A result, error or cancel slot (one that enables Undo, say) sees the job as over: an action
+    the user starts from it is not refused as "still running" (CI caught the tags write's Undo
+    racing with the job's separate finished signal)."""
+    seen = []
+
+    def note(kind):
+        return lambda *a: seen.append((kind, [w.name for w in jobs.active]))
+
+    def boom():
+        raise QueryError("no")
+
+    def cancelled(cancel=None):
+        cancel.cancel()
+
+    busy = []
+    jobs.busy_changed.connect(busy.append)
+    jobs.start(lambda: 1, name="ok", on_result=note("result"))
+    jobs.start(boom, name="bad", on_error=note("error"))
+    jobs.start(cancelled, name="stopped", on_cancelled=note("cancelled"))
+    qtbot.waitUntil(lambda: len(seen) == 3 and busy[-1] is False, timeout=10000)
+    for kind, running in seen:
+        name = {"result": "ok", "error": "bad", "cancelled": "stopped"}[kind]
+        assert name not in running, (kind, running)
+    assert not jobs.active
+
+
 def test_drag_and_drop_into_buckets(qtbot, window, photos, tmp_path):
     from conftest import make_photo
 

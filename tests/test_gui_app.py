@@ -205,11 +205,13 @@ def close_if_open(dlg) -> None:
 def drive_save_dialog(path: str) -> list:
     """Type ``path`` into the (Qt, non-native) save dialog when it opens and press Enter."""
     seen = []
+    deadline = time.monotonic() + 10  # never left running to fill a later test's dialog
 
     def fill():
         dlg = next((w for w in QApplication.topLevelWidgets() if isinstance(w, QFileDialog) and w.isVisible()), None)
         if dlg is None:
-            QTimer.singleShot(100, fill)
+            if time.monotonic() < deadline:
+                QTimer.singleShot(100, fill)
             return
         from PySide6.QtWidgets import QLineEdit
 

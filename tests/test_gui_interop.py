@@ -1,6 +1,7 @@
 """Library interop in the app: Do ▸ Write tags… / Copy to folders… (preview, worker, undo), and
 RAW+JPEG twins shown once by ``clipdesk search``. Offscreen, real clicks on the real widgets."""
 import json
+import time
 from pathlib import Path
 
 import pytest
@@ -36,14 +37,17 @@ def classified(w):
 
 
 def answer_plan(apply: bool) -> list[str]:
-    """When the preview dialog opens, note its text and click Apply (or Cancel)."""
+    """When the preview dialog opens, note its text and click Apply (or Cancel). Gives up after
+    10 s, so a dialog that never opened cannot leave a clicker to answer the next test's dialog."""
     seen: list[str] = []
+    deadline = time.monotonic() + 10
 
     def click():
         dlg = next((d for d in QApplication.topLevelWidgets()
                     if isinstance(d, QDialog) and d.objectName() == "planDialog" and d.isVisible()), None)
         if dlg is None:
-            QTimer.singleShot(50, click)
+            if time.monotonic() < deadline:
+                QTimer.singleShot(50, click)
             return
         seen.append(dlg.findChild(object, "planText").text())
         seen.append(dlg.findChild(object, "planApply").isEnabled())

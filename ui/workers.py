@@ -22,10 +22,10 @@ log = logging.getLogger(__name__)
 
 class WorkerSignals(QObject):
     progress = Signal(object)
-    result = Signal(object)
-    error = Signal(str, str)  # message, error class name ("bug" for unexpected exceptions)
-    cancelled = Signal()
-    finished = Signal()
+    # one signal for the end, so the job leaves Jobs.active *before* its result is delivered:
+    # with separate result and finished signals, a result slot (enabling Undo, say) ran while the
+    # job still counted as running, and an action taken in between was refused as "still running"
+    ended = Signal(str, object)  # "result" (value), "error" ((message, error class)), "cancelled" (None)
 
 
 class Worker(QRunnable):
@@ -49,21 +49,20 @@ class Worker(QRunnable):
         self.token.cancel()
 
     def run(self) -> None:
+        outcome: tuple[str, object] = ("cancelled", None)
         try:
             value = self.fn(*self.args, **self.kwargs)
-            if self.token.cancelled:
-                self.signals.cancelled.emit()
-            else:
-                self.signals.result.emit(value)
+            if not self.token.cancelled:
+                outcome = ("result", value)
         except Cancelled:
-            self.signals.cancelled.emit()
+            pass
         except ClipdeskError as e:
-            self.signals.error.emit(str(e), type(e).__name__)
+            outcome = ("error", (str(e), type(e).__name__))
         except Exception as e:  # noqa: BLE001 - shown to the user as a bug, with its trace logged
             log.error("%s failed:\n%s", self.name, traceback.format_exc())
-            self.signals.error.emit(f"Unexpected error in {self.name}: {type(e).__name__}: {e}", "bug")
+            outcome = ("error", (f"Unexpected error in {self.name}: {type(e).__name__}: {e}", "bug"))
         finally:
-            self.signals.finished.emit()
+            self.signals.ended.emit(*outcome)
 
 
 class Jobs(QObject):
@@ -85,11 +84,11 @@ class Jobs(QObject):
               name: str = "", **kwargs) -> Worker:
         w = Worker(fn, *args, name=name, **kwargs)
         q = Qt.ConnectionType.QueuedConnection
-        for signal, slot in ((w.signals.result, on_result), (w.signals.error, on_error),
-                             (w.signals.progress, on_progress), (w.signals.cancelled, on_cancelled)):
-            if slot is not None:
-                signal.connect(lambda *a, s=slot: self._deliver(s, *a), q)
-        w.signals.finished.connect(lambda w=w: self._done(w, on_finished), q)
+        if on_progress is not None:
+            w.signals.progress.connect(lambda p, s=on_progress: self._deliver(s, p), q)
+        slots = {"result": on_result, "error": on_error, "cancelled": on_cancelled}
+        w.signals.ended.connect(lambda outcome, payload, w=w: self._done(w, slots[outcome], outcome, payload,
+                                                                         on_finished), q)
         self._active.add(w)
         self.busy_changed.emit(True)
         self.pool.start(w)
@@ -99,12 +98,18 @@ class Jobs(QObject):
         if not self.closed:  # after shutdown the window and its library are gone
             slot(*args)
 
-    def _done(self, w: Worker, on_finished: Callable | None) -> None:
-        self._active.discard(w)
-        if on_finished is not None and not self.closed:
-            on_finished()
-        if not self._active:
-            self.busy_changed.emit(False)
+    def _done(self, w: Worker, slot: Callable | None, outcome: str, payload: object,
+              on_finished: Callable | None) -> None:
+        self._active.discard(w)  # first: whatever the slots do next sees the job as over
+        try:
+            if slot is not None:
+                args = () if outcome == "cancelled" else payload if outcome == "error" else (payload,)
+                self._deliver(slot, *args)
+            if on_finished is not None:
+                self._deliver(on_finished)
+        finally:
+            if not self._active:
+                self.busy_changed.emit(False)
 
     @property
     def active(self) -> list[Worker]:
