@@ -108,6 +108,10 @@ def build_parser() -> argparse.ArgumentParser:
         a = lsub.add_parser(action, parents=[common], help=help)
         a.add_argument("name")
         a.add_argument("paths", nargs="+", metavar="PATH")
+        if action == "add":
+            a.add_argument("--corrected", action="store_true",
+                           help="these photos are labelled because a probe predicted another label "
+                                "(a correction: the probe weighs them apart from a fair sample)")
     lsub.add_parser("list", parents=[common], help="list labels and their photos")
     a = lsub.add_parser("delete", parents=[common], help="delete a label (photos are kept)")
     a.add_argument("name")
@@ -353,7 +357,7 @@ def run(args: argparse.Namespace) -> int:
                   [f"{o.label or '-':20s} {o.probability:.2f}  {o.path}" for o in out])
         elif c == "label":
             if args.action == "add":
-                n = lib.add_to_label(args.name, args.paths)
+                n = lib.add_to_label(args.name, args.paths, corrected=args.corrected)
                 _emit(args, {"label": args.name, "images": n}, [f"{args.name}: {n} images"])
             elif args.action == "remove":
                 _check_label(lib, args.name, args.paths)

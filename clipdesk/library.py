@@ -784,11 +784,13 @@ class Library:
             raise ClipdeskError(f"Not in the library: {_some(lost)}")
         return ids
 
-    def add_to_label(self, name: str, paths: Sequence[str], progress: ProgressFn | None = None) -> int:
-        """Add images to a label (created if new). Returns the label's size."""
+    def add_to_label(self, name: str, paths: Sequence[str], progress: ProgressFn | None = None,
+                     corrected: bool = False) -> int:
+        """Add images to a label (created if new). Returns the label's size. ``corrected``: they
+        are given because the probe said otherwise (the probe weighs such corrections apart)."""
         name = _check_name(name, "label")
         ids = self._ids_for_paths(paths, progress)
-        self.catalog.add_to_label(name, ids)
+        self.catalog.add_to_label(name, ids, corrected=corrected)
         return len(self.catalog.labels()[name])
 
     def remove_from_label(self, name: str, paths: Sequence[str]) -> int:
@@ -810,6 +812,12 @@ class Library:
         labels = self.catalog.labels()
         info = self._paths([i for ids in labels.values() for i in ids])
         return {name: [info[i].path for i in ids if i in info] for name, ids in labels.items()}
+
+    def corrections(self) -> dict[str, set[str]]:
+        """Per label, the paths of the members given as corrections (``add_to_label(corrected=True)``)."""
+        fixed = self.catalog.corrections()
+        info = self._paths([i for ids in fixed.values() for i in ids])
+        return {name: {info[i].path for i in ids if i in info} for name, ids in fixed.items()}
 
     # ------------------------------------------------------------------ probes
     def _probe_path(self, name: str) -> Path:
@@ -877,6 +885,12 @@ class Library:
                     neg_of += [chosen.index(bucket)] * len(rejected)
         X = self.catalog.vectors_for(ids)
         data = ProbeData(classes, text, X, np.array(y))
+        # Photos put in a bucket because the applied probe said another (see Catalog.corrections):
+        # marked, so the probe keeps them out of how far it trusts the text.
+        fixed = self.catalog.corrections()
+        corrected = [c < len(chosen) and i in fixed.get(chosen[c], ()) for i, c in zip(ids, y)]
+        if any(corrected):
+            data.corrected = np.array(corrected)
         if neg_ids:
             data.negatives = self.catalog.vectors_for(neg_ids)
             data.negative_of = np.array(neg_of)

@@ -35,6 +35,7 @@ class Classifications(Sequence[Classification]):
         self.paths = paths
         self.label_index = np.asarray(label_index, np.int32)
         self.probability = np.asarray(probability, np.float32)
+        self._order: tuple | None = None  # labels_of's search order, made on its first call
         n = len(self.ids)
         if not (len(paths) == len(self.label_index) == len(self.probability) == n):
             raise ValueError("columns of different lengths")
@@ -68,6 +69,25 @@ class Classifications(Sequence[Classification]):
         names = self.names + (None,)  # index -1 reads the last: None
         for path, k, p, i in zip(self.paths, self.label_index.tolist(), self.probability.tolist(), self.ids.tolist()):
             yield Classification(path, names[k], p, i)
+
+    def labels_of(self, ids: Sequence[int]) -> list[str | None]:
+        """The category of each catalog id in ``ids`` (None: no category, or not among these rows);
+        a binary search in the id column (sorted once, on the first call, if it is not)."""
+        if self._order is None:
+            order = None if len(self.ids) < 2 or bool((np.diff(self.ids) > 0).all()) \
+                else np.argsort(self.ids, kind="stable")
+            self._order = (order, self.ids if order is None else self.ids[order])
+        order, sorted_ids = self._order
+        want = np.asarray(ids, np.int64)
+        at = np.minimum(np.searchsorted(sorted_ids, want), max(len(sorted_ids) - 1, 0))
+        out: list[str | None] = []
+        for w, a in zip(want.tolist(), at.tolist()):
+            if not len(sorted_ids) or int(sorted_ids[a]) != w:
+                out.append(None)
+                continue
+            k = int(self.label_index[a if order is None else order[a]])
+            out.append(self.names[k] if k >= 0 else None)
+        return out
 
     def take(self, rows: np.ndarray | Sequence[int]) -> Classifications:
         """The rows at positions ``rows``, in that order (a selection, sorted or filtered)."""

@@ -33,7 +33,7 @@ from .errors import (CatalogCorruptError, ClipdeskError, DiskFullError, FolderNo
 from .files import check_library_entry, folder_writable, is_read_only_error
 from .scan import canonical_path, fold_int64, is_inside
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 
 _SCHEMA_V1 = """
 CREATE TABLE meta(key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -67,6 +67,10 @@ CREATE TABLE label_members(
 _MIGRATIONS: dict[int, str] = {
     # 2: the file's inode number, so two identical files moved together keep their own rows.
     1: "ALTER TABLE images ADD COLUMN ino INTEGER NOT NULL DEFAULT 0",
+    # 3: a membership given *because the probe was wrong* (a photo put in bucket B while the
+    # applied probe said A): the probe keeps such corrections out of its estimate of how far to
+    # trust the text (clipdesk.probe, "Corrections").
+    2: "ALTER TABLE label_members ADD COLUMN corrected INTEGER NOT NULL DEFAULT 0",
 }
 # A vector column read so that an oversized (hostile) or non-blob value comes back as None,
 # never loaded: SQLite knows a blob's length without reading it.
@@ -411,8 +415,9 @@ class Catalog:
                     if twin is None:
                         c.execute("UPDATE images SET path=? WHERE id=?", (new, image_id))
                         continue
-                    c.execute("INSERT OR IGNORE INTO label_members(label, image_id)"
-                              " SELECT label, ? FROM label_members WHERE image_id=?", (twin[0], image_id))
+                    c.execute("INSERT OR IGNORE INTO label_members(label, image_id, corrected)"
+                              " SELECT label, ?, corrected FROM label_members WHERE image_id=?",
+                              (twin[0], image_id))
                     removed.append(image_id)
                 c.execute("DELETE FROM folders WHERE path=?", (_b(alias),))
                 c.execute("INSERT OR IGNORE INTO folders(path, added) VALUES (?, ?)", (_b(real), time.time()))
@@ -718,11 +723,13 @@ class Catalog:
         with self.transaction() as c:
             c.execute("UPDATE labels SET name=? WHERE name=?", (new, old))
 
-    def add_to_label(self, name: str, ids: Iterable[int]) -> None:
+    def add_to_label(self, name: str, ids: Iterable[int], corrected: bool = False) -> None:
+        """Add members; ``corrected``: given because the probe predicted another label (a photo
+        already in the label keeps how it was given)."""
         with self.transaction() as c:
             c.execute("INSERT OR IGNORE INTO labels(name, created) VALUES (?, ?)", (name, time.time()))
-            c.executemany("INSERT OR IGNORE INTO label_members(label, image_id) VALUES (?, ?)",
-                          [(name, i) for i in ids])
+            c.executemany("INSERT OR IGNORE INTO label_members(label, image_id, corrected) VALUES (?, ?, ?)",
+                          [(name, i, int(corrected)) for i in ids])
 
     def remove_from_label(self, name: str, ids: Iterable[int]) -> None:
         with self.transaction() as c:
@@ -735,6 +742,13 @@ class Catalog:
                 "SELECT m.label, m.image_id FROM label_members m JOIN images i ON i.id = m.image_id"
                 " WHERE i.vector IS NOT NULL ORDER BY m.label, m.image_id"):
             out[name].append(image_id)
+        return out
+
+    def corrections(self) -> dict[str, set[int]]:
+        """Per label, the member ids given as corrections (labels without any are left out)."""
+        out: dict[str, set[int]] = {}
+        for name, image_id in self._query("SELECT label, image_id FROM label_members WHERE corrected != 0"):
+            out.setdefault(name, set()).add(int(image_id))
         return out
 
     # --- library care
@@ -788,9 +802,10 @@ def salvage(damaged: str, target_folder: str) -> dict[str, int]:
         return {}  # not a database at all: a fresh, empty catalog
     tables = {"meta": "key, value", "folders": "path, added",
               "images": "id, path, size, mtime_ns, hash, width, height, taken, error, vector, vgen",
-              "labels": "name, created", "label_members": "label, image_id"}
+              "labels": "name, created", "label_members": "label, image_id, corrected"}
     try:
         for table, cols in tables.items():
+            cols = _present_columns(src, table, cols)  # an older catalog lacks the newer columns
             rows = _readable_rows(src, table, cols)
             with fresh.transaction() as c:
                 if table == "meta":
@@ -813,6 +828,17 @@ def salvage(damaged: str, target_folder: str) -> dict[str, int]:
         src.close()
         fresh.close()
     return recovered
+
+
+def _present_columns(src: sqlite3.Connection, table: str, cols: str) -> str:
+    """The columns of ``cols`` that ``table`` of ``src`` has (all of them when its schema cannot
+    be read: the row reads then say what is readable)."""
+    try:
+        have = {r[1] for r in src.execute(f"PRAGMA table_info({table})").fetchall()}
+    except sqlite3.DatabaseError:
+        return cols
+    kept = [c.strip() for c in cols.split(",") if c.strip() in have]
+    return ", ".join(kept) if have and kept else cols
 
 
 def _readable_rows(src: sqlite3.Connection, table: str, cols: str) -> list[tuple]:

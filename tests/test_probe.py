@@ -437,3 +437,29 @@ def test_a_photo_rejected_from_a_bucket_is_taught_as_not_that_bucket(library, ph
     x = library.catalog.vectors_for([library.catalog.id_for_path(files[5])])
     red = wired.classes.index("red")
     assert wired.probabilities(x)[0, red] < plain.probabilities(x)[0, red]
+
+
+def test_labels_given_as_corrections_reach_the_probe_marked(library, photos, monkeypatch):
+    """``label add --corrected`` (the app: a photo put into bucket B that the applied probe gave
+    another category) marks exactly those examples as corrections in Library.train's ProbeData."""
+    import clipdesk.library as lib_module
+
+    library.index([str(photos)])
+    files = sorted(str(p) for p in photos.rglob("*.jpg"))
+    library.add_to_label("red", files[:3])
+    library.add_to_label("green", files[3:5])
+    library.add_to_label("green", [files[5]], corrected=True)
+    seen = []
+    real = lib_module.fit_probe
+    monkeypatch.setattr(lib_module, "fit_probe", lambda data, *a, **k: (seen.append(data), real(data, *a, **k))[1])
+    library.train("p", labels=["red", "green"])
+    data = seen[0]
+    marked = np.flatnonzero(data.corrected)
+    assert len(marked) == 1 and data.classes[data.y[marked[0]]] == "green"
+    x = library.catalog.vectors_for([library.catalog.id_for_path(files[5])])[0]
+    assert np.allclose(data.X[marked[0]], x)
+    library.remove_from_label("green", [files[5]])
+    library.add_to_label("green", [files[5]])  # given again, plainly: no longer a correction
+    seen.clear()
+    library.train("p", labels=["red", "green"])
+    assert seen[0].corrected is None

@@ -29,6 +29,7 @@ from PIL import Image
 
 from clipdesk.indexer.errors import (CatalogCorruptError, FolderNotInLibraryError, LibraryFileError,
                                      LibraryReadOnlyError)
+from clipdesk.indexer.catalog import SCHEMA_VERSION
 from clipdesk.indexer.vectors import VectorFileError, VectorStore
 from clipdesk.library import Library
 from conftest import SUBPROCESS_TIMEOUT, make_photo
@@ -745,9 +746,18 @@ def test_read_only_library_writes_are_refused_in_process(tmp_path, indexed):
 
 # ---------------------------------------------------------------------- schema 2 (inode numbers)
 def _make_schema_1(lib: Path) -> None:
+    _make_schema_2(lib)
     conn = sqlite3.connect(lib / "catalog.sqlite")
     conn.execute("ALTER TABLE images DROP COLUMN ino")
     conn.execute("PRAGMA user_version=1")
+    conn.commit()
+    conn.close()
+
+
+def _make_schema_2(lib: Path) -> None:
+    conn = sqlite3.connect(lib / "catalog.sqlite")
+    conn.execute("ALTER TABLE label_members DROP COLUMN corrected")
+    conn.execute("PRAGMA user_version=2")
     conn.commit()
     conn.close()
 
@@ -756,19 +766,51 @@ def test_schema_1_catalog_is_migrated_with_a_backup(tmp_path, indexed):
     lib, photos = indexed
     _make_schema_1(lib)
     with Library(str(lib)) as L:
-        assert L.catalog.version == 2 and L.status()["images"] == 4 and L.status()["labels"] == {"first": 1}
+        assert L.catalog.version == SCHEMA_VERSION == 3
+        assert L.status()["images"] == 4 and L.status()["labels"] == {"first": 1}
         os.rename(photos[0], photos[0].with_name("renamed.jpg"))
         r = L.index()
         assert (r.moved, r.added, r.removed) == (1, 0, 0)
         assert L.labels() == {"first": [str(photos[0].with_name("renamed.jpg"))]}
     conn = sqlite3.connect(lib / "catalog.sqlite")
-    assert conn.execute("PRAGMA user_version").fetchone()[0] == 2
+    assert conn.execute("PRAGMA user_version").fetchone()[0] == 3
     assert conn.execute("SELECT count(*) FROM images WHERE ino != 0").fetchone()[0] == 4  # stamped by the rescan
     conn.close()
     backup = sqlite3.connect(lib / "catalog.sqlite.v1.bak")
     assert backup.execute("PRAGMA user_version").fetchone()[0] == 1
     assert backup.execute("SELECT count(*) FROM images").fetchone()[0] == 4
     backup.close()
+
+
+def test_schema_2_catalog_gains_the_correction_mark_and_keeps_its_labels(tmp_path, indexed):
+    lib, photos = indexed
+    _make_schema_2(lib)
+    with Library(str(lib)) as L:
+        assert L.catalog.version == 3 and L.labels() == {"first": [str(photos[0])]}
+        assert L.corrections() == {}  # every label given before is a plain one
+        L.add_to_label("first", [str(photos[1])], corrected=True)
+        L.add_to_label("first", [str(photos[0])], corrected=True)  # already in: stays as given
+        assert L.corrections() == {"first": {str(photos[1])}}
+    backup = sqlite3.connect(lib / "catalog.sqlite.v2.bak")
+    assert backup.execute("PRAGMA user_version").fetchone()[0] == 2
+    backup.close()
+
+
+def test_salvage_keeps_labels_of_an_older_catalog_and_the_marks_of_a_current_one(tmp_path, indexed):
+    from clipdesk.indexer.catalog import salvage
+
+    lib, photos = indexed
+    with Library(str(lib)) as L:
+        L.add_to_label("second", [str(photos[1])], corrected=True)
+    current = salvage(str(lib / "catalog.sqlite"), str(tmp_path / "fresh3"))
+    assert current["label_members"] == 2
+    with Library(str(tmp_path / "fresh3")) as L:
+        assert L.catalog.corrections() == {"second": {L.catalog.id_for_path(str(photos[1]))}}
+    _make_schema_2(lib)  # a damaged catalog may be older than this clipdesk: no mark column
+    older = salvage(str(lib / "catalog.sqlite"), str(tmp_path / "fresh2"))
+    assert older["label_members"] == 2
+    with Library(str(tmp_path / "fresh2")) as L:
+        assert sorted(L.catalog.labels()) == ["first", "second"] and L.catalog.corrections() == {}
 
 
 def test_migration_backup_name_that_is_a_link_is_refused(tmp_path, indexed):

@@ -163,3 +163,15 @@ def test_rows_for_an_export():
     a = answers()
     assert a.as_rows() == [(r.path, r.label or "", pytest.approx(r.probability)) for r in a]
     assert [r[1] for r in a.as_rows(blank=("beach",))] == ["", "", "city", "", "", "snow"]
+
+
+def test_labels_of_catalog_ids_in_sorted_and_unsorted_columns():
+    a = answers()
+    ids = a.ids.tolist()
+    want = [a[i].label for i in range(len(a))]
+    assert a.labels_of(ids) == want
+    assert a.labels_of([max(ids) + 1, min(ids) - 1]) == [None, None]  # not among the rows
+    shuffled = a.take(np.random.default_rng(0).permutation(len(a)))
+    assert shuffled.labels_of(ids) == want and shuffled.labels_of(ids[::-1]) == want[::-1]
+    empty = Classifications(["x"], np.zeros(0, np.int64), [], np.zeros(0, np.int32), np.zeros(0, np.float32))
+    assert empty.labels_of([1, 2]) == [None, None]
