@@ -4,6 +4,7 @@ import csv
 import os
 import time
 
+import numpy as np
 import pytest
 
 pytest.importorskip("pytestqt")
@@ -192,6 +193,52 @@ def test_train_apply_review_accept_reject_retrain(window):
     until(lambda: os.path.exists(out), what="teach csv")
     rows = list(csv.reader(open(out)))
     assert len(rows) == 9 and {r[1] for r in rows[1:]} <= {"Anna", "Ben", ""}
+
+
+def test_a_photo_put_in_another_bucket_than_the_probe_said_is_taught_as_a_correction(window, monkeypatch):
+    import clipdesk.library as library
+
+    t = teach_tab(window)
+    add_buckets(window, "Anna", "Ben")
+    press_bucket_key(t.grid, [0, 1], Qt.Key.Key_1)
+    press_bucket_key(t.grid, [2, 3], Qt.Key.Key_2)
+    until(lambda: len(window.buckets["Ben"].paths()) == 2)
+    QTest.mouseClick(t.train_button, Qt.MouseButton.LeftButton)
+    until(lambda: t.train_result.text().startswith("Trained on"), what="training")
+    QTest.mouseClick(t.apply_button, Qt.MouseButton.LeftButton)
+    until(lambda: t.predictions and t.review_results.rowCount(), what="apply")
+    said = t.review_category.currentData()
+    other = "Ben" if said == "Anna" else "Anna"
+    wrong, right = t.review_results.item(0).path, None
+    # the number key of the *other* bucket on a photo the probe put in ``said``: a correction
+    press_bucket_key(t.review_grid, [0], Qt.Key.Key_1 if other == "Anna" else Qt.Key.Key_2)
+    until(lambda: wrong in window.lib.labels()[other], what="correction")
+    assert window.lib.corrections() == {other: {wrong}}
+    assert "taught as corrections" in window.status.currentMessage()
+    if t.review_results.rowCount():  # accepting the probe's own answer is not a correction
+        right = t.review_results.item(0).path
+        t.review_grid.select_rows([0])
+        QTest.mouseClick(t.accept_button, Qt.MouseButton.LeftButton)
+        until(lambda: right in window.lib.labels()[said], what="accept")
+        assert window.lib.corrections() == {other: {wrong}}
+    # Train hands the mark to the probe: that one example, and no other, is a correction
+    seen = []
+    real = library.fit_probe
+    monkeypatch.setattr(library, "fit_probe", lambda data, *a, **k: (seen.append(data), real(data, *a, **k))[1])
+    QTest.mouseClick(t.train_button, Qt.MouseButton.LeftButton)
+    until(lambda: seen and not window.jobs.active, what="retraining")
+    data = seen[0]
+    marked = np.flatnonzero(np.asarray(data.corrected))
+    assert len(marked) == 1 and data.classes[data.y[marked[0]]] == other
+    row = window.lib.catalog.vectors_for([window.lib.catalog.id_for_path(wrong)])[0]
+    assert np.allclose(data.X[marked[0]], row)
+    # Ctrl+Z takes the photo out of the bucket, and its mark with it; redo puts both back
+    undo_to = window.undo_stack.index() - (2 if right else 1)
+    while window.undo_stack.index() > undo_to:
+        window.undo_stack.undo()
+    assert wrong not in window.lib.labels()[other] and window.lib.corrections() == {}
+    window.undo_stack.redo()
+    assert window.lib.corrections() == {other: {wrong}}
 
 
 def close_if_open(dlg) -> None:

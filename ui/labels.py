@@ -26,24 +26,36 @@ class LabelCommand(QUndoCommand):
     """Add and remove memberships, create or delete labels; undo does the reverse.
 
     ``adds``/``removes`` map a label to the paths that really change (computed by the store), so
-    undo never removes a photo that was in the bucket before the command.
+    undo never removes a photo that was in the bucket before the command. ``corrected`` maps a
+    label to the added paths that are corrections (the applied probe said another category);
+    removed memberships keep that mark when undo puts them back.
     """
 
     def __init__(self, store: LabelStore, text: str, adds: dict[str, list[str]] | None = None,
                  removes: dict[str, list[str]] | None = None, create: list[str] | None = None,
-                 delete: list[str] | None = None) -> None:
+                 delete: list[str] | None = None, corrected: dict[str, set[str]] | None = None) -> None:
         super().__init__(text)
         self.store = store
         self.adds = {k: v for k, v in (adds or {}).items() if v}
         self.removes = {k: v for k, v in (removes or {}).items() if v}
         self.create = list(create or [])
         self.delete = list(delete or [])  # labels deleted; their members are in ``removes``
+        self.corrected = {k: set(v) for k, v in (corrected or {}).items()}
+        self.was_corrected = {k: store.corrected(k) & set(v) for k, v in self.removes.items()}
+
+    @staticmethod
+    def _add(lib: Library, name: str, paths: list[str], fixed: set[str]) -> None:
+        plain = [p for p in paths if p not in fixed]
+        if plain or not fixed:
+            lib.add_to_label(name, plain)
+        if fixed:
+            lib.add_to_label(name, [p for p in paths if p in fixed], corrected=True)
 
     def redo(self) -> None:
         lib = self.store.lib
         self.store.guard(lambda: (
             [lib.create_label(n) for n in self.create],
-            [lib.add_to_label(n, p) for n, p in self.adds.items()],
+            [self._add(lib, n, p, self.corrected.get(n, set())) for n, p in self.adds.items()],
             [lib.remove_from_label(n, p) for n, p in self.removes.items() if n in lib.catalog.labels()],
             [lib.delete_label(n) for n in self.delete]))
 
@@ -51,7 +63,7 @@ class LabelCommand(QUndoCommand):
         lib = self.store.lib
         self.store.guard(lambda: (
             [lib.create_label(n) for n in self.delete],
-            [lib.add_to_label(n, p) for n, p in self.removes.items()],
+            [self._add(lib, n, p, self.was_corrected.get(n, set())) for n, p in self.removes.items()],
             [lib.remove_from_label(n, p) for n, p in self.adds.items() if n in lib.catalog.labels()],
             [lib.delete_label(n) for n in self.create]))
 
@@ -71,18 +83,24 @@ class LabelStore(QObject):
         # index_paths(paths, then) indexes files from outside the library in a worker, then calls then()
         self.index_paths = index_paths
         self._labels: dict[str, list[str]] = {}
+        self._corrected: dict[str, set[str]] = {}
+        # the applied probe's answers (clipdesk.results.Classifications, set by the Teach tab): a
+        # photo put into bucket B that it had given another category is marked as a correction
+        self.predictions = None
         self.refresh()
 
     def set_library(self, lib: Library) -> None:
         self.lib = lib
+        self.predictions = None
         self.refresh()
 
     def refresh(self) -> None:
         try:
             self._labels = self.lib.labels()
+            self._corrected = self.lib.corrections()
         except ClipdeskError as e:
             self.error.emit(str(e), type(e).__name__)
-            self._labels = {}
+            self._labels, self._corrected = {}, {}
         self.changed.emit()
 
     def guard(self, fn: Callable) -> None:
@@ -102,6 +120,22 @@ class LabelStore(QObject):
 
     def paths(self, name: str) -> list[str]:
         return list(self._labels.get(name, []))
+
+    def corrected(self, name: str) -> set[str]:
+        """The photos of bucket ``name`` put there as corrections of the applied probe."""
+        return set(self._corrected.get(name, ()))
+
+    def _corrections_among(self, name: str, paths: list[str]) -> set[str]:
+        """Of ``paths`` about to go into bucket ``name``, those the applied probe put elsewhere."""
+        if self.predictions is None or not paths:
+            return set()
+        catalog = self.lib.catalog
+        ids = [catalog.id_for_path(p) for p in paths]
+        known = [(p, i) for p, i in zip(paths, ids) if i is not None]
+        said = self.predictions.labels_of([i for _, i in known])
+        # (None: a photo the probe did not see, indexed since. An answer of "none of these" or
+        # "the rest of the library" that the user overrules is a correction too.)
+        return {p for (p, _), label in zip(known, said) if label is not None and label != name}
 
     def rejected(self, name: str) -> list[str]:
         return list(self._labels.get(negative_label(name), []))
@@ -181,11 +215,13 @@ class LabelStore(QObject):
             self.say(f"Already {'in' if accept else 'rejected from'} “{name}”.")
             return
         verb = "add" if accept else "reject"
+        fixed = self._corrections_among(name, new) if accept else set()
         self.undo.push(LabelCommand(self, f"{verb} {len(paths)} {'to' if accept else 'from'} {name}",
-                                    adds={target: new}, removes={other: out}))
+                                    adds={target: new}, removes={other: out}, corrected={target: fixed}))
         n = len(new)
+        said = f" ({len(fixed)} against the probe's answer: taught as corrections)" if fixed else ""
         self.say(f"{'Added' if accept else 'Rejected'} {n} photo{'s' if n != 1 else ''} "
-                 f"{'to' if accept else 'from'} “{name}”.")
+                 f"{'to' if accept else 'from'} “{name}”{said}.")
 
 
 def make_undo_stack(parent: QObject) -> QUndoStack:

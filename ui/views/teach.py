@@ -297,6 +297,7 @@ class TeachView(QWidget):
 
     def _applied(self, predictions) -> None:
         self.predictions = predictions
+        self.ctx.labels.predictions = predictions  # labels given against them are corrections
         keep = self.review_category.currentData()
         counts = predictions.counts()  # from the columns: no pass over a million rows here
         cats = sorted(c for c in counts if c not in (None, NONE_CLASS, BACKGROUND))
@@ -372,6 +373,7 @@ class TeachView(QWidget):
 
     def reset(self) -> None:
         self.predictions = []
+        self.ctx.labels.predictions = None
         self.review_category.clear()
         self.review_results.set_items([])
         self._show_earlier_probe()
