@@ -214,7 +214,7 @@ def test_a_photo_put_in_another_bucket_than_the_probe_said_is_taught_as_a_correc
     press_bucket_key(t.review_grid, [0], Qt.Key.Key_1 if other == "Anna" else Qt.Key.Key_2)
     until(lambda: wrong in window.lib.labels()[other], what="correction")
     assert window.lib.corrections() == {other: {wrong}}
-    assert "taught as corrections" in window.status.currentMessage()
+    assert "taught as a correction" in window.status.currentMessage()
     if t.review_results.rowCount():  # accepting the probe's own answer is not a correction
         right = t.review_results.item(0).path
         t.review_grid.select_rows([0])

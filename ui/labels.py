@@ -216,10 +216,11 @@ class LabelStore(QObject):
             return
         verb = "add" if accept else "reject"
         fixed = self._corrections_among(name, new) if accept else set()
+        n = len(new)
         self.undo.push(LabelCommand(self, f"{verb} {len(paths)} {'to' if accept else 'from'} {name}",
                                     adds={target: new}, removes={other: out}, corrected={target: fixed}))
-        n = len(new)
-        said = f" ({len(fixed)} against the probe's answer: taught as corrections)" if fixed else ""
+        said = "" if not fixed else " — the probe had put it elsewhere: taught as a correction" if n == 1 \
+            else f" — {len(fixed)} of them the probe had put elsewhere: taught as corrections"
         self.say(f"{'Added' if accept else 'Rejected'} {n} photo{'s' if n != 1 else ''} "
                  f"{'to' if accept else 'from'} “{name}”{said}.")
 

@@ -144,6 +144,22 @@ def test_teach_loop_by_mouse_and_keyboard(outdir: Path) -> None:
         assert bucket_total(s, s.state()) == total + 1
         s.screenshot("reviewed")
 
+        # Correct one: a photo the probe put in the category shown goes into the *other* bucket by
+        # that bucket's number key; it is taught as a correction, and the status line says so.
+        shown = s.widget("reviewCategory")["text"]
+        other, key = ("B", "2") if shown == "A" else ("A", "1")
+        pick = s.items("reviewGrid")[0]
+        before = count_of(s.widget(f"bucketCount:{other}")["text"])
+        s.click_at(*s.center(pick))
+        s.wait(lambda st: any(i["selected"] for i in s.items("reviewGrid", st)), 5, "the review selection")
+        s.key(key)
+        s.wait(lambda st: count_of(s.widget(f"bucketCount:{other}", st)["text"]) == before + 1, 10,
+               f"the corrected photo to join bucket {other}")
+        s.wait(lambda st: "taught as a correction" in (s.widget("statusbar", st).get("text") or ""), 5,
+               "the status line to say it is a correction")
+        assert pick["path"] in bucket_paths(s, other)
+        s.screenshot("corrected")
+
         # One click retrains and re-applies.
         s.click("retrain")
         s.wait(lambda st: (t := s.widget("trainResult", st)["text"]) != trained_text and "%" in t, 60,
@@ -168,9 +184,10 @@ def test_teach_loop_by_mouse_and_keyboard(outdir: Path) -> None:
         assert all(os.path.isabs(r[0]) for r in rows[1:])
         s.screenshot("exported")
 
-        # Undo: Ctrl+Z twice takes back the reject and the accept.
+        # Undo: Ctrl+Z three times takes back the correction, the reject and the accept.
         s.click_tab("tabs", "Teach")
         s.click_at(*s.center(s.wait_widget("teachGrid")))
+        s.key("ctrl+z")
         s.key("ctrl+z")
         s.key("ctrl+z")
         s.wait(lambda st: bucket_total(s, st) == total, 10, "Ctrl+Z to take the accepted photo back out")
