@@ -846,8 +846,8 @@ def test_rows_registered_through_a_link_by_an_older_version_are_merged_with_thei
                  " SELECT CAST(replace(path, ?, ?) AS BLOB), size, mtime_ns, hash, width, height, taken, vector, vgen, ino"
                  " FROM images", (os.fsencode(str(tmp_path / "photos")), os.fsencode(str(alias))))
     conn.execute("INSERT INTO labels(name, created) VALUES ('via-link', 0)")
-    conn.execute("INSERT INTO label_members(label, image_id) SELECT 'via-link', id FROM images WHERE path=?",
-                 (os.fsencode(str(alias / photos[1].name)),))
+    conn.execute("INSERT INTO label_members(label, image_id, corrected) SELECT 'via-link', id, 1 FROM images"
+                 " WHERE path=?", (os.fsencode(str(alias / photos[1].name)),))  # given as a correction
     conn.commit()
     conn.close()
     with Library(str(lib)) as L:
@@ -857,3 +857,4 @@ def test_rows_registered_through_a_link_by_an_older_version_are_merged_with_thei
         assert L.catalog.folders() == [str(tmp_path / "photos")]
         assert L.status()["images"] == 4 and len(L.vectors) == 4
         assert L.labels() == {"first": [str(photos[0])], "via-link": [str(photos[1])]}
+        assert L.corrections() == {"via-link": {str(photos[1])}}  # the mark moves with the label
