@@ -368,8 +368,10 @@ def run(args: argparse.Namespace) -> int:
                 lib.delete_label(args.name)
                 _emit(args, {"deleted": args.name}, [f"deleted label {args.name}"])
             else:
-                labels = lib.labels()
-                _emit(args, labels, [f"{k}: {len(v)} images" for k, v in labels.items()])
+                labels, fixed = lib.labels(), lib.corrections()
+                _emit(args, labels, [f"{k}: {len(v)} images" + (f" ({len(fixed[k])} given as corrections)"
+                                                                  if fixed.get(k) else "")
+                                     for k, v in labels.items()])
         elif c == "train":
             split = (lambda s: [x.strip() for x in s.split(",") if x.strip()] if s else [])
             r = lib.train(args.probe, split(args.labels) or None, split(args.negatives))

@@ -56,9 +56,12 @@ def test_labelled_photos_end_to_end(tmp_path, shared_data):
     birds = sorted((photos / "bird").iterdir())[:3]
     tools = sorted((photos / "tool").iterdir())[:3]
     clipdesk(lib, "label", "add", "bird", *map(str, birds))
-    clipdesk(lib, "label", "add", "my tools", *map(str, tools))
+    clipdesk(lib, "label", "add", "my tools", *map(str, tools[:2]))
+    clipdesk(lib, "label", "add", "my tools", str(tools[2]), "--corrected")  # a probe had said otherwise
     labels = as_json(clipdesk(lib, "label", "list", "--json"))
     assert labels == {"bird": [str(p) for p in birds], "my tools": [str(p) for p in tools]}
+    listed = clipdesk(lib, "label", "list").stdout.splitlines()
+    assert listed == ["bird: 3 images", "my tools: 3 images (1 given as corrections)"]
     trained = as_json(clipdesk(lib, "train", "things", "--json"))
     assert trained["probe"] == "things" and trained["labels"] == ["bird", "my tools"]
     assert trained["examples"] == 6 and 0 <= trained["cv_accuracy"] <= 1
