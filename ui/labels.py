@@ -45,11 +45,10 @@ class LabelCommand(QUndoCommand):
 
     @staticmethod
     def _add(lib: Library, name: str, paths: list[str], fixed: set[str]) -> None:
-        plain = [p for p in paths if p not in fixed]
-        if plain or not fixed:
-            lib.add_to_label(name, plain)
-        if fixed:
-            lib.add_to_label(name, [p for p in paths if p in fixed], corrected=True)
+        for corrected in (False, True):
+            part = [p for p in paths if (p in fixed) == corrected]
+            if part:
+                lib.add_to_label(name, part, corrected=corrected)
 
     def redo(self) -> None:
         lib = self.store.lib
@@ -125,13 +124,12 @@ class LabelStore(QObject):
         """The photos of bucket ``name`` put there as corrections of the applied probe."""
         return set(self._corrected.get(name, ()))
 
-    def _corrections_among(self, name: str, paths: list[str]) -> set[str]:
-        """Of ``paths`` about to go into bucket ``name``, those the applied probe put elsewhere."""
+    def _corrections_among(self, name: str, paths: list[str], ids: dict[str, int | None]) -> set[str]:
+        """Of ``paths`` (catalog ``ids``) about to go into bucket ``name``, those the applied probe
+        put elsewhere."""
         if self.predictions is None or not paths:
             return set()
-        catalog = self.lib.catalog
-        ids = [catalog.id_for_path(p) for p in paths]
-        known = [(p, i) for p, i in zip(paths, ids) if i is not None]
+        known = [(p, ids[p]) for p in paths if ids[p] is not None]
         said = self.predictions.labels_of([i for _, i in known])
         # (None: a photo the probe did not see, indexed since. An answer of "none of these" or
         # "the rest of the library" that the user overrules is a correction too.)
@@ -198,7 +196,8 @@ class LabelStore(QObject):
     def _change(self, name: str, paths: list[str], accept: bool) -> None:
         if not paths:
             return
-        outside = [p for p in paths if self.lib.catalog.id_for_path(p) is None]
+        ids = {p: self.lib.catalog.id_for_path(p) for p in dict.fromkeys(paths)}
+        outside = [p for p in ids if ids[p] is None]
         if outside and self.index_paths is not None:
             # files from the file manager: index them first (a worker), then label all of them
             def then() -> None:
@@ -215,7 +214,7 @@ class LabelStore(QObject):
             self.say(f"Already {'in' if accept else 'rejected from'} “{name}”.")
             return
         verb = "add" if accept else "reject"
-        fixed = self._corrections_among(name, new) if accept else set()
+        fixed = self._corrections_among(name, new, ids) if accept else set()
         n = len(new)
         self.undo.push(LabelCommand(self, f"{verb} {len(paths)} {'to' if accept else 'from'} {name}",
                                     adds={target: new}, removes={other: out}, corrected={target: fixed}))

@@ -25,7 +25,8 @@ class WorkerSignals(QObject):
     # one signal for the end, so the job leaves Jobs.active *before* its result is delivered:
     # with separate result and finished signals, a result slot (enabling Undo, say) ran while the
     # job still counted as running, and an action taken in between was refused as "still running"
-    ended = Signal(str, object)  # "result" (value), "error" ((message, error class)), "cancelled" (None)
+    ended = Signal(str, object)  # outcome and its slot's arguments: "result" (value,), "error"
+    # (message, error class name; "bug" for unexpected exceptions), "cancelled" ()
 
 
 class Worker(QRunnable):
@@ -49,11 +50,11 @@ class Worker(QRunnable):
         self.token.cancel()
 
     def run(self) -> None:
-        outcome: tuple[str, object] = ("cancelled", None)
+        outcome: tuple[str, tuple] = ("cancelled", ())
         try:
             value = self.fn(*self.args, **self.kwargs)
             if not self.token.cancelled:
-                outcome = ("result", value)
+                outcome = ("result", (value,))
         except Cancelled:
             pass
         except ClipdeskError as e:
@@ -87,8 +88,7 @@ class Jobs(QObject):
         if on_progress is not None:
             w.signals.progress.connect(lambda p, s=on_progress: self._deliver(s, p), q)
         slots = {"result": on_result, "error": on_error, "cancelled": on_cancelled}
-        w.signals.ended.connect(lambda outcome, payload, w=w: self._done(w, slots[outcome], outcome, payload,
-                                                                         on_finished), q)
+        w.signals.ended.connect(lambda outcome, args, w=w: self._done(w, slots[outcome], args, on_finished), q)
         self._active.add(w)
         self.busy_changed.emit(True)
         self.pool.start(w)
@@ -98,12 +98,10 @@ class Jobs(QObject):
         if not self.closed:  # after shutdown the window and its library are gone
             slot(*args)
 
-    def _done(self, w: Worker, slot: Callable | None, outcome: str, payload: object,
-              on_finished: Callable | None) -> None:
+    def _done(self, w: Worker, slot: Callable | None, args: tuple, on_finished: Callable | None) -> None:
         self._active.discard(w)  # first: whatever the slots do next sees the job as over
         try:
             if slot is not None:
-                args = () if outcome == "cancelled" else payload if outcome == "error" else (payload,)
                 self._deliver(slot, *args)
             if on_finished is not None:
                 self._deliver(on_finished)
