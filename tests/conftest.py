@@ -105,6 +105,26 @@ def until(cond, timeout: float = 30.0, what: str = "condition") -> None:
         raise AssertionError(str(e)) from None  # a test failure, not an error
 
 
+def when_shown(find, act, every_ms: int = 50, within: float = 10.0) -> None:
+    """Poll ``find()`` on the Qt event loop until it returns a widget, then call ``act(widget)``:
+    how a test answers a modal dialog its next call opens. Gives up after ``within`` seconds, so
+    a dialog that never opened cannot leave a poller to answer a later test's dialog."""
+    import time
+
+    from PySide6.QtCore import QTimer
+
+    deadline = time.monotonic() + within
+
+    def tick() -> None:
+        widget = find()
+        if widget is not None:
+            act(widget)
+        elif time.monotonic() < deadline:
+            QTimer.singleShot(every_ms, tick)
+
+    QTimer.singleShot(every_ms, tick)
+
+
 def make_window(tmp_path, lib=None):
     """The main window on a library in ``tmp_path`` (test-tiny) with settings of its own."""
     from PySide6.QtCore import QSettings

@@ -14,7 +14,7 @@ from PySide6.QtGui import QColor, QContextMenuEvent, QImage, QPainter, QPixmap  
 from PySide6.QtTest import QTest  # noqa: E402
 from PySide6.QtWidgets import QApplication, QFileDialog, QStyle, QStyleOptionViewItem  # noqa: E402
 
-from conftest import make_window, until  # noqa: E402
+from conftest import make_window, until, when_shown  # noqa: E402
 from clipdesk.ui.selftest import pump  # noqa: E402
 
 pytestmark = [pytest.mark.gui, pytest.mark.qt_log_ignore("This plugin does not support")]  # offscreen popups
@@ -251,17 +251,14 @@ def close_if_open(dlg) -> None:
 
 def drive_save_dialog(path: str) -> list:
     """Type ``path`` into the (Qt, non-native) save dialog when it opens and press Enter."""
+    from PySide6.QtWidgets import QLineEdit
+
     seen = []
-    deadline = time.monotonic() + 10  # never left running to fill a later test's dialog
 
-    def fill():
-        dlg = next((w for w in QApplication.topLevelWidgets() if isinstance(w, QFileDialog) and w.isVisible()), None)
-        if dlg is None:
-            if time.monotonic() < deadline:
-                QTimer.singleShot(100, fill)
-            return
-        from PySide6.QtWidgets import QLineEdit
+    def find():
+        return next((w for w in QApplication.topLevelWidgets() if isinstance(w, QFileDialog) and w.isVisible()), None)
 
+    def fill(dlg):
         seen.append(dlg.testOption(QFileDialog.Option.DontUseNativeDialog))
         edit = dlg.findChild(QLineEdit, "fileNameEdit")
         # the whole path at once, then Enter (typed letter by letter, the file-name completer may
@@ -270,7 +267,7 @@ def drive_save_dialog(path: str) -> list:
         QTest.keyClick(edit, Qt.Key.Key_Return)
         QTimer.singleShot(3000, lambda: close_if_open(dlg))  # never hang the test
 
-    QTimer.singleShot(100, fill)
+    when_shown(find, fill, every_ms=100)
     return seen
 
 

@@ -15,11 +15,11 @@ import pytest
 pytest.importorskip("pytestqt")
 
 from PIL import Image  # noqa: E402
-from PySide6.QtCore import QPoint, Qt, QTimer  # noqa: E402
+from PySide6.QtCore import QPoint, Qt  # noqa: E402
 from PySide6.QtTest import QTest  # noqa: E402
 from PySide6.QtWidgets import QApplication, QMessageBox  # noqa: E402
 
-from conftest import make_photo, make_window, until  # noqa: E402
+from conftest import make_photo, make_window, until, when_shown  # noqa: E402
 
 pytestmark = [pytest.mark.gui, pytest.mark.shared_data, pytest.mark.qt_log_ignore("This plugin does not support")]
 SHOTS = Path(os.environ.get("CARE_SHOTS", "/tmp/u1shots"))
@@ -71,19 +71,17 @@ def open_tab(w, text: str):
 def answer_confirmation(accept: bool) -> list[str]:
     """When the Trash confirmation opens, note its text and click its button (or Cancel)."""
     seen: list[str] = []
-    deadline = time.monotonic() + 10  # never left running to answer a later test's confirmation
 
-    def click():
+    def find():
         box = QApplication.activeModalWidget()
-        if not isinstance(box, QMessageBox) or box.objectName() != "confirmTrash":
-            if time.monotonic() < deadline:
-                QTimer.singleShot(30, click)
-            return
+        return box if isinstance(box, QMessageBox) and box.objectName() == "confirmTrash" else None
+
+    def click(box):
         seen.append(box.text() + "\n" + box.informativeText())
         QTest.mouseClick(box.findChild(object, "confirmTrashButton" if accept else "cancelTrashButton"),
                          Qt.MouseButton.LeftButton)
 
-    QTimer.singleShot(30, click)
+    when_shown(find, click, every_ms=30)
     return seen
 
 

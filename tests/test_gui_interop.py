@@ -1,18 +1,17 @@
 """Library interop in the app: Do ▸ Write tags… / Copy to folders… (preview, worker, undo), and
 RAW+JPEG twins shown once by ``clipdesk search``. Offscreen, real clicks on the real widgets."""
 import json
-import time
 from pathlib import Path
 
 import pytest
 
 pytest.importorskip("pytestqt")
 
-from PySide6.QtCore import Qt, QTimer  # noqa: E402
+from PySide6.QtCore import Qt  # noqa: E402
 from PySide6.QtTest import QTest  # noqa: E402
 from PySide6.QtWidgets import QApplication, QDialog  # noqa: E402
 
-from conftest import until  # noqa: E402
+from conftest import until, when_shown  # noqa: E402
 
 pytestmark = [pytest.mark.gui, pytest.mark.qt_log_ignore("This plugin does not support")]
 
@@ -37,23 +36,19 @@ def classified(w):
 
 
 def answer_plan(apply: bool) -> list[str]:
-    """When the preview dialog opens, note its text and click Apply (or Cancel). Gives up after
-    10 s, so a dialog that never opened cannot leave a clicker to answer the next test's dialog."""
+    """When the preview dialog opens, note its text and click Apply (or Cancel)."""
     seen: list[str] = []
-    deadline = time.monotonic() + 10
 
-    def click():
-        dlg = next((d for d in QApplication.topLevelWidgets()
-                    if isinstance(d, QDialog) and d.objectName() == "planDialog" and d.isVisible()), None)
-        if dlg is None:
-            if time.monotonic() < deadline:
-                QTimer.singleShot(50, click)
-            return
+    def find():
+        return next((d for d in QApplication.topLevelWidgets()
+                     if isinstance(d, QDialog) and d.objectName() == "planDialog" and d.isVisible()), None)
+
+    def click(dlg):
         seen.append(dlg.findChild(object, "planText").text())
         seen.append(dlg.findChild(object, "planApply").isEnabled())
         QTest.mouseClick(dlg.findChild(object, "planApply" if apply else "planCancel"), Qt.MouseButton.LeftButton)
 
-    QTimer.singleShot(50, click)
+    when_shown(find, click)
     return seen
 
 
