@@ -7,7 +7,11 @@ random from classes with at least K + 2 items (the others sit that K out; a K wi
 such classes is skipped), test on every remaining item of those classes; mean top-1 accuracy over
 seeds 0..seeds-1 with ``numpy.random.default_rng(seed)``. Per K it also reports the expected
 calibration error (ECE, 15 bins) of the probe's probabilities on the test items and their mean
-top probability (below the accuracy: modest; above: overconfident), and the
+top probability (below the accuracy: modest; above: overconfident), a reliability table (every
+test item of every seed by the band of probability the probe gave it — 50–60 %, …, 90–100 % — and
+how often those were right: what the app's confidence slider means), the probe's own
+cross-validated accuracy (what the app reports after Train) beside its class-balanced accuracy on
+the test items, and the
 *corrections* protocol: the test items are split in two (a review pool and a held-out half); after
 the first fit the ``corrections`` most confident mistakes in the pool are labelled with their true
 class and the probe is refit; accuracy on the held-out half before and after, next to adding as
@@ -58,6 +62,25 @@ def expected_calibration_error(probs: np.ndarray, y: np.ndarray, bins: int = ECE
         if m.any():
             ece += m.sum() / len(y) * abs(right[m].mean() - conf[m].mean())
     return float(ece)
+
+
+# Confidence bands of the reliability table: what the app's slider shows (a photo at 80 %) against
+# how often such photos are right on held-out items.
+RELIABILITY_EDGES = (0.0, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0)
+
+
+def reliability(confidence: np.ndarray, right: np.ndarray, edges=RELIABILITY_EDGES) -> list[dict]:
+    """Per band of top probability ``[lo, hi)`` (the last band includes 1): how many items were
+    shown there, their mean top probability and the fraction of them predicted right."""
+    confidence, right = np.asarray(confidence, np.float64), np.asarray(right, bool)
+    band = np.clip(np.searchsorted(edges, confidence, side="right") - 1, 0, len(edges) - 2)
+    out = []
+    for b in range(len(edges) - 1):
+        m = band == b
+        out.append({"band": [edges[b], edges[b + 1]], "n": int(m.sum()),
+                    "confidence": round(float(confidence[m].mean()), 4) if m.any() else None,
+                    "accuracy": round(float(right[m].mean()), 4) if m.any() else None})
+    return out
 
 
 def logistic_regression(X: np.ndarray, y: np.ndarray, n_classes: int, C: float = 10.0,
@@ -134,6 +157,12 @@ def _fit(names, text, X, y, **extra):
     return fit_probe(ProbeData(list(names), text, X, y, **extra))[0]
 
 
+def _balanced_accuracy(right: np.ndarray, y: np.ndarray) -> float:
+    """Accuracy with every class weighing the same (the examples a probe is cross-validated on
+    hold K of each class; a test set holds whatever each class has left)."""
+    return float(np.mean([right[y == c].mean() for c in np.unique(y)]))
+
+
 def _corrections(names, text, X, y, pool, held, k: int, probe, rng) -> tuple[float, float, float, int]:
     """Held-out accuracy before, after correcting the ``k`` most confident mistakes of ``pool``,
     and after labelling ``k`` random pool items instead; and how many mistakes were corrected."""
@@ -204,6 +233,8 @@ def eval_fewshot(path: str, seeds: int = 50, shots=SHOTS, corrections: int = 10,
         acc: dict[str, list[float]] = {"zeroshot": [], "logreg": [], "probe": []}
         ece: dict[str, list[float]] = {"probe": [], "logreg": []}
         confidence: list[float] = []
+        cv: dict[str, list[float]] = {"reported": [], "balanced": []}
+        shown, shown_right = [], []
         corr: list[tuple] = []
         negs: list[dict] = []
         keep = None
@@ -218,11 +249,18 @@ def eval_fewshot(path: str, seeds: int = 50, shots=SHOTS, corrections: int = 10,
             lr = X[test] @ W.T + b
             acc["logreg"].append(float(np.mean(lr.argmax(1) == yte)))
             ece["logreg"].append(expected_calibration_error(softmax(lr), yte))
-            probe = _fit(kn, W0, X[train], ytr)
+            probe, report = fit_probe(ProbeData(kn, W0, X[train], ytr))
             p = probe.probabilities(X[test])
-            acc["probe"].append(float(np.mean(p.argmax(1) == yte)))
+            right = p.argmax(1) == yte
+            acc["probe"].append(float(np.mean(right)))
             ece["probe"].append(expected_calibration_error(p, yte))
             confidence.append(float(p.max(1).mean()))
+            # what the app says of a probe (its cross-validated accuracy) against what it then
+            # does on the items it never saw, weighted as its examples are (every class alike)
+            cv["reported"].append(report.cv_accuracy)
+            cv["balanced"].append(_balanced_accuracy(right, yte))
+            shown.append(p.max(1))
+            shown_right.append(right)
             if corrections or negatives:
                 rng = np.random.default_rng([seed, K])
                 order = rng.permutation(len(test))
@@ -246,6 +284,9 @@ def eval_fewshot(path: str, seeds: int = 50, shots=SHOTS, corrections: int = 10,
             np.array(acc["probe"]) - np.maximum(acc["zeroshot"], acc["logreg"]))), 4)
         row["ece"] = {m: round(float(np.mean(v)), 4) for m, v in ece.items()}
         row["confidence"] = round(float(np.mean(confidence)), 4)  # the probe's mean top probability
+        row["cv_accuracy"] = {m: round(float(np.mean(v)), 4) for m, v in cv.items()}
+        # every test item of every seed, by the band of probability it was shown at
+        row["reliability"] = reliability(np.concatenate(shown), np.concatenate(shown_right))
         row["target"] = round(targets(K, row["zeroshot"], row["logreg"]), 4)
         row["meets_target"] = bool(row["probe"] >= row["target"])
         if corrections:
@@ -370,7 +411,7 @@ def fewshot_table(res: dict) -> list[str]:
     title = (f"{res['file']}{' (' + res['half'] + ' half)' if res.get('half') else ''}: "
              f"mean of {res['seeds']} seeds (± seed-to-seed s.d. of the probe)")
     header = (f"{'K':>3} {'classes':>7} {'zero-shot':>9} {'logreg':>7} {'probe':>14} {'Δzs':>7} {'target':>7}"
-              f" {'ECE':>6} {'conf':>6} {'lr ECE':>6}")
+              f" {'ECE':>6} {'conf':>6} {'lr ECE':>6} {'cv':>6} {'bal':>6}")
     if res.get("corrections"):
         header += f"  corrections (k={res['corrections']}): before → after (random)"
     if res.get("negatives"):
@@ -381,7 +422,8 @@ def fewshot_table(res: dict) -> list[str]:
         line = (f"{k:>3} {v['classes']:>7} {v['zeroshot']:>9.3f} {v['logreg']:>7.3f} "
                 f"{v['probe']:>7.3f} ±{v['sd']['probe']:.3f} {v['probe'] - v['zeroshot']:>+7.3f} "
                 f"{v['target']:>6.3f}{'' if v['meets_target'] else '✗'}{' ' if v['meets_target'] else ''}"
-                f"{v['ece']['probe']:>6.3f} {v['confidence']:>6.3f} {v['ece']['logreg']:>6.3f}")
+                f"{v['ece']['probe']:>6.3f} {v['confidence']:>6.3f} {v['ece']['logreg']:>6.3f}"
+                f" {v['cv_accuracy']['reported']:>6.3f} {v['cv_accuracy']['balanced']:>6.3f}")
         if "corrections" in v:
             c = v["corrections"]
             line += f"  {c['before']:.3f} → {c['after']:.3f} ({c['random']:.3f})"
@@ -392,4 +434,11 @@ def fewshot_table(res: dict) -> list[str]:
             line += "".join(f" ({n[m]['accuracy']:.3f} {n[m]['false_pos']:.1f}/{n[m]['true_pos']:.1f})"
                             for m in ("random", "none_class"))
         lines.append(line)
+    lines += ["cv: the probe's cross-validated accuracy on its examples (what the app reports); "
+              "bal: its accuracy on the test items, every class weighing the same",
+              "reliability (every test item of every seed): shown at → right (items)"]
+    for k, v in res["K"].items():
+        lines.append(f"{k:>3}  " + "  ".join(
+            f"{100 * b['band'][0]:.0f}–{100 * b['band'][1]:.0f} %: {100 * b['accuracy']:.0f} % ({b['n']})"
+            for b in v["reliability"] if b["n"]))
     return lines
