@@ -47,16 +47,17 @@ def markdown(res: dict) -> list[str]:
     corr, neg = res.get("corrections"), res.get("negatives")
     lines = [f"**{title}** ({res['seeds']} seeds; ± = seed-to-seed s.d. of the probe)", "",
              "| K (classes) | zero-shot | logreg | probe | probe − zs | probe − max(zs, lr) | target | met | ECE probe"
-             " | mean confidence |"
+             " | mean confidence | cv accuracy (app) | class-balanced accuracy |"
              + (f" corrections k={corr}: before → after (random k) |" if corr else "")
              + (f" negatives k={neg} of one class: accuracy, its false/true positives before → after"
                 " (random negatives; as a 'none' class) |" if neg else ""),
-             "|---|---|---|---|---|---|---|---|---|---|" + ("---|" if corr else "") + ("---|" if neg else "")]
+             "|---|---|---|---|---|---|---|---|---|---|---|---|" + ("---|" if corr else "") + ("---|" if neg else "")]
     for k, v in res["K"].items():
         row = (f"| {k} ({v['classes']}) | {v['zeroshot']:.4f} | {v['logreg']:.4f} | {v['probe']:.4f} ± {v['sd']['probe']:.3f}"
                f" | {v['probe'] - v['zeroshot']:+.4f} | {v['probe'] - max(v['zeroshot'], v['logreg']):+.4f}"
                f" | {v['target']:.4f} | {'yes' if v['meets_target'] else '**no**'}"
-               f" | {v['ece']['probe']:.3f} | {v['confidence']:.3f} |")
+               f" | {v['ece']['probe']:.3f} | {v['confidence']:.3f}"
+               f" | {v['cv_accuracy']['reported']:.3f} | {v['cv_accuracy']['balanced']:.3f} |")
         if corr:
             c = v.get("corrections")
             row += f" {c['before']:.4f} → {c['after']:.4f} ({c['random']:.4f}) |" if c else " – |"
@@ -65,6 +66,14 @@ def markdown(res: dict) -> list[str]:
             f = lambda m: f"{n[m]['accuracy']:.4f}, {n[m]['false_pos']:.1f}/{n[m]['true_pos']:.1f}"
             row += f" {f('before')} → {f('after')} ({f('random')}; {f('none_class')}) |" if n else " – |"
         lines.append(row)
+    bands = next(iter(res["K"].values()))["reliability"]
+    lines += ["", f"*Reliability*, {title}: test items of every seed by the probability the probe showed"
+              " (right / items)", "",
+              "| K | " + " | ".join(f"{100 * b['band'][0]:.0f}–{100 * b['band'][1]:.0f} %" for b in bands) + " |",
+              "|---|" + "---|" * len(bands)]
+    for k, v in res["K"].items():
+        lines.append(f"| {k} | " + " | ".join(
+            f"{100 * b['accuracy']:.0f} % / {b['n']}" if b["n"] else "–" for b in v["reliability"]) + " |")
     return lines + [""]
 
 
