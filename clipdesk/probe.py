@@ -92,6 +92,23 @@ on the Debian sets, −0.002 to −0.02 on the proxy at K = 4), a free class bia
 at K = 4), and the average of a centred and an uncentred probe (+0.002 to +0.007 everywhere, for
 twice the scoring cost over a library).
 
+**Tried after that, not kept** (dev halves, 10–20 seeds; margins over zero-shot at K ≤ 8, over
+max(zero-shot, logistic regression) from K = 16). τ = 8 instead of 4: proxy dev K = 4 +0.015 →
++0.023, but K = 2 +0.017 → +0.009 and Debian dev K = 1–4 down 0.008–0.015. τ chosen per fit by the
+prototype rule's leave-one-out likelihood: proxy dev K = 4 −0.017 (unguarded), unchanged with the
+2-SE guard. τ from the text's odds (τ₀·(z/(1−z))^p, p = 1 or ½): proxy K = 2 −0.008 to −0.010,
+Debian dev K = 1–2 down to −0.015. λ₀ × 3 and × 10: proxy dev K = 8 +0.004, tags dev K = 32 −0.004
+and −0.008. More cache candidates (β = 5 or 20 with α up to 300): ±0.001. Whitening by the
+library's own (unlabelled) covariance, text vectors included: tags dev K = 32 +0.009, but
+zero-shot in the whitened space falls from 0.89 to 0.59 on the proxy and the probe with it
+(−0.17 at K = 4). A centred probe without renormalising (foldable into one linear layer, so free
+at scoring time), averaged in logits with the plain one: proxy dev K = 4 −0.006, tags K = 32
+−0.002. Selection guard of 1 SE or none from K = 16: tags dev K = 32 +0.005, sections +0.003,
+proxy K = 16 −0.006 (none). Transductive refinement of the class directions by the unlabelled
+pool (soft assignments, 5 rounds): proxy dev K = 4 −0.010 to −0.019, worse again with other
+classes' items in the pool. Class priors re-estimated on the unlabelled pool (Saerens et al.'s
+EM): −0.01 to −0.06 everywhere.
+
 Methods compared before this one (``clipdesk eval fewshot``, benchmarks/RESULTS.md): the prototype
 rule alone (caps below logistic regression from K = 16: the class mean is not the best direction),
 logistic regression (far below zero-shot at K ≤ 4), MAP logistic regression with a fixed λ (no
