@@ -418,6 +418,27 @@ def test_a_heavier_cache_is_chosen_where_held_out_examples_need_it(tmp_path, mon
         load_probe_file(str(tmp_path / "forged.npz"))
 
 
+def test_the_selection_guard_loosens_once_every_class_has_many_examples(monkeypatch):
+    # the two-cluster classes above, where a heavy cache predicts held-out examples far better: with
+    # the guard for few examples made impossible to pass, 15 examples per class keep the default
+    # and 16 (MANY_EXAMPLES) are judged by the looser guard and choose the cache
+    import clipdesk.probe as probe_module
+
+    monkeypatch.setattr(probe_module, "SELECTION_SE", 1e9)
+    assert probe_module.MANY_EXAMPLES == 16 and probe_module.SELECTION_SE_MANY == 1.0
+    rng = np.random.default_rng(0)
+    sub = np.eye(16)[[0, 0, 1, 1]] * np.array([1, -1, 1, -1])[:, None]
+    text = normalise(rng.normal(size=(2, 16))).astype(np.float32)
+
+    def fit(n):
+        y = np.repeat(np.arange(2), n)
+        X = normalise(sub[2 * y + np.arange(len(y)) % 2] + 0.3 * rng.normal(size=(len(y), 16))).astype(np.float32)
+        return fit_probe(ProbeData(["a", "b"], text, X, y))[0]
+
+    assert fit(15).beta == 20.0
+    assert fit(16).beta == 10.0
+
+
 def test_a_photo_rejected_from_a_bucket_is_taught_as_not_that_bucket(library, photos):
     """Library.train passes Review's rejections ("not red") to the probe as negatives of that
     bucket, on top of the "none of these" class: the rejected photo's red probability falls
