@@ -177,30 +177,30 @@ def test_negatives_protocol_on_a_misleading_text(tmp_path):
 # shared/data/README.md (0.751/0.516, 0.760/0.615, 0.803/0.743, 0.841/0.840 at K = 1, 2, 4, 8).
 SEEDS = 6
 TOLERANCE_SE = 3.0
-# Measured 2026-11-28, 00:40 UTC run (benchmarks/RESULTS.md, "Few-shot teaching"):
+# Measured 2026-11-28, 05:22 UTC run (benchmarks/RESULTS.md, "Few-shot teaching"):
 FULL = {
     "fewshot-proxy.npz": {
         1: {"classes": 26, "zs": 0.7509, "zs_sd": 0.0062, "lr": 0.5159, "lr_sd": 0.0418, "margin": 0.0128, "margin_sd": 0.012},
         2: {"classes": 26, "zs": 0.7603, "zs_sd": 0.0104, "lr": 0.6149, "lr_sd": 0.0352, "margin": 0.0262, "margin_sd": 0.0163},
         4: {"classes": 19, "zs": 0.8026, "zs_sd": 0.0143, "lr": 0.7442, "lr_sd": 0.0313, "margin": 0.0287, "margin_sd": 0.0207},  # short of the target
         8: {"classes": 11, "zs": 0.8415, "zs_sd": 0.0217, "lr": 0.8389, "lr_sd": 0.0355, "margin": 0.0404, "margin_sd": 0.0231},
-        16: {"classes": 3, "zs": 0.9149, "zs_sd": 0.0265, "lr": 0.9051, "lr_sd": 0.0519, "margin": 0.0342, "margin_sd": 0.0308},
+        16: {"classes": 3, "zs": 0.9149, "zs_sd": 0.0265, "lr": 0.9051, "lr_sd": 0.0519, "margin": 0.024, "margin_sd": 0.054},
     },
     "debian-sections.npz": {
         1: {"classes": 25, "zs": 0.4354, "zs_sd": 0.0012, "lr": 0.2925, "lr_sd": 0.0283, "margin": 0.0343, "margin_sd": 0.0164},
         2: {"classes": 25, "zs": 0.4356, "zs_sd": 0.002, "lr": 0.3756, "lr_sd": 0.0275, "margin": 0.0592, "margin_sd": 0.0152},
         4: {"classes": 25, "zs": 0.4351, "zs_sd": 0.0027, "lr": 0.4506, "lr_sd": 0.0188, "margin": 0.0879, "margin_sd": 0.0143},
         8: {"classes": 25, "zs": 0.4363, "zs_sd": 0.0041, "lr": 0.5237, "lr_sd": 0.0138, "margin": 0.1312, "margin_sd": 0.0121},
-        16: {"classes": 25, "zs": 0.4358, "zs_sd": 0.0069, "lr": 0.5837, "lr_sd": 0.0125, "margin": 0.0203, "margin_sd": 0.0113},
-        32: {"classes": 25, "zs": 0.434, "zs_sd": 0.011, "lr": 0.6263, "lr_sd": 0.014, "margin": 0.0226, "margin_sd": 0.0111},
+        16: {"classes": 25, "zs": 0.4358, "zs_sd": 0.0069, "lr": 0.5837, "lr_sd": 0.0125, "margin": 0.0251, "margin_sd": 0.011},
+        32: {"classes": 25, "zs": 0.434, "zs_sd": 0.011, "lr": 0.6263, "lr_sd": 0.014, "margin": 0.0236, "margin_sd": 0.0105},
     },
     "debian-tags.npz": {
         1: {"classes": 21, "zs": 0.519, "zs_sd": 0.0017, "lr": 0.326, "lr_sd": 0.0346, "margin": 0.0559, "margin_sd": 0.0131},
         2: {"classes": 21, "zs": 0.5185, "zs_sd": 0.0024, "lr": 0.4334, "lr_sd": 0.0324, "margin": 0.0806, "margin_sd": 0.0126},
         4: {"classes": 21, "zs": 0.5197, "zs_sd": 0.0036, "lr": 0.5381, "lr_sd": 0.0194, "margin": 0.1108, "margin_sd": 0.0102},
         8: {"classes": 21, "zs": 0.5173, "zs_sd": 0.0041, "lr": 0.6213, "lr_sd": 0.015, "margin": 0.1454, "margin_sd": 0.0097},
-        16: {"classes": 21, "zs": 0.517, "zs_sd": 0.0068, "lr": 0.6799, "lr_sd": 0.0126, "margin": 0.015, "margin_sd": 0.0104},
-        32: {"classes": 21, "zs": 0.5172, "zs_sd": 0.0112, "lr": 0.7259, "lr_sd": 0.0165, "margin": 0.0119, "margin_sd": 0.0084},
+        16: {"classes": 21, "zs": 0.517, "zs_sd": 0.0068, "lr": 0.6799, "lr_sd": 0.0126, "margin": 0.016, "margin_sd": 0.0099},
+        32: {"classes": 21, "zs": 0.5172, "zs_sd": 0.0112, "lr": 0.7259, "lr_sd": 0.0165, "margin": 0.0127, "margin_sd": 0.008},
     },
 }
 
@@ -229,7 +229,7 @@ def _check_against_full_protocol(res: dict, full: dict) -> None:
 # Honest confidence (issue 14): in the full protocol (every set, half and K; bands of 300 items or
 # more) the photos the probe showed at 50–60 %, …, 90–100 % were right at worst 2.3 points below
 # the band's lower edge, and the cross-validated accuracy the app reports after Train was at
-# most 0.009 above the probe's class-balanced accuracy on the test items (it is modest at K = 1,
+# most 0.012 above the probe's class-balanced accuracy on the test items (it is modest at K = 1,
 # by up to 0.095). Checked here with room for a few seeds.
 BAND_MIN_ITEMS = 300
 BAND_SLACK = 0.05
