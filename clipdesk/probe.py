@@ -60,8 +60,7 @@ versions — and (10, 10), (30, 10), (100, 10) by the out-of-fold likelihood the
 computes: a candidate replaces (1, 20) only when it predicts the held-out examples better by more
 than ``SELECTION_SE = 2`` standard errors of the paired per-example difference (1 once every
 class has 16 examples: below). Evidence (dev halves, 10 seeds; margin over max(zero-shot,
-logistic regression)): a fixed wide, heavy cache
-(α = 30–100, β = 10) lifted K = 32 on the Debian dev halves (sections +0.004 → +0.015–0.021, tags
+logistic regression)): a fixed wide, heavy cache (α = 30–100, β = 10) lifted K = 32 on the Debian dev halves (sections +0.004 → +0.015–0.021, tags
 −0.009 → +0.004–0.010) but cost the proxy's dev half 0.03–0.11 at K = 1–8; chosen per fit
 without the guard it still cost the proxy 0.013–0.03 at K = 2–4 (too few held-out examples to
 choose well); with the 2-SE guard the proxy is unchanged and K = 32 reaches +0.015 (sections) and
@@ -102,8 +101,8 @@ noise), then rerun on 20 dev-half seeds (margin over max(zero-shot, logistic reg
 K = 32 +0.0020 → +0.0057, sections K = 32 +0.0158 → +0.0200, K = 16 within +0.0003, proxy
 K = 16 unchanged (+0.0400). Then, once, the check halves (20 seeds): tags K = 16 +0.0157 →
 +0.0156, K = 32 +0.0088 → +0.0111; sections K = 16 +0.0136 → +0.0183, K = 32 +0.0113 →
-+0.0113; and the whole files (50 seeds, benchmarks/RESULTS.md): tags K = 16 +0.0150 → +0.0160, K = 32
-+0.0119 → +0.0127; sections K = 16 +0.0203 → +0.0251, K = 32 +0.0226 → +0.0236; the proxy at
++0.0113; and the whole files (50 seeds, benchmarks/RESULTS.md): tags K = 16 +0.0150 → +0.0160,
+K = 32 +0.0119 → +0.0127; sections K = 16 +0.0203 → +0.0251, K = 32 +0.0226 → +0.0236; the proxy at
 K = 16 (3 classes) +0.0342 → +0.0240, still above its +0.01. K ≤ 8 never reaches it.
 
 **Tried after that, not kept** (dev halves, 10–20 seeds; margins over zero-shot at K ≤ 8, over
@@ -117,9 +116,9 @@ library's own (unlabelled) covariance, text vectors included: tags dev K = 32 +0
 zero-shot in the whitened space falls from 0.89 to 0.59 on the proxy and the probe with it
 (−0.17 at K = 4). A centred probe without renormalising (foldable into one linear layer, so free
 at scoring time), averaged in logits with the plain one: proxy dev K = 4 −0.006, tags K = 32
-−0.002. No selection guard at all from K = 16: proxy dev K = 16 −0.006. Transductive refinement of the class directions by the unlabelled
-pool (soft assignments, 5 rounds): proxy dev K = 4 −0.010 to −0.019, worse again with other
-classes' items in the pool. Class priors re-estimated on the unlabelled pool (Saerens et al.'s
+−0.002. No selection guard at all from K = 16: proxy dev K = 16 −0.006. Transductive refinement
+of the class directions by the unlabelled pool (soft assignments, 5 rounds): proxy dev K = 4
+−0.010 to −0.019, worse again with other classes' items in the pool. Class priors re-estimated on the unlabelled pool (Saerens et al.'s
 EM): −0.01 to −0.06 everywhere.
 
 Methods compared before this one (``clipdesk eval fewshot``, benchmarks/RESULTS.md): the prototype
@@ -844,6 +843,8 @@ def fit_probe(data: ProbeData, zeroshot_text: np.ndarray | None = None, meta: di
             nll = -w[fair] * np.log(np.clip(p[np.arange(len(p)), y[fair]], 1e-12, None))
             return nll, cand_alpha, cand_beta, cT0, cb0, oof, T, bias, cand_lam
 
+        guard = SELECTION_SE_MANY if np.bincount(y, minlength=C).min() >= MANY_EXAMPLES else SELECTION_SE
+
         def replaces(cand: tuple, default: tuple, best: tuple) -> bool:
             # a candidate replaces the default only when it predicts the held-out examples better
             # by more than `guard` standard errors of the paired difference (few examples make
@@ -852,7 +853,6 @@ def fit_probe(data: ProbeData, zeroshot_text: np.ndarray | None = None, meta: di
             gain = default[0] - cand[0]
             return gain.mean() - guard * gain.std() / math.sqrt(len(gain)) > 0 and cand[0].sum() < best[0].sum()
 
-        guard = SELECTION_SE_MANY if np.bincount(y, minlength=C).min() >= MANY_EXAMPLES else SELECTION_SE
         # First how firmly to hold the fit (λ's floor), then the cache's weight and width at that λ
         best = default = out_of_fold(alpha, beta, lam)
         for floor in REGULARISATION_FLOORS:

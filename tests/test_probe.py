@@ -388,20 +388,24 @@ def test_held_out_evidence_decides_how_much_corrections_weigh(monkeypatch):
     assert acc(weighed) > acc(base) - 0.03 and acc(right) > acc(base) + 0.03
 
 
+# Two classes of two opposite clusters each (±e0 vs ±e1) in 16-d: no linear layer separates them,
+# a wide, heavy cache (a kernel vote) does
+_OPPOSITE_CLUSTERS = np.eye(16)[[0, 0, 1, 1]] * np.array([1, -1, 1, -1])[:, None]
+
+
+def _two_cluster_classes(rng, n: int) -> tuple[np.ndarray, np.ndarray]:
+    y = np.repeat(np.arange(2), n)
+    noise = 0.3 * rng.normal(size=(len(y), 16))
+    return normalise(_OPPOSITE_CLUSTERS[2 * y + np.arange(len(y)) % 2] + noise).astype(np.float32), y
+
+
 def test_a_heavier_cache_is_chosen_where_held_out_examples_need_it(tmp_path, monkeypatch):
-    # two classes of two opposite clusters each (±e0 vs ±e1): no linear layer separates them; the
-    # out-of-fold likelihood picks a wider, heavier cache (a kernel vote), which does
+    # the out-of-fold likelihood picks a wider, heavier cache where held-out examples need it
     import clipdesk.probe as probe_module
 
     rng = np.random.default_rng(0)
-    sub = np.eye(16)[[0, 0, 1, 1]] * np.array([1, -1, 1, -1])[:, None]
-
-    def draw(n):
-        y = np.repeat(np.arange(2), n)
-        return normalise(sub[2 * y + np.arange(len(y)) % 2] + 0.3 * rng.normal(size=(len(y), 16))).astype(np.float32), y
-
-    X, y = draw(16)
-    test, ytest = draw(100)
+    X, y = _two_cluster_classes(rng, 16)
+    test, ytest = _two_cluster_classes(rng, 100)
     text = normalise(rng.normal(size=(2, 16))).astype(np.float32)
     probe, _ = fit_probe(ProbeData(["a", "b"], text, X, y))
     assert probe.beta == 10.0 and probe.alpha > 100  # a heavy candidate (T0·α), not (1, 20)
@@ -427,13 +431,10 @@ def test_the_selection_guard_loosens_once_every_class_has_many_examples(monkeypa
     monkeypatch.setattr(probe_module, "SELECTION_SE", 1e9)
     assert probe_module.MANY_EXAMPLES == 16 and probe_module.SELECTION_SE_MANY == 1.0
     rng = np.random.default_rng(0)
-    sub = np.eye(16)[[0, 0, 1, 1]] * np.array([1, -1, 1, -1])[:, None]
     text = normalise(rng.normal(size=(2, 16))).astype(np.float32)
 
     def fit(n):
-        y = np.repeat(np.arange(2), n)
-        X = normalise(sub[2 * y + np.arange(len(y)) % 2] + 0.3 * rng.normal(size=(len(y), 16))).astype(np.float32)
-        return fit_probe(ProbeData(["a", "b"], text, X, y))[0]
+        return fit_probe(ProbeData(["a", "b"], text, *_two_cluster_classes(rng, n)))[0]
 
     assert fit(15).beta == 20.0
     assert fit(16).beta == 10.0
