@@ -37,7 +37,7 @@ run: install
 # one per core up to 4; a test file runs in one process (its module fixtures are built once).
 TEST_PROCS ?= $(shell n=$$(nproc 2>/dev/null || echo 2); [ $$n -lt 2 ] && n=2; [ $$n -gt 4 ] && n=4; echo $$n)
 test: install-test
-	QT_QPA_PLATFORM=offscreen $(BIN)/python -m pytest -m "not slow" --ignore=tests/e2e -n $(TEST_PROCS) --dist loadfile
+	QT_QPA_PLATFORM=offscreen $(BIN)/python -m pytest -m "not slow" --ignore=tests/e2e -n $(TEST_PROCS) --dist worksteal
 
 # The teach loop in a real window under Xvfb, driven with xdotool (Debian: xvfb xdotool).
 # Screenshots of every step go to $(E2E_OUT)/<run>/screenshots.

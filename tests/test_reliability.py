@@ -225,6 +225,16 @@ if os.environ.get("CLIPDESK_TEST_SLOW"):
         time.sleep(float(os.environ["CLIPDESK_TEST_SLOW"]))
         return real_embed(self, prepared)
     models.Encoder.embed = slow
+if os.environ.get("CLIPDESK_TEST_HOLD"):  # after a few batches, wait while this file exists
+    import time
+    from clipdesk import models
+    real_embed, done = models.Encoder.embed, [0]
+    def held(self, prepared):
+        done[0] += 1
+        while done[0] > 8 and os.path.exists(os.environ["CLIPDESK_TEST_HOLD"]):
+            time.sleep(0.05)
+        return real_embed(self, prepared)
+    models.Encoder.embed = held
 from clipdesk.cli import main
 sys.exit(main(sys.argv[1:]))
 """
@@ -402,7 +412,9 @@ def test_disk_full_on_a_real_tiny_filesystem(tmp_path):
 def test_one_writer_many_readers(tmp_path):
     photos = many_photos(tmp_path / "photos", 200)
     lib = tmp_path / "lib"
-    writer = start_index(lib, photos, {"CLIPDESK_TEST_SLOW": "0.4"}, batch=4)  # ~20 s of indexing
+    hold = tmp_path / "hold"  # the writer stops after 8 batches until the readers have run
+    hold.touch()
+    writer = start_index(lib, photos, {"CLIPDESK_TEST_HOLD": str(hold)}, batch=4)
     try:
         deadline = time.monotonic() + 120
         while catalog_rows(lib) < 20 and time.monotonic() < deadline:
@@ -417,6 +429,7 @@ def test_one_writer_many_readers(tmp_path):
             with pytest.raises(LibraryLockedError, match="in use by PID"):
                 in_process.index()
     finally:
+        hold.unlink()
         out, err = writer.communicate(timeout=SUBPROCESS_TIMEOUT)
     assert writer.returncode == 0, err
     assert json.loads(out)["added"] == 200
