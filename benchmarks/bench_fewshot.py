@@ -4,7 +4,7 @@
 
 For each set (shared/data/fewshot-proxy.npz and the sets under benchmarks/data/, built by
 scripts/build_fewshot_sets.py): the learning curves of ``clipdesk eval fewshot`` over 50 seeds
-(zero-shot, logistic regression, the probe, its ECE, the corrections and negatives protocols) on the whole file,
+(zero-shot, logistic regression, the probe, its ECE and the ECE's floor, the corrections and negatives protocols) on the whole file,
 then on its development and check halves of classes (the probe's rule was chosen on the
 development halves only). Then the fitting time the app pays on every click: ``fit_probe`` on 200
 examples × 10 classes of 512-d vectors (median of 15, wall and CPU time), with the machine and its
@@ -47,16 +47,16 @@ def markdown(res: dict) -> list[str]:
     corr, neg = res.get("corrections"), res.get("negatives")
     lines = [f"**{title}** ({res['seeds']} seeds; ± = seed-to-seed s.d. of the probe)", "",
              "| K (classes) | zero-shot | logreg | probe | probe − zs | probe − max(zs, lr) | target | met | ECE probe"
-             " | mean confidence | cv accuracy (app) | class-balanced accuracy |"
+             " | ECE floor | mean confidence | cv accuracy (app) | class-balanced accuracy |"
              + (f" corrections k={corr}: before → after (random k) |" if corr else "")
              + (f" negatives k={neg} of one class: accuracy, its false/true positives before → after"
                 " (random negatives; as a 'none' class) |" if neg else ""),
-             "|---|---|---|---|---|---|---|---|---|---|---|---|" + ("---|" if corr else "") + ("---|" if neg else "")]
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|" + ("---|" if corr else "") + ("---|" if neg else "")]
     for k, v in res["K"].items():
         row = (f"| {k} ({v['classes']}) | {v['zeroshot']:.4f} | {v['logreg']:.4f} | {v['probe']:.4f} ± {v['sd']['probe']:.3f}"
                f" | {v['probe'] - v['zeroshot']:+.4f} | {v['probe'] - max(v['zeroshot'], v['logreg']):+.4f}"
                f" | {v['target']:.4f} | {'yes' if v['meets_target'] else '**no**'}"
-               f" | {v['ece']['probe']:.3f} | {v['confidence']:.3f}"
+               f" | {v['ece']['probe']:.3f} | {v['ece']['floor']:.3f} | {v['confidence']:.3f}"
                f" | {v['cv_accuracy']['reported']:.3f} | {v['cv_accuracy']['balanced']:.3f} |")
         if corr:
             c = v.get("corrections")

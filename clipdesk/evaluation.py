@@ -6,7 +6,8 @@ Protocol (shared/data/README.md): for K in 1, 2, 4, 8, 16, 32, draw K training i
 random from classes with at least K + 2 items (the others sit that K out; a K with fewer than two
 such classes is skipped), test on every remaining item of those classes; mean top-1 accuracy over
 seeds 0..seeds-1 with ``numpy.random.default_rng(seed)``. Per K it also reports the expected
-calibration error (ECE, 15 bins) of the probe's probabilities on the test items and their mean
+calibration error (ECE, 15 bins) of the probe's probabilities on the test items with the floor
+perfectly calibrated probabilities would show on as many items (:func:`ece_floor`), their mean
 top probability (below the accuracy: modest; above: overconfident), a reliability table (every
 test item of every seed by the band of probability the probe gave it — 50–60 %, …, 90–100 % — and
 how often those were right: what the app's confidence slider means), the probe's own
@@ -53,15 +54,25 @@ def targets(K: int, zeroshot: float, logreg: float) -> float:
 
 def expected_calibration_error(probs: np.ndarray, y: np.ndarray, bins: int = ECE_BINS) -> float:
     """Σ_b (n_b / n)·|accuracy_b − confidence_b| over equal-width bins of the top probability."""
-    conf = probs.max(1)
-    right = probs.argmax(1) == y
+    return _ece(probs.max(1), probs.argmax(1) == y, bins)
+
+
+def _ece(conf: np.ndarray, right: np.ndarray, bins: int = ECE_BINS) -> float:
     edges = np.minimum((conf * bins).astype(int), bins - 1)
-    ece = 0.0
-    for b in range(bins):
-        m = edges == b
-        if m.any():
-            ece += m.sum() / len(y) * abs(right[m].mean() - conf[m].mean())
-    return float(ece)
+    gap = np.bincount(edges, weights=right - conf, minlength=bins)  # Σ (right − conf) per bin
+    return float(np.abs(gap).sum() / len(conf))
+
+
+ECE_FLOOR_DRAWS = 20
+
+
+def ece_floor(probs: np.ndarray, bins: int = ECE_BINS, draws: int = ECE_FLOOR_DRAWS, seed: int = 0) -> float:
+    """The ECE that *perfectly calibrated* probabilities would still show on this many items: each
+    item right with exactly its top probability, drawn ``draws`` times. On a few hundred items
+    this floor is several points, so an ECE is read against it, not against 0."""
+    conf = probs.max(1).astype(np.float64)
+    rng = np.random.default_rng(seed)
+    return float(np.mean([_ece(conf, rng.random(len(conf)) < conf, bins) for _ in range(draws)]))
 
 
 # Confidence bands of the reliability table: what the app's slider shows (a photo at 80 %) against
@@ -231,7 +242,7 @@ def eval_fewshot(path: str, seeds: int = 50, shots=SHOTS, corrections: int = 10,
         if (counts >= K + 2).sum() < 2:
             continue
         acc: dict[str, list[float]] = {"zeroshot": [], "logreg": [], "probe": []}
-        ece: dict[str, list[float]] = {"probe": [], "logreg": []}
+        ece: dict[str, list[float]] = {"probe": [], "logreg": [], "floor": []}
         confidence: list[float] = []
         cv: dict[str, list[float]] = {"reported": [], "balanced": []}
         shown, shown_right = [], []
@@ -254,6 +265,7 @@ def eval_fewshot(path: str, seeds: int = 50, shots=SHOTS, corrections: int = 10,
             right = p.argmax(1) == yte
             acc["probe"].append(float(np.mean(right)))
             ece["probe"].append(expected_calibration_error(p, yte))
+            ece["floor"].append(ece_floor(p, seed=seed))
             confidence.append(float(p.max(1).mean()))
             # what the app says of a probe (its cross-validated accuracy) against what it then
             # does on the items it never saw, weighted as its examples are (every class alike)
@@ -411,7 +423,7 @@ def fewshot_table(res: dict) -> list[str]:
     title = (f"{res['file']}{' (' + res['half'] + ' half)' if res.get('half') else ''}: "
              f"mean of {res['seeds']} seeds (± seed-to-seed s.d. of the probe)")
     header = (f"{'K':>3} {'classes':>7} {'zero-shot':>9} {'logreg':>7} {'probe':>14} {'Δzs':>7} {'target':>7}"
-              f" {'ECE':>6} {'conf':>6} {'lr ECE':>6} {'cv':>6} {'bal':>6}")
+              f" {'ECE':>6} {'floor':>6} {'conf':>6} {'lr ECE':>6} {'cv':>6} {'bal':>6}")
     if res.get("corrections"):
         header += f"  corrections (k={res['corrections']}): before → after (random)"
     if res.get("negatives"):
@@ -422,7 +434,7 @@ def fewshot_table(res: dict) -> list[str]:
         line = (f"{k:>3} {v['classes']:>7} {v['zeroshot']:>9.3f} {v['logreg']:>7.3f} "
                 f"{v['probe']:>7.3f} ±{v['sd']['probe']:.3f} {v['probe'] - v['zeroshot']:>+7.3f} "
                 f"{v['target']:>6.3f}{'' if v['meets_target'] else '✗'}{' ' if v['meets_target'] else ''}"
-                f"{v['ece']['probe']:>6.3f} {v['confidence']:>6.3f} {v['ece']['logreg']:>6.3f}"
+                f"{v['ece']['probe']:>6.3f} {v['ece']['floor']:>6.3f} {v['confidence']:>6.3f} {v['ece']['logreg']:>6.3f}"
                 f" {v['cv_accuracy']['reported']:>6.3f} {v['cv_accuracy']['balanced']:>6.3f}")
         if "corrections" in v:
             c = v["corrections"]
@@ -434,7 +446,8 @@ def fewshot_table(res: dict) -> list[str]:
             line += "".join(f" ({n[m]['accuracy']:.3f} {n[m]['false_pos']:.1f}/{n[m]['true_pos']:.1f})"
                             for m in ("random", "none_class"))
         lines.append(line)
-    lines += ["cv: the probe's cross-validated accuracy on its examples (what the app reports); "
+    lines += ["floor: the ECE perfectly calibrated probabilities would show on as many test items; "
+              "cv: the probe's cross-validated accuracy on its examples (what the app reports); "
               "bal: its accuracy on the test items, every class weighing the same",
               "reliability (every test item of every seed): shown at → right (items)"]
     for k, v in res["K"].items():

@@ -11,6 +11,7 @@ import pytest
 from clipdesk.errors import ClipdeskError
 from clipdesk.evaluation import (
     class_half,
+    ece_floor,
     eval_fewshot,
     expected_calibration_error,
     fewshot_splits,
@@ -54,7 +55,7 @@ def test_fewshot_eval_on_synthetic_file(tmp_path):
     for k, row in res["K"].items():
         assert row["classes"] == 5
         assert all(0 <= row[m] <= 1 for m in ("zeroshot", "logreg", "probe"))
-        assert all(0 <= row["ece"][m] <= 1 for m in ("probe", "logreg"))
+        assert all(0 <= row["ece"][m] <= 1 for m in ("probe", "logreg", "floor"))
         assert 1 / row["classes"] <= row["confidence"] <= 1
         c = row["corrections"]
         assert all(0 <= c[m] <= 1 for m in ("before", "after", "random")) and 0 <= c["corrected"] <= 4
@@ -93,6 +94,23 @@ def test_expected_calibration_error():
     assert expected_calibration_error(p, np.array([0] * 6 + [1] * 4)) == pytest.approx(0.2)
     p = np.array([[0.6, 0.4]] * 5 + [[0.9, 0.1]] * 5)
     assert expected_calibration_error(p, np.array([0] * 5 + [1] * 5)) == pytest.approx(0.5 * 0.4 + 0.5 * 0.9)
+
+
+def test_ece_floor_is_what_perfect_calibration_shows_on_so_many_items():
+    # certain probabilities: perfectly calibrated items are all right, so nothing is left over
+    assert ece_floor(np.tile([1.0, 0.0], (50, 1))) == 0.0
+    # one bin at 0.7: the floor is E|mean of n Bernoulli(0.7) − 0.7| ≈ sqrt(0.21·2/(π·n))
+    for n in (100, 1600):
+        expected = np.sqrt(0.21 * 2 / (np.pi * n))
+        assert ece_floor(np.tile([0.7, 0.3], (n, 1)), draws=400) == pytest.approx(expected, rel=0.15)
+    # it shrinks as items grow, and probabilities that are right as often as they say sit near it
+    rng = np.random.default_rng(3)
+    conf = rng.uniform(0.5, 1.0, 3000)
+    p = np.stack([conf, 1 - conf], 1)
+    honest = np.where(rng.random(3000) < conf, 0, 1)
+    assert expected_calibration_error(p, honest) < 2 * ece_floor(p)
+    overconfident = np.where(rng.random(3000) < conf - 0.2, 0, 1)
+    assert expected_calibration_error(p, overconfident) > 5 * ece_floor(p)
 
 
 def test_reliability_table_counts_each_item_in_the_band_it_was_shown_at():
