@@ -18,7 +18,8 @@ REPO = Path(__file__).resolve().parents[1]
 # The longest one command started by a test may run: below pytest-timeout's limit for the whole test
 # (pyproject.toml, 300 s), so a hung command fails as itself, with its output, not as a pytest timeout.
 SUBPROCESS_TIMEOUT = 240
-SHARED_DATA = REPO.parent / "shared" / "data"
+# Resolved, as the library resolves the folders it is given: a linked ../shared compares equal.
+SHARED_DATA = (REPO.parent / "shared" / "data").resolve()
 
 
 @pytest.fixture(autouse=True)
