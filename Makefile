@@ -2,9 +2,13 @@
 PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
-# torch is pinned for reproducible installs; override for another platform, e.g.
-#   make run TORCH="torch torchvision"
+# The default install runs models without torch (ONNX Runtime, OpenVINO). torch is the [torch]
+# extra, which the tests install (export, checkpoints, the reference the runtime is compared
+# against); pinned for reproducible installs; override for another platform, e.g.
+#   make test TORCH="torch torchvision"
 TORCH  ?= torch==2.14.1 torchvision==0.29.1
+# A second, torch-free environment: the test that the default install runs the whole CLI.
+LITE   ?= .venv-lite
 # The model `make run` uses. The default downloads real CLIP weights once (~600 MB); without a
 # network, use MODEL=test-tiny (random weights: the app works, rankings are meaningless).
 MODEL  ?=
@@ -17,16 +21,22 @@ $(BIN)/python:
 	$(BIN)/python -m pip install --quiet --upgrade pip
 
 $(VENV)/.installed: pyproject.toml | $(BIN)/python
-	$(BIN)/python -m pip install $(TORCH)
 	$(BIN)/python -m pip install -e .
 	touch $@
 
 $(VENV)/.installed-test: $(VENV)/.installed pyproject.toml
+	$(BIN)/python -m pip install $(TORCH)
 	$(BIN)/python -m pip install -e '.[test,cluster,int8]'
 	touch $@
 
+$(LITE)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(LITE)
+	$(LITE)/bin/python -m pip install --quiet --upgrade pip
+	$(LITE)/bin/python -m pip install --quiet -e .
+	touch $@
+
 install: $(VENV)/.installed
-install-test: $(VENV)/.installed-test
+install-test: $(VENV)/.installed-test $(LITE)/.installed
 
 # Qt's X11 plugin needs system libraries that PySide6 does not ship: say which, instead of a Qt abort.
 run: install
@@ -37,7 +47,7 @@ run: install
 # one per core up to 4; a test file runs in one process (its module fixtures are built once).
 TEST_PROCS ?= $(shell n=$$(nproc 2>/dev/null || echo 2); [ $$n -lt 2 ] && n=2; [ $$n -gt 4 ] && n=4; echo $$n)
 test: install-test
-	QT_QPA_PLATFORM=offscreen $(BIN)/python -m pytest -m "not slow" --ignore=tests/e2e -n $(TEST_PROCS) --dist worksteal
+	CLIPDESK_LITE_PYTHON=$(abspath $(LITE))/bin/python QT_QPA_PLATFORM=offscreen $(BIN)/python -m pytest -m "not slow" --ignore=tests/e2e -n $(TEST_PROCS) --dist worksteal
 
 # The teach loop in a real window under Xvfb, driven with xdotool (Debian: xvfb xdotool).
 # Screenshots of every step go to $(E2E_OUT)/<run>/screenshots.
@@ -55,4 +65,4 @@ bench: install-test
 	$(BIN)/python benchmarks/bench_fewshot.py
 
 clean:
-	rm -rf $(VENV) build *.egg-info .pytest_cache
+	rm -rf $(VENV) $(LITE) build *.egg-info .pytest_cache

@@ -26,6 +26,7 @@ import signal
 import sys
 import threading
 from datetime import datetime
+from pathlib import Path
 
 from clipdesk import __version__
 from clipdesk.argtypes import finite_float, number, positive_int, probability
@@ -56,7 +57,9 @@ def build_parser() -> argparse.ArgumentParser:
     common.add_argument("--model", metavar="NAME", default=argparse.SUPPRESS,
                         help="open_clip ARCH/PRETRAINED, or test-tiny (default: the library's model)")
     common.add_argument("--weights", metavar="FILE", default=argparse.SUPPRESS,
-                        help="local checkpoint for --model's architecture")
+                        help="local checkpoint for --model's architecture (needs clipdesk[torch])")
+    common.add_argument("--model-dir", metavar="DIR", default=argparse.SUPPRESS,
+                        help="a model folder (ONNX: config.json, visual/, textual/ — e.g. one of Immich's)")
     common.add_argument("--device", default=argparse.SUPPRESS, help="cuda, mps or cpu (default: auto)")
     common.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS)
 
@@ -142,7 +145,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     cmd("status", "what the library holds")
     cmd("repair", "check the catalog and salvage what can be read from a damaged one (photos untouched)")
-    cmd("models", "list known model names")
+    sp = cmd("models", "list the installed models and those that can be fetched")
+    sp.add_argument("--all", action="store_true", help="every name that can be fetched or exported")
+    sp = cmd("model", "make model folders")
+    msub = sp.add_subparsers(dest="action", required=True, metavar="ACTION")
+    a = msub.add_parser("export", parents=[common], help="write an open_clip model as a model folder "
+                        "(needs clipdesk[torch]; downloads its weights once)")
+    a.add_argument("name", metavar="ARCH/PRETRAINED")
+    a.add_argument("--out", metavar="DIR", help="the folder to write (default: the installed models folder)")
 
     sp = cmd("eval", "measure zero-shot, few-shot and retrieval quality")
     esub = sp.add_subparsers(dest="what", required=True, metavar="WHAT")
@@ -236,12 +246,36 @@ def _progress_bar(desc: str):
     return bar, update
 
 
+def _models(args: argparse.Namespace) -> int:
+    from clipdesk import runtime
+
+    if args.command == "model":  # model export
+        spec = runtime.ModelSpec.parse(args.name)
+        dest = Path(os.path.abspath(os.path.expanduser(args.out))) if args.out else \
+            runtime.models_dir() / runtime.folder_name(spec.name)
+        out = runtime.export_to_folder(spec, dest, status=lambda m: print(m, file=sys.stderr, flush=True))
+        _emit(args, {"name": spec.name, "folder": str(out)}, [f"{spec.name} → {out}"])
+        return 0
+    installed = runtime.installed_models()
+    names = {n for n, _ in installed}
+    fetchable = [n for n in (runtime.fetchable_models() if getattr(args, "all", False) else runtime.FETCHABLE)
+                 if n not in names]
+    lines = ["installed:"] + [f"  {n}  ({p})" for n, p in installed]
+    lines += ["can be fetched" + (" or exported:" if runtime.torch_available() else ":")]
+    lines += [f"  {n}" for n in fetchable]
+    if not getattr(args, "all", False) and runtime.torch_available():
+        lines.append("  … and every open_clip pair ('clipdesk models --all'), exported with PyTorch")
+    _emit(args, {"installed": [{"name": n, "folder": str(p)} for n, p in installed], "fetchable": fetchable},
+          lines)
+    return 0
+
+
 def _open(args: argparse.Namespace, create: bool = False):
     from clipdesk.library import Library
 
     return Library(getattr(args, "library", None), model=getattr(args, "model", None),
                    weights=getattr(args, "weights", None), device=getattr(args, "device", None),
-                   create=create, status=lambda m: log.info("%s", m))
+                   create=create, status=lambda m: log.info("%s", m), model_dir=getattr(args, "model_dir", None))
 
 
 def _open_for_index(args: argparse.Namespace):
@@ -287,12 +321,8 @@ def run(args: argparse.Namespace) -> int:
     c = args.command
     if getattr(args, "care", None):  # duplicates, watch, eval duplicates (clipdesk.cli_care)
         return args.care(args, _open, _emit)
-    if c == "models":
-        from clipdesk.models import available_models
-
-        names = available_models()
-        _emit(args, names, names)
-        return 0
+    if c in ("models", "model"):
+        return _models(args)
     if c == "eval":
         from clipdesk import evaluation
 

@@ -379,10 +379,10 @@ class _ModelOnly:
     outside any library: measuring a model must not create one."""
 
     def __init__(self, args):
-        from clipdesk.models import ModelSpec, load_encoder
+        from clipdesk.runtime import ModelSpec, load_encoder
 
-        self.encoder = load_encoder(ModelSpec.parse(getattr(args, "model", None), getattr(args, "weights", None)),
-                                    getattr(args, "device", None))
+        self.encoder = load_encoder(ModelSpec.parse(getattr(args, "model", None), getattr(args, "weights", None),
+                                                    getattr(args, "model_dir", None)), getattr(args, "device", None))
 
     def close(self) -> None:
         pass

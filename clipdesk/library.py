@@ -35,7 +35,7 @@ from clipdesk.indexer.scan import canonical_path, is_inside, is_library_folder
 from clipdesk.indexer import vecfile  # noqa: I001 - beside vectors: the other derived cache
 from clipdesk.indexer.vecfile import VecFileError, VectorFile
 from clipdesk.indexer.vectors import COMPRESS_LIMIT, EXACT_LIMIT, VectorFileError, VectorStore, catch_up
-from clipdesk.models import DEFAULT_MODEL, Encoder, ModelSpec, load_encoder
+from clipdesk.runtime import DEFAULT_MODEL, Encoder, ModelSpec, load_encoder, needs_torch
 from clipdesk.probe import BACKGROUND, FitReport, Probe, ProbeData, fit_probe, load_probe_file, uncertainty
 from clipdesk.query import Term, parse_query, query_vector
 from clipdesk.results import Classification, Classifications
@@ -211,7 +211,8 @@ class Library:
 
     def __init__(self, folder: str | None = None, model: str | None = None, weights: str | None = None,
                  device: str | None = None, precision: str = "auto", create: bool = True,
-                 status: Callable[[str], None] | None = None, model_process: bool = False):
+                 status: Callable[[str], None] | None = None, model_process: bool = False,
+                 model_dir: str | None = None):
         self.folder = os.path.abspath(os.path.expanduser(folder or default_library_folder()))
         check_library_folder(self.folder, create)
         self.catalog = Catalog.open(self.folder)
@@ -227,7 +228,8 @@ class Library:
             raise
         self.device = device
         self.precision = precision
-        # The desktop app runs the model in a child process (see model_host.py); the CLI in-process.
+        # The desktop app runs a torch model in a child process (see model_host.py); model folders
+        # (ONNX Runtime, OpenVINO: no GIL held while they compute) and the CLI run in-process.
         self.model_process = model_process
         self.status_callback = status or (lambda _m: None)
         self._encoder: Encoder | None = None
@@ -236,12 +238,12 @@ class Library:
         self._guard = threading.RLock()
         self._writer = threading.RLock()  # one writer thread at a time (see writing())
         stored = self.catalog.get_meta("model")
-        self._requested = ModelSpec.parse(model, weights) if (model or weights) else None
+        self._requested = ModelSpec.parse(model, weights, model_dir) if (model or weights or model_dir) else None
         if self._requested is not None:
             self.spec = self._requested
         elif stored:
             self.spec = ModelSpec.parse(stored if "+file:" not in stored else stored.split("+", 1)[0],
-                                        self.catalog.get_meta("weights"))
+                                        self.catalog.get_meta("weights"), self.catalog.get_meta("model_dir"))
         else:
             self.spec = ModelSpec.parse(DEFAULT_MODEL)
 
@@ -285,7 +287,7 @@ class Library:
         """The model, loaded on first use (seconds for a real model; downloads once)."""
         with self._guard:
             if self._encoder is None or getattr(self._encoder, "text_only", False):
-                if self.model_process:
+                if self.model_process and needs_torch(self.spec, self.device):
                     from clipdesk.model_host import RemoteEncoder
 
                     self._encoder = RemoteEncoder(self.spec, self.device, self.precision, self.status_callback)
@@ -297,7 +299,7 @@ class Library:
     def text_encoder(self) -> Encoder:
         """An encoder for texts: the loaded model, or a text-only load of it (less memory)."""
         with self._guard:
-            if self._encoder is None and not self.model_process:
+            if self._encoder is None and not (self.model_process and needs_torch(self.spec, self.device)):
                 self._encoder = load_encoder(self.spec, self.device, self.precision, self.status_callback,
                                              text_only=True)
             return self._encoder if self._encoder is not None else self.encoder
@@ -480,6 +482,8 @@ class Library:
                 self.catalog.set_meta("dim", str(encoder.dim))
                 if self.spec.weights:
                     self.catalog.set_meta("weights", self.spec.weights)
+                if self.spec.folder:
+                    self.catalog.set_meta("model_dir", self.spec.folder)
                 with self._guard:
                     if self._store is not None and self._store.dim != encoder.dim:
                         self._store = None
@@ -1062,10 +1066,10 @@ class Library:
         """Registered folders with no indexed photo (e.g. registered by a run that then failed)."""
         return [f for f in self.catalog.folders() if len(self.catalog.filter_ids(f)) == 0]
 
-    def use_model(self, model: str | None, weights: str | None = None) -> None:
+    def use_model(self, model: str | None, weights: str | None = None, model_dir: str | None = None) -> None:
         """Switch the model for the next load. Refused (:class:`ModelMismatchError`) when the
         library already holds vectors made by another model."""
-        spec = ModelSpec.parse(model or self.spec.name.split("+")[0], weights)
+        spec = ModelSpec.parse(model or self.spec.name.split("+")[0], weights, model_dir)
         stored = self.catalog.get_meta("model")
         if stored and stored != spec.name and self.catalog.vector_count() > 0:
             raise ModelMismatchError(

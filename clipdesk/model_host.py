@@ -1,4 +1,4 @@
-"""Run the model in a child process, so the desktop app's process never imports torch.
+"""Run a torch model in a child process, so the desktop app's process never imports torch.
 
 Importing torch initialises large C extensions while holding Python's GIL (hundreds of ms at a
 time), and a forward pass spends part of its time in Python too: in the GUI process either would
@@ -26,7 +26,7 @@ from collections.abc import Callable, Sequence
 import numpy as np
 
 from clipdesk import errors
-from clipdesk.models import ModelSpec, Preprocessing
+from clipdesk.runtime import ModelSpec, Preprocessing
 
 log = logging.getLogger(__name__)
 
@@ -70,7 +70,7 @@ class RemoteEncoder:
         threading.Thread(target=self._pump_stderr, name="clipdesk-model-host-log", daemon=True).start()
         try:
             info = self._request({"op": "load", "arch": spec.arch, "pretrained": spec.pretrained,
-                                  "weights": spec.weights, "device": device, "precision": precision})[0]
+                                  "weights": spec.weights, "folder": spec.folder, "device": device, "precision": precision})[0]
         except BaseException:
             self.close()
             raise
@@ -140,7 +140,7 @@ class RemoteEncoder:
 
 def serve(stdin, stdout) -> int:
     """The child's loop: load the model on request, then answer embedding requests."""
-    from clipdesk.models import load_encoder
+    from clipdesk.runtime import load_encoder
 
     enc = None
     while True:
@@ -153,7 +153,7 @@ def serve(stdin, stdout) -> int:
             if op == "quit":
                 return 0
             if op == "load":
-                spec = ModelSpec(header["arch"], header.get("pretrained"), header.get("weights"))
+                spec = ModelSpec(header["arch"], header.get("pretrained"), header.get("weights"), header.get("folder"))
                 enc = load_encoder(spec, header.get("device"), header.get("precision") or "auto",
                                    status=lambda m: print(m, file=sys.stderr, flush=True))
                 _send(stdout, {"ok": True, "name": enc.name, "dim": enc.dim, "device": enc.device,

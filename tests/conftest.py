@@ -27,6 +27,7 @@ def _isolated_dirs(tmp_path_factory, monkeypatch):
     """Caches and default libraries never leak into the user's home during tests."""
     monkeypatch.setenv("CLIPDESK_CACHE_DIR", str(tmp_path_factory.getbasetemp() / "cache"))
     monkeypatch.setenv("CLIPDESK_LIBRARY", str(tmp_path_factory.getbasetemp() / "default-library"))
+    monkeypatch.setenv("CLIPDESK_MODELS", str(tmp_path_factory.getbasetemp() / "models"))
 
 
 @pytest.fixture

@@ -25,7 +25,7 @@ from clipdesk.indexer.decode import decode_image, file_hash, read_plain_jpeg
 from clipdesk.indexer.gpu_decode import GpuJpegDecoder, GpuPreprocess, HybridDecoder, orient
 from clipdesk.indexer.pipeline import index_files
 from clipdesk.indexer.vectors import VectorStore
-from clipdesk.models import ModelSpec, Preprocessing, load_encoder
+from clipdesk.runtime import ModelSpec, Preprocessing, load_encoder
 
 from conftest import SHARED_DATA, make_photo
 

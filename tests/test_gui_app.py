@@ -436,7 +436,7 @@ def test_first_run_offline_one_dialog_then_demo_model_scans_the_registered_folde
     import clipdesk.library as libmod
     from clipdesk.errors import ModelDownloadError
     from clipdesk.library import Library
-    from clipdesk.models import DEFAULT_MODEL, ModelSpec
+    from clipdesk.runtime import DEFAULT_MODEL, ModelSpec
     from clipdesk.ui.views.dialogs import ModelDialog
 
     real = libmod.load_encoder
@@ -480,7 +480,7 @@ def test_first_run_offline_two_failing_jobs_make_one_dialog_and_no_late_second_o
     import clipdesk.library as libmod
     from clipdesk.errors import ModelDownloadError
     from clipdesk.library import Library
-    from clipdesk.models import DEFAULT_MODEL
+    from clipdesk.runtime import DEFAULT_MODEL
     from clipdesk.ui.views.dialogs import ModelDialog
 
     real = libmod.load_encoder

@@ -30,3 +30,16 @@ def test_rules_are_checked_on_real_files():
     # The walkers above must actually see imports, or the two tests would pass vacuously.
     assert any(m == "numpy" for _, m in _imports("indexer"))
     assert any(m.startswith("clipdesk.indexer") for _, m in _imports("clipdesk"))
+
+
+BACKENDS = ("torch", "torchvision", "open_clip", "onnxruntime", "openvino", "nncf", "onnx", "onnxscript")
+
+
+def test_model_backends_are_imported_only_in_the_runtime_package():
+    # The default install has no torch: a backend imported elsewhere would break it. The one
+    # exception is the CUDA decoder (nvJPEG through torchvision), used only beside a CUDA model.
+    seen = [(f, m) for folder in ("clipdesk", "indexer", "ui") for f, m in _imports(folder)
+            if m.split(".")[0] in BACKENDS]
+    outside = [(f, m) for f, m in seen if not f.startswith("clipdesk/runtime/") and f != "indexer/gpu_decode.py"]
+    assert outside == []
+    assert any(f.startswith("clipdesk/runtime/") and m == "onnxruntime" for f, m in seen)  # the walker sees them

@@ -219,22 +219,22 @@ if mode == "vector-save":
     files.os.replace = replace
 if os.environ.get("CLIPDESK_TEST_SLOW"):
     import time
-    from clipdesk import models
-    real_embed = models.Encoder.embed
+    from clipdesk.runtime import encoder as models
+    real_embed = models.FolderEncoder.embed
     def slow(self, prepared):
         time.sleep(float(os.environ["CLIPDESK_TEST_SLOW"]))
         return real_embed(self, prepared)
-    models.Encoder.embed = slow
+    models.FolderEncoder.embed = slow
 if os.environ.get("CLIPDESK_TEST_HOLD"):  # after a few batches, wait while this file exists
     import time
-    from clipdesk import models
-    real_embed, done = models.Encoder.embed, [0]
+    from clipdesk.runtime import encoder as models
+    real_embed, done = models.FolderEncoder.embed, [0]
     def held(self, prepared):
         done[0] += 1
         while done[0] > 8 and os.path.exists(os.environ["CLIPDESK_TEST_HOLD"]):
             time.sleep(0.05)
         return real_embed(self, prepared)
-    models.Encoder.embed = held
+    models.FolderEncoder.embed = held
 from clipdesk.cli import main
 sys.exit(main(sys.argv[1:]))
 """
@@ -339,7 +339,7 @@ def test_other_model_is_refused_and_reembed_converts(tmp_path, photos):
     import open_clip
     import torch
 
-    from clipdesk.models import register_project_models
+    from clipdesk.runtime.torch_backend import register_project_models
 
     register_project_models()
     torch.manual_seed(7)
@@ -449,7 +449,7 @@ def test_no_pickle_and_safe_torch_load():
         assert "shell=True" not in text and "os.system(" not in text, p
         # Network access only where the model's one-time download lives (its offline check) and
         # where the Ray engine checks that a cluster's address answers before handing it to Ray.
-        if p.name not in ("models.py", "cluster.py"):
+        if p.name not in ("download.py", "cluster.py"):
             assert "import socket" not in text and "from socket" not in text, p
 
 

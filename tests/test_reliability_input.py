@@ -742,7 +742,7 @@ def test_offline_model_load_fails_within_seconds_with_one_clear_message(tmp_path
     assert "192.0.2.1" in line and err(p).count("Cannot download") == 1 and "Retrying" not in err(p)
     assert "Traceback" not in err(p) and "internal error" not in err(p)
     # The model load itself gives up within a few seconds (the probe waits 2 s).
-    code = ("import time\nimport open_clip, torch\nfrom clipdesk.models import ModelSpec, load_encoder\n"
+    code = ("import time\nimport open_clip, torch\nfrom clipdesk.runtime import ModelSpec, load_encoder\n"
             "from clipdesk.errors import ModelDownloadError\nt = time.monotonic()\n"
             "try:\n    load_encoder(ModelSpec.parse(None))\nexcept ModelDownloadError:\n"
             "    print(time.monotonic() - t)\n")
@@ -754,7 +754,8 @@ def test_offline_model_load_fails_within_seconds_with_one_clear_message(tmp_path
 CACHED_DRIVER = r"""
 import os, sys, time
 import numpy as np, open_clip, torch
-from clipdesk.models import ModelSpec, load_encoder, register_project_models
+from clipdesk.runtime import ModelSpec, load_encoder
+from clipdesk.runtime.torch_backend import register_project_models
 register_project_models()
 open_clip.pretrained._PRETRAINED["test-tiny"] = {"cached": open_clip.pretrained._pcfg(hf_hub="clipdesk-test/tiny/")}
 torch.manual_seed(7)
