@@ -158,7 +158,7 @@ def test_status(library, photos):
     assert st["folders"] == [str(photos)]
 
 
-def test_text_search_loads_only_the_text_tower_and_upgrades_when_images_need_it(tmp_path, photos):
+def test_text_search_loads_only_the_text_graph_and_the_image_graph_when_images_need_it(tmp_path, photos):
     folder = str(tmp_path / "lib")
     with Library(folder, model="test-tiny") as lib:
         lib.index([str(photos)])
@@ -166,9 +166,9 @@ def test_text_search_loads_only_the_text_tower_and_upgrades_when_images_need_it(
     make_photo(outside, (90, 90, 10), pattern=5)
     with Library(folder) as lib:
         assert len(lib.search("a dog", k=3)) == 3
-        assert lib._encoder.text_only and lib._encoder.model.visual is None
+        assert lib._encoder._visual is None
         assert len(lib.similar(str(outside), k=3)) == 3
-        assert not lib._encoder.text_only
+        assert lib._encoder._visual is not None
 
 
 def test_approximate_index_search_is_reranked_exactly(tmp_path):

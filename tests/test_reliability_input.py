@@ -754,8 +754,8 @@ def test_offline_model_load_fails_within_seconds_with_one_clear_message(tmp_path
 CACHED_DRIVER = r"""
 import os, sys, time
 import numpy as np, open_clip, torch
-from clipdesk.runtime import ModelSpec, load_encoder
-from clipdesk.runtime.torch_backend import register_project_models
+from clipdesk.runtime import ModelSpec
+from clipdesk.runtime.torch_backend import load_encoder, register_project_models
 register_project_models()
 open_clip.pretrained._PRETRAINED["test-tiny"] = {"cached": open_clip.pretrained._pcfg(hf_hub="clipdesk-test/tiny/")}
 torch.manual_seed(7)

@@ -110,7 +110,7 @@ class ModelSpec:
             return Path(self.folder)
         if self.weights or self.random_weights:
             return None
-        if self.arch == TEST_MODEL:
+        if self.arch == TEST_MODEL and self.pretrained == RANDOM_TAG:
             return PACKAGED / TEST_MODEL
         path = models_dir() / folder_name(self.name)
         return path if (path / "config.json").is_file() else None
