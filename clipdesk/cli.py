@@ -157,6 +157,8 @@ def build_parser() -> argparse.ArgumentParser:
                    default=10, metavar="k", help="most confident false positives of one class given as its negatives "
                    "before a refit (0: skip; default 10)")
     a.add_argument("--half", choices=("dev", "check"), help="only the development or check half of the classes")
+    a.add_argument("--rejection", action="store_true", help="also one rejection of a wrong prediction at K = 3, "
+                   "then a refit: how much of the library changes answer, accuracy before → after")
     a = esub.add_parser("zeroshot", parents=[common], help="top-1/top-5 on a folder per class")
     a.add_argument("folder")
     a = esub.add_parser("retrieval", parents=[common], help="recall@k on a captions.jsonl file")

@@ -789,7 +789,12 @@ def fit_probe(data: ProbeData, zeroshot_text: np.ndarray | None = None, meta: di
     y = np.asarray(data.y)
     C = len(data.classes)
     X = np.asarray(data.X, np.float32)
-    balanced = not data.has_text.all()  # concept vs rest: the background sample size is arbitrary
+    # Class-balanced weights and a free bias are for concept vs rest only: there the rest is a
+    # sample of arbitrary size. A text-less "none of these" class among several taught ones holds
+    # the person's own rejections, so its examples count one by one like any bucket's, without a
+    # bias: balanced, one rejection weighed as much as a whole bucket and its bias gave it a
+    # bucket's share; with 3 + 3 examples one rejection took 69 % of the held-out items (issue 26).
+    balanced = not data.has_text.all() and int(data.has_text.sum()) <= 1
     w = _class_weights(y, C, balanced)
     zs_text = data.text if zeroshot_text is None else zeroshot_text
     right = (X @ np.asarray(zs_text, np.float32).T).argmax(1) == y
