@@ -398,6 +398,69 @@ def eval_fewshot(path: str, seeds: int = 50, shots=SHOTS, corrections: int = 10,
     return out
 
 
+CALIBRATION_SHOTS = (4, 8, 16)
+CALIBRATION_TARGETS = (0.8, 0.9, 0.95)
+
+
+def eval_calibration(path: str, seeds: int = 5, shots=CALIBRATION_SHOTS, targets=CALIBRATION_TARGETS,
+                     half: str | None = None) -> dict:
+    """Per-category thresholds (:func:`clipdesk.auto.choose_threshold`, chosen on the probe's own
+    held-out examples) against what they do on the test items: per K and target precision, the
+    precision reached on the test items the thresholds let through (pooled over categories) and
+    the recall there, mean over seeds; and how often the app would say "too few to know"
+    (thresholds are chosen anyway here, to measure them). Goal: within 0.05 of target at K ≥ 8."""
+    from clipdesk.auto import choose_threshold
+
+    X, y, names, text = load_fewshot(path, half)
+    out: dict = {"file": os.path.basename(path), "half": half, "seeds": seeds, "K": {}}
+    for K in shots:
+        if (np.bincount(y, minlength=len(names)) >= K + 2).sum() < 2:
+            continue
+        got: dict[float, list] = {t: [] for t in targets}
+        keep = None
+        for seed in range(seeds):
+            keep, train, test = fewshot_splits(y, len(names), K, seed)
+            remap = np.full(len(names), -1)
+            remap[keep] = np.arange(len(keep))
+            ytr, yte = remap[y[train]], remap[y[test]]
+            probe, report = fit_probe(ProbeData([names[c] for c in keep], text[keep], X[train], ytr))
+            p = probe.probabilities(X[test])
+            top = p.argmax(1)
+            for t in targets:
+                tp = shown = unknown = 0
+                for c in range(len(keep)):
+                    th = choose_threshold(report.held_out[:, c], ytr == c, t, enough=False)
+                    unknown += not choose_threshold(report.held_out[:, c], ytr == c, t).known
+                    sel = (top == c) & (p[:, c] >= (th.threshold if th.known else 1.0 + 1e-9))
+                    tp += int((sel & (yte == c)).sum())
+                    shown += int(sel.sum())
+                got[t].append((tp / shown if shown else np.nan, tp / len(yte), unknown / len(keep)))
+        row = {}
+        for t, v in got.items():
+            a = np.array(v, np.float64)
+            row[str(t)] = {"precision": round(float(np.nanmean(a[:, 0])), 4) if np.isfinite(a[:, 0]).any() else None,
+                           "recall": round(float(a[:, 1].mean()), 4), "too_few": round(float(a[:, 2].mean()), 3)}
+            row[str(t)]["within_0.05"] = row[str(t)]["precision"] is not None and \
+                abs(row[str(t)]["precision"] - t) <= 0.05
+        out["K"][str(K)] = dict(row, classes=len(keep))
+    return out
+
+
+def calibration_table(res: dict) -> list[str]:
+    lines = [f"{res['file']}{' (' + res['half'] + ' half)' if res.get('half') else ''}: per-category thresholds "
+             f"for a target precision, on held-out items (mean of {res['seeds']} seeds)",
+             f"{'K':>3} {'classes':>7}  target: precision reached / recall (share of categories 'too few to know')"]
+    for k, v in res["K"].items():
+        cells = []
+        for t, c in v.items():
+            if t == "classes":
+                continue
+            prec = "  —  " if c["precision"] is None else f"{c['precision']:.3f}"
+            cells.append(f"{float(t):.2f}: {prec} / {c['recall']:.3f} ({c['too_few']:.0%}){'' if c['within_0.05'] else ' ✗'}")
+        lines.append(f"{k:>3} {v['classes']:>7}  " + "   ".join(cells))
+    return lines
+
+
 def eval_zeroshot(lib, folder: str) -> dict:
     """Top-1/top-5 zero-shot accuracy of the library's model on ``folder/CLASS/*.jpg``."""
     from clipdesk.indexer.decode import decode_image
@@ -485,6 +548,10 @@ def run_cli(args, open_library, emit) -> int:
             res["rejection"] = eval_rejection(args.features, args.seeds, half=args.half)
             lines += rejection_table(res["rejection"])
         emit(args, res, lines)
+        return 0
+    if args.what == "calibration":
+        res = eval_calibration(args.features, args.seeds, shots=args.shots, half=args.half)
+        emit(args, res, calibration_table(res))
         return 0
     lib = _model_only(args, open_library)
     try:

@@ -696,6 +696,9 @@ class FitReport:
     zeroshot_accuracy: float  # accuracy of the text classifier alone on the same examples
     examples: int
     prior_precision: float = 0.0  # λ: how firmly the probe was held to the text classifier
+    # (N, C) calibrated probabilities of the examples from the folds that did not see them (what a
+    # per-category threshold is chosen on: clipdesk.auto.choose_threshold)
+    held_out: np.ndarray | None = field(default=None, repr=False, compare=False)
 
 
 def _fit_linear(data: ProbeData, y: np.ndarray, w: np.ndarray, balanced: bool, T0: float, b0: np.ndarray,
@@ -880,7 +883,7 @@ def fit_probe(data: ProbeData, zeroshot_text: np.ndarray | None = None, meta: di
     probe = Probe(list(data.classes), np.asarray(data.text, np.float32), X, y.astype(np.int64),
                   tau=tau, alpha=T0 * alpha, beta=beta, temperature=T, bias=(T * b + bias).astype(np.float32),
                   meta=dict(meta or {}), weights=W)
-    return probe, FitReport(cv, zs, len(y), lam)
+    return probe, FitReport(cv, zs, len(y), lam, held_out=probs.astype(np.float32))
 
 
 def uncertainty(probabilities: np.ndarray) -> np.ndarray:
