@@ -202,7 +202,7 @@ def _calibrate(lib, setting: AutoSetting) -> dict[str, Threshold]:
     labels = lib.catalog.labels()
     rejected = {}
     for name in probe.classes:
-        ids = [i for i in labels.get(negative_label(name), [])]
+        ids = labels.get(negative_label(name), [])
         if ids:
             rejected[name] = lib.catalog.vectors_for(ids)
     got = category_thresholds(probe, setting.precision, rejected)

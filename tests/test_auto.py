@@ -2,7 +2,6 @@
 settings store, and runs on new photos (labels, XMP keywords, sorting, the Inbox)."""
 import json
 import os
-import shutil
 import subprocess
 import sys
 
