@@ -10,8 +10,9 @@ from the person's own examples, and the run that applies them to photos not seen
   atomically). A run takes the photos indexed since the probe's last run (catalog ids above its
   high-water mark), predicts them, and above the category's threshold records the label, writes
   the XMP keyword (:mod:`clipdesk.tags`) and sorts the photo (:mod:`clipdesk.organise`), each as
-  one journaled operation of the batch (``clipdesk journal`` / ``tags undo`` / ``sort undo``);
-  below it the photo goes to the Inbox (a photo that needs a decision).
+  one journaled operation of the batch (resumable with ``tags resume`` / ``sort resume``), and
+  :func:`undo` (``clipdesk auto undo``) takes the whole batch back; below the threshold the
+  photo goes to the Inbox (a photo that needs a decision).
 """
 from __future__ import annotations
 
@@ -292,11 +293,33 @@ def run(lib, probes: list[str] | None = None) -> list[RunReport]:
             continue
         store["inbox"] += inbox
         setting.seen = max([setting.seen] + ids)
-        store["batches"].append({"probe": name, "applied": [list(a) for a in applied],
+        store["batches"].append({"probe": name, "ids": ids, "applied": [list(a) for a in applied],
                                  "tags_operation": rep.tags_operation, "sort_operation": rep.sort_operation})
         store["batches"] = store["batches"][-100:]
         save_store(lib, store)
     return reports
+
+
+def undo(lib) -> dict:
+    """Undo the newest batch: its sort (photos back, copies removed), then its keywords (sidecars
+    restored exactly), then its labels and Inbox entries; the photos count as not seen again only
+    if the probe is re-added. Returns what was undone."""
+    from clipdesk import organise, tags
+
+    store = load_store(lib)
+    if not store["batches"]:
+        raise AutoError("No auto-apply batch to undo.")
+    batch = store["batches"][-1]
+    done = {"probe": batch["probe"], "applied": len(batch["applied"])}
+    if batch.get("sort_operation"):
+        done["sort"] = organise.undo(lib, batch["sort_operation"]).as_dict()
+    if batch.get("tags_operation"):
+        done["tags"] = tags.undo(lib, batch["tags_operation"]).as_dict()
+    store["batches"].pop()
+    ids = set(batch.get("ids", []))
+    store["inbox"] = [e for e in store["inbox"] if not (e.get("probe") == batch["probe"] and e.get("id") in ids)]
+    save_store(lib, store)
+    return done
 
 
 @dataclass(frozen=True)

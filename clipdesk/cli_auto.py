@@ -1,7 +1,7 @@
 """The ``auto`` subcommands: categories that keep applying (:mod:`clipdesk.auto`).
 
 ``auto add PROBE [--precision 0.9] [--write-tags] [--sort-into DIR --copy|--move]``, ``auto list``,
-``auto remove PROBE``, ``auto run [PROBE…]``, ``auto inbox``; ``clipdesk watch`` runs them after
+``auto remove PROBE``, ``auto run [PROBE…]``, ``auto inbox``, ``auto undo``; ``clipdesk watch`` runs them after
 every batch it indexes. Same ``--json`` / exit-code contract as every command (the main CLI's
 output function and its one handler of ClipdeskError).
 """
@@ -31,6 +31,7 @@ def add_commands(sub, parents=()) -> None:
     a = asub.add_parser("run", parents=list(parents), help="apply them to the photos not seen yet")
     a.add_argument("probes", nargs="*", metavar="PROBE")
     asub.add_parser("inbox", parents=list(parents), help="new photos under their category's threshold")
+    asub.add_parser("undo", parents=list(parents), help="take the last batch back (sorting, keywords, labels)")
     sp.set_defaults(care=run_cli)
 
 
@@ -61,6 +62,9 @@ def run_cli(args: argparse.Namespace, open_library, emit) -> int:
             reports = auto.run(lib, args.probes or None)
             emit(args, [r.as_dict() for r in reports], [r.describe() for r in reports] or ["No probe applies automatically."])
             return 1 if any(r.problems for r in reports) else 0
+        elif args.action == "undo":
+            done = auto.undo(lib)
+            emit(args, done, [f"Undid the last batch of '{done['probe']}' ({done['applied']} photos applied)."])
         else:
             inbox = auto.load_store(lib)["inbox"]
             emit(args, inbox, [f"{e['path']}  {e['category']} {e['probability']:.0%}? ({e['probe']})" for e in inbox]

@@ -4,6 +4,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 
 import numpy as np
 import pytest
@@ -119,10 +120,45 @@ def test_run_applies_above_the_threshold_and_sends_the_rest_to_the_inbox(taught,
         assert tags.read_photo_keywords(p)[0] == ["red"]
         assert (into / "red" / os.path.basename(p)).is_file() and os.path.isfile(p)  # copied
     assert auto.run(lib)[0].photos == 0  # seen: never twice
-    if red:  # one journaled operation each, undoable
+    if red:  # journaled; one undo takes the whole batch back
         assert rep.tags_operation and rep.sort_operation
-        tags.undo(lib, rep.tags_operation)
-        assert all(tags.read_photo_keywords(p)[0] == [] for p in red)
+    done = auto.undo(lib)
+    assert done["applied"] == len(red)
+    assert all(tags.read_photo_keywords(p)[0] == [] and os.path.isfile(p) for p in new)
+    assert not (into / "red").exists() or not any((into / "red").iterdir())
+    assert auto.load_store(lib)["inbox"] == [] and auto.load_store(lib)["batches"] == []
+    with pytest.raises(auto.AutoError, match="No auto-apply batch"):
+        auto.undo(lib)
+
+
+def test_the_watcher_runs_the_auto_categories_and_keeps_running_when_they_fail(library, tmp_path):
+    from clipdesk.errors import ClipdeskError
+    from clipdesk.watch import LibraryWatcher
+
+    root = tmp_path / "w"
+    make_photo(root / "a.jpg")
+    library.index([str(root)])
+    updates, calls = [], []
+
+    def after_batch():
+        calls.append(1)
+        if len(calls) == 1:
+            raise ClipdeskError("No probe named 'gone'.")
+        return "2 new photos: 1 tagged"
+
+    def until(pred, timeout=30.0):
+        deadline = time.monotonic() + timeout
+        while not pred() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        return pred()
+
+    with LibraryWatcher(library, updates.append, debounce=0.2, after_batch=after_batch) as w:
+        make_photo(root / "b.jpg", (10, 200, 10), pattern=3)
+        assert until(lambda: len(calls) == 1)
+        make_photo(root / "c.jpg", (10, 10, 200), pattern=4)  # still watching after the failure
+        assert until(lambda: len(calls) == 2) and w.wait_idle(30)
+    kinds = [(u.kind, u.message) for u in updates if u.kind in ("auto", "error")]
+    assert kinds == [("error", "No probe named 'gone'."), ("auto", "2 new photos: 1 tagged")]
 
 
 def test_a_deleted_probe_or_a_vanished_sort_folder_is_a_message_and_nothing_is_lost(taught, tmp_path):
