@@ -1,8 +1,9 @@
-"""Names for what the Teach loop stores beside the user's own labels.
+"""What the Teach loop stores beside the user's own labels, and how it reaches a probe.
 
 A photo *rejected* for category A ("this is not A") is stored in the label ``NEGATIVE_PREFIX + A``.
 The prefix is reserved: user labels may not start with it, so the two never collide, and label
-lists shown to people hide these labels.
+lists shown to people hide these labels. :func:`bucket_data` turns buckets and rejections into a
+probe's training input, the one rule the app and ``clipdesk eval fewshot --rejection`` share.
 """
 from __future__ import annotations
 
