@@ -63,6 +63,7 @@ bench: install-test
 	$(BIN)/python benchmarks/bench_gui_scale.py
 	$(BIN)/python benchmarks/bench_ray.py
 	$(BIN)/python benchmarks/bench_fewshot.py
+	$(BIN)/python benchmarks/bench_calibration.py
 
 clean:
 	rm -rf $(VENV) $(LITE) build *.egg-info .pytest_cache

@@ -167,6 +167,15 @@ def build_parser() -> argparse.ArgumentParser:
                    default=10, metavar="k", help="most confident false positives of one class given as its negatives "
                    "before a refit (0: skip; default 10)")
     a.add_argument("--half", choices=("dev", "check"), help="only the development or check half of the classes")
+    a.add_argument("--rejection", action="store_true", help="also one rejection of a wrong prediction at K = 3, "
+                   "then a refit: how much of the library changes answer, accuracy before → after")
+    a = esub.add_parser("calibration", parents=[common], help="per-category thresholds for a target precision: "
+                        "the precision and recall they reach on held-out items")
+    a.add_argument("--features", required=True, metavar="FILE.npz")
+    a.add_argument("--seeds", type=positive_int, default=5)
+    a.add_argument("--shots", type=number(int, lambda v: 1 <= v <= 1000, "must be between 1 and 1000 (got {v})"),
+                   nargs="+", default=[4, 8, 16], metavar="K", help="examples per class (default 4 8 16)")
+    a.add_argument("--half", choices=("dev", "check"), help="only the development or check half of the classes")
     a = esub.add_parser("zeroshot", parents=[common], help="top-1/top-5 on a folder per class")
     a.add_argument("folder")
     a = esub.add_parser("retrieval", parents=[common], help="recall@k on a captions.jsonl file")
@@ -177,6 +186,9 @@ def build_parser() -> argparse.ArgumentParser:
     from clipdesk import cli_care  # duplicates, watch, eval duplicates (library care)
 
     cli_care.add_commands(sub, [common], esub)
+    from clipdesk import cli_auto  # auto (categories that keep applying)
+
+    cli_auto.add_commands(sub, [common])
     return p
 
 

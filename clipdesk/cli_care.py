@@ -179,8 +179,11 @@ def run_watch(args, open_library, emit) -> int:
     try:
         if not lib.catalog.folders():
             raise ClipdeskError("The library has no folders to watch: add one with 'clipdesk index FOLDER'.")
+        from clipdesk import auto
+
         watcher = LibraryWatcher(lib, show, debounce=args.debounce, poll_interval=args.poll,
-                                 force_poll=args.force_poll, catch_up=not args.no_catch_up)
+                                 force_poll=args.force_poll, catch_up=not args.no_catch_up,
+                                 after_batch=lambda: "\n".join(r.describe() for r in auto.run(lib) if r.photos or r.problems))
         watcher.start()
         log.info("watching %d folders (Ctrl+C to stop)", len(lib.catalog.folders()))
         try:

@@ -229,6 +229,84 @@ def _negatives(names, text, X, y, pool, held, k: int, probe, rng) -> dict:
     return out
 
 
+REJECTION_SHOTS = 3  # the protocol's examples per class (issue 26: "3 + 3 examples, one Reject")
+
+
+def _rejection(names, text, X, y, train, test, ytr, yte) -> dict | None:
+    """The rejection protocol (issue 26 trap 3) on one seed: after the first fit, the most
+    confident wrong prediction among the test items (the "library") is rejected from the bucket
+    it was put in, exactly as the app's Teach tab stores it ("not c", through
+    :func:`clipdesk.teaching.bucket_data`), and the probe is refit. On the other test items: the
+    accuracy before and after, the share whose answer changed, and each class's predicted share
+    before and after next to its true share ("none of these" has a true share of 0)."""
+    from clipdesk.teaching import bucket_data
+
+    C = len(names)
+    probe = fit_probe(ProbeData(list(names), text, X[train], ytr))[0]
+    p = probe.probabilities(X[test])
+    pred = p.argmax(1)
+    wrong = np.flatnonzero(pred != yte)
+    if not len(wrong):
+        return None
+    r = int(wrong[np.argmax(p[wrong].max(1))])
+    data, zs = bucket_data(list(names), text, X[train], ytr, X[test][[r]], [{int(pred[r])}])
+    after = fit_probe(data, zs)[0].probabilities(X[test]).argmax(1)
+    held = np.arange(len(test)) != r
+    n = len(data.classes) + 1  # one more column: "none of these", whether the probe has it or not
+    share = lambda v: np.bincount(np.where(v >= C, C, v)[held], minlength=n)[:C + 1] / held.sum()
+    before_share, after_share, true_share = share(pred), share(after), share(yte)
+    # a class "takes over" by what its share grew beyond both its share before and its true share
+    takeover = after_share - np.maximum(before_share, true_share)
+    return {"before": float(np.mean(pred[held] == yte[held])), "after": float(np.mean(after[held] == yte[held])),
+            "changed": float(np.mean(after[held] != pred[held])), "none": float(after_share[C]),
+            "takeover": float(takeover.max()), "gain": float((after_share - before_share).max())}
+
+
+def eval_rejection(path: str, seeds: int = 50, buckets: tuple = (0, 2), half: str | None = None) -> dict:
+    """The rejection protocol (:func:`_rejection`) at K = ``REJECTION_SHOTS``, mean over seeds,
+    for every class with at least K + 2 items (``buckets`` 0) and for random sets of that many
+    classes (2: the app's "3 + 3 examples"). Seeds where the first fit makes no mistake are skipped
+    (counted in ``seeds``). Goal: accuracy after ≥ before − 0.01, no class taking over."""
+    X, y, names, text = load_fewshot(path, half)
+    out: dict = {"file": os.path.basename(path), "half": half, "K": REJECTION_SHOTS, "rows": {}}
+    for nb in buckets:
+        got = []
+        for seed in range(seeds):
+            keep, train, test = fewshot_splits(y, len(names), REJECTION_SHOTS, seed)
+            if nb:
+                keep = np.sort(np.random.default_rng([seed, nb]).choice(keep, nb, replace=False))
+                train, test = train[np.isin(y[train], keep)], test[np.isin(y[test], keep)]
+            remap = np.full(len(names), -1)
+            remap[keep] = np.arange(len(keep))
+            r = _rejection([names[c] for c in keep], text[keep], X, y, train, test, remap[y[train]], remap[y[test]])
+            if r:
+                got.append(r)
+        if not got:
+            continue
+        row = {k: round(float(np.mean([g[k] for g in got])), 4) for k in got[0]}
+        row["worst_takeover"] = round(float(max(g["takeover"] for g in got)), 4)
+        row["accuracy_change"] = round(row["after"] - row["before"], 4)
+        row["meets_goal"] = bool(row["accuracy_change"] >= -0.01 and row["none"] <= 0.01 and row["takeover"] <= 0.01)
+        row.update(classes=len(keep), seeds=len(got))
+        out["rows"]["all" if not nb else str(nb)] = row
+    return out
+
+
+def rejection_table(res: dict) -> list[str]:
+    lines = [f"{res['file']}: one rejection of a wrong prediction at K = {res['K']}, then retrain "
+             "(mean over seeds with a mistake to reject)",
+             f"{'classes':>8} {'seeds':>5} {'before':>7} {'after':>7} {'Δacc':>7} {'changed':>8} {'none':>6}"
+             f" {'takeover':>8} {'worst':>6} goal"]
+    for v in res["rows"].values():
+        lines.append(f"{v['classes']:>8} {v['seeds']:>5} {v['before']:>7.3f} {v['after']:>7.3f} {v['accuracy_change']:>+7.3f}"
+                     f" {v['changed']:>8.3f} {v['none']:>6.3f} {v['takeover']:>+8.3f} {v['worst_takeover']:>+6.3f}"
+                     f" {'met' if v['meets_goal'] else 'NOT met'}")
+    lines.append("changed: share of the other test items whose answer changed; none: their share put into "
+                 "'none of these'; takeover: the most any class's share grew beyond both its share before and "
+                 "its true share (mean; worst seed)")
+    return lines
+
+
 def eval_fewshot(path: str, seeds: int = 50, shots=SHOTS, corrections: int = 10, half: str | None = None,
                  progress: Callable[[str], None] | None = None, negatives: int = 0) -> dict:
     """Learning curves of zero-shot, logistic regression and clipdesk's probe (accuracy per K,
@@ -320,6 +398,69 @@ def eval_fewshot(path: str, seeds: int = 50, shots=SHOTS, corrections: int = 10,
     return out
 
 
+CALIBRATION_SHOTS = (4, 8, 16)
+CALIBRATION_TARGETS = (0.8, 0.9, 0.95)
+
+
+def eval_calibration(path: str, seeds: int = 5, shots=CALIBRATION_SHOTS, targets=CALIBRATION_TARGETS,
+                     half: str | None = None) -> dict:
+    """Per-category thresholds (:func:`clipdesk.auto.choose_threshold`, chosen on the probe's own
+    held-out examples) against what they do on the test items: per K and target precision, the
+    precision reached on the test items the thresholds let through (pooled over categories) and
+    the recall there, mean over seeds; and how often the app would say "too few to know"
+    (thresholds are chosen anyway here, to measure them). Goal: within 0.05 of target at K ≥ 8."""
+    from clipdesk.auto import choose_threshold
+
+    X, y, names, text = load_fewshot(path, half)
+    out: dict = {"file": os.path.basename(path), "half": half, "seeds": seeds, "K": {}}
+    for K in shots:
+        if (np.bincount(y, minlength=len(names)) >= K + 2).sum() < 2:
+            continue
+        got: dict[float, list] = {t: [] for t in targets}
+        keep = None
+        for seed in range(seeds):
+            keep, train, test = fewshot_splits(y, len(names), K, seed)
+            remap = np.full(len(names), -1)
+            remap[keep] = np.arange(len(keep))
+            ytr, yte = remap[y[train]], remap[y[test]]
+            probe, report = fit_probe(ProbeData([names[c] for c in keep], text[keep], X[train], ytr))
+            p = probe.probabilities(X[test])
+            top = p.argmax(1)
+            for t in targets:
+                tp = shown = unknown = 0
+                for c in range(len(keep)):
+                    th = choose_threshold(report.held_out[:, c], ytr == c, t, enough=False)
+                    unknown += not choose_threshold(report.held_out[:, c], ytr == c, t).known
+                    sel = (top == c) & (p[:, c] >= (th.threshold if th.known else 1.0 + 1e-9))
+                    tp += int((sel & (yte == c)).sum())
+                    shown += int(sel.sum())
+                got[t].append((tp / shown if shown else np.nan, tp / len(yte), unknown / len(keep)))
+        row = {}
+        for t, v in got.items():
+            a = np.array(v, np.float64)
+            row[str(t)] = {"precision": round(float(np.nanmean(a[:, 0])), 4) if np.isfinite(a[:, 0]).any() else None,
+                           "recall": round(float(a[:, 1].mean()), 4), "too_few": round(float(a[:, 2].mean()), 3)}
+            row[str(t)]["within_0.05"] = row[str(t)]["precision"] is not None and \
+                abs(row[str(t)]["precision"] - t) <= 0.05
+        out["K"][str(K)] = dict(row, classes=len(keep))
+    return out
+
+
+def calibration_table(res: dict) -> list[str]:
+    lines = [f"{res['file']}{' (' + res['half'] + ' half)' if res.get('half') else ''}: per-category thresholds "
+             f"for a target precision, on held-out items (mean of {res['seeds']} seeds)",
+             f"{'K':>3} {'classes':>7}  target: precision reached / recall (share of categories 'too few to know')"]
+    for k, v in res["K"].items():
+        cells = []
+        for t, c in v.items():
+            if t == "classes":
+                continue
+            prec = "  —  " if c["precision"] is None else f"{c['precision']:.3f}"
+            cells.append(f"{float(t):.2f}: {prec} / {c['recall']:.3f} ({c['too_few']:.0%}){'' if c['within_0.05'] else ' ✗'}")
+        lines.append(f"{k:>3} {v['classes']:>7}  " + "   ".join(cells))
+    return lines
+
+
 def eval_zeroshot(lib, folder: str) -> dict:
     """Top-1/top-5 zero-shot accuracy of the library's model on ``folder/CLASS/*.jpg``."""
     from clipdesk.indexer.decode import decode_image
@@ -402,7 +543,15 @@ def run_cli(args, open_library, emit) -> int:
     if args.what == "fewshot":
         res = eval_fewshot(args.features, args.seeds, shots=args.shots, corrections=args.corrections,
                            half=args.half, negatives=getattr(args, "negatives", 0))
-        emit(args, res, fewshot_table(res))
+        lines = fewshot_table(res)
+        if getattr(args, "rejection", False):
+            res["rejection"] = eval_rejection(args.features, args.seeds, half=args.half)
+            lines += rejection_table(res["rejection"])
+        emit(args, res, lines)
+        return 0
+    if args.what == "calibration":
+        res = eval_calibration(args.features, args.seeds, shots=args.shots, half=args.half)
+        emit(args, res, calibration_table(res))
         return 0
     lib = _model_only(args, open_library)
     try:

@@ -39,7 +39,7 @@ from clipdesk.runtime import DEFAULT_MODEL, Encoder, ModelSpec, load_encoder, ne
 from clipdesk.probe import BACKGROUND, FitReport, Probe, ProbeData, fit_probe, load_probe_file, uncertainty
 from clipdesk.query import Term, parse_query, query_vector
 from clipdesk.results import Classification, Classifications
-from clipdesk.teaching import NONE_CLASS, is_negative, positive_of
+from clipdesk.teaching import bucket_data, is_negative, positive_of
 from clipdesk.zeroshot import class_weights, top_category, zeroshot_probabilities
 
 ProgressFn = Callable[[Progress], None]
@@ -855,16 +855,6 @@ class Library:
         y = [c for c, lb in enumerate(chosen) for _ in all_labels[lb]]
         classes = list(chosen)
         zs_text = text
-        if len(chosen) > 1 and negatives:
-            # Photos rejected from the buckets ("not this") form one extra class without text,
-            # like the background of a one-concept probe: the probe learns "none of these".
-            rejected = sorted({i for lb in negatives for i in all_labels[lb]} - set(ids))
-            if rejected:
-                ids += rejected
-                y += [len(chosen)] * len(rejected)
-                classes.append(NONE_CLASS)
-                zs_text = np.vstack([text, class_weights(enc.encode_texts, ["photo"])])
-                text = np.vstack([text, np.zeros_like(text[:1])])
         if len(chosen) == 1:
             background = sorted({i for lb in negatives for i in all_labels[lb]} - set(ids))
             background += self._background_sample(name, exclude=set(ids) | set(background))
@@ -875,29 +865,33 @@ class Library:
             classes.append(BACKGROUND)
             text = np.vstack([text, np.zeros_like(text[:1])])
             zs_text = np.vstack([text[:1], class_weights(enc.encode_texts, ["photo"])])
-        # A photo rejected from one bucket ("not A", from Review or the Teach tab) is also a
-        # negative of that bucket: it lowers A's probability on it and counts against A's text
-        # (clipdesk eval fewshot --negatives: a bucket's look-alikes drop by half or more).
-        neg_ids, neg_of = [], []
-        if len(chosen) > 1:
-            for lb in negatives:
-                bucket = positive_of(lb)
-                if is_negative(lb) and bucket in chosen:
-                    inside = set(all_labels[bucket])
-                    rejected = [i for i in all_labels[lb] if i not in inside]
-                    neg_ids += rejected
-                    neg_of += [chosen.index(bucket)] * len(rejected)
         X = self.catalog.vectors_for(ids)
-        data = ProbeData(classes, text, X, np.array(y))
         # Photos put in a bucket because the applied probe said another (see Catalog.corrections):
         # marked, so the probe keeps them out of how far it trusts the text.
         fixed = self.catalog.corrections()
-        corrected = [c < len(chosen) and i in fixed.get(chosen[c], ()) for i, c in zip(ids, y)]
-        if any(corrected):
-            data.corrected = np.array(corrected)
-        if neg_ids:
-            data.negatives = self.catalog.vectors_for(neg_ids)
-            data.negative_of = np.array(neg_of)
+        corrected = np.array([c < len(chosen) and i in fixed.get(chosen[c], ()) for i, c in zip(ids, y)], bool)
+        if len(chosen) > 1:
+            # Rejections: "__not__.A" (Review, the Teach tab) is "not A"; any other negatives label
+            # is "none of the buckets". teaching.bucket_data decides how each enters the fit.
+            inside = set(ids)
+            rejected: dict[int, set[int]] = {}
+            for lb in negatives:
+                bucket = positive_of(lb)
+                came = ({chosen.index(bucket)} if bucket in chosen else set()) if is_negative(lb) \
+                    else set(range(len(chosen)))
+                for i in all_labels[lb]:
+                    if i not in inside and came:
+                        rejected.setdefault(i, set()).update(came)
+            rids = sorted(rejected)
+            R = self.catalog.vectors_for(rids) if rids else np.zeros((0, X.shape[1]), np.float32)
+            data, zs_text = bucket_data(chosen, text, X, np.array(y), R, [rejected[i] for i in rids],
+                                        class_weights(enc.encode_texts, ["photo"]) if rids else None,
+                                        corrected=corrected)
+            y = data.y
+        else:
+            data = ProbeData(classes, text, X, np.array(y))
+            if corrected.any():
+                data.corrected = corrected
         if progress:
             progress(Progress("train", 0, 1))
         probe, fit = fit_probe(data, zs_text,

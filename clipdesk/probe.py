@@ -696,6 +696,9 @@ class FitReport:
     zeroshot_accuracy: float  # accuracy of the text classifier alone on the same examples
     examples: int
     prior_precision: float = 0.0  # λ: how firmly the probe was held to the text classifier
+    # (N, C) calibrated probabilities of the examples from the folds that did not see them (what a
+    # per-category threshold is chosen on: clipdesk.auto.choose_threshold)
+    held_out: np.ndarray | None = field(default=None, repr=False, compare=False)
 
 
 def _fit_linear(data: ProbeData, y: np.ndarray, w: np.ndarray, balanced: bool, T0: float, b0: np.ndarray,
@@ -789,7 +792,12 @@ def fit_probe(data: ProbeData, zeroshot_text: np.ndarray | None = None, meta: di
     y = np.asarray(data.y)
     C = len(data.classes)
     X = np.asarray(data.X, np.float32)
-    balanced = not data.has_text.all()  # concept vs rest: the background sample size is arbitrary
+    # Class-balanced weights and a free bias are for concept vs rest only: there the rest is a
+    # sample of arbitrary size. A text-less "none of these" class among several taught ones holds
+    # the person's own rejections, so its examples count one by one like any bucket's, without a
+    # bias: balanced, one rejection weighed as much as a whole bucket and its bias gave it a
+    # bucket's share; with 3 + 3 examples one rejection took 69 % of the held-out items (issue 26).
+    balanced = not data.has_text.all() and int(data.has_text.sum()) <= 1
     w = _class_weights(y, C, balanced)
     zs_text = data.text if zeroshot_text is None else zeroshot_text
     right = (X @ np.asarray(zs_text, np.float32).T).argmax(1) == y
@@ -875,7 +883,7 @@ def fit_probe(data: ProbeData, zeroshot_text: np.ndarray | None = None, meta: di
     probe = Probe(list(data.classes), np.asarray(data.text, np.float32), X, y.astype(np.int64),
                   tau=tau, alpha=T0 * alpha, beta=beta, temperature=T, bias=(T * b + bias).astype(np.float32),
                   meta=dict(meta or {}), weights=W)
-    return probe, FitReport(cv, zs, len(y), lam)
+    return probe, FitReport(cv, zs, len(y), lam, held_out=probs.astype(np.float32))
 
 
 def uncertainty(probabilities: np.ndarray) -> np.ndarray:

@@ -49,7 +49,7 @@ NETWORK_FILESYSTEMS = frozenset({
 class WatchUpdate:
     """One thing the watcher did: a refresh of some places, a light rescan, an error, a mode."""
 
-    kind: str  # "refresh", "rescan", "error" or "mode"
+    kind: str  # "refresh", "rescan", "error", "mode" or "auto" (what the auto categories did)
     roots: list[str] = field(default_factory=list)
     report: IndexReport | None = None
     message: str = ""
@@ -72,8 +72,12 @@ class LibraryWatcher:
 
     def __init__(self, library, on_update: Callable[[WatchUpdate], None] | None = None,
                  debounce: float = 1.0, max_delay: float = 10.0, poll_interval: float = 120.0,
-                 force_poll: bool = False, catch_up: bool = False, retry_delay: float = 5.0):
+                 force_poll: bool = False, catch_up: bool = False, retry_delay: float = 5.0,
+                 after_batch: Callable[[], str] | None = None):
         self.library = library
+        # run after every batch that indexed something (clipdesk.auto: the categories that keep
+        # applying); its message is an "auto" update, its ClipdeskError an "error" one
+        self.after_batch = after_batch
         self.on_update = on_update or (lambda _u: None)
         self.debounce = debounce
         self.max_delay = max_delay
@@ -329,6 +333,16 @@ class LibraryWatcher:
         if report.cancelled:
             return
         self.on_update(WatchUpdate(kind, roots, report))
+        if self.after_batch is not None and (report.added or report.updated or report.moved):
+            try:
+                message = self.after_batch()
+            except ClipdeskError as e:
+                self.on_update(WatchUpdate("error", roots, message=str(e)))
+            except Exception as e:  # noqa: BLE001 - a bug must not silently end the watching thread
+                self.on_update(WatchUpdate("error", roots, message=f"internal error: {type(e).__name__}: {e}"))
+            else:
+                if message:
+                    self.on_update(WatchUpdate("auto", roots, message=message))
 
 
 class _OverflowListener(logging.Handler):

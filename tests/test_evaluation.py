@@ -301,3 +301,24 @@ def test_zeroshot_and_retrieval_evals_on_shared_photos(tmp_path, shared_data):
         for side in ("text_to_image", "image_to_text"):
             r = ret[side]
             assert 0 <= r["R@1"] <= r["R@5"] <= r["R@10"] <= 1
+
+
+@pytest.mark.shared_data
+def test_one_rejection_does_not_take_over_the_library(shared_data):
+    # issue 26 trap 3: 3 + 3 examples, one Reject of a wrong prediction, refit. Before the fix
+    # (a text-less "none" class weighed like a whole bucket) this protocol measured, for 2
+    # buckets: accuracy 0.974 → 0.578 and 34 % of the library put into "none" (20 seeds).
+    env = dict(os.environ, OPENBLAS_NUM_THREADS="1", OMP_NUM_THREADS="1")
+    out = subprocess.run([sys.executable, "-m", "clipdesk.cli", "eval", "fewshot", "--features",
+                          str(shared_data / "fewshot-proxy.npz"), "--seeds", "12", "--shots", "1", "--corrections", "0",
+                          "--negatives", "0", "--rejection", "--json"],
+                         capture_output=True, text=True, timeout=100, env=env, check=False)
+    assert out.returncode == 0, out.stderr
+    rows = json.loads(out.stdout)["rejection"]["rows"]
+    assert set(rows) == {"all", "2"} and rows["2"]["classes"] == 2 and rows["all"]["classes"] > 10
+    for row in rows.values():
+        assert row["seeds"] >= 3
+        assert row["after"] >= row["before"] - 0.01, row
+        assert row["none"] <= 0.01 and row["takeover"] <= 0.01, row
+        assert row["changed"] <= 0.05, row
+        assert row["meets_goal"]

@@ -68,19 +68,24 @@ def indexed(library, photos):
     return library
 
 
-def test_rejected_photos_form_a_none_class_in_a_multiclass_probe(indexed, photos):
+def test_photos_rejected_from_every_bucket_form_a_none_class_in_a_multiclass_probe(indexed, photos):
     paths = sorted(str(p) for p in photos.rglob("*.jpg"))
     lib = indexed
     lib.add_to_label("A", paths[:2])
     lib.add_to_label("B", paths[2:4])
-    lib.add_to_label(negative_label("A"), paths[4:6])
-    r = lib.train("teach", ["A", "B"], negatives=[negative_label("A")])
+    lib.add_to_label(negative_label("A"), paths[4:7])
+    lib.add_to_label(negative_label("B"), paths[4:6])
+    r = lib.train("teach", ["A", "B"], negatives=[negative_label("A"), negative_label("B")])
     assert r.labels == ["A", "B"]
     probe = lib.load_probe("teach")
     assert probe.classes == ["A", "B", NONE_CLASS]
     preds = {p.path: p.label for p in lib.predict("teach")}
     assert set(preds.values()) <= {"A", "B", NONE_CLASS}
     assert preds[paths[4]] == NONE_CLASS and preds[paths[5]] == NONE_CLASS  # its own examples
+    assert preds[paths[6]] == "B"  # rejected from A only: "not A" (a negative), not "none of these"
+    # rejected from one bucket only: a negative of it, no "none" class (issue 26)
+    lib.train("one-not", ["A", "B"], negatives=[negative_label("A")])
+    assert lib.load_probe("one-not").classes == ["A", "B"]
     # without negatives the probe is the plain two-class one
     lib.train("plain", ["A", "B"])
     assert lib.load_probe("plain").classes == ["A", "B"]

@@ -1,0 +1,208 @@
+"""Categories that keep applying (clipdesk.auto): thresholds from the person's examples, the
+settings store, and runs on new photos (labels, XMP keywords, sorting, the Inbox)."""
+import json
+import os
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+from clipdesk import auto
+from conftest import make_photo
+
+
+def test_threshold_is_the_lowest_probability_that_keeps_the_precision():
+    p = np.array([0.99, 0.95, 0.9, 0.85, 0.8, 0.7, 0.6, 0.5, 0.4, 0.3, 0.2, 0.1])
+    member = np.array([1, 1, 1, 1, 0, 1, 0, 1, 0, 0, 0, 0], bool)
+    t = auto.choose_threshold(p, member, 0.8, "x", enough=False)
+    # top 6 hold 5 members (0.833 ≥ 0.8); top 8 hold 6 of 8 (0.75)
+    assert t.threshold == 0.7 and t.estimated_precision == pytest.approx(5 / 6) and t.estimated_recall == pytest.approx(5 / 6)
+    t = auto.choose_threshold(p, member, 0.95, "x", enough=False)
+    assert t.threshold == 0.85 and t.estimated_recall == pytest.approx(4 / 6)
+    # ties go in together: a cut never splits items of the same probability
+    t = auto.choose_threshold(np.array([0.9, 0.8, 0.8, 0.1]), np.array([1, 1, 0, 0], bool), 0.9, enough=False)
+    assert t.threshold == 0.9
+
+
+def test_too_few_examples_is_its_own_answer_saying_how_many_more():
+    p, member = np.linspace(1, 0, 12), np.arange(12) < 6
+    t = auto.choose_threshold(p, member, 0.9, "beach")
+    assert not t.known and t.threshold is None and (t.positives, t.negatives) == (6, 6)
+    assert t.needed == 4 + 4 and "too few" in t.describe() and "8 more" in t.describe()
+    assert auto.choose_threshold(p, member, 0.8, "beach").known  # 5 a side is enough for 0.8
+
+
+def test_thresholds_from_a_probe_reach_their_precision_on_held_out_items():
+    from clipdesk.probe import ProbeData, fit_probe
+    from clipdesk.zeroshot import normalise
+
+    rng = np.random.default_rng(0)
+    text = normalise(rng.normal(size=(3, 16)))
+    draw = lambda c, n: normalise(text[c] + 0.5 * rng.normal(size=(n, 16))).astype(np.float32)
+    X, y = np.vstack([draw(c, 20) for c in range(3)]), np.repeat(np.arange(3), 20)
+    probe, report = fit_probe(ProbeData(["a", "b", "c"], text, X, y))
+    assert report.held_out.shape == (60, 3) and np.allclose(report.held_out.sum(1), 1, atol=1e-4)
+    got = auto.category_thresholds(probe, 0.9)
+    assert set(got) == {"a", "b", "c"} and all(t.known for t in got.values())
+    test = np.vstack([draw(c, 200) for c in range(3)])
+    truth = np.repeat(np.arange(3), 200)
+    p = probe.probabilities(test)
+    for c, name in enumerate("abc"):
+        sel = (p.argmax(1) == c) & (p[:, c] >= got[name].threshold)
+        assert sel.sum() and (truth[sel] == c).mean() >= 0.85
+
+
+def test_the_store_is_versioned_and_a_damaged_one_is_one_clear_error(library):
+    os.makedirs(library.folder, exist_ok=True)
+    path = os.path.join(library.folder, auto.STORE)
+    assert auto.load_store(library)["auto"] == {}
+    with open(path, "w") as f:
+        json.dump({"version": auto.STORE_VERSION + 1, "auto": {}}, f)
+    with pytest.raises(auto.AutoError, match="newer clipdesk"):
+        auto.load_store(library)
+    with open(path, "w") as f:
+        f.write('{"version": 1, "auto": {"x": {"nonsense": 1}}}')
+    with pytest.raises(auto.AutoError, match="damaged"):
+        auto.load_store(library)
+
+
+@pytest.fixture
+def taught(library, tmp_path):
+    """A library with buckets red and green (4 photos each) and probe 'colours' trained on them."""
+    root = tmp_path / "photos"
+    for i in range(4):
+        make_photo(root / f"red_{i}.jpg", (220, 20 + 10 * i, 20), pattern=i)
+        make_photo(root / f"green_{i}.jpg", (20, 220, 20 + 10 * i), pattern=10 + i)
+    library.index([str(root)])
+    library.add_to_label("red", [str(root / f"red_{i}.jpg") for i in range(4)])
+    library.add_to_label("green", [str(root / f"green_{i}.jpg") for i in range(4)])
+    library.train("colours", ["red", "green"])
+    return library, root
+
+
+def _new_photos(lib, root, n=4):
+    paths = []
+    for i in range(n):
+        c = (230, 30, 30 + 5 * i) if i % 2 == 0 else (30, 230, 30 + 5 * i)
+        paths.append(str(make_photo(root / "new" / f"n_{i}.jpg", c, pattern=20 + i)))
+    lib.refresh([str(root / "new")])
+    return paths
+
+
+def _force_thresholds(lib, probe, **thresholds):
+    store = auto.load_store(lib)
+    for cat, t in thresholds.items():
+        store["auto"][probe].thresholds[cat] = auto.asdict(auto.Threshold(cat, 0.9, t))
+    auto.save_store(lib, store)
+
+
+def test_run_applies_above_the_threshold_and_sends_the_rest_to_the_inbox(taught, tmp_path):
+    from clipdesk import tags
+
+    lib, root = taught
+    into = tmp_path / "sorted"
+    setting, thresholds = auto.add(lib, "colours", 0.9, write_tags=True, sort_into=str(into))
+    assert set(thresholds) == {"red", "green"} and setting.seen > 0
+    assert auto.run(lib)[0].photos == 0  # the photos already there are not touched
+    new = _new_photos(lib, root)
+    _force_thresholds(lib, "colours", red=0.0, green=None)  # red always, green "too few to know"
+    probe = lib.load_probe("colours")
+    pred = [probe.classes[i] for i in probe.probabilities(lib.catalog.vectors_for(
+        [lib.catalog.id_for_path(p) for p in new])).argmax(1)]
+    rep = auto.run(lib)[0]
+    red = [p for p, c in zip(new, pred) if c == "red"]
+    assert rep.photos == 4 and rep.applied.get("red", 0) == len(red) and rep.inbox == 4 - len(red)
+    inbox = auto.load_store(lib)["inbox"]
+    assert sorted(e["path"] for e in inbox) == sorted(p for p, c in zip(new, pred) if c != "red")
+    for p in red:
+        assert tags.read_photo_keywords(p)[0] == ["red"]
+        assert (into / "red" / os.path.basename(p)).is_file() and os.path.isfile(p)  # copied
+    assert auto.run(lib)[0].photos == 0  # seen: never twice
+    if red:  # journaled; one undo takes the whole batch back
+        assert rep.tags_operation and rep.sort_operation
+    done = auto.undo(lib)
+    assert done["applied"] == len(red)
+    assert all(tags.read_photo_keywords(p)[0] == [] and os.path.isfile(p) for p in new)
+    assert not (into / "red").exists() or not any((into / "red").iterdir())
+    assert auto.load_store(lib)["inbox"] == [] and auto.load_store(lib)["batches"] == []
+    with pytest.raises(auto.AutoError, match="No auto-apply batch"):
+        auto.undo(lib)
+
+
+def test_the_watcher_runs_the_auto_categories_and_keeps_running_when_they_fail(library, tmp_path):
+    from clipdesk.errors import ClipdeskError
+    from clipdesk.watch import LibraryWatcher
+
+    root = tmp_path / "w"
+    make_photo(root / "a.jpg")
+    library.index([str(root)])
+    updates, calls = [], []
+
+    def after_batch():
+        calls.append(1)
+        if len(calls) == 1:
+            raise ClipdeskError("No probe named 'gone'.")
+        return "2 new photos: 1 tagged"
+
+    def until(pred, timeout=30.0):
+        deadline = time.monotonic() + timeout
+        while not pred() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        return pred()
+
+    with LibraryWatcher(library, updates.append, debounce=0.2, after_batch=after_batch) as w:
+        make_photo(root / "b.jpg", (10, 200, 10), pattern=3)
+        assert until(lambda: len(calls) == 1)
+        make_photo(root / "c.jpg", (10, 10, 200), pattern=4)  # still watching after the failure
+        assert until(lambda: len(calls) == 2) and w.wait_idle(30)
+    kinds = [(u.kind, u.message) for u in updates if u.kind in ("auto", "error")]
+    assert kinds == [("error", "No probe named 'gone'."), ("auto", "2 new photos: 1 tagged")]
+
+
+def test_a_deleted_probe_or_a_vanished_sort_folder_is_a_message_and_nothing_is_lost(taught, tmp_path):
+    lib, root = taught
+    into = tmp_path / "sorted"
+    into.mkdir()
+    auto.add(lib, "colours", 0.9, sort_into=str(into))
+    new = _new_photos(lib, root)
+    _force_thresholds(lib, "colours", red=0.0, green=0.0)
+    into.rmdir()
+    into.write_text("not a folder")  # the sort folder vanished and a file took its name
+    rep = auto.run(lib)[0]
+    assert rep.problems and "is not a folder" in " ".join(rep.problems) and rep.inbox == 0
+    store = auto.load_store(lib)
+    assert store["auto"]["colours"].seen < max(lib.catalog.id_for_path(p) for p in new) and not store["inbox"]
+    into.unlink()
+    into.mkdir()
+    rep = auto.run(lib)[0]  # the folder is back: the same photos are sorted now
+    assert rep.photos == 4 and sum(rep.applied.values()) == 4 and not rep.problems
+    lib.delete_probe("colours")
+    _new_photos(lib, root / "more", 2)
+    rep = auto.run(lib)[0]
+    assert rep.problems and "No probe named 'colours'" in rep.problems[0] and "paused" in rep.problems[0]
+
+
+def test_auto_cli_add_list_run_remove_as_json(taught, tmp_path):
+    lib, root = taught
+    folder = lib.folder
+    lib.close()
+    env = dict(os.environ, OPENBLAS_NUM_THREADS="1")
+
+    def cli(*a):
+        out = subprocess.run([sys.executable, "-m", "clipdesk.cli", "--library", folder, *a, "--json"],
+                             capture_output=True, text=True, timeout=240, env=env, check=False)
+        return out.returncode, (json.loads(out.stdout) if out.stdout.strip() else None), out.stderr
+
+    rc, got, err = cli("auto", "add", "colours", "--precision", "0.8", "--write-tags")
+    assert rc == 0, err
+    assert got["setting"]["write_tags"] and set(got["thresholds"]) == {"red", "green"}
+    rc, got, err = cli("auto", "list")
+    assert rc == 0 and [s["probe"] for s in got] == ["colours"]
+    rc, got, err = cli("auto", "run")
+    assert rc == 0 and got[0]["photos"] == 0
+    rc, got, err = cli("auto", "remove", "nope")
+    assert rc != 0 and "not applied automatically" in err and got is None
+    rc, got, err = cli("auto", "remove", "colours")
+    assert rc == 0 and cli("auto", "list")[1] == []
