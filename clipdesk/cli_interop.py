@@ -133,6 +133,7 @@ def _tags(args, lib, emit) -> int:
         r = tags.undo(lib, args.operation)
         emit(args, r.as_dict(), _undo_lines(r))
         return 0
+    warned = 0  # problems already shown with the plan
     if args.resume:
         r = _with_bar("writing sidecars", tags.resume, lib)
     else:
@@ -142,17 +143,21 @@ def _tags(args, lib, emit) -> int:
                              min_probability=args.min_probability,
                              classify=_split(args.classify) if args.classify else None,
                              threshold=args.threshold, prefix=args.prefix)
-        plan = tags.plan_write(keywords, remove=args.action == "remove")
+        plan = tags.plan_write(keywords, remove=args.action == "remove", created=tags.created_sidecars(lib))
         _warn(plan.problems)
+        warned = len(plan.problems)
         if args.dry_run:
             emit(args, plan.as_dict(),
-                 [f"{c.as_dict()['action']:6s} {c.sidecar}  " + " ".join([f"+{k}" for k in c.add] + [f"-{k}" for k in c.remove])
+                 [f"{c.action:6s} {c.sidecar}  " + " ".join([f"+{k}" for k in c.add] + [f"-{k}" for k in c.remove])
                   for c in plan.changes] + [f"{len(plan.changes)} sidecars would change, {plan.unchanged} unchanged"])
             return 0
         r = _with_bar("writing sidecars", tags.apply_write, lib, plan, description=f"tags {args.action}")
-    emit(args, r.as_dict(), [f"{r.written} sidecars updated, {r.created} created, {r.unchanged} unchanged"
-                             + (f" (undo: clipdesk tags undo --operation {r.operation})" if r.operation else "")])
-    return 0
+    _warn(r.problems[warned:])
+    emit(args, r.as_dict(), [r.summary() + (f" (undo: clipdesk tags undo --operation {r.operation})"
+                                            if r.changed else "")])
+    if not r.changed and args.json:  # said on stdout otherwise
+        print(f"clipdesk: {r.summary()}", file=sys.stderr)
+    return 1 if not r.changed and r.problems else 0
 
 
 def _sort(args, lib, emit) -> int:

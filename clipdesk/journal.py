@@ -52,6 +52,7 @@ MAX_LINE = 1 << 20  # bytes; a step line holds a few paths and keywords
 MAX_JOURNAL_BYTES = 1 << 31
 MAX_BACKUP_BYTES = 64 << 20  # a sidecar is kilobytes; anything bigger is not ours to back up
 ACTIONS = frozenset({"write", "copy", "move", "link", "trash"})
+REMOVE = b""  # as the new content of a ``write`` step: remove the file (a sidecar with nothing left in it)
 CancelCheck = Callable[[], None]  # raises to stop (``CancelToken.check``)
 _ID = re.compile(r"^\d{8}T\d{6}-[a-z]{1,16}-[0-9a-f]{6}$")
 _RECORDS = frozenset({"header", "step", "planned", "begin", "done", "finished", "undone"})
@@ -416,6 +417,16 @@ class Journal:
                 return op
         raise NothingToUndoError(f"Nothing to undo: no '{kind}' operation in {self.folder}.")
 
+    def created_files(self, kind: str) -> set[str]:
+        """Files that ``write`` steps of ``kind`` operations created, in operations not undone."""
+        out = set()
+        for op in self.operations(kind):
+            if op.undone:
+                continue
+            out.update(s.applied["path"] for s in op.steps if s.action == "write" and s.state == "done"
+                       and not s.applied.get("noop") and "before" in s.applied and s.applied["before"] is None)
+        return out
+
     def interrupted(self, kind: str) -> Operation | None:
         """The newest operation of ``kind`` that stopped before its end (killed, cancelled, disk full)."""
         for op in reversed(self.operations(kind, strict=True)):
@@ -621,7 +632,7 @@ class Operation:
 
     def write_files(self, items: list[tuple[Step, bytes | None, bytes | None]],
                     cancel: CancelCheck | None = None, each: Callable[[Step], None] | None = None) -> None:
-        """Apply ``write`` steps ``(step, current bytes or None, new bytes or None: no change)``.
+        """Apply ``write`` steps ``(step, current bytes or None, new bytes, :data:`REMOVE` or None: no change)``.
 
         Backups first, then every ``begin`` record of the batch with one sync, then the atomic
         replacements: one journal sync per batch instead of one per file. A stop in between
@@ -645,7 +656,7 @@ class Operation:
                     raise _user_error(e, f"back up {step.path} into the journal") from None
             begins.append({"type": "begin", "n": step.n, "path": step.path, "tmp": self._tmp_name(step.path, step.n),
                            "backup": backup, "before": hashlib.sha256(old).hexdigest() if old is not None else None,
-                           "after": hashlib.sha256(data).hexdigest()})
+                           "after": hashlib.sha256(data).hexdigest() if data != REMOVE else None})
         if begins:
             _fsync_dir(self._backup_dir())
             self._append_many(begins)
@@ -660,9 +671,15 @@ class Operation:
                 self.skip(step)
             else:
                 try:
-                    write_atomic(step.path, data, step.applied["tmp"], sync_folder=False)
+                    if data == REMOVE:
+                        try:
+                            os.unlink(step.path)
+                        except FileNotFoundError:
+                            pass
+                    else:
+                        write_atomic(step.path, data, step.applied["tmp"], sync_folder=False)
                 except OSError as e:
-                    raise _user_error(e, f"write {step.path}") from None
+                    raise _user_error(e, f"{'remove' if data == REMOVE else 'write'} {step.path}") from None
                 self._done(step)
             if each is not None:
                 each(step)
@@ -846,6 +863,8 @@ class Operation:
                 if data is None or hashlib.sha256(data).hexdigest() != a.get("before"):
                     return "its backup in the journal is missing or damaged; left as it is"
                 write_atomic(dst, data, self._tmp_name(dst, step.n))
+            if conflict is None and sha256_file_quiet(dst) != a.get("before"):
+                conflict = "could not be restored: it is not what it was before clipdesk wrote it"
         elif step.action == "link":
             if os.path.islink(dst) and os.readlink(dst) == step.source:
                 os.unlink(dst)
