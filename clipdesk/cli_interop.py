@@ -155,7 +155,7 @@ def _tags(args, lib, emit) -> int:
     _warn(r.problems[warned:])
     emit(args, r.as_dict(), [r.summary() + (f" (undo: clipdesk tags undo --operation {r.operation})"
                                             if r.changed else "")])
-    if not r.changed and args.json:  # said on stdout otherwise
+    if not r.changed and getattr(args, "json", False):  # said on stdout otherwise
         print(f"clipdesk: {r.summary()}", file=sys.stderr)
     return 1 if not r.changed and r.problems else 0
 

@@ -541,6 +541,8 @@ def import_tags(lib, paths: Sequence[str] = (), prefix: str = "", progress: Prog
               if not roots or any(i.path == r or i.path.startswith(r.rstrip(os.sep) + os.sep) for r in roots)]
     report = ImportReport(photos=len(images))
     members: dict[str, list[int]] = {}
+    # ``Fish`` and ``fish`` are one keyword: one label, the library's spelling if it has one
+    names = {name.casefold(): name for name in lib.labels()}
     for n, info in enumerate(images):
         if cancel is not None:
             cancel.check()
@@ -550,7 +552,8 @@ def import_tags(lib, paths: Sequence[str] = (), prefix: str = "", progress: Prog
             report.tagged += 1
         for k in keywords:
             try:
-                members.setdefault(with_prefix(prefix, k), []).append(info.id)
+                label = with_prefix(prefix, k)
+                members.setdefault(names.setdefault(label.casefold(), label), []).append(info.id)
             except TagsError as e:
                 report.problems.append(Problem(info.path, str(e)))
         if progress and (n % 50 == 0 or n + 1 == len(images)):
