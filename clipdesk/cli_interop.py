@@ -160,6 +160,12 @@ def _tags(args, lib, emit) -> int:
     return 1 if not r.changed and r.problems else 0
 
 
+def _unit(p) -> str:
+    parts = [f"its twin {os.path.basename(d)}" for _, d in p.twins]
+    parts += [f"{len(p.sidecars)} sidecar{'s' if len(p.sidecars) != 1 else ''}"] if p.sidecars else []
+    return f" (with {' and '.join(parts)})" if parts else ""
+
+
 def _sort(args, lib, emit) -> int:
     from clipdesk import organise
 
@@ -177,12 +183,12 @@ def _sort(args, lib, emit) -> int:
         plan = organise.plan_sort(lib, rows, args.into, args.mode or "copy", args.min_probability or 0.0)
         _warn(plan.problems)
         if args.dry_run:
-            emit(args, plan.as_dict(), [f"{plan.mode} {p.source} -> {p.dest}" for p in plan.placements]
+            emit(args, plan.as_dict(), [f"{plan.mode} {p.source} -> {p.dest}" + _unit(p) for p in plan.placements]
                  + [f"{len(plan.placements)} photos would be sorted, {plan.unsorted} unsorted, "
                     f"{plan.in_place} already in place"])
             return 0
         r = _with_bar("sorting", organise.apply_sort, lib, plan)
-    emit(args, r.as_dict(), [f"{r.mode} {p.source} -> {p.dest}" for p in r.placed]
+    emit(args, r.as_dict(), [f"{r.mode} {p.source} -> {p.dest}" + _unit(p) for p in r.placed]
          + [f"{len(r.placed)} photos sorted" + (f" (undo: clipdesk sort --undo --operation {r.operation})"
                                                 if r.operation else "")])
     return 0

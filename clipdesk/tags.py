@@ -325,7 +325,7 @@ def _folder_names(folder: str, _mtime_ns: int, _ino: int) -> dict[str, list[str]
     return out
 
 
-def _stem_owners(folder: str, stem: str) -> list[str]:
+def stem_sidecar_owners(folder: str, stem: str) -> list[str]:
     """The files (not sidecars) a ``stem.xmp`` in ``folder`` can belong to: the RAWs of that stem
     if there are any (Lightroom, Bridge and Capture One give ``IMG_0002.xmp`` to ``IMG_0002.CR2``,
     never to its JPEG twin), else every file of that stem."""
@@ -339,9 +339,9 @@ def _stem_owners(folder: str, stem: str) -> list[str]:
 
 
 def owns_stem_sidecar(photo: str) -> bool:
-    """Whether ``photo.xmp`` (Lightroom's naming) is ``photo``'s own sidecar (see :func:`_stem_owners`)."""
+    """Whether ``photo.xmp`` (Lightroom's naming) is ``photo``'s own sidecar (see :func:`stem_sidecar_owners`)."""
     folder, name = os.path.split(photo)
-    owners = _stem_owners(folder, os.path.splitext(name)[0])
+    owners = stem_sidecar_owners(folder, os.path.splitext(name)[0])
     return not owners or name.lower() in {n.lower() for n in owners}
 
 
