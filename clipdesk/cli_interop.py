@@ -44,6 +44,9 @@ def add_commands(sub, parents: list[argparse.ArgumentParser] = ()) -> None:
         _selection(a, label=True)
         a.add_argument("--prefix", default="clipdesk/", help='keyword prefix (default "clipdesk/"; "" for none)')
         a.add_argument("--resume", action="store_true", help="finish an interrupted tags write/remove")
+        a.add_argument("--embedded", action="store_true",
+                       help="write into the photos' own XMP (JPEG, TIFF, DNG) instead of sidecars; "
+                            "journaled, undo restores each photo byte for byte")
     a = cmd(tsub, "undo", "restore the sidecars of the last tags write/remove exactly as they were")
     a.add_argument("--operation", metavar="ID", help="a specific operation ('clipdesk journal' lists them)")
     a = cmd(tsub, "show", "the keywords of photos, as tags import reads them")
@@ -143,7 +146,8 @@ def _tags(args, lib, emit) -> int:
                              min_probability=args.min_probability,
                              classify=_split(args.classify) if args.classify else None,
                              threshold=args.threshold, prefix=args.prefix)
-        plan = tags.plan_write(keywords, remove=args.action == "remove", created=tags.created_sidecars(lib))
+        plan = tags.plan_write(keywords, remove=args.action == "remove", created=tags.created_sidecars(lib),
+                               embedded=args.embedded)
         _warn(plan.problems)
         warned = len(plan.problems)
         if args.dry_run:

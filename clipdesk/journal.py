@@ -51,7 +51,12 @@ JOURNAL_DIR = "journal"
 MAX_LINE = 1 << 20  # bytes; a step line holds a few paths and keywords
 MAX_JOURNAL_BYTES = 1 << 31
 MAX_BACKUP_BYTES = 64 << 20  # a sidecar is kilobytes; anything bigger is not ours to back up
-ACTIONS = frozenset({"write", "copy", "move", "link", "trash"})
+ACTIONS = frozenset({"write", "embed", "copy", "move", "link", "trash"})
+# ``embed``: a photo whose embedded XMP is rewritten (``tags write --embedded``); its backup is the
+# whole photo, so undo gives it back byte for byte. Only these kinds of files can be named there.
+EMBED_EXTENSIONS = frozenset({".jpg", ".jpeg", ".tif", ".tiff", ".dng"})
+MAX_EMBED_BYTES = 1 << 30
+_CONTENT_ACTIONS = frozenset({"write", "embed"})  # steps that replace a file's content
 REMOVE = b""  # as the new content of a ``write`` step: remove the file (a sidecar with nothing left in it)
 CancelCheck = Callable[[], None]  # raises to stop (``CancelToken.check``)
 _ID = re.compile(r"^\d{8}T\d{6}-[a-z]{1,16}-[0-9a-f]{6}$")
@@ -510,7 +515,7 @@ class Operation:
                 if n != len(op.steps) or action not in ACTIONS or not isinstance(info, dict) or op.planned:
                     raise JournalError(f"The journal {path} is damaged (bad step record).")
                 op.steps.append(Step(n, action, _abs(rec, "path"), _abs(rec, "source", True), info))
-                if (action == "write") != (op.steps[-1].source is None):
+                if (action in _CONTENT_ACTIONS) != (op.steps[-1].source is None):
                     raise JournalError(f"The journal {path} is damaged (bad step record).")
             elif t == "planned":
                 op.planned = True
@@ -525,6 +530,9 @@ class Operation:
                     # would have used are accepted (sidecars for writes, its own temporary names).
                     if step.action == "write" and not target.lower().endswith(".xmp"):
                         raise JournalError(f"The journal {path} is damaged (a write to a non-sidecar).")
+                    if step.action == "embed" and (os.path.splitext(target)[1].lower() not in EMBED_EXTENSIONS
+                                                   or target != step.path):
+                        raise JournalError(f"The journal {path} is damaged (an embedded write to another file).")
                     if step.action == "trash" and target != step.source:
                         raise JournalError(f"The journal {path} is damaged (a trash step names another file).")
                     if rec.get("tmp") is not None and rec.get("tmp") != op._tmp_name(target, n):
@@ -632,7 +640,8 @@ class Operation:
 
     def write_files(self, items: list[tuple[Step, bytes | None, bytes | None]],
                     cancel: CancelCheck | None = None, each: Callable[[Step], None] | None = None) -> None:
-        """Apply ``write`` steps ``(step, current bytes or None, new bytes, :data:`REMOVE` or None: no change)``.
+        """Apply ``write``/``embed`` steps ``(step, current bytes or None, new bytes, :data:`REMOVE` or None:
+        no change)``.
 
         Backups first, then every ``begin`` record of the batch with one sync, then the atomic
         replacements: one journal sync per batch instead of one per file. A stop in between
@@ -643,6 +652,8 @@ class Operation:
         for step, old, data in items:
             if data is None:
                 continue
+            if step.action == "embed" and (old is None or data == REMOVE):
+                raise ValueError("an embedded write replaces an existing photo's content, never removes it")
             backup = None
             if old is not None:
                 backup = f"{step.n}.bak"
@@ -802,8 +813,8 @@ class Operation:
                 continue
             _unlink_quiet(a.get("tmp"))
             dst = a["path"]
-            if step.action == "write":
-                completed = sha256_file_quiet(dst) == a.get("after")
+            if step.action in _CONTENT_ACTIONS:
+                completed = sha256_file_quiet(dst, _limit(step)) == a.get("after")
             elif step.action == "link":
                 completed = os.path.islink(dst) and os.readlink(dst) == step.source
             else:
@@ -848,22 +859,24 @@ class Operation:
         dst = a["path"]
         _unlink_quiet(a.get("tmp"))
         conflict = None
-        if step.action == "write":
-            current = sha256_file_quiet(dst)
+        if step.action in _CONTENT_ACTIONS:
+            current = sha256_file_quiet(dst, _limit(step))
             if current == a.get("before"):
                 pass  # never written, or already restored
             elif current != a.get("after"):
                 conflict = "changed since clipdesk wrote it; left as it is"
             elif a.get("backup") is None:
+                if step.action == "embed":
+                    return "its backup in the journal is missing; left as it is"
                 os.unlink(dst)
             else:
                 backup = os.path.join(self._backup_dir(), a["backup"])
                 check_library_entry(self._backup_dir(), "dir")
-                data = read_bounded(backup, MAX_BACKUP_BYTES)
+                data = read_bounded(backup, _limit(step))
                 if data is None or hashlib.sha256(data).hexdigest() != a.get("before"):
                     return "its backup in the journal is missing or damaged; left as it is"
                 write_atomic(dst, data, self._tmp_name(dst, step.n))
-            if conflict is None and sha256_file_quiet(dst) != a.get("before"):
+            if conflict is None and sha256_file_quiet(dst, _limit(step)) != a.get("before"):
                 conflict = "could not be restored: it is not what it was before clipdesk wrote it"
         elif step.action == "link":
             if os.path.islink(dst) and os.readlink(dst) == step.source:
@@ -940,8 +953,12 @@ class Operation:
                 return
 
 
-def sha256_file_quiet(path: str) -> str | None:
+def _limit(step: Step) -> int:
+    return MAX_EMBED_BYTES if step.action == "embed" else MAX_BACKUP_BYTES
+
+
+def sha256_file_quiet(path: str, limit: int = MAX_BACKUP_BYTES) -> str | None:
     try:
-        return sha256_file(path)
+        return sha256_file(path, limit)
     except OSError:
         return "unreadable"

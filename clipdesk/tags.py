@@ -29,7 +29,7 @@ import exiv2
 
 from clipdesk.errors import ClipdeskError
 from clipdesk.indexer.pipeline import CancelToken, Progress
-from clipdesk.journal import REMOVE, Journal, UndoReport, read_bounded
+from clipdesk.journal import EMBED_EXTENSIONS, MAX_EMBED_BYTES, REMOVE, Journal, UndoReport, read_bounded
 
 KIND = "tags"
 DEFAULT_PREFIX = "clipdesk/"
@@ -286,6 +286,42 @@ def merge_keywords(data: bytes | None, add: Sequence[str], remove: Sequence[str]
     if (_array(check, SUBJECT), _array(check, HIERARCHICAL), _array(check, DIGIKAM)) != (subject, hier, digikam):
         raise SidecarError(f"{path}: Exiv2 did not write the keyword change; left untouched")
     return out
+
+
+def merge_embedded(data: bytes, add: Sequence[str], remove: Sequence[str], path: str) -> bytes | None:
+    """The photo ``data`` with keywords added to and removed from its embedded XMP (every other
+    byte of metadata as Exiv2 rewrites it), None if unchanged. Read back before it is returned."""
+    image = _read_image(data, path)
+    if not exiv2.ImageFactory.checkMode(image.imageType(), exiv2.MetadataId.mdXmp) & exiv2.AccessMode.amWrite:
+        raise SidecarError(f"{path}: Exiv2 cannot write XMP into this kind of file; write a sidecar instead "
+                           "(without --embedded)")
+    xmp = image.xmpData()
+    arrays = _array(xmp, SUBJECT), _array(xmp, HIERARCHICAL), _array(xmp, DIGIKAM)
+    subject, hier, digikam = merged_arrays(*(list(a) for a in arrays), add, remove)
+    if (subject, hier, digikam) == arrays:
+        return None
+    _set_array(xmp, SUBJECT, subject, exiv2.TypeId.xmpBag)
+    _set_array(xmp, HIERARCHICAL, hier, exiv2.TypeId.xmpBag)
+    _set_array(xmp, DIGIKAM, digikam, exiv2.TypeId.xmpSeq)
+    with _exiv2_lock:
+        image.setXmpData(xmp)
+        try:
+            image.writeMetadata()
+        except exiv2.Exiv2Error as e:
+            raise SidecarError(f"{path}: cannot be written ({str(e.args[-1] if e.args else e).strip()})") from None
+        with image.io().data() as view:
+            out = bytes(view)
+    check = _read_image(out, path).xmpData()
+    if (_array(check, SUBJECT), _array(check, HIERARCHICAL), _array(check, DIGIKAM)) != (subject, hier, digikam):
+        raise SidecarError(f"{path}: Exiv2 did not write the keyword change; left untouched")
+    return out
+
+
+def embedded_keywords(data: bytes | None, path: str) -> set[str]:
+    """The tree keywords (``a/b/c``, case-folded) embedded in a photo's XMP."""
+    if not data:
+        return set()
+    return {_fold(k) for k in _keyword_fields(_read_image(data, path).xmpData())[1]}
 
 
 def keywords_in(data: bytes | None, path: str) -> set[str]:
@@ -572,7 +608,7 @@ class SidecarChange:
     photos: list[str]
     add: list[str]
     remove: list[str]
-    action: str  # create | update | delete (a sidecar clipdesk made, with nothing left in it)
+    action: str  # create | update | delete (a sidecar clipdesk made, nothing left in it) | embed (the photo)
 
     @property
     def create(self) -> bool:
@@ -602,12 +638,13 @@ class TagWriteReport:
     written: int = 0  # existing sidecars updated
     created: int = 0
     deleted: int = 0  # sidecars clipdesk had created, removed with their last keyword
+    embedded: int = 0  # photos whose embedded XMP was rewritten (``--embedded``)
     unchanged: int = 0
     problems: list[Problem] = field(default_factory=list)
 
     @property
     def changed(self) -> int:
-        return self.written + self.created + self.deleted
+        return self.written + self.created + self.deleted + self.embedded
 
     def summary(self) -> str:
         if not self.changed:
@@ -615,12 +652,14 @@ class TagWriteReport:
                    else "there was nothing to write" if not self.unchanged
                    else "every sidecar already says that")
             return f"Nothing written: {why} ({self.unchanged} sidecars unchanged)."
-        return (f"{self.written} sidecars updated, {self.created} created, {self.deleted} deleted, "
+        text = (f"{self.written} sidecars updated, {self.created} created, {self.deleted} deleted, "
                 f"{self.unchanged} unchanged")
+        return f"{self.embedded} photos' embedded XMP updated, " + text if self.embedded else text
 
     def as_dict(self) -> dict:
         return {"operation": self.operation, "changed": self.changed, "written": self.written,
-                "created": self.created, "deleted": self.deleted, "unchanged": self.unchanged,
+                "created": self.created, "deleted": self.deleted, "embedded": self.embedded,
+                "unchanged": self.unchanged,
                 "message": self.summary(), "problems": [p.as_dict() for p in self.problems]}
 
 
@@ -629,14 +668,20 @@ def created_sidecars(lib) -> frozenset[str]:
     return frozenset(Journal(lib.folder).created_files(KIND))
 
 
-def plan_write(keywords: dict[str, list[str]], remove: bool = False, created: Collection[str] = ()) -> TagPlan:
+def plan_write(keywords: dict[str, list[str]], remove: bool = False, created: Collection[str] = (),
+               embedded: bool = False) -> TagPlan:
     """What writing (or removing) ``keywords`` (photo path -> keywords) would change, file by file.
 
     Photos sharing one sidecar share one change (a RAW and its JPEG twin do not: the JPEG's
     keywords go to ``photo.JPG.xmp``). Sidecars that cannot be parsed, links, and read-only
     folders are reported, never touched. A sidecar in ``created`` (:func:`created_sidecars`) that
     would be left with nothing in it is deleted; any other keeps an empty XMP packet.
+
+    ``embedded``: the keywords go into the photo's own XMP instead (JPEG, TIFF, DNG: the formats
+    Lightroom reads that way and Exiv2 writes); the photo is backed up whole in the journal.
     """
+    if embedded:
+        return _plan_embedded(keywords, remove)
     plan = TagPlan()
     by_sidecar: dict[str, tuple[list[str], dict[str, None]]] = {}
     for photo, kws in keywords.items():
@@ -672,6 +717,36 @@ def plan_write(keywords: dict[str, list[str]], remove: bool = False, created: Co
     return plan
 
 
+def _plan_embedded(keywords: dict[str, list[str]], remove: bool) -> TagPlan:
+    plan = TagPlan()
+    for photo, kws in keywords.items():
+        words = list(dict.fromkeys(normalise_keyword(k) for k in kws))
+        if os.path.splitext(photo)[1].lower() not in EMBED_EXTENSIONS:
+            plan.problems.append(Problem(photo, "Exiv2 cannot write XMP into this kind of file; write a sidecar "
+                                                "instead (without --embedded)"))
+            continue
+        try:
+            data = read_bounded(photo, MAX_EMBED_BYTES)
+            if data is None:
+                plan.problems.append(Problem(photo, "the photo is missing; nothing written"))
+                continue
+            new = merge_embedded(data, [] if remove else words, words if remove else [], photo)
+        except OSError as e:
+            plan.problems.append(Problem(photo, f"cannot be read ({e.strerror or e}); left untouched"))
+            continue
+        except SidecarError as e:
+            plan.problems.append(Problem(photo, str(e).split(": ", 1)[-1] + "; left untouched"))
+            continue
+        if new is None:
+            plan.unchanged += 1
+        elif not os.access(photo, os.W_OK) or not os.access(os.path.dirname(photo), os.W_OK):
+            plan.problems.append(Problem(photo, "the photo or its folder is read-only; not written"))
+        else:
+            plan.changes.append(SidecarChange(photo, [photo], [] if remove else words, words if remove else [],
+                                              "embed"))
+    return plan
+
+
 def apply_write(lib, plan: TagPlan, description: str = "tags write", progress: ProgressFn | None = None,
                 cancel: CancelToken | None = None) -> TagWriteReport:
     """Apply a plan as one journaled operation (undo with :func:`undo`)."""
@@ -681,7 +756,7 @@ def apply_write(lib, plan: TagPlan, description: str = "tags write", progress: P
     with lib.writing():
         journal = Journal(lib.folder)
         ours = journal.created_files(KIND)
-        steps = [{"action": "write", "path": c.sidecar,
+        steps = [{"action": "embed" if c.action == "embed" else "write", "path": c.sidecar,
                   "info": {"photos": c.photos, "add": c.add, "remove": c.remove, "ours": c.sidecar in ours}}
                  for c in plan.changes]
         with journal.start(KIND, description, steps) as op:
@@ -719,15 +794,25 @@ def _new_content(step, data: bytes | None, problems: list[Problem]) -> bytes | N
     return new
 
 
-def _on_disk(step, new: bytes) -> bool:
-    """Whether the sidecar on disk now is what the step meant to leave there."""
+def _read_photo(photo: str) -> bytes:
     try:
-        now = read_sidecar(step.path)
+        data = read_bounded(photo, MAX_EMBED_BYTES)
+    except OSError as e:
+        raise SidecarError(f"{photo}: cannot be read ({e.strerror or e})") from None
+    if data is None:
+        raise SidecarError(f"{photo}: the photo is missing")
+    return data
+
+
+def _on_disk(step, new: bytes) -> bool:
+    """Whether the sidecar (or photo) on disk now is what the step meant to leave there."""
+    try:
+        now = _read_photo(step.path) if step.action == "embed" else read_sidecar(step.path)
         if new == REMOVE:
             return now is None
         if now != new:
             return False
-        have = keywords_in(now, step.path)
+        have = embedded_keywords(now, step.path) if step.action == "embed" else keywords_in(now, step.path)
     except SidecarError:
         return False
     return all(_fold(k) in have for k in step.info.get("add", [])) and \
@@ -749,8 +834,12 @@ def _run(op, report: TagWriteReport, progress: ProgressFn | None, cancel: Cancel
         batch, failed = [], set()
         for step in pending[start:start + WRITE_BATCH]:
             try:
-                data = read_sidecar(step.path)
-                new = _new_content(step, data, report.problems)
+                if step.action == "embed":
+                    data = _read_photo(step.path)
+                    new = merge_embedded(data, step.info.get("add", []), step.info.get("remove", []), step.path)
+                else:
+                    data = read_sidecar(step.path)
+                    new = _new_content(step, data, report.problems)
             except SidecarError as e:
                 # Changed into something unparsable since planning: left alone, like at planning.
                 report.problems.append(Problem(step.path, str(e).split(": ", 1)[-1] + "; left untouched"))
@@ -765,7 +854,8 @@ def _run(op, report: TagWriteReport, progress: ProgressFn | None, cancel: Cancel
                 report.problems.append(Problem(step.path, "the change is not on disk after writing it "
                                                           "(changed by another program meanwhile?)"))
             else:
-                kind = "deleted" if new == REMOVE else "created" if data is None else "written"
+                kind = ("embedded" if step.action == "embed" else "deleted" if new == REMOVE
+                        else "created" if data is None else "written")
                 setattr(report, kind, getattr(report, kind) + 1)
     op.finish()
 

@@ -171,3 +171,52 @@ def test_import_case_insensitive_labels(indexed, exiftool):
     et("-overwrite_original", "-XMP-dc:Subject=fish", str(b))
     tags.import_tags(lib)
     assert {k: sorted(v) for k, v in lib.labels().items()} == {"Fish": sorted([str(a), str(b)])}
+
+
+def test_tags_write_embedded_then_undo_gives_back_each_photo_byte_for_byte(tmp_path, library, exiftool):
+    from clipdesk.indexer.decode import heif_available
+
+    assert heif_available()  # registers Pillow's HEIF plugin
+    jpg = make_photo(tmp_path / "p" / "a.jpg")
+    tif = make_photo(tmp_path / "p" / "b.tif", (20, 90, 200), fmt="TIFF")
+    heic = make_photo(tmp_path / "p" / "c.heic", (30, 90, 200), fmt="HEIF")
+    et("-overwrite_original", "-Make=Canon", "-IPTC:Keywords=old", "-XMP-dc:Subject=old", "-XMP-xmp:Rating=3", str(jpg))
+    sums = {p: digest(p) for p in (jpg, tif, heic)}
+    before = {p: et_read(p) for p in (jpg, tif)}
+    plan = tags.plan_write({str(p): ["clipdesk/sea"] for p in (jpg, tif, heic)}, embedded=True)
+    assert [c.action for c in plan.changes] == ["embed", "embed"]
+    assert [p.path for p in plan.problems] == [str(heic)] and "without --embedded" in plan.problems[0].reason
+    report = tags.apply_write(library, plan)
+    assert (report.embedded, report.created, report.changed) == (2, 0, 2)
+    assert not list((tmp_path / "p").glob("*.xmp"))  # no sidecar: the keywords are in the photos
+    for p in (jpg, tif):
+        meta = et_read(p)
+        assert meta["XMP-lr:HierarchicalSubject"] == ["clipdesk|sea"]
+        assert {k: v for k, v in meta.items() if k not in ("XMP-dc:Subject", "XMP-lr:HierarchicalSubject",
+                                                            "XMP-digiKam:TagsList", "XMP-x:XMPToolkit")} == \
+            {k: v for k, v in before[p].items() if k not in ("XMP-dc:Subject", "XMP-x:XMPToolkit")}
+    assert et_read(jpg)["XMP-dc:Subject"] == ["old", "clipdesk", "sea"]
+    assert "clipdesk/sea" in tags.read_photo_keywords(str(jpg))[0]
+    assert digest(heic) == sums[heic]
+    assert tags.undo(library).reverted == 2
+    assert {p: digest(p) for p in (jpg, tif, heic)} == sums  # sha256: byte-identical
+
+
+def test_embedded_write_through_the_cli_and_a_photo_edited_since_is_kept(indexed, exiftool):
+    lib, photos = indexed
+    chosen = sorted(photos.rglob("*.jpg"))[:2]
+    lib.add_to_label("sea", [str(p) for p in chosen])
+    folder = lib.folder
+    lib.close()
+    sums = {p: digest(p) for p in chosen}
+    p = cli(folder, "tags", "write", "--label", "sea", "--embedded", "--dry-run", "--json")
+    assert p.returncode == 0 and [c["action"] for c in json.loads(p.stdout)["changes"]] == ["embed", "embed"]
+    assert {q: digest(q) for q in chosen} == sums
+    p = cli(folder, "tags", "write", "--label", "sea", "--embedded", "--json")
+    assert p.returncode == 0 and json.loads(p.stdout)["embedded"] == 2
+    et("-overwrite_original", "-XMP-xmp:Rating=1", str(chosen[0]))  # edited in another app since
+    edited = digest(chosen[0])
+    p = cli(folder, "tags", "undo", "--json")
+    out = json.loads(p.stdout)
+    assert p.returncode == 0 and out["reverted"] == 1 and [c["path"] for c in out["conflicts"]] == [str(chosen[0])]
+    assert digest(chosen[0]) == edited and digest(chosen[1]) == sums[chosen[1]]
