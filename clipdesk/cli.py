@@ -297,7 +297,7 @@ def run(args: argparse.Namespace) -> int:
         from clipdesk import evaluation
 
         return evaluation.run_cli(args, _open, _emit)
-    if c in ("tags", "sort", "journal"):
+    if c in ("tags", "sort", "journal", "export"):
         from clipdesk import cli_interop
 
         return cli_interop.run_cli(args, _open, _emit)

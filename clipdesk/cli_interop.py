@@ -11,7 +11,7 @@ import sys
 
 from clipdesk.argtypes import probability
 
-COMMANDS = frozenset({"tags", "sort", "journal"})
+COMMANDS = frozenset({"tags", "sort", "journal", "export"})
 
 
 def _selection(sp: argparse.ArgumentParser, label: bool) -> None:
@@ -66,6 +66,17 @@ def add_commands(sub, parents: list[argparse.ArgumentParser] = ()) -> None:
 
     cmd(sub, "journal", "list the journaled operations (tags write/remove, sort) and their state")
 
+    sp = cmd(sub, "export", "results as files other programs read")
+    esub = sp.add_subparsers(dest="action", required=True, metavar="FORMAT")
+    a = cmd(esub, "csv", "one row per photo: path, category, probability (the app's Export CSV columns)")
+    g = a.add_mutually_exclusive_group()
+    g.add_argument("--label", metavar="L", help="every photo of label L")
+    g.add_argument("--probe", metavar="P", help="probe P's prediction for every photo")
+    g.add_argument("--classify", metavar='"a,b,c"', help="zero-shot categories, comma-separated")
+    a.add_argument("--threshold", type=probability, help='with --classify: no category under this probability')
+    a.add_argument("-o", "--output", required=True, metavar="FILE", help="the CSV file ('-': standard output)")
+    a.add_argument("--bom", action="store_true", help="start with a UTF-8 byte-order mark (for Excel)")
+
 
 def _bar(desc: str):
     from clipdesk.cli import _progress_bar
@@ -100,8 +111,14 @@ def run_cli(args: argparse.Namespace, open_library, emit) -> int:
         emit(args, ops, [f"{o['operation']}  {o['description']}: {o['done']}/{o['steps']} steps"
                          + (" (undone)" if o["undone"] else "" if o["finished"] else " (interrupted)") for o in ops])
         return 0
+    if args.command == "export" and not (args.label or args.probe or args.classify):
+        args.interop_parser.error("give one of --label, --probe or --classify")
+    if args.command == "export" and args.output == "-" and getattr(args, "json", False):
+        args.interop_parser.error("--json and --output - would both write to standard output")
     lib = open_library(args)
     try:
+        if args.command == "export":
+            return _export(args, lib, emit)
         if args.command == "tags":
             return _tags(args, lib, emit)
         return _sort(args, lib, emit)
@@ -162,6 +179,26 @@ def _tags(args, lib, emit) -> int:
     if not r.changed and getattr(args, "json", False):  # said on stdout otherwise
         print(f"clipdesk: {r.summary()}", file=sys.stderr)
     return 1 if not r.changed and r.problems else 0
+
+
+def _export(args, lib, emit) -> int:
+    from clipdesk import export
+
+    rows = _with_bar("classifying" if not args.label else "reading", export.selection_rows, lib, label=args.label,
+                     probe=args.probe, classify=_split(args.classify) if args.classify else None,
+                     threshold=args.threshold)
+    if args.output == "-":
+        data, n = export.csv_bytes(rows, args.bom)
+        sys.stdout.buffer.write(data)
+        sys.stdout.flush()
+        return 0
+    path = os.path.abspath(os.path.expanduser(args.output))
+    try:
+        n = export.write_csv(path, rows, args.bom)
+    except OSError as e:
+        raise export.ExportError(f"Cannot write {path}: {e.strerror or e}.") from None
+    emit(args, {"file": path, "rows": n, "bom": args.bom}, [f"Exported {n} rows to {path}"])
+    return 0
 
 
 def _unit(p) -> str:
