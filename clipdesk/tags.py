@@ -452,8 +452,9 @@ def iptc_strings(iptc: exiv2.IptcData, key: str, photo: str, problems: list[Prob
     return out
 
 
-def _embedded(photo: str, problems: list[Problem]) -> tuple[exiv2.XmpData, exiv2.IptcData] | None:
-    """The XMP and IPTC embedded in a photo, None (with a problem) when it cannot be read."""
+def _embedded(photo: str, problems: list[Problem]) -> exiv2.Image | None:
+    """The photo's metadata as Exiv2 reads it (XMP from Pillow for HEIC/AVIF, see below), None
+    (with a problem) when it cannot be read."""
     try:
         if not stat.S_ISREG(os.stat(photo).st_mode):
             raise SidecarError(f"{photo}: not a regular file")
@@ -462,10 +463,9 @@ def _embedded(photo: str, problems: list[Problem]) -> tuple[exiv2.XmpData, exiv2
             image = _read_image(photo, photo)
         except UnicodeEncodeError:  # a name that is not UTF-8: Exiv2 takes the (bounded) bytes
             image = _read_image(read_bounded(photo, MAX_PHOTO_BYTES) or b"", photo)
-        xmp = image.xmpData()
-        if not xmp.count() and os.path.splitext(photo)[1].lower() in _PILLOW_XMP:
-            xmp = _pillow_xmp(photo)
-        return xmp, image.iptcData()
+        if not image.xmpData().count() and os.path.splitext(photo)[1].lower() in _PILLOW_XMP:
+            image.setXmpData(_pillow_xmp(photo))
+        return image
     except SidecarError as e:
         problems.append(Problem(photo, str(e).split(": ", 1)[-1]))
     except (OSError, UnicodeError) as e:
@@ -473,44 +473,160 @@ def _embedded(photo: str, problems: list[Problem]) -> tuple[exiv2.XmpData, exiv2
     return None
 
 
-def read_photo_keywords(photo: str) -> tuple[list[str], list[Problem]]:
-    """Every keyword of a photo: its own sidecars, embedded XMP and IPTC Keywords (see module doc)."""
-    problems: list[Problem] = []
-    subject: list[str] = []
-    hierarchical: list[str] = []
+def _sidecar_xmps(photo: str, problems: list[Problem]) -> list[exiv2.XmpData]:
+    out = []
     for sidecar in sidecar_names(photo):
         try:
             data = read_sidecar(sidecar)
-            if data is None:
-                continue
-            xmp = parse_sidecar(data, sidecar).xmpData()
+            if data is not None:
+                out.append(parse_sidecar(data, sidecar).xmpData())
         except SidecarError as e:
             problems.append(Problem(sidecar, str(e).split(": ", 1)[-1]))
-            continue
+    return out
+
+
+RATING_LABEL = "rating/{}"
+PICKED, REJECTED = "flag/picked", "flag/rejected"
+DIGIKAM_COLORS = {1: "red", 2: "orange", 3: "yellow", 4: "green", 5: "blue", 6: "magenta", 7: "gray",
+                  8: "black", 9: "white"}
+DIGIKAM_PICKS = {1: "rejected", 3: "picked"}  # 2 is "pending": not a decision
+
+
+@dataclass
+class PhotoInfo:
+    """What other apps say about a photo besides keywords: for filters, labels and the preview."""
+
+    rating: int | None = None  # 1–5 stars; None: not rated
+    flag: str | None = None  # "picked" | "rejected"
+    color: str | None = None  # colour label: red, yellow, green, blue, purple, orange, …
+    title: str | None = None
+    description: str | None = None
+
+    def labels(self) -> list[str]:
+        """The labels ``tags import`` makes of them (``rating/4``, ``flag/picked``, ``color/red``)."""
+        return ([RATING_LABEL.format(self.rating)] if self.rating else []) + \
+            ([f"flag/{self.flag}"] if self.flag else []) + ([f"color/{self.color}"] if self.color else [])
+
+    def as_dict(self) -> dict:
+        return {"rating": self.rating, "flag": self.flag, "color": self.color, "title": self.title,
+                "description": self.description}
+
+
+def _number(text: str | None) -> int | None:
+    try:
+        return int(float((text or "").strip()))
+    except ValueError:
+        return None
+
+
+def _stars(percent: int | None) -> int | None:
+    """Microsoft's RatingPercent (1, 25, 50, 75, 99) as stars (0: not rated)."""
+    if percent is None:
+        return None
+    return 0 if percent <= 0 else max(1, min(5, (percent + 12) // 25 + 1)) if percent >= 13 else 1
+
+
+def _lang_alt(xmp: exiv2.XmpData, key: str) -> str | None:
+    if key not in xmp:
+        return None
+    try:
+        texts = dict(xmp[key].value())
+        text = texts.get("x-default") or next(iter(texts.values()), "")
+    except (TypeError, ValueError):
+        text = xmp[key].toString()
+    return text.strip() or None
+
+
+def _info_from(info: PhotoInfo, xmp: exiv2.XmpData, exif: exiv2.ExifData | None = None) -> None:
+    """Fill what ``info`` does not know yet from one XMP packet (and the photo's Exif)."""
+    def get(key: str) -> str | None:
+        return xmp[key].toString() if key in xmp else None
+
+    rating = _number(get("Xmp.xmp.Rating"))
+    if rating is None:
+        rating = _stars(_number(get("Xmp.MicrosoftPhoto.Rating")))
+    exif_values = {d.key(): d.toString() for d in exif} if exif is not None else {}
+    if rating is None:
+        rating = _number(exif_values.get("Exif.Image.Rating"))
+    if rating is None:
+        rating = _stars(_number(exif_values.get("Exif.Image.RatingPercent")))
+    if info.flag is None:  # digiKam's pick label, else Lightroom's and darktable's "rejected" (-1)
+        info.flag = DIGIKAM_PICKS.get(_number(get("Xmp.digiKam.PickLabel"))) or \
+            ("rejected" if rating is not None and rating < 0 else None)
+    if info.rating is None and rating is not None and 1 <= rating <= 5:
+        info.rating = rating
+    if info.color is None:
+        label = (get("Xmp.xmp.Label") or "").strip().casefold()
+        info.color = label or DIGIKAM_COLORS.get(_number(get("Xmp.digiKam.ColorLabel")))
+    info.title = info.title or _lang_alt(xmp, "Xmp.dc.title")
+    info.description = info.description or _lang_alt(xmp, "Xmp.dc.description")
+
+
+def read_photo(photo: str) -> tuple[list[str], PhotoInfo, list[Problem]]:
+    """A photo's keywords and :class:`PhotoInfo`, from its own sidecars first, then what is
+    embedded (XMP, IPTC, the Exif rating): digiKam and darktable read a sidecar before the photo."""
+    problems: list[Problem] = []
+    info = PhotoInfo()
+    subject: list[str] = []
+    hierarchical: list[str] = []
+    for xmp in _sidecar_xmps(photo, problems):
         flat, tree = _keyword_fields(xmp)
         subject += flat
         hierarchical += tree
-    embedded = _embedded(photo, problems)
-    if embedded is not None:
-        xmp, iptc = embedded
+        _info_from(info, xmp)
+    image = _embedded(photo, problems)
+    if image is not None:
+        xmp, iptc = image.xmpData(), image.iptcData()
         flat, tree = _keyword_fields(xmp)
         subject += flat + iptc_strings(iptc, IPTC_KEYWORDS, photo, problems)
         hierarchical += tree
+        _info_from(info, xmp, image.exifData())
+        for attr, key in (("title", "Iptc.Application2.ObjectName"), ("description", "Iptc.Application2.Caption")):
+            if getattr(info, attr) is None and any(d.key() == key for d in iptc):
+                setattr(info, attr, next((t.strip() for t in iptc_strings(iptc, key, photo, problems)
+                                          if t.strip()), None))
     rejected: list[str] = []
     keywords = keywords_from(subject, hierarchical, rejected)
     problems += [Problem(photo, f"keyword {k!r} is not usable (empty levels, control characters or too long); "
                                 "not imported") for k in rejected]
+    return keywords, info, problems
+
+
+def marked_ids(lib, rating: int | None = None, picked: bool = False) -> set[int] | None:
+    """Ids of the photos rated ``rating`` stars or more and/or picked (labels ``tags import`` made);
+    None when no filter is asked for."""
+    if rating is None and not picked:
+        return None
+    labels = lib.catalog.labels()
+    ids: set[int] | None = None
+    if rating is not None:
+        ids = {i for n in range(max(1, rating), 6) for i in labels.get(RATING_LABEL.format(n), [])}
+    if picked:
+        chosen = set(labels.get(PICKED, []))
+        ids = chosen if ids is None else ids & chosen
+    return ids
+
+
+def read_photo_keywords(photo: str) -> tuple[list[str], list[Problem]]:
+    """Every keyword of a photo: its own sidecars, embedded XMP and IPTC Keywords (see module doc)."""
+    keywords, _info, problems = read_photo(photo)
     return keywords, problems
+
+
+def read_photo_info(photo: str) -> tuple[PhotoInfo, list[Problem]]:
+    """Rating, pick/reject flag, colour label, title and description (for the preview)."""
+    _keywords, info, problems = read_photo(photo)
+    return info, problems
 
 
 def embedded_seed(photo: str, problems: list[Problem]) -> exiv2.XmpData:
     """What a new sidecar of ``photo`` starts from: its embedded keywords (XMP and IPTC), rating,
     title and description (:data:`SEED_KEYS`); darktable's automatic tags are left out."""
     seed = exiv2.XmpData()
-    embedded = _embedded(photo, problems)
-    if embedded is None:
+    image = _embedded(photo, problems)
+    if image is None:
         return seed
-    xmp, iptc = embedded
+    xmp, iptc = image.xmpData(), image.iptcData()
     for d in xmp:
         if d.key() in SEED_KEYS:
             seed.add(d)
@@ -582,10 +698,12 @@ def import_tags(lib, paths: Sequence[str] = (), prefix: str = "", progress: Prog
     for n, info in enumerate(images):
         if cancel is not None:
             cancel.check()
-        keywords, problems = read_photo_keywords(info.path)
+        keywords, marks, problems = read_photo(info.path)
         report.problems += problems
         if keywords:
             report.tagged += 1
+        for label in marks.labels():  # ratings, flags, colours: not prefixed, so filters find them
+            members.setdefault(names.setdefault(label.casefold(), label), []).append(info.id)
         for k in keywords:
             try:
                 label = with_prefix(prefix, k)
