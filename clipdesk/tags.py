@@ -452,9 +452,9 @@ def iptc_strings(iptc: exiv2.IptcData, key: str, photo: str, problems: list[Prob
     return out
 
 
-def _embedded(photo: str, problems: list[Problem]) -> exiv2.Image | None:
-    """The photo's metadata as Exiv2 reads it (XMP from Pillow for HEIC/AVIF, see below), None
-    (with a problem) when it cannot be read."""
+def _embedded(photo: str, problems: list[Problem]) -> tuple[exiv2.XmpData, exiv2.IptcData, exiv2.ExifData] | None:
+    """The photo's XMP, IPTC and Exif as Exiv2 reads them (the XMP of HEIC/AVIF through Pillow,
+    see below), None (with a problem) when it cannot be read."""
     try:
         if not stat.S_ISREG(os.stat(photo).st_mode):
             raise SidecarError(f"{photo}: not a regular file")
@@ -463,9 +463,10 @@ def _embedded(photo: str, problems: list[Problem]) -> exiv2.Image | None:
             image = _read_image(photo, photo)
         except UnicodeEncodeError:  # a name that is not UTF-8: Exiv2 takes the (bounded) bytes
             image = _read_image(read_bounded(photo, MAX_PHOTO_BYTES) or b"", photo)
-        if not image.xmpData().count() and os.path.splitext(photo)[1].lower() in _PILLOW_XMP:
-            image.setXmpData(_pillow_xmp(photo))
-        return image
+        xmp = image.xmpData()
+        if not xmp.count() and os.path.splitext(photo)[1].lower() in _PILLOW_XMP:
+            xmp = _pillow_xmp(photo)
+        return xmp, image.iptcData(), image.exifData()
     except SidecarError as e:
         problems.append(Problem(photo, str(e).split(": ", 1)[-1]))
     except (OSError, UnicodeError) as e:
@@ -574,13 +575,13 @@ def read_photo(photo: str) -> tuple[list[str], PhotoInfo, list[Problem]]:
         subject += flat
         hierarchical += tree
         _info_from(info, xmp)
-    image = _embedded(photo, problems)
-    if image is not None:
-        xmp, iptc = image.xmpData(), image.iptcData()
+    embedded = _embedded(photo, problems)
+    if embedded is not None:
+        xmp, iptc, exif = embedded
         flat, tree = _keyword_fields(xmp)
         subject += flat + iptc_strings(iptc, IPTC_KEYWORDS, photo, problems)
         hierarchical += tree
-        _info_from(info, xmp, image.exifData())
+        _info_from(info, xmp, exif)
         for attr, key in (("title", "Iptc.Application2.ObjectName"), ("description", "Iptc.Application2.Caption")):
             if getattr(info, attr) is None and any(d.key() == key for d in iptc):
                 setattr(info, attr, next((t.strip() for t in iptc_strings(iptc, key, photo, problems)
@@ -623,10 +624,10 @@ def embedded_seed(photo: str, problems: list[Problem]) -> exiv2.XmpData:
     """What a new sidecar of ``photo`` starts from: its embedded keywords (XMP and IPTC), rating,
     title and description (:data:`SEED_KEYS`); darktable's automatic tags are left out."""
     seed = exiv2.XmpData()
-    image = _embedded(photo, problems)
-    if image is None:
+    embedded = _embedded(photo, problems)
+    if embedded is None:
         return seed
-    xmp, iptc = image.xmpData(), image.iptcData()
+    xmp, iptc, _exif = embedded
     for d in xmp:
         if d.key() in SEED_KEYS:
             seed.add(d)
