@@ -425,8 +425,8 @@ IPTC_CHARSET = "Iptc.Envelope.CharacterSet"
 # What a new sidecar takes from the photo (besides keywords), so that digiKam and darktable,
 # which read a sidecar instead of the photo once there is one, still see them.
 SEED_KEYS = ("Xmp.xmp.Rating", "Xmp.MicrosoftPhoto.Rating", "Xmp.xmp.Label", "Xmp.digiKam.ColorLabel",
-             "Xmp.dc.title", "Xmp.dc.description", "Xmp.photoshop.Headline", "Xmp.xmpDM.pick",
-             "Xmp.xmpDM.good", SUBJECT, HIERARCHICAL, DIGIKAM)
+             "Xmp.digiKam.PickLabel", "Xmp.dc.title", "Xmp.dc.description", "Xmp.photoshop.Headline",
+             SUBJECT, HIERARCHICAL, DIGIKAM)
 
 
 def iptc_strings(iptc: exiv2.IptcData, key: str, photo: str, problems: list[Problem]) -> list[str]:
