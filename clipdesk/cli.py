@@ -339,7 +339,6 @@ def run(args: argparse.Namespace) -> int:
         elif c == "search":
             # a RAW + JPEG pair is one photo: shown once, at its better rank
             from clipdesk.library import search_without_twins
-
             from clipdesk.tags import marked_ids
 
             found = search_without_twins(lib, args.query, args.k, folder=args.folder, after=args.after,

@@ -3,7 +3,8 @@
 Copy (the default), move or symbolic link. A plan first (:func:`plan_sort`, what ``--dry-run``
 prints), then one journaled operation (:func:`apply_sort`): nothing is ever overwritten (a name
 already taken gets a `` (1)`` suffix), a move on one file system is a rename, and the library
-follows moved photos (same catalog row: vector and labels stay). :func:`undo` puts every photo
+follows moved photos (same catalog row: vector and labels stay). A photo travels as a unit with
+its RAW/JPEG twin and the XMP sidecars of both, renamed together. :func:`undo` puts every photo
 back and removes the copies, links and folders the operation made.
 """
 from __future__ import annotations

@@ -1,18 +1,23 @@
 """Keywords in and out: the tags other photo apps keep, as clipdesk labels, and back as XMP sidecars.
 
-Reading (``tags import``): keywords of XMP sidecars (``photo.ext.xmp`` as digiKam and darktable
-name them, ``photo.xmp`` as Lightroom does), of the XMP embedded in the photo (``dc:subject``,
-``lr:hierarchicalSubject``, ``digiKam:TagsList``) and of its IPTC Keywords. Hierarchies become
-labels ``a/b/c``; a flat keyword that is only a level of such a hierarchy (Lightroom and digiKam
-write the levels into ``dc:subject`` too) is not a label of its own.
+Reading (``tags import``): a photo's own XMP sidecars (``photo.ext.xmp`` as digiKam and darktable
+name them; ``photo.xmp`` as Lightroom does, which belongs to the RAW when a RAW and its JPEG twin
+share the stem), then the XMP embedded in the photo (``dc:subject``, ``lr:hierarchicalSubject``,
+``digiKam:TagsList``) and its IPTC Keywords (UTF-8 with the charset marker, else Latin-1).
+Hierarchies become labels ``a/b/c``; a flat keyword that is only a level of such a hierarchy
+(Lightroom and digiKam write the levels into ``dc:subject`` too) is not a label of its own;
+keywords differing only in case are one; darktable's automatic ``darktable|…`` tags are skipped.
+Ratings, pick/reject flags and colour labels become labels too (:class:`PhotoInfo`).
 
 Writing (``tags write`` / ``tags remove``): a keyword ``a/b/c`` is written the way digiKam,
 Lightroom, darktable and Immich read it: ``digiKam:TagsList`` ``a/b/c``, ``lr:hierarchicalSubject``
-``a|b|c`` and ``dc:subject`` ``c`` (a flat keyword ``k`` is ``k`` in all three). An existing sidecar is merged into (every other field and
-keyword survives; the XMP is parsed and serialised by Exiv2, never hand-built); an existing
-``photo.xmp`` is updated rather than adding a second sidecar. Photos are never modified.
-Everything is a plan first (:func:`plan_write`), then journaled steps (:func:`apply_write`), so
-:func:`undo` restores each sidecar byte for byte or deletes the ones it created.
+``a|b|c`` and ``dc:subject`` ``a``, ``b``, ``c`` (with its ancestors, as Lightroom exports). An
+existing sidecar is merged into (every other field and keyword survives; the XMP is parsed and
+serialised by Exiv2, never hand-built); a new one starts from the photo's embedded metadata.
+Photos are modified only with ``--embedded`` (their own XMP; the journal keeps the whole photo).
+Everything is a plan first (:func:`plan_write`), then journaled steps (:func:`apply_write`) whose
+result is read back from disk before it is counted, so :func:`undo` restores each file byte for
+byte, deletes the sidecars it created, and brings back the ones a remove deleted.
 """
 from __future__ import annotations
 
