@@ -78,6 +78,9 @@ def build_parser() -> argparse.ArgumentParser:
         sp.add_argument("--before", type=_date, metavar="DATE", help="taken before (YYYY-MM-DD)")
         sp.add_argument("--min-score", type=finite_float, metavar="S", help="drop results scoring under S")
         sp.add_argument("--sort", choices=["score", "date"], default="score")
+        sp.add_argument("--rating", type=int, choices=range(1, 6), metavar="N",
+                        help="only photos rated N stars or more (imported with 'tags import')")
+        sp.add_argument("--picked", action="store_true", help="only photos flagged as picks (digiKam's pick label)")
 
     sp = cmd("index", "add folders and index new or changed photos (no PATH: rescan all folders)")
     sp.add_argument("paths", nargs="*", metavar="PATH")
@@ -339,7 +342,7 @@ def run(args: argparse.Namespace) -> int:
         from clipdesk import evaluation
 
         return evaluation.run_cli(args, _open, _emit)
-    if c in ("tags", "sort", "journal"):
+    if c in ("tags", "sort", "journal", "export"):
         from clipdesk import cli_interop
 
         return cli_interop.run_cli(args, _open, _emit)
@@ -378,17 +381,22 @@ def run(args: argparse.Namespace) -> int:
         elif c == "search":
             # a RAW + JPEG pair is one photo: shown once, at its better rank
             from clipdesk.library import search_without_twins
+            from clipdesk.tags import marked_ids
 
             found = search_without_twins(lib, args.query, args.k, folder=args.folder, after=args.after,
-                                         before=args.before, min_score=args.min_score, sort="score")
+                                         before=args.before, min_score=args.min_score, sort="score",
+                                         only=marked_ids(lib, args.rating, args.picked))
             if args.sort == "date":  # the same top-k in date order, as lib.search orders it
                 found.sort(key=lambda r: (r.taken is None, r.taken or 0.0))
             if not found and lib.catalog.vector_count() == 0:
                 log.warning("The library has no indexed photos yet: add some with 'clipdesk index FOLDER'.")
             _results(args, found)
         elif c == "similar":
+            from clipdesk.tags import marked_ids
+
             _results(args, lib.similar(args.image, args.k, folder=args.folder, after=args.after,
-                                       before=args.before, min_score=args.min_score, sort=args.sort))
+                                       before=args.before, min_score=args.min_score, sort=args.sort,
+                                       only=marked_ids(lib, args.rating, args.picked)))
         elif c == "classify":
             bar, update = _progress_bar("classifying")
             try:

@@ -11,7 +11,7 @@ import sys
 
 from clipdesk.argtypes import probability
 
-COMMANDS = frozenset({"tags", "sort", "journal"})
+COMMANDS = frozenset({"tags", "sort", "journal", "export"})
 
 
 def _selection(sp: argparse.ArgumentParser, label: bool) -> None:
@@ -44,6 +44,9 @@ def add_commands(sub, parents: list[argparse.ArgumentParser] = ()) -> None:
         _selection(a, label=True)
         a.add_argument("--prefix", default="clipdesk/", help='keyword prefix (default "clipdesk/"; "" for none)')
         a.add_argument("--resume", action="store_true", help="finish an interrupted tags write/remove")
+        a.add_argument("--embedded", action="store_true",
+                       help="write into the photos' own XMP (JPEG, TIFF, DNG) instead of sidecars; "
+                            "journaled, undo restores each photo byte for byte")
     a = cmd(tsub, "undo", "restore the sidecars of the last tags write/remove exactly as they were")
     a.add_argument("--operation", metavar="ID", help="a specific operation ('clipdesk journal' lists them)")
     a = cmd(tsub, "show", "the keywords of photos, as tags import reads them")
@@ -62,6 +65,17 @@ def add_commands(sub, parents: list[argparse.ArgumentParser] = ()) -> None:
     sp.add_argument("--operation", metavar="ID", help="with --undo: a specific operation")
 
     cmd(sub, "journal", "list the journaled operations (tags write/remove, sort) and their state")
+
+    sp = cmd(sub, "export", "results as files other programs read")
+    esub = sp.add_subparsers(dest="action", required=True, metavar="FORMAT")
+    a = cmd(esub, "csv", "one row per photo: path, category, probability (the app's Export CSV columns)")
+    g = a.add_mutually_exclusive_group()
+    g.add_argument("--label", metavar="L", help="every photo of label L")
+    g.add_argument("--probe", metavar="P", help="probe P's prediction for every photo")
+    g.add_argument("--classify", metavar='"a,b,c"', help="zero-shot categories, comma-separated")
+    a.add_argument("--threshold", type=probability, help='with --classify: no category under this probability')
+    a.add_argument("-o", "--output", required=True, metavar="FILE", help="the CSV file ('-': standard output)")
+    a.add_argument("--bom", action="store_true", help="start with a UTF-8 byte-order mark (for Excel)")
 
 
 def _bar(desc: str):
@@ -97,8 +111,14 @@ def run_cli(args: argparse.Namespace, open_library, emit) -> int:
         emit(args, ops, [f"{o['operation']}  {o['description']}: {o['done']}/{o['steps']} steps"
                          + (" (undone)" if o["undone"] else "" if o["finished"] else " (interrupted)") for o in ops])
         return 0
+    if args.command == "export" and not (args.label or args.probe or args.classify):
+        args.interop_parser.error("give one of --label, --probe or --classify")
+    if args.command == "export" and args.output == "-" and getattr(args, "json", False):
+        args.interop_parser.error("--json and --output - would both write to standard output")
     lib = open_library(args)
     try:
+        if args.command == "export":
+            return _export(args, lib, emit)
         if args.command == "tags":
             return _tags(args, lib, emit)
         return _sort(args, lib, emit)
@@ -133,6 +153,7 @@ def _tags(args, lib, emit) -> int:
         r = tags.undo(lib, args.operation)
         emit(args, r.as_dict(), _undo_lines(r))
         return 0
+    warned = 0  # problems already shown with the plan
     if args.resume:
         r = _with_bar("writing sidecars", tags.resume, lib)
     else:
@@ -142,17 +163,48 @@ def _tags(args, lib, emit) -> int:
                              min_probability=args.min_probability,
                              classify=_split(args.classify) if args.classify else None,
                              threshold=args.threshold, prefix=args.prefix)
-        plan = tags.plan_write(keywords, remove=args.action == "remove")
+        plan = tags.plan_write(keywords, remove=args.action == "remove", created=tags.created_sidecars(lib),
+                               embedded=args.embedded)
         _warn(plan.problems)
+        warned = len(plan.problems)
         if args.dry_run:
             emit(args, plan.as_dict(),
-                 [f"{c.as_dict()['action']:6s} {c.sidecar}  " + " ".join([f"+{k}" for k in c.add] + [f"-{k}" for k in c.remove])
+                 [f"{c.action:6s} {c.sidecar}  " + " ".join([f"+{k}" for k in c.add] + [f"-{k}" for k in c.remove])
                   for c in plan.changes] + [f"{len(plan.changes)} sidecars would change, {plan.unchanged} unchanged"])
             return 0
         r = _with_bar("writing sidecars", tags.apply_write, lib, plan, description=f"tags {args.action}")
-    emit(args, r.as_dict(), [f"{r.written} sidecars updated, {r.created} created, {r.unchanged} unchanged"
-                             + (f" (undo: clipdesk tags undo --operation {r.operation})" if r.operation else "")])
+    _warn(r.problems[warned:])
+    emit(args, r.as_dict(), [r.summary() + (f" (undo: clipdesk tags undo --operation {r.operation})"
+                                            if r.changed else "")])
+    if not r.changed and getattr(args, "json", False):  # said on stdout otherwise
+        print(f"clipdesk: {r.summary()}", file=sys.stderr)
+    return 1 if not r.changed and r.problems else 0
+
+
+def _export(args, lib, emit) -> int:
+    from clipdesk import export
+
+    rows = _with_bar("classifying" if not args.label else "reading", export.selection_rows, lib, label=args.label,
+                     probe=args.probe, classify=_split(args.classify) if args.classify else None,
+                     threshold=args.threshold)
+    if args.output == "-":
+        data, n = export.csv_bytes(rows, args.bom)
+        sys.stdout.buffer.write(data)
+        sys.stdout.flush()
+        return 0
+    path = os.path.abspath(os.path.expanduser(args.output))
+    try:
+        n = export.write_csv(path, rows, args.bom)
+    except OSError as e:
+        raise export.ExportError(f"Cannot write {path}: {e.strerror or e}.") from None
+    emit(args, {"file": path, "rows": n, "bom": args.bom}, [f"Exported {n} rows to {path}"])
     return 0
+
+
+def _unit(p) -> str:
+    parts = [f"its twin {os.path.basename(d)}" for _, d in p.twins]
+    parts += [f"{len(p.sidecars)} sidecar{'s' if len(p.sidecars) != 1 else ''}"] if p.sidecars else []
+    return f" (with {' and '.join(parts)})" if parts else ""
 
 
 def _sort(args, lib, emit) -> int:
@@ -172,12 +224,12 @@ def _sort(args, lib, emit) -> int:
         plan = organise.plan_sort(lib, rows, args.into, args.mode or "copy", args.min_probability or 0.0)
         _warn(plan.problems)
         if args.dry_run:
-            emit(args, plan.as_dict(), [f"{plan.mode} {p.source} -> {p.dest}" for p in plan.placements]
+            emit(args, plan.as_dict(), [f"{plan.mode} {p.source} -> {p.dest}" + _unit(p) for p in plan.placements]
                  + [f"{len(plan.placements)} photos would be sorted, {plan.unsorted} unsorted, "
                     f"{plan.in_place} already in place"])
             return 0
         r = _with_bar("sorting", organise.apply_sort, lib, plan)
-    emit(args, r.as_dict(), [f"{r.mode} {p.source} -> {p.dest}" for p in r.placed]
+    emit(args, r.as_dict(), [f"{r.mode} {p.source} -> {p.dest}" + _unit(p) for p in r.placed]
          + [f"{len(r.placed)} photos sorted" + (f" (undo: clipdesk sort --undo --operation {r.operation})"
                                                 if r.operation else "")])
     return 0

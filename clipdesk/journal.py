@@ -51,7 +51,13 @@ JOURNAL_DIR = "journal"
 MAX_LINE = 1 << 20  # bytes; a step line holds a few paths and keywords
 MAX_JOURNAL_BYTES = 1 << 31
 MAX_BACKUP_BYTES = 64 << 20  # a sidecar is kilobytes; anything bigger is not ours to back up
-ACTIONS = frozenset({"write", "copy", "move", "link", "trash"})
+ACTIONS = frozenset({"write", "embed", "copy", "move", "link", "trash"})
+# ``embed``: a photo whose embedded XMP is rewritten (``tags write --embedded``); its backup is the
+# whole photo, so undo gives it back byte for byte. Only these kinds of files can be named there.
+EMBED_EXTENSIONS = frozenset({".jpg", ".jpeg", ".tif", ".tiff", ".dng"})
+MAX_EMBED_BYTES = 1 << 30
+_CONTENT_ACTIONS = frozenset({"write", "embed"})  # steps that replace a file's content
+REMOVE = b""  # as the new content of a ``write`` step: remove the file (a sidecar with nothing left in it)
 CancelCheck = Callable[[], None]  # raises to stop (``CancelToken.check``)
 _ID = re.compile(r"^\d{8}T\d{6}-[a-z]{1,16}-[0-9a-f]{6}$")
 _RECORDS = frozenset({"header", "step", "planned", "begin", "done", "finished", "undone"})
@@ -416,6 +422,16 @@ class Journal:
                 return op
         raise NothingToUndoError(f"Nothing to undo: no '{kind}' operation in {self.folder}.")
 
+    def created_files(self, kind: str) -> set[str]:
+        """Files that ``write`` steps of ``kind`` operations created, in operations not undone."""
+        out = set()
+        for op in self.operations(kind):
+            if op.undone:
+                continue
+            out.update(s.applied["path"] for s in op.steps if s.action == "write" and s.state == "done"
+                       and not s.applied.get("noop") and "before" in s.applied and s.applied["before"] is None)
+        return out
+
     def interrupted(self, kind: str) -> Operation | None:
         """The newest operation of ``kind`` that stopped before its end (killed, cancelled, disk full)."""
         for op in reversed(self.operations(kind, strict=True)):
@@ -499,7 +515,7 @@ class Operation:
                 if n != len(op.steps) or action not in ACTIONS or not isinstance(info, dict) or op.planned:
                     raise JournalError(f"The journal {path} is damaged (bad step record).")
                 op.steps.append(Step(n, action, _abs(rec, "path"), _abs(rec, "source", True), info))
-                if (action == "write") != (op.steps[-1].source is None):
+                if (action in _CONTENT_ACTIONS) != (op.steps[-1].source is None):
                     raise JournalError(f"The journal {path} is damaged (bad step record).")
             elif t == "planned":
                 op.planned = True
@@ -514,6 +530,9 @@ class Operation:
                     # would have used are accepted (sidecars for writes, its own temporary names).
                     if step.action == "write" and not target.lower().endswith(".xmp"):
                         raise JournalError(f"The journal {path} is damaged (a write to a non-sidecar).")
+                    if step.action == "embed" and (os.path.splitext(target)[1].lower() not in EMBED_EXTENSIONS
+                                                   or target != step.path):
+                        raise JournalError(f"The journal {path} is damaged (an embedded write to another file).")
                     if step.action == "trash" and target != step.source:
                         raise JournalError(f"The journal {path} is damaged (a trash step names another file).")
                     if rec.get("tmp") is not None and rec.get("tmp") != op._tmp_name(target, n):
@@ -621,7 +640,8 @@ class Operation:
 
     def write_files(self, items: list[tuple[Step, bytes | None, bytes | None]],
                     cancel: CancelCheck | None = None, each: Callable[[Step], None] | None = None) -> None:
-        """Apply ``write`` steps ``(step, current bytes or None, new bytes or None: no change)``.
+        """Apply ``write``/``embed`` steps ``(step, current bytes or None, new bytes, :data:`REMOVE` or None:
+        no change)``.
 
         Backups first, then every ``begin`` record of the batch with one sync, then the atomic
         replacements: one journal sync per batch instead of one per file. A stop in between
@@ -632,6 +652,8 @@ class Operation:
         for step, old, data in items:
             if data is None:
                 continue
+            if step.action == "embed" and (old is None or data == REMOVE):
+                raise ValueError("an embedded write replaces an existing photo's content, never removes it")
             backup = None
             if old is not None:
                 backup = f"{step.n}.bak"
@@ -645,7 +667,7 @@ class Operation:
                     raise _user_error(e, f"back up {step.path} into the journal") from None
             begins.append({"type": "begin", "n": step.n, "path": step.path, "tmp": self._tmp_name(step.path, step.n),
                            "backup": backup, "before": hashlib.sha256(old).hexdigest() if old is not None else None,
-                           "after": hashlib.sha256(data).hexdigest()})
+                           "after": hashlib.sha256(data).hexdigest() if data != REMOVE else None})
         if begins:
             _fsync_dir(self._backup_dir())
             self._append_many(begins)
@@ -660,9 +682,15 @@ class Operation:
                 self.skip(step)
             else:
                 try:
-                    write_atomic(step.path, data, step.applied["tmp"], sync_folder=False)
+                    if data == REMOVE:
+                        try:
+                            os.unlink(step.path)
+                        except FileNotFoundError:
+                            pass
+                    else:
+                        write_atomic(step.path, data, step.applied["tmp"], sync_folder=False)
                 except OSError as e:
-                    raise _user_error(e, f"write {step.path}") from None
+                    raise _user_error(e, f"{'remove' if data == REMOVE else 'write'} {step.path}") from None
                 self._done(step)
             if each is not None:
                 each(step)
@@ -785,8 +813,8 @@ class Operation:
                 continue
             _unlink_quiet(a.get("tmp"))
             dst = a["path"]
-            if step.action == "write":
-                completed = sha256_file_quiet(dst) == a.get("after")
+            if step.action in _CONTENT_ACTIONS:
+                completed = sha256_file_quiet(dst, _limit(step)) == a.get("after")
             elif step.action == "link":
                 completed = os.path.islink(dst) and os.readlink(dst) == step.source
             else:
@@ -831,21 +859,25 @@ class Operation:
         dst = a["path"]
         _unlink_quiet(a.get("tmp"))
         conflict = None
-        if step.action == "write":
-            current = sha256_file_quiet(dst)
+        if step.action in _CONTENT_ACTIONS:
+            current = sha256_file_quiet(dst, _limit(step))
             if current == a.get("before"):
                 pass  # never written, or already restored
             elif current != a.get("after"):
                 conflict = "changed since clipdesk wrote it; left as it is"
             elif a.get("backup") is None:
+                if step.action == "embed":
+                    return "its backup in the journal is missing; left as it is"
                 os.unlink(dst)
             else:
                 backup = os.path.join(self._backup_dir(), a["backup"])
                 check_library_entry(self._backup_dir(), "dir")
-                data = read_bounded(backup, MAX_BACKUP_BYTES)
+                data = read_bounded(backup, _limit(step))
                 if data is None or hashlib.sha256(data).hexdigest() != a.get("before"):
                     return "its backup in the journal is missing or damaged; left as it is"
                 write_atomic(dst, data, self._tmp_name(dst, step.n))
+            if conflict is None and sha256_file_quiet(dst, _limit(step)) != a.get("before"):
+                conflict = "could not be restored: it is not what it was before clipdesk wrote it"
         elif step.action == "link":
             if os.path.islink(dst) and os.readlink(dst) == step.source:
                 os.unlink(dst)
@@ -921,8 +953,12 @@ class Operation:
                 return
 
 
-def sha256_file_quiet(path: str) -> str | None:
+def _limit(step: Step) -> int:
+    return MAX_EMBED_BYTES if step.action == "embed" else MAX_BACKUP_BYTES
+
+
+def sha256_file_quiet(path: str, limit: int = MAX_BACKUP_BYTES) -> str | None:
     try:
-        return sha256_file(path)
+        return sha256_file(path, limit)
     except OSError:
         return "unreadable"

@@ -582,8 +582,11 @@ class Library:
 
     def search(self, query: str | np.ndarray, k: int = 20, folder: str | None = None,
                after: float | None = None, before: float | None = None, min_score: float | None = None,
-               sort: str = "score", exclude: Iterable[int] = ()) -> list[SearchResult]:
-        """Top-``k`` images for a query string or a (dim,) query vector, best first (or by date)."""
+               sort: str = "score", exclude: Iterable[int] = (),
+               only: Iterable[int] | None = None) -> list[SearchResult]:
+        """Top-``k`` images for a query string or a (dim,) query vector, best first (or by date).
+
+        ``only``: image ids to search among (the photos a rating or flag filter leaves)."""
         if isinstance(query, str) and not self.catalog.has_vectors():
             parse_query(query)  # a malformed query is still reported; no model load for nothing
             return []
@@ -598,6 +601,11 @@ class Library:
         if folder or after is not None or before is not None:
             subset = self.catalog.filter_ids(os.path.abspath(os.path.expanduser(folder)) if folder else None,
                                              after, before)
+        if only is not None:
+            keep = np.fromiter(only, np.int64)
+            subset = keep if subset is None else np.intersect1d(subset, keep)
+            if not len(subset):
+                return []
         want = k + len(exclude)
         if store.is_approximate:
             # Over-fetch from the compressed index and re-rank with the exact vectors (of the

@@ -3,7 +3,8 @@
 Copy (the default), move or symbolic link. A plan first (:func:`plan_sort`, what ``--dry-run``
 prints), then one journaled operation (:func:`apply_sort`): nothing is ever overwritten (a name
 already taken gets a `` (1)`` suffix), a move on one file system is a rename, and the library
-follows moved photos (same catalog row: vector and labels stay). :func:`undo` puts every photo
+follows moved photos (same catalog row: vector and labels stay). A photo travels as a unit with
+its RAW/JPEG twin and the XMP sidecars of both, renamed together. :func:`undo` puts every photo
 back and removes the copies, links and folders the operation made.
 """
 from __future__ import annotations
@@ -15,8 +16,9 @@ from dataclasses import dataclass, field
 
 from clipdesk.errors import ClipdeskError
 from clipdesk.indexer.pipeline import CancelToken, Progress
-from clipdesk.journal import Journal, UndoReport, sha256_file_quiet
-from clipdesk.tags import Problem, folder_names, sidecar_names
+from clipdesk.indexer.formats import is_raw, twin_key
+from clipdesk.journal import Journal, UndoReport
+from clipdesk.tags import Problem, stem_sidecar_owners, sidecar_names, version_sidecars
 
 KIND = "sort"
 MODES = ("copy", "move", "link")
@@ -30,17 +32,23 @@ class OrganiseError(ClipdeskError):
 
 @dataclass(frozen=True)
 class Placement:
+    """One unit of a sort: a photo, its RAW/JPEG twin, and the XMP sidecars of both, which travel
+    and are renamed together, so no photo ever ends up beside another photo's sidecar."""
+
     source: str
     dest: str
     category: str
     probability: float
-    # XMP sidecars that go with the photo: (path, "ext" for photo.ext.xmp | "stem" for photo.xmp,
-    # action). A photo.xmp that another file of the same name still uses is copied, not moved.
+    # (source, dest, action) of each sidecar: photo.ext.xmp, the photo.xmp it owns, darktable's
+    # photo_NN.ext.xmp. A photo.xmp another file still uses is copied, not moved.
     sidecars: tuple[tuple[str, str, str], ...] = ()
+    twins: tuple[tuple[str, str], ...] = ()  # (source, dest): the other half of a RAW+JPEG pair
 
     def as_dict(self) -> dict:
         return {"source": self.source, "dest": self.dest, "category": self.category,
-                "probability": round(self.probability, 6), "sidecars": [s[0] for s in self.sidecars]}
+                "probability": round(self.probability, 6),
+                "twins": [{"source": s, "dest": d} for s, d in self.twins],
+                "sidecars": [{"source": s, "dest": d} for s, d, _ in self.sidecars]}
 
 
 @dataclass
@@ -96,57 +104,89 @@ def _check_destination(lib, into: str, mode: str) -> None:
         raise OrganiseError(f"Cannot sort into {into}: {existing} is read-only.")
 
 
+def _units(rows: Iterable) -> list[list]:
+    """Rows grouped into units: a RAW and its JPEG twin (same folder and stem) are one unit, RAW
+    first; every other photo is a unit of its own."""
+    rows = list(rows)
+    kinds: dict[str, set[bool]] = {}
+    for r in rows:
+        key = twin_key(r.path)
+        if key is not None:
+            kinds.setdefault(key, set()).add(is_raw(r.path))
+    units: dict[str, list] = {}
+    for r in rows:
+        key = twin_key(r.path)
+        units.setdefault(key if key is not None and kinds[key] == {True, False} else r.path, []).append(r)
+    return [sorted(u, key=lambda r: (not is_raw(r.path), r.path)) for u in units.values()]
+
+
 def plan_sort(lib, rows: Iterable, into: str, mode: str = "copy", min_probability: float = 0.0) -> SortPlan:
-    """Where each classified photo (``rows``: objects with path, label, probability) would go."""
+    """Where each classified photo (``rows``: objects with path, label, probability) would go.
+
+    A RAW+JPEG pair is classified once (by its surer member) and goes to one folder; a photo,
+    its twin and their sidecars are renamed together when a name is taken."""
     # canonical, like the library's folders, so moved photos keep paths a rescan agrees with
     into = os.path.realpath(os.path.abspath(os.path.expanduser(into)))
     _check_destination(lib, into, mode)
     plan = SortPlan(into, mode)
     taken: set[str] = set()
-    for r in rows:
-        if r.label is None or r.probability < min_probability:
-            plan.unsorted += 1
+    for unit in _units(rows):
+        lead = unit[0]
+        sure = max((r for r in unit if r.label is not None), key=lambda r: r.probability, default=None)
+        if sure is None or sure.probability < min_probability:
+            plan.unsorted += len(unit)
             continue
-        folder = os.path.join(into, category_folder(r.label))
-        if os.path.dirname(r.path) == folder:
-            plan.in_place += 1
+        folder = os.path.join(into, category_folder(sure.label))
+        if os.path.dirname(lead.path) == folder:
+            plan.in_place += len(unit)
             continue
-        if not os.path.isfile(r.path):
-            plan.problems.append(Problem(r.path, "the photo is missing; not sorted"))
+        missing = [r.path for r in unit if not os.path.isfile(r.path)]
+        if missing:
+            plan.problems += [Problem(m, "the photo is missing; not sorted") for m in missing]
             continue
-        if mode == "move" and not os.access(os.path.dirname(r.path), os.W_OK):
-            plan.problems.append(Problem(r.path, "its folder is read-only, so it cannot be moved; not sorted"))
+        if mode == "move" and not os.access(os.path.dirname(lead.path), os.W_OK):
+            plan.problems.append(Problem(lead.path, "its folder is read-only, so it cannot be moved; not sorted"))
             continue
-        stem, ext = os.path.splitext(os.path.basename(r.path))
-        sidecars = _sidecars(r.path, mode)
-        styles = {style for _, style, _ in sidecars}
-        dest, i = os.path.join(folder, stem + ext), 0
-        # a free name for the photo and for the sidecars that will be named after it
-        while dest in taken or os.path.lexists(dest) or any(
-                os.path.lexists(_sidecar_path(dest, style)) for style in styles if style == "ext"):
+        stem, ext = os.path.splitext(os.path.basename(lead.path))
+        sidecars = _sidecars([r.path for r in unit], mode)
+        names = [os.path.basename(p) for p in [r.path for r in unit] + [side for side, _ in sidecars]]
+        i = 0
+        while True:  # a free stem for every file of the unit
+            dests = [os.path.join(folder, _renamed(n, stem, i)) for n in names]
+            if not any(d in taken or os.path.lexists(d) for d in dests):
+                break
             i += 1
-            dest = os.path.join(folder, f"{stem} ({i}){ext}")
-        taken.add(dest)
-        plan.placements.append(Placement(r.path, dest, r.label, float(r.probability), sidecars))
+        taken.update(dests)
+        n_photos = len(unit)
+        plan.placements.append(Placement(
+            lead.path, dests[0], sure.label, float(sure.probability),
+            tuple((side, d, action) for (side, action), d in zip(sidecars, dests[n_photos:])),
+            tuple((r.path, d) for r, d in zip(unit[1:], dests[1:n_photos]))))
     return plan
 
 
-def _sidecars(photo: str, mode: str) -> tuple[tuple[str, str, str], ...]:
-    """The XMP sidecars that travel with a copied or moved photo (links need none)."""
-    if mode == "link":
-        return ()
-    out = []
-    stem = os.path.splitext(os.path.basename(photo))[0].lower()
-    for side in sidecar_names(photo):
-        if os.path.basename(side).lower() == os.path.basename(photo).lower() + ".xmp":
-            out.append((side, "ext", mode))
-            continue
-        names = folder_names(os.path.dirname(photo))
-        # another file of the same name (a RAW twin) still uses photo.xmp: it stays, a copy goes
-        shared = any(os.path.splitext(n)[0] == stem and not n.endswith(".xmp") and n != os.path.basename(photo).lower()
-                     for n in names)
-        out.append((side, "stem", "copy" if shared else mode))
-    return tuple(out)
+def _renamed(name: str, stem: str, i: int) -> str:
+    """``name`` (which starts with the unit's ``stem``) under the unit's ``i``-th free stem."""
+    return name if i == 0 else f"{stem} ({i}){name[len(stem):]}"
+
+
+def _sidecars(photos: list[str], mode: str) -> list[tuple[str, str]]:
+    """The XMP sidecars (path, action) that travel with a unit of photos, each once."""
+    out: dict[str, str] = {}
+    for photo in photos:
+        folder, name = os.path.split(photo)
+        stem = os.path.splitext(name)[0]
+        for side in sidecar_names(photo) + version_sidecars(photo):
+            if side in out:
+                continue
+            action = mode
+            if mode == "move" and os.path.basename(side).lower() == stem.lower() + ".xmp":
+                # another file of that name outside the unit (two JPEG-like twins) still uses it
+                users = {n.lower() for n in stem_sidecar_owners(folder, stem)}
+                if users - {os.path.basename(p).lower() for p in photos}:
+                    action = "copy"
+            out[side] = action
+    return list(out.items())
 
 
 def classifications(lib, probe: str | None = None, classify: Sequence[str] | None = None,
@@ -163,6 +203,7 @@ def classifications(lib, probe: str | None = None, classify: Sequence[str] | Non
 
 
 def _sidecar_path(photo_dest: str, style: str) -> str:
+    """Where a sidecar of a journal from before units (``sidecar_of``) goes: after its photo."""
     return (photo_dest if style == "ext" else os.path.splitext(photo_dest)[0]) + ".xmp"
 
 
@@ -198,10 +239,15 @@ def apply_sort(lib, plan: SortPlan, progress: ProgressFn | None = None,
         steps = []
         for p in plan.placements:
             n = len(steps)
+            lead_ext = os.path.splitext(p.dest)[1]
             steps.append({"action": plan.mode, "path": p.dest, "source": p.source,
                           "info": {"category": p.category, "probability": p.probability}})
-            steps += [{"action": action, "path": _sidecar_path(p.dest, style), "source": side,
-                       "info": {"sidecar_of": n, "style": style}} for side, style, action in p.sidecars]
+            steps += [{"action": plan.mode, "path": dest, "source": src,
+                       "info": {"unit_of": n, "kind": "twin", "rest": _rest(dest, p.dest, lead_ext)}}
+                      for src, dest in p.twins]
+            steps += [{"action": action, "path": dest, "source": src,
+                       "info": {"unit_of": n, "kind": "sidecar", "rest": _rest(dest, p.dest, lead_ext)}}
+                      for src, dest, action in p.sidecars]
         with Journal(lib.folder).start(KIND, f"sort {plan.mode} into {plan.into}", steps,
                                        {"into": plan.into, "added_folder": added_folder}) as op:
             report.operation = op.id
@@ -209,29 +255,54 @@ def apply_sort(lib, plan: SortPlan, progress: ProgressFn | None = None,
     return report
 
 
+def _rest(dest: str, lead_dest: str, lead_ext: str) -> str:
+    """What follows the unit's stem in a companion's name (``.JPG``, ``.CR2.xmp``, ``_01.CR2.xmp``)."""
+    stem = os.path.basename(lead_dest)[:len(os.path.basename(lead_dest)) - len(lead_ext)]
+    return os.path.basename(dest)[len(stem):]
+
+
+def _companion_path(op, step) -> str | None:
+    """Where a twin or sidecar goes: named after where its unit's photo really went (a name taken
+    since planning gives the photo another one). None for a step that is a unit's photo."""
+    owner = step.info.get("unit_of", step.info.get("sidecar_of"))
+    if not (isinstance(owner, int) and 0 <= owner < len(op.steps)):
+        return None
+    lead = op.steps[owner]
+    if "sidecar_of" in step.info:  # a journal written before units
+        return _sidecar_path(lead.target, str(step.info.get("style")))
+    if lead.target == lead.path:
+        return step.path
+    stem = os.path.splitext(os.path.basename(lead.target))[0]
+    return os.path.join(os.path.dirname(lead.target), stem + str(step.info.get("rest", "")))
+
+
 def _run(lib, op, report: SortReport, progress, cancel) -> None:
     follow = _follow(lib)
     pending = op.pending()
+    leads = []  # (the step of a unit's photo, where it went)
+    units: dict[int, tuple[list, list]] = {}  # unit's photo step -> (twins, sidecars) where they went
     for n, step in enumerate(pending):
         if cancel is not None:
             cancel.check()
         if not os.path.lexists(step.source or ""):
             op.skip(step)  # deleted or moved away since planning: nothing to sort
             continue
-        owner = step.info.get("sidecar_of")
-        if isinstance(owner, int) and 0 <= owner < len(op.steps):
-            # A sidecar is named after where its photo really went (a collision renames it).
-            step.path = _sidecar_path(op.steps[owner].target, str(step.info.get("style")))
-            if os.path.lexists(step.path) and sha256_file_quiet(step.path) == sha256_file_quiet(step.source):
-                op.skip(step)  # its twin already carried the same sidecar here
-            else:
-                op.place_file(step)
+        where = _companion_path(op, step)
+        if where is not None:
+            step.path = where
+            dest = op.place_file(step, on_move=follow if step.info.get("kind") == "twin" else None)
+            twins, sidecars = units.setdefault(step.info.get("unit_of", step.info.get("sidecar_of")), ([], []))
+            (twins if step.info.get("kind") == "twin" else sidecars).append((step.source, dest, step.action))
             continue
         dest = op.place_file(step, on_move=follow)
-        report.placed.append(Placement(step.source, dest, str(step.info.get("category", "")),
-                                       float(step.info.get("probability", 0.0))))
+        leads.append((step, dest))
         if progress:
             progress(Progress("sort", n + 1, len(pending), path=dest))
+    for step, dest in leads:
+        twins, sidecars = units.get(step.n, ([], []))
+        report.placed.append(Placement(step.source, dest, str(step.info.get("category", "")),
+                                       float(step.info.get("probability", 0.0)), tuple(sidecars),
+                                       tuple((s, d) for s, d, _ in twins)))
     op.finish()
 
 

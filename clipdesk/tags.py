@@ -1,34 +1,40 @@
 """Keywords in and out: the tags other photo apps keep, as clipdesk labels, and back as XMP sidecars.
 
-Reading (``tags import``): keywords of XMP sidecars (``photo.ext.xmp`` as digiKam and darktable
-name them, ``photo.xmp`` as Lightroom does), of the XMP embedded in the photo (``dc:subject``,
-``lr:hierarchicalSubject``, ``digiKam:TagsList``) and of its IPTC Keywords. Hierarchies become
-labels ``a/b/c``; a flat keyword that is only a level of such a hierarchy (Lightroom and digiKam
-write the levels into ``dc:subject`` too) is not a label of its own.
+Reading (``tags import``): a photo's own XMP sidecars (``photo.ext.xmp`` as digiKam and darktable
+name them; ``photo.xmp`` as Lightroom does, which belongs to the RAW when a RAW and its JPEG twin
+share the stem), then the XMP embedded in the photo (``dc:subject``, ``lr:hierarchicalSubject``,
+``digiKam:TagsList``) and its IPTC Keywords (UTF-8 with the charset marker, else Latin-1).
+Hierarchies become labels ``a/b/c``; a flat keyword that is only a level of such a hierarchy
+(Lightroom and digiKam write the levels into ``dc:subject`` too) is not a label of its own;
+keywords differing only in case are one; darktable's automatic ``darktable|…`` tags are skipped.
+Ratings, pick/reject flags and colour labels become labels too (:class:`PhotoInfo`).
 
 Writing (``tags write`` / ``tags remove``): a keyword ``a/b/c`` is written the way digiKam,
 Lightroom, darktable and Immich read it: ``digiKam:TagsList`` ``a/b/c``, ``lr:hierarchicalSubject``
-``a|b|c`` and ``dc:subject`` ``c`` (a flat keyword ``k`` is ``k`` in all three). An existing sidecar is merged into (every other field and
-keyword survives; the XMP is parsed and serialised by Exiv2, never hand-built); an existing
-``photo.xmp`` is updated rather than adding a second sidecar. Photos are never modified.
-Everything is a plan first (:func:`plan_write`), then journaled steps (:func:`apply_write`), so
-:func:`undo` restores each sidecar byte for byte or deletes the ones it created.
+``a|b|c`` and ``dc:subject`` ``a``, ``b``, ``c`` (with its ancestors, as Lightroom exports). An
+existing sidecar is merged into (every other field and keyword survives; the XMP is parsed and
+serialised by Exiv2, never hand-built); a new one starts from the photo's embedded metadata.
+Photos are modified only with ``--embedded`` (their own XMP; the journal keeps the whole photo).
+Everything is a plan first (:func:`plan_write`), then journaled steps (:func:`apply_write`) whose
+result is read back from disk before it is counted, so :func:`undo` restores each file byte for
+byte, deletes the sidecars it created, and brings back the ones a remove deleted.
 """
 from __future__ import annotations
 
 import functools
 import logging
 import os
+import re
 import stat
 import threading
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Collection, Iterable, Sequence
 from dataclasses import dataclass, field
 
 import exiv2
 
 from clipdesk.errors import ClipdeskError
 from clipdesk.indexer.pipeline import CancelToken, Progress
-from clipdesk.journal import Journal, UndoReport, read_bounded
+from clipdesk.journal import EMBED_EXTENSIONS, MAX_EMBED_BYTES, REMOVE, Journal, UndoReport, read_bounded
 
 KIND = "tags"
 DEFAULT_PREFIX = "clipdesk/"
@@ -57,6 +63,10 @@ class Problem:
     path: str
     reason: str
 
+    def __post_init__(self) -> None:
+        # Exiv2's messages end in a newline; a reason is one line wherever it is shown.
+        object.__setattr__(self, "reason", " ".join(str(self.reason).split()))
+
     def as_dict(self) -> dict:
         return {"path": self.path, "reason": self.reason}
 
@@ -75,26 +85,41 @@ def with_prefix(prefix: str, keyword: str) -> str:
     return normalise_keyword(prefix.rstrip("/") + "/" + keyword if prefix.strip("/") else keyword)
 
 
-def keywords_from(subject: Iterable[str], hierarchical: Iterable[str]) -> list[str]:
+def keywords_from(subject: Iterable[str], hierarchical: Iterable[str], rejected: list[str] | None = None) -> list[str]:
     """Labels from flat keywords and hierarchical paths (``a/b/c``), in first-seen order.
 
     A flat keyword that is one level of a hierarchical one is the flattened copy apps write
-    beside it, not a tag of its own.
+    beside it (Lightroom's "include parent keywords"), not a tag of its own. Keywords that differ
+    only in case are one keyword (the first spelling wins), as in Lightroom and digiKam.
+    darktable's automatic tags (``darktable|format|jpg``, ``darktable|changed``…) describe its
+    own processing, not the photo: they are not imported.
     """
-    out: dict[str, None] = {}
+    out: dict[str, str] = {}
     levels: set[str] = set()
     for h in hierarchical:
         try:
             k = normalise_keyword(h)
         except TagsError:
+            if rejected is not None and h.strip():
+                rejected.append(h)
             continue
-        out.setdefault(k)
-        levels.update(k.split("/"))
+        levels.update(x.casefold() for x in k.split("/"))
+        if not is_automatic(k):
+            out.setdefault(k.casefold(), k)
     for s in subject:
         s = s.strip()
-        if s and s not in levels and "/" not in s and len(s) <= MAX_KEYWORD and s.isprintable():
-            out.setdefault(s)
-    return list(out)
+        if not s or s.casefold() in levels or "/" in s:
+            continue  # a level of a tree keyword (or a path, read from the trees)
+        if len(s) <= MAX_KEYWORD and s.isprintable():
+            out.setdefault(s.casefold(), s)
+        elif rejected is not None:
+            rejected.append(s)
+    return list(out.values())
+
+
+def is_automatic(keyword: str) -> bool:
+    """darktable's own tags (``darktable/…``), which it writes on every export and edit."""
+    return keyword.split("/", 1)[0].strip().casefold() == "darktable"
 
 
 # ---------------------------------------------------------------------- Exiv2 access
@@ -127,13 +152,13 @@ def _read_image(source: bytes | str, what: str) -> exiv2.Image:
             image = exiv2.ImageFactory.open(source)
             image.readMetadata()
         except exiv2.Exiv2Error as e:
-            raise SidecarError(f"{what}: cannot be parsed ({e.args[-1] if e.args else e})") from None
+            raise SidecarError(f"{what}: cannot be parsed ({str(e.args[-1] if e.args else e).strip()})") from None
         finally:
             logger.removeHandler(capture)
             logger.setLevel(level)
             logger.disabled, logger.propagate = disabled, propagate
     if any("XMP" in m or "Failed" in m for m in capture.messages):
-        raise SidecarError(f"{what}: cannot be parsed ({'; '.join(capture.messages)[:300]})")
+        raise SidecarError(f"{what}: cannot be parsed ({'; '.join(m.strip() for m in capture.messages)[:300]})")
     return image
 
 
@@ -170,43 +195,86 @@ def parse_sidecar(data: bytes, path: str) -> exiv2.Image:
     return image
 
 
-def merge_keywords(data: bytes | None, add: Sequence[str], remove: Sequence[str], path: str = "sidecar") -> bytes | None:
-    """The sidecar ``data`` (None: a new one) with keywords added and removed, or None if unchanged.
+EMPTY = b""  # what :func:`merge_keywords` returns when nothing at all is left in a sidecar
+# An XMP packet with no properties: what a sidecar the user made becomes when its last keyword is
+# removed (Exiv2 cannot serialise an empty packet: it writes a torn header instead).
+EMPTY_PACKET = (b'<?xpacket begin="\xef\xbb\xbf" id="W5M0MpCehiHzreSzNTczkc9d"?>\n'
+                b'<x:xmpmeta xmlns:x="adobe:ns:meta/">\n'
+                b' <rdf:RDF xmlns:rdf="http://www.w3.org/1999/02/22-rdf-syntax-ns#">\n'
+                b'  <rdf:Description rdf:about=""/>\n'
+                b' </rdf:RDF>\n'
+                b'</x:xmpmeta>\n'
+                b'<?xpacket end="w"?>')
+
+
+def _fold(keyword: str) -> str:
+    return normalise_keyword_quiet(keyword).casefold()
+
+
+def merged_arrays(subject: list[str], hier: list[str], digikam: list[str], add: Sequence[str],
+                  remove: Sequence[str]) -> tuple[list[str], list[str], list[str]]:
+    """The three keyword arrays with ``add`` added and ``remove`` removed, case-insensitively.
+
+    ``a/b/c`` goes in as ``a``, ``b``, ``c`` in ``dc:subject`` (Lightroom's default: a keyword's
+    ancestors are exported with it), ``a|b|c`` and ``a/b/c`` in the trees. Removing it takes out
+    its tree entries and every level no remaining tree entry still uses.
+    """
+    gone = {normalise_keyword(k).casefold() for k in remove}
+    hier = [h for h in hier if _fold(h) not in gone]
+    digikam = [d for d in digikam if _fold(d) not in gone]
+    kept = {lvl.casefold() for t in hier + digikam for lvl in normalise_keyword_quiet(t).split("/")}
+    gone_levels = {lvl for k in gone for lvl in k.split("/")} - kept
+    subject = [s for s in subject if s.strip().casefold() not in gone_levels | gone]
+    have_s = {s.strip().casefold() for s in subject}
+    have_h, have_d = {_fold(h) for h in hier}, {_fold(d) for d in digikam}
+    for k in map(normalise_keyword, add):
+        f = k.casefold()
+        if f in gone:
+            continue
+        for level in k.split("/"):
+            if level.casefold() not in have_s:
+                subject.append(level)
+                have_s.add(level.casefold())
+        # A flat keyword goes into the tag trees too: digiKam ignores dc:subject once a sidecar
+        # has a TagsList, so a keyword only there would be invisible to it.
+        if f not in have_h:
+            hier.append(k.replace("/", "|"))
+            have_h.add(f)
+        if f not in have_d:
+            digikam.append(k)
+            have_d.add(f)
+    return subject, hier, digikam
+
+
+def merge_keywords(data: bytes | None, add: Sequence[str], remove: Sequence[str], path: str = "sidecar",
+                   seed: exiv2.XmpData | None = None) -> bytes | None:
+    """The sidecar ``data`` (None: a new one) with keywords added and removed; None if unchanged,
+    :data:`EMPTY` if no property at all is left in it.
 
     Only the three keyword arrays are touched; every other property, namespace and keyword stays.
+    A new sidecar starts from ``seed`` (the photo's embedded metadata, :func:`embedded_seed`).
+    The bytes are parsed back before they are returned: a change Exiv2 did not make is an error,
+    never reported as written.
     """
     if data is None:
         if not add:
             return None
         image = exiv2.ImageFactory.create(exiv2.ImageType.xmp)
+        xmp = exiv2.XmpData()
+        for d in seed if seed is not None else ():
+            xmp.add(d)
     else:
         image = parse_sidecar(data, path)
-    xmp = image.xmpData()
-    subject, hier, digikam = _array(xmp, SUBJECT), _array(xmp, HIERARCHICAL), _array(xmp, DIGIKAM)
-    before = (list(subject), list(hier), list(digikam))
-    gone = {normalise_keyword(k) for k in remove}
-    hier = [h for h in hier if normalise_keyword_quiet(h) not in gone]
-    digikam = [d for d in digikam if normalise_keyword_quiet(d) not in gone]
-    remaining_leaves = {normalise_keyword_quiet(h).rsplit("/", 1)[-1] for h in hier + digikam}
-    gone_leaves = {k.rsplit("/", 1)[-1] for k in gone} - remaining_leaves
-    subject = [s for s in subject if s not in gone_leaves and s not in gone]
-    for k in map(normalise_keyword, add):
-        if k in gone:
-            continue
-        leaf = k.rsplit("/", 1)[-1]
-        if leaf not in subject:
-            subject.append(leaf)
-        # A flat keyword goes into the tag trees too: digiKam ignores dc:subject once a sidecar
-        # has a TagsList, so a keyword only there would be invisible to it.
-        if k.replace("/", "|") not in hier:
-            hier.append(k.replace("/", "|"))
-        if k not in digikam:
-            digikam.append(k)
-    if (subject, hier, digikam) == before and data is not None:
+        xmp = image.xmpData()
+    arrays = _array(xmp, SUBJECT), _array(xmp, HIERARCHICAL), _array(xmp, DIGIKAM)
+    subject, hier, digikam = merged_arrays(*(list(a) for a in arrays), add, remove)
+    if (subject, hier, digikam) == arrays and data is not None:
         return None
     _set_array(xmp, SUBJECT, subject, exiv2.TypeId.xmpBag)
     _set_array(xmp, HIERARCHICAL, hier, exiv2.TypeId.xmpBag)
     _set_array(xmp, DIGIKAM, digikam, exiv2.TypeId.xmpSeq)
+    if not xmp.count():
+        return EMPTY
     with _exiv2_lock:
         image.setXmpData(xmp)
         # A sidecar's Exif/IPTC views are conversions of its XMP; writing them back would
@@ -218,7 +286,55 @@ def merge_keywords(data: bytes | None, add: Sequence[str], remove: Sequence[str]
         except exiv2.Exiv2Error as e:
             raise SidecarError(f"{path}: cannot be written ({e.args[-1] if e.args else e})") from None
         with image.io().data() as view:
-            return bytes(view)
+            out = bytes(view)
+    check = parse_sidecar(out, path).xmpData()
+    if (_array(check, SUBJECT), _array(check, HIERARCHICAL), _array(check, DIGIKAM)) != (subject, hier, digikam):
+        raise SidecarError(f"{path}: Exiv2 did not write the keyword change; left untouched")
+    return out
+
+
+def merge_embedded(data: bytes, add: Sequence[str], remove: Sequence[str], path: str) -> bytes | None:
+    """The photo ``data`` with keywords added to and removed from its embedded XMP (every other
+    byte of metadata as Exiv2 rewrites it), None if unchanged. Read back before it is returned."""
+    image = _read_image(data, path)
+    if not exiv2.ImageFactory.checkMode(image.imageType(), exiv2.MetadataId.mdXmp) & exiv2.AccessMode.amWrite:
+        raise SidecarError(f"{path}: Exiv2 cannot write XMP into this kind of file; write a sidecar instead "
+                           "(without --embedded)")
+    xmp = image.xmpData()
+    arrays = _array(xmp, SUBJECT), _array(xmp, HIERARCHICAL), _array(xmp, DIGIKAM)
+    subject, hier, digikam = merged_arrays(*(list(a) for a in arrays), add, remove)
+    if (subject, hier, digikam) == arrays:
+        return None
+    _set_array(xmp, SUBJECT, subject, exiv2.TypeId.xmpBag)
+    _set_array(xmp, HIERARCHICAL, hier, exiv2.TypeId.xmpBag)
+    _set_array(xmp, DIGIKAM, digikam, exiv2.TypeId.xmpSeq)
+    with _exiv2_lock:
+        image.setXmpData(xmp)
+        try:
+            image.writeMetadata()
+        except exiv2.Exiv2Error as e:
+            raise SidecarError(f"{path}: cannot be written ({str(e.args[-1] if e.args else e).strip()})") from None
+        with image.io().data() as view:
+            out = bytes(view)
+    check = _read_image(out, path).xmpData()
+    if (_array(check, SUBJECT), _array(check, HIERARCHICAL), _array(check, DIGIKAM)) != (subject, hier, digikam):
+        raise SidecarError(f"{path}: Exiv2 did not write the keyword change; left untouched")
+    return out
+
+
+def embedded_keywords(data: bytes | None, path: str) -> set[str]:
+    """The tree keywords (``a/b/c``, case-folded) embedded in a photo's XMP."""
+    if not data:
+        return set()
+    return {_fold(k) for k in _keyword_fields(_read_image(data, path).xmpData())[1]}
+
+
+def keywords_in(data: bytes | None, path: str) -> set[str]:
+    """The tree keywords (``a/b/c``, case-folded) of sidecar bytes; empty for no sidecar."""
+    if not data:
+        return set()
+    xmp = parse_sidecar(data, path).xmpData()
+    return {_fold(k) for k in _keyword_fields(xmp)[1]}
 
 
 def normalise_keyword_quiet(text: str) -> str:
@@ -250,17 +366,49 @@ def _folder_names(folder: str, _mtime_ns: int, _ino: int) -> dict[str, list[str]
     return out
 
 
+def stem_sidecar_owners(folder: str, stem: str) -> list[str]:
+    """The files (not sidecars) a ``stem.xmp`` in ``folder`` can belong to: the RAWs of that stem
+    if there are any (Lightroom, Bridge and Capture One give ``IMG_0002.xmp`` to ``IMG_0002.CR2``,
+    never to its JPEG twin), else every file of that stem."""
+    from clipdesk.indexer.formats import is_raw
+
+    entries = folder_names(folder)
+    same = [n for low, names in entries.items() for n in names
+            if os.path.splitext(low)[0] == stem.lower() and not low.endswith(".xmp")]
+    raws = [n for n in same if is_raw(n)]
+    return raws or same
+
+
+def owns_stem_sidecar(photo: str) -> bool:
+    """Whether ``photo.xmp`` (Lightroom's naming) is ``photo``'s own sidecar (see :func:`stem_sidecar_owners`)."""
+    folder, name = os.path.split(photo)
+    owners = stem_sidecar_owners(folder, os.path.splitext(name)[0])
+    return not owners or name.lower() in {n.lower() for n in owners}
+
+
 def sidecar_names(photo: str) -> list[str]:
-    """Existing sidecars of ``photo``: ``photo.ext.xmp`` first, then ``photo.xmp`` (any case)."""
+    """Existing sidecars of ``photo``: ``photo.ext.xmp`` first, then ``photo.xmp`` (any case) when
+    it is this photo's (a RAW's, not its JPEG twin's: :func:`owns_stem_sidecar`)."""
     folder, name = os.path.split(photo)
     stem = os.path.splitext(name)[0]
     entries = folder_names(folder)
     out = []
     for wanted in (name.lower() + ".xmp", stem.lower() + ".xmp"):
+        if wanted == stem.lower() + ".xmp" and not owns_stem_sidecar(photo):
+            continue
         exact = [e for e in entries.get(wanted, []) if os.path.exists(os.path.join(folder, e))]
         if exact:
             out.append(os.path.join(folder, exact[0]))
     return out
+
+
+def version_sidecars(photo: str) -> list[str]:
+    """darktable's sidecars of a photo's duplicates: ``photo_01.ext.xmp``, ``photo_02.ext.xmp``…"""
+    folder, name = os.path.split(photo)
+    stem, ext = os.path.splitext(name)
+    pattern = re.compile(re.escape(stem.lower()) + r"_\d+" + re.escape(ext.lower()) + r"\.xmp")
+    return sorted(os.path.join(folder, e) for low, names in folder_names(folder).items()
+                  if pattern.fullmatch(low) for e in names)
 
 
 def sidecar_target(photo: str) -> str:
@@ -277,23 +425,41 @@ def read_sidecar(path: str) -> bytes | None:
         raise SidecarError(f"{path}: cannot be read ({e.strerror or e}; a symbolic link or not a file?)") from None
 
 
-def read_photo_keywords(photo: str) -> tuple[list[str], list[Problem]]:
-    """Every keyword of a photo: its sidecars, embedded XMP and IPTC Keywords (see module doc)."""
-    problems: list[Problem] = []
-    subject: list[str] = []
-    hierarchical: list[str] = []
-    for sidecar in sidecar_names(photo):
-        try:
-            data = read_sidecar(sidecar)
-            if data is None:
-                continue
-            xmp = parse_sidecar(data, sidecar).xmpData()
-        except SidecarError as e:
-            problems.append(Problem(sidecar, str(e).split(": ", 1)[-1]))
+IPTC_UTF8 = "\x1b%G"  # Iptc.Envelope.CharacterSet: the ISO 2022 escape for UTF-8
+IPTC_CHARSET = "Iptc.Envelope.CharacterSet"
+# What a new sidecar takes from the photo (besides keywords), so that digiKam and darktable,
+# which read a sidecar instead of the photo once there is one, still see them.
+SEED_KEYS = ("Xmp.xmp.Rating", "Xmp.MicrosoftPhoto.Rating", "Xmp.xmp.Label", "Xmp.digiKam.ColorLabel",
+             "Xmp.digiKam.PickLabel", "Xmp.dc.title", "Xmp.dc.description", "Xmp.photoshop.Headline",
+             SUBJECT, HIERARCHICAL, DIGIKAM)
+
+
+def iptc_strings(iptc: exiv2.IptcData, key: str, photo: str, problems: list[Problem]) -> list[str]:
+    """The values of an IPTC dataset as text. With the UTF-8 marker they are UTF-8; without it
+    they are Latin-1 (Windows-1252, as ExifTool, digiKam and Lightroom read them). A value that
+    does not decode is reported with the photo's path, never dropped without a word."""
+    utf8 = any(d.key() == IPTC_CHARSET and d.toString() == IPTC_UTF8 for d in iptc)
+    other = [d.toString() for d in iptc if d.key() == IPTC_CHARSET and d.toString() != IPTC_UTF8]
+    out = []
+    for d in iptc:
+        if d.key() != key:
             continue
-        flat, tree = _keyword_fields(xmp)
-        subject += flat
-        hierarchical += tree
+        raw = d.toString().encode("utf-8", "surrogateescape")  # the dataset's bytes, exactly
+        if other:
+            problems.append(Problem(photo, f"IPTC {key.rsplit('.', 1)[-1]} {raw!r} is in a character set "
+                                           f"clipdesk does not read ({other[0]!r}); not imported"))
+            continue
+        try:
+            out.append(raw.decode("utf-8" if utf8 else "cp1252"))
+        except UnicodeDecodeError:
+            problems.append(Problem(photo, f"IPTC {key.rsplit('.', 1)[-1]} {raw!r} cannot be decoded as "
+                                           f"{'UTF-8' if utf8 else 'Latin-1'}; not imported"))
+    return out
+
+
+def _embedded(photo: str, problems: list[Problem]) -> tuple[exiv2.XmpData, exiv2.IptcData, exiv2.ExifData] | None:
+    """The photo's XMP, IPTC and Exif as Exiv2 reads them (the XMP of HEIC/AVIF through Pillow,
+    see below), None (with a problem) when it cannot be read."""
     try:
         if not stat.S_ISREG(os.stat(photo).st_mode):
             raise SidecarError(f"{photo}: not a regular file")
@@ -305,14 +471,187 @@ def read_photo_keywords(photo: str) -> tuple[list[str], list[Problem]]:
         xmp = image.xmpData()
         if not xmp.count() and os.path.splitext(photo)[1].lower() in _PILLOW_XMP:
             xmp = _pillow_xmp(photo)
-        flat, tree = _keyword_fields(xmp)
-        subject += flat + [d.toString() for d in image.iptcData() if d.key() == IPTC_KEYWORDS]
-        hierarchical += tree
+        return xmp, image.iptcData(), image.exifData()
     except SidecarError as e:
         problems.append(Problem(photo, str(e).split(": ", 1)[-1]))
     except (OSError, UnicodeError) as e:
         problems.append(Problem(photo, f"cannot be read ({e})"))
-    return keywords_from(subject, hierarchical), problems
+    return None
+
+
+def _sidecar_xmps(photo: str, problems: list[Problem]) -> list[exiv2.XmpData]:
+    out = []
+    for sidecar in sidecar_names(photo):
+        try:
+            data = read_sidecar(sidecar)
+            if data is not None:
+                out.append(parse_sidecar(data, sidecar).xmpData())
+        except SidecarError as e:
+            problems.append(Problem(sidecar, str(e).split(": ", 1)[-1]))
+    return out
+
+
+RATING_LABEL = "rating/{}"
+PICKED, REJECTED = "flag/picked", "flag/rejected"
+DIGIKAM_COLORS = {1: "red", 2: "orange", 3: "yellow", 4: "green", 5: "blue", 6: "magenta", 7: "gray",
+                  8: "black", 9: "white"}
+DIGIKAM_PICKS = {1: "rejected", 3: "picked"}  # 2 is "pending": not a decision
+
+
+@dataclass
+class PhotoInfo:
+    """What other apps say about a photo besides keywords: for filters, labels and the preview."""
+
+    rating: int | None = None  # 1–5 stars; None: not rated
+    flag: str | None = None  # "picked" | "rejected"
+    color: str | None = None  # colour label: red, yellow, green, blue, purple, orange, …
+    title: str | None = None
+    description: str | None = None
+
+    def labels(self) -> list[str]:
+        """The labels ``tags import`` makes of them (``rating/4``, ``flag/picked``, ``color/red``)."""
+        return ([RATING_LABEL.format(self.rating)] if self.rating else []) + \
+            ([f"flag/{self.flag}"] if self.flag else []) + ([f"color/{self.color}"] if self.color else [])
+
+    def as_dict(self) -> dict:
+        return {"rating": self.rating, "flag": self.flag, "color": self.color, "title": self.title,
+                "description": self.description}
+
+
+def _number(text: str | None) -> int | None:
+    try:
+        return int(float((text or "").strip()))
+    except ValueError:
+        return None
+
+
+def _stars(percent: int | None) -> int | None:
+    """Microsoft's RatingPercent (1, 25, 50, 75, 99) as stars (0: not rated)."""
+    if percent is None:
+        return None
+    return 0 if percent <= 0 else max(1, min(5, (percent + 12) // 25 + 1)) if percent >= 13 else 1
+
+
+def _lang_alt(xmp: exiv2.XmpData, key: str) -> str | None:
+    if key not in xmp:
+        return None
+    try:
+        texts = dict(xmp[key].value())
+        text = texts.get("x-default") or next(iter(texts.values()), "")
+    except (TypeError, ValueError):
+        text = xmp[key].toString()
+    return text.strip() or None
+
+
+def _info_from(info: PhotoInfo, xmp: exiv2.XmpData, exif: exiv2.ExifData | None = None) -> None:
+    """Fill what ``info`` does not know yet from one XMP packet (and the photo's Exif)."""
+    def get(key: str) -> str | None:
+        return xmp[key].toString() if key in xmp else None
+
+    rating = _number(get("Xmp.xmp.Rating"))
+    if rating is None:
+        rating = _stars(_number(get("Xmp.MicrosoftPhoto.Rating")))
+    exif_values = {d.key(): d.toString() for d in exif} if exif is not None else {}
+    if rating is None:
+        rating = _number(exif_values.get("Exif.Image.Rating"))
+    if rating is None:
+        rating = _stars(_number(exif_values.get("Exif.Image.RatingPercent")))
+    if info.flag is None:  # digiKam's pick label, else Lightroom's and darktable's "rejected" (-1)
+        info.flag = DIGIKAM_PICKS.get(_number(get("Xmp.digiKam.PickLabel"))) or \
+            ("rejected" if rating is not None and rating < 0 else None)
+    if info.rating is None and rating is not None and 1 <= rating <= 5:
+        info.rating = rating
+    if info.color is None:
+        label = (get("Xmp.xmp.Label") or "").strip().casefold()
+        info.color = label or DIGIKAM_COLORS.get(_number(get("Xmp.digiKam.ColorLabel")))
+    info.title = info.title or _lang_alt(xmp, "Xmp.dc.title")
+    info.description = info.description or _lang_alt(xmp, "Xmp.dc.description")
+
+
+def read_photo(photo: str) -> tuple[list[str], PhotoInfo, list[Problem]]:
+    """A photo's keywords and :class:`PhotoInfo`, from its own sidecars first, then what is
+    embedded (XMP, IPTC, the Exif rating): digiKam and darktable read a sidecar before the photo."""
+    problems: list[Problem] = []
+    info = PhotoInfo()
+    subject: list[str] = []
+    hierarchical: list[str] = []
+    for xmp in _sidecar_xmps(photo, problems):
+        flat, tree = _keyword_fields(xmp)
+        subject += flat
+        hierarchical += tree
+        _info_from(info, xmp)
+    embedded = _embedded(photo, problems)
+    if embedded is not None:
+        xmp, iptc, exif = embedded
+        flat, tree = _keyword_fields(xmp)
+        subject += flat + iptc_strings(iptc, IPTC_KEYWORDS, photo, problems)
+        hierarchical += tree
+        _info_from(info, xmp, exif)
+        for attr, key in (("title", "Iptc.Application2.ObjectName"), ("description", "Iptc.Application2.Caption")):
+            if getattr(info, attr) is None and any(d.key() == key for d in iptc):
+                setattr(info, attr, next((t.strip() for t in iptc_strings(iptc, key, photo, problems)
+                                          if t.strip()), None))
+    rejected: list[str] = []
+    keywords = keywords_from(subject, hierarchical, rejected)
+    problems += [Problem(photo, f"keyword {k!r} is not usable (empty levels, control characters or too long); "
+                                "not imported") for k in rejected]
+    return keywords, info, problems
+
+
+def marked_ids(lib, rating: int | None = None, picked: bool = False) -> set[int] | None:
+    """Ids of the photos rated ``rating`` stars or more and/or picked (labels ``tags import`` made);
+    None when no filter is asked for."""
+    if rating is None and not picked:
+        return None
+    labels = lib.catalog.labels()
+    ids: set[int] | None = None
+    if rating is not None:
+        ids = {i for n in range(max(1, rating), 6) for i in labels.get(RATING_LABEL.format(n), [])}
+    if picked:
+        chosen = set(labels.get(PICKED, []))
+        ids = chosen if ids is None else ids & chosen
+    return ids
+
+
+def read_photo_keywords(photo: str) -> tuple[list[str], list[Problem]]:
+    """Every keyword of a photo: its own sidecars, embedded XMP and IPTC Keywords (see module doc)."""
+    keywords, _info, problems = read_photo(photo)
+    return keywords, problems
+
+
+def read_photo_info(photo: str) -> tuple[PhotoInfo, list[Problem]]:
+    """Rating, pick/reject flag, colour label, title and description (for the preview)."""
+    _keywords, info, problems = read_photo(photo)
+    return info, problems
+
+
+def embedded_seed(photo: str, problems: list[Problem]) -> exiv2.XmpData:
+    """What a new sidecar of ``photo`` starts from: its embedded keywords (XMP and IPTC), rating,
+    title and description (:data:`SEED_KEYS`); darktable's automatic tags are left out."""
+    seed = exiv2.XmpData()
+    embedded = _embedded(photo, problems)
+    if embedded is None:
+        return seed
+    xmp, iptc, _exif = embedded
+    for d in xmp:
+        if d.key() in SEED_KEYS:
+            seed.add(d)
+    subject, hier, digikam = _array(seed, SUBJECT), _array(seed, HIERARCHICAL), _array(seed, DIGIKAM)
+    hier = [h for h in hier if not is_automatic(normalise_keyword_quiet(h))]
+    digikam = [k for k in digikam if not is_automatic(normalise_keyword_quiet(k))]
+    have = {x.strip().casefold() for x in subject}
+    subject += [k for k in dict.fromkeys(iptc_strings(iptc, IPTC_KEYWORDS, photo, problems))
+                if k.strip() and k.strip().casefold() not in have]
+    _set_array(seed, SUBJECT, subject, exiv2.TypeId.xmpBag)
+    _set_array(seed, HIERARCHICAL, hier, exiv2.TypeId.xmpBag)
+    _set_array(seed, DIGIKAM, digikam, exiv2.TypeId.xmpSeq)
+    if "Xmp.dc.title" not in seed:
+        title = iptc_strings(iptc, "Iptc.Application2.ObjectName", photo, problems)
+        if title and title[0].strip():
+            value = exiv2.LangAltValue()
+            value.read(f'lang="x-default" {title[0].strip()}')
+            seed["Xmp.dc.title"] = value
+    return seed
 
 
 _PILLOW_XMP = frozenset({".heic", ".heif", ".avif"})  # Exiv2 does not find the XMP item of these
@@ -360,16 +699,21 @@ def import_tags(lib, paths: Sequence[str] = (), prefix: str = "", progress: Prog
               if not roots or any(i.path == r or i.path.startswith(r.rstrip(os.sep) + os.sep) for r in roots)]
     report = ImportReport(photos=len(images))
     members: dict[str, list[int]] = {}
+    # ``Fish`` and ``fish`` are one keyword: one label, the library's spelling if it has one
+    names = {name.casefold(): name for name in lib.labels()}
     for n, info in enumerate(images):
         if cancel is not None:
             cancel.check()
-        keywords, problems = read_photo_keywords(info.path)
+        keywords, marks, problems = read_photo(info.path)
         report.problems += problems
         if keywords:
             report.tagged += 1
+        for label in marks.labels():  # ratings, flags, colours: not prefixed, so filters find them
+            members.setdefault(names.setdefault(label.casefold(), label), []).append(info.id)
         for k in keywords:
             try:
-                members.setdefault(with_prefix(prefix, k), []).append(info.id)
+                label = with_prefix(prefix, k)
+                members.setdefault(names.setdefault(label.casefold(), label), []).append(info.id)
             except TagsError as e:
                 report.problems.append(Problem(info.path, str(e)))
         if progress and (n % 50 == 0 or n + 1 == len(images)):
@@ -388,11 +732,15 @@ class SidecarChange:
     photos: list[str]
     add: list[str]
     remove: list[str]
-    create: bool
+    action: str  # create | update | delete (a sidecar clipdesk made, nothing left in it) | embed (the photo)
+
+    @property
+    def create(self) -> bool:
+        return self.action == "create"
 
     def as_dict(self) -> dict:
         return {"sidecar": self.sidecar, "photos": self.photos, "add": self.add, "remove": self.remove,
-                "action": "create" if self.create else "update"}
+                "action": self.action}
 
 
 @dataclass
@@ -408,23 +756,56 @@ class TagPlan:
 
 @dataclass
 class TagWriteReport:
+    """What a write/remove changed, counted from what is on disk afterwards."""
+
     operation: str | None
-    written: int = 0
+    written: int = 0  # existing sidecars updated
     created: int = 0
+    deleted: int = 0  # sidecars clipdesk had created, removed with their last keyword
+    embedded: int = 0  # photos whose embedded XMP was rewritten (``--embedded``)
     unchanged: int = 0
     problems: list[Problem] = field(default_factory=list)
 
+    @property
+    def changed(self) -> int:
+        return self.written + self.created + self.deleted + self.embedded
+
+    def summary(self) -> str:
+        if not self.changed:
+            why = (f"{len(self.problems)} could not be written" if self.problems
+                   else "there was nothing to write" if not self.unchanged
+                   else "every sidecar already says that")
+            return f"Nothing written: {why} ({self.unchanged} sidecars unchanged)."
+        text = (f"{self.written} sidecars updated, {self.created} created, {self.deleted} deleted, "
+                f"{self.unchanged} unchanged")
+        return f"{self.embedded} photos' embedded XMP updated, " + text if self.embedded else text
+
     def as_dict(self) -> dict:
-        return {"operation": self.operation, "written": self.written, "created": self.created,
-                "unchanged": self.unchanged, "problems": [p.as_dict() for p in self.problems]}
+        return {"operation": self.operation, "changed": self.changed, "written": self.written,
+                "created": self.created, "deleted": self.deleted, "embedded": self.embedded,
+                "unchanged": self.unchanged,
+                "message": self.summary(), "problems": [p.as_dict() for p in self.problems]}
 
 
-def plan_write(keywords: dict[str, list[str]], remove: bool = False) -> TagPlan:
+def created_sidecars(lib) -> frozenset[str]:
+    """Sidecars clipdesk itself created (a ``tags`` operation not undone since)."""
+    return frozenset(Journal(lib.folder).created_files(KIND))
+
+
+def plan_write(keywords: dict[str, list[str]], remove: bool = False, created: Collection[str] = (),
+               embedded: bool = False) -> TagPlan:
     """What writing (or removing) ``keywords`` (photo path -> keywords) would change, file by file.
 
-    Photos sharing one ``photo.xmp`` (a RAW and its JPEG twin) share one change. Sidecars that
-    cannot be parsed, links, and read-only folders are reported, never touched.
+    Photos sharing one sidecar share one change (a RAW and its JPEG twin do not: the JPEG's
+    keywords go to ``photo.JPG.xmp``). Sidecars that cannot be parsed, links, and read-only
+    folders are reported, never touched. A sidecar in ``created`` (:func:`created_sidecars`) that
+    would be left with nothing in it is deleted; any other keeps an empty XMP packet.
+
+    ``embedded``: the keywords go into the photo's own XMP instead (JPEG, TIFF, DNG: the formats
+    Lightroom reads that way and Exiv2 writes); the photo is backed up whole in the journal.
     """
+    if embedded:
+        return _plan_embedded(keywords, remove)
     plan = TagPlan()
     by_sidecar: dict[str, tuple[list[str], dict[str, None]]] = {}
     for photo, kws in keywords.items():
@@ -454,8 +835,39 @@ def plan_write(keywords: dict[str, list[str]], remove: bool = False) -> TagPlan:
         if not os.access(folder, os.W_OK) or (data is not None and not os.access(sidecar, os.W_OK)):
             plan.problems.append(Problem(sidecar, "the folder or sidecar is read-only; not written"))
             continue
+        action = "create" if data is None else "delete" if new == EMPTY and sidecar in created else "update"
         plan.changes.append(SidecarChange(sidecar, photos, [] if remove else list(words),
-                                          list(words) if remove else [], data is None))
+                                          list(words) if remove else [], action))
+    return plan
+
+
+def _plan_embedded(keywords: dict[str, list[str]], remove: bool) -> TagPlan:
+    plan = TagPlan()
+    for photo, kws in keywords.items():
+        words = list(dict.fromkeys(normalise_keyword(k) for k in kws))
+        if os.path.splitext(photo)[1].lower() not in EMBED_EXTENSIONS:
+            plan.problems.append(Problem(photo, "Exiv2 cannot write XMP into this kind of file; write a sidecar "
+                                                "instead (without --embedded)"))
+            continue
+        try:
+            data = read_bounded(photo, MAX_EMBED_BYTES)
+            if data is None:
+                plan.problems.append(Problem(photo, "the photo is missing; nothing written"))
+                continue
+            new = merge_embedded(data, [] if remove else words, words if remove else [], photo)
+        except OSError as e:
+            plan.problems.append(Problem(photo, f"cannot be read ({e.strerror or e}); left untouched"))
+            continue
+        except SidecarError as e:
+            plan.problems.append(Problem(photo, str(e).split(": ", 1)[-1] + "; left untouched"))
+            continue
+        if new is None:
+            plan.unchanged += 1
+        elif not os.access(photo, os.W_OK) or not os.access(os.path.dirname(photo), os.W_OK):
+            plan.problems.append(Problem(photo, "the photo or its folder is read-only; not written"))
+        else:
+            plan.changes.append(SidecarChange(photo, [photo], [] if remove else words, words if remove else [],
+                                              "embed"))
     return plan
 
 
@@ -467,8 +879,10 @@ def apply_write(lib, plan: TagPlan, description: str = "tags write", progress: P
         return report
     with lib.writing():
         journal = Journal(lib.folder)
-        steps = [{"action": "write", "path": c.sidecar, "info": {"photos": c.photos, "add": c.add,
-                                                                 "remove": c.remove}} for c in plan.changes]
+        ours = journal.created_files(KIND)
+        steps = [{"action": "embed" if c.action == "embed" else "write", "path": c.sidecar,
+                  "info": {"photos": c.photos, "add": c.add, "remove": c.remove, "ours": c.sidecar in ours}}
+                 for c in plan.changes]
         with journal.start(KIND, description, steps) as op:
             report.operation = op.id
             _run(op, report, progress, cancel)
@@ -491,15 +905,49 @@ def resume(lib, progress: ProgressFn | None = None, cancel: CancelToken | None =
 WRITE_BATCH = 64  # sidecars per journal sync
 
 
+def _new_content(step, data: bytes | None, problems: list[Problem]) -> bytes | None:
+    """What a ``write`` step puts at its sidecar now: bytes, :data:`REMOVE`, or None (no change)."""
+    add, remove = step.info.get("add", []), step.info.get("remove", [])
+    seed = None
+    if data is None and add:
+        photos = [p for p in step.info.get("photos", []) if isinstance(p, str)]
+        seed = embedded_seed(photos[0], problems) if photos else None
+    new = merge_keywords(data, add, remove, step.path, seed=seed)
+    if new == EMPTY:
+        return REMOVE if step.info.get("ours") is True else EMPTY_PACKET
+    return new
+
+
+def _read_photo(photo: str) -> bytes:
+    try:
+        data = read_bounded(photo, MAX_EMBED_BYTES)
+    except OSError as e:
+        raise SidecarError(f"{photo}: cannot be read ({e.strerror or e})") from None
+    if data is None:
+        raise SidecarError(f"{photo}: the photo is missing")
+    return data
+
+
+def _on_disk(step, new: bytes) -> bool:
+    """Whether the sidecar (or photo) on disk now is what the step meant to leave there."""
+    try:
+        now = _read_photo(step.path) if step.action == "embed" else read_sidecar(step.path)
+        if new == REMOVE:
+            return now is None
+        if now != new:
+            return False
+        have = embedded_keywords(now, step.path) if step.action == "embed" else keywords_in(now, step.path)
+    except SidecarError:
+        return False
+    return all(_fold(k) in have for k in step.info.get("add", [])) and \
+        not any(_fold(k) in have for k in step.info.get("remove", []))
+
+
 def _run(op, report: TagWriteReport, progress: ProgressFn | None, cancel: CancelToken | None) -> None:
     pending = op.pending()
     done = [0]
-    kinds: dict[int, str] = {}
 
     def each(step) -> None:
-        kind = kinds.get(step.n, "unchanged")
-        if kind != "problem":  # already reported
-            setattr(report, kind, getattr(report, kind) + 1)
         done[0] += 1
         if progress:
             progress(Progress("write", done[0], len(pending), path=step.path))
@@ -507,20 +955,32 @@ def _run(op, report: TagWriteReport, progress: ProgressFn | None, cancel: Cancel
     for start in range(0, len(pending), WRITE_BATCH):
         if cancel is not None:
             cancel.check()
-        batch = []
+        batch, failed = [], set()
         for step in pending[start:start + WRITE_BATCH]:
             try:
-                data = read_sidecar(step.path)
-                new = merge_keywords(data, step.info.get("add", []), step.info.get("remove", []), step.path)
+                if step.action == "embed":
+                    data = _read_photo(step.path)
+                    new = merge_embedded(data, step.info.get("add", []), step.info.get("remove", []), step.path)
+                else:
+                    data = read_sidecar(step.path)
+                    new = _new_content(step, data, report.problems)
             except SidecarError as e:
                 # Changed into something unparsable since planning: left alone, like at planning.
                 report.problems.append(Problem(step.path, str(e).split(": ", 1)[-1] + "; left untouched"))
                 data = new = None
-                kinds[step.n] = "problem"
-            if step.n not in kinds:
-                kinds[step.n] = "unchanged" if new is None else "created" if data is None else "written"
+                failed.add(step.n)
             batch.append((step, data, new))
         op.write_files(batch, cancel.check if cancel is not None else None, each)
+        for step, data, new in batch:
+            if new is None:
+                report.unchanged += step.n not in failed
+            elif not _on_disk(step, new):
+                report.problems.append(Problem(step.path, "the change is not on disk after writing it "
+                                                          "(changed by another program meanwhile?)"))
+            else:
+                kind = ("embedded" if step.action == "embed" else "deleted" if new == REMOVE
+                        else "created" if data is None else "written")
+                setattr(report, kind, getattr(report, kind) + 1)
     op.finish()
 
 

@@ -272,8 +272,8 @@ def test_sidecars_travel_with_their_photo(indexed, tmp_path):
     home = sorted((photos / "home").glob("*.jpg"))
     (Path(str(home[0]) + ".xmp")).write_text("<digikam sidecar/>")  # photo.ext.xmp: moves along
     (home[1].with_suffix(".xmp")).write_text("<lightroom sidecar/>")  # photo.xmp, its only user: moves
-    (home[2].with_suffix(".CR2")).write_bytes(b"raw twin")  # a twin keeps using photo.xmp: copied
-    (home[2].with_suffix(".xmp")).write_text("<shared sidecar/>")
+    (home[2].with_suffix(".CR2")).write_bytes(b"raw twin")  # not indexed: photo.xmp is the RAW's, it stays
+    (home[2].with_suffix(".xmp")).write_text("<raw's sidecar/>")
     into = tmp_path / "sorted"
     (into / "home").mkdir(parents=True)
     (into / "home" / home[0].name).write_bytes(b"taken")  # the photo gets a suffix; its sidecar follows
@@ -284,8 +284,8 @@ def test_sidecars_travel_with_their_photo(indexed, tmp_path):
     assert renamed.exists() and Path(str(renamed) + ".xmp").read_text() == "<digikam sidecar/>"
     assert (into / "home" / f"{home[1].stem}.xmp").read_text() == "<lightroom sidecar/>"
     assert not home[1].with_suffix(".xmp").exists()
-    assert (into / "home" / f"{home[2].stem}.xmp").read_text() == "<shared sidecar/>"
-    assert home[2].with_suffix(".xmp").read_text() == "<shared sidecar/>"  # still there for the CR2
+    assert not (into / "home" / f"{home[2].stem}.xmp").exists()  # the JPEG never takes the RAW's keywords
+    assert home[2].with_suffix(".xmp").read_text() == "<raw's sidecar/>"
     organise.undo(lib)
     assert content(photos) == before and content(into) == {f"home/{home[0].name}": hashlib.sha256(b"taken").hexdigest()}
 

@@ -127,7 +127,7 @@ def test_written_sidecars_are_read_by_exiftool_as_digikam_and_lightroom_keywords
     assert (report.written, report.created) == (0, 2)
     for p in chosen:
         meta = et_read(Path(str(p) + ".xmp"))
-        assert meta["XMP-dc:Subject"] == ["receipts"]
+        assert meta["XMP-dc:Subject"] == ["clipdesk", "receipts"]  # with its ancestors, as Lightroom exports
         assert meta["XMP-lr:HierarchicalSubject"] == ["clipdesk|receipts"]  # Lightroom's keyword tree
         assert meta["XMP-digiKam:TagsList"] == ["clipdesk/receipts"]  # digiKam's tag tree
     assert {p: digest(p) for p in photos.rglob("*.jpg")} == photo_hashes  # photos never modified
@@ -150,7 +150,7 @@ def test_merge_keeps_every_other_field_and_undo_restores_bytes(indexed, exiftool
     after = et_read(sidecar)
     assert {k: v for k, v in after.items() if k not in KEYWORD_TAGS} == \
         {k: v for k, v in before.items() if k not in KEYWORD_TAGS}  # rating, GPS, description, acme:*
-    assert after["XMP-dc:Subject"] == ["old", "receipts"]
+    assert after["XMP-dc:Subject"] == ["old", "clipdesk", "receipts"]
     assert after["XMP-lr:HierarchicalSubject"] == ["Mine|old", "clipdesk|receipts"]
     assert after["XMP-digiKam:TagsList"] == ["Mine/old", "clipdesk/receipts"]
     # remove: only our keyword goes, in all three fields
@@ -160,27 +160,28 @@ def test_merge_keeps_every_other_field_and_undo_restores_bytes(indexed, exiftool
     assert removed["XMP-lr:HierarchicalSubject"] == ["Mine|old"]
     # undo twice: the remove, then the write; the sidecar is byte for byte what the user had
     assert tags.undo(lib).reverted == 1
-    assert et_read(sidecar)["XMP-dc:Subject"] == ["old", "receipts"]
+    assert et_read(sidecar)["XMP-dc:Subject"] == ["old", "clipdesk", "receipts"]
     assert tags.undo(lib).reverted == 1
     assert sidecar.read_bytes() == original
     with pytest.raises(journal_mod.NothingToUndoError):
         tags.undo(lib)
 
 
-def test_existing_photo_xmp_is_updated_and_twins_share_it(tmp_path, library, exiftool):
+def test_a_raws_photo_xmp_is_updated_and_its_jpeg_twin_gets_its_own(tmp_path, library, exiftool):
     folder = tmp_path / "cam"
     jpg = make_photo(folder / "IMG_0001.JPG", (10, 200, 10))
     raw = folder / "IMG_0001.CR2"
     raw.write_bytes(b"raw bytes stand-in")  # planning reads no pixels
     et("-o", str(folder / "IMG_0001.xmp"), "-XMP-dc:Subject=lightroom", str(jpg))
     plan = tags.plan_write({str(jpg): ["clipdesk/cat"], str(raw): ["clipdesk/cat", "clipdesk/pet"]})
-    assert len(plan.changes) == 1
-    change = plan.changes[0]
-    assert change.sidecar == str(folder / "IMG_0001.xmp") and not change.create
-    assert sorted(change.photos) == sorted([str(jpg), str(raw)])
+    by_sidecar = {c.sidecar: c for c in plan.changes}
+    assert set(by_sidecar) == {str(folder / "IMG_0001.xmp"), str(jpg) + ".xmp"}
+    assert by_sidecar[str(folder / "IMG_0001.xmp")].photos == [str(raw)]  # Lightroom's: the RAW's
+    assert by_sidecar[str(jpg) + ".xmp"].photos == [str(jpg)] and by_sidecar[str(jpg) + ".xmp"].create
     tags.apply_write(library, plan)
-    assert sorted(os.listdir(folder)) == ["IMG_0001.CR2", "IMG_0001.JPG", "IMG_0001.xmp"]  # no second sidecar
-    assert et_read(folder / "IMG_0001.xmp")["XMP-dc:Subject"] == ["lightroom", "cat", "pet"]
+    assert sorted(os.listdir(folder)) == ["IMG_0001.CR2", "IMG_0001.JPG", "IMG_0001.JPG.xmp", "IMG_0001.xmp"]
+    assert et_read(folder / "IMG_0001.xmp")["XMP-dc:Subject"] == ["lightroom", "clipdesk", "cat", "pet"]
+    assert et_read(folder / "IMG_0001.JPG.xmp")["XMP-lr:HierarchicalSubject"] == ["clipdesk|cat"]
 
 
 def test_undo_keeps_a_sidecar_edited_since_and_deletes_created_ones(indexed, exiftool):

@@ -6,7 +6,6 @@ so they act on the same selection from the same place.
 """
 from __future__ import annotations
 
-import csv
 import os
 from collections import Counter
 from collections.abc import Callable
@@ -17,6 +16,7 @@ from PySide6.QtGui import QGuiApplication
 from PySide6.QtWidgets import QHBoxLayout, QLabel, QMenu, QPushButton, QSpinBox, QToolButton, QWidget
 
 from clipdesk.errors import ClipdeskError
+from clipdesk.export import write_csv  # the columns the CLI's export csv writes too
 
 from .dialogs import PlanDialog, ask_folder, ask_save_path
 from .grid import PhotoGrid
@@ -41,18 +41,6 @@ def _plural(n: int, word: str) -> str:
 
 def _counts(rows: list[Row]) -> str:
     return "\n".join(f"  {c}: {_plural(n, 'photo')}" for c, n in sorted(Counter(r[1] for r in rows).items()))
-
-
-def write_csv(path: str, rows: list[Row]) -> int:
-    """Write ``path,category,probability`` rows; returns how many. Raises OSError."""
-    tmp = path + ".tmp"
-    with open(tmp, "w", newline="", encoding="utf-8", errors="surrogateescape") as f:
-        w = csv.writer(f)
-        w.writerow(["path", "category", "probability"])
-        for p, label, prob in rows:
-            w.writerow([p, label, f"{prob:.4f}"])
-    os.replace(tmp, path)
-    return len(rows)
 
 
 def _export(path: str, rows: list[Row]) -> int:

@@ -1,0 +1,78 @@
+"""Ratings, pick/reject flags and colour labels in (issue 27, item 5): built with ExifTool the way
+Lightroom, digiKam and Windows write them; imported as labels; filters for search; teaching examples."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from clipdesk import tags
+from conftest import make_photo
+from test_tags import EXIFTOOL, et
+
+
+@pytest.fixture
+def exiftool():
+    if EXIFTOOL is None:
+        pytest.fail("ExifTool is missing: install the Debian package libimage-exiftool-perl")
+    return EXIFTOOL
+
+
+@pytest.fixture
+def marked(library, photos, exiftool):
+    p = sorted(str(x) for x in photos.rglob("*.jpg"))
+    et("-o", p[0].rsplit(".", 1)[0] + ".xmp", "-XMP-xmp:Rating=5", p[0])  # Lightroom: photo.xmp
+    et("-overwrite_original", "-Exif:Rating=4", p[1])  # a camera or Windows: Exif rating in the photo
+    et("-o", p[2] + ".xmp", "-XMP-digiKam:PickLabel=3", "-XMP-digiKam:ColorLabel=1", p[2])  # digiKam
+    et("-o", p[3] + ".xmp", "-XMP-xmp:Rating=-1", p[3])  # darktable / Lightroom: rejected
+    et("-overwrite_original", "-XMP-microsoft:RatingPercent=75", p[4])  # Windows Photo Gallery
+    et("-o", p[5] + ".xmp", "-XMP-xmp:Label=Green", "-XMP-xmp:Rating=0", p[5])  # Lightroom: colour, unrated
+    library.index([str(photos)])
+    return library, p
+
+
+def test_ratings_flags_and_colours_become_labels(marked):
+    lib, p = marked
+    report = tags.import_tags(lib, prefix="lr/")
+    assert report.problems == []
+    labels = {k: sorted(v) for k, v in lib.labels().items()}
+    assert labels == {"rating/5": [p[0]], "rating/4": sorted([p[1], p[4]]), "flag/picked": [p[2]],
+                      "color/red": [p[2]], "flag/rejected": [p[3]], "color/green": [p[5]]}
+    # usable as teaching examples: "my 4-star photos" against the rest
+    assert lib.train("liked", ["rating/4"]).examples == 2
+
+
+def test_search_filters_by_rating_and_pick(marked):
+    lib, p = marked
+    tags.import_tags(lib)
+    folder = lib.folder
+    lib.close()
+
+    def search(*extra: str) -> list[str]:
+        r = subprocess.run([sys.executable, "-m", "clipdesk.cli", "--library", folder, "search", "a photo",
+                            "-k", "50", "--json", *extra], capture_output=True, text=True, timeout=180)
+        assert r.returncode == 0, r.stderr
+        return sorted(x["path"] for x in json.loads(r.stdout))
+
+    assert len(search()) == 8
+    assert search("--rating", "4") == sorted([p[0], p[1], p[4]])
+    assert search("--rating", "5") == [p[0]]
+    assert search("--picked") == [p[2]]
+    assert search("--picked", "--rating", "1") == []
+
+
+def test_title_and_description_for_the_preview(tmp_path, exiftool):
+    a = make_photo(tmp_path / "a.jpg")
+    et("-overwrite_original", "-XMP-dc:Title=Harbour", "-XMP-dc:Description=Early boats", str(a))
+    b = make_photo(tmp_path / "b.jpg")
+    et("-overwrite_original", "-charset", "iptc=latin1", "-IPTC:ObjectName=Möwe", "-IPTC:Caption-Abstract=Küste", str(b))
+    c = make_photo(tmp_path / "c.jpg")
+    et("-o", str(c) + ".xmp", "-XMP-dc:Title=From the sidecar", str(c))
+    et("-overwrite_original", "-XMP-dc:Title=Embedded", str(c))
+    assert tags.read_photo_info(str(a))[0].as_dict() == {"rating": None, "flag": None, "color": None,
+                                                         "title": "Harbour", "description": "Early boats"}
+    info, problems = tags.read_photo_info(str(b))
+    assert (info.title, info.description, problems) == ("Möwe", "Küste", [])
+    assert tags.read_photo_info(str(c))[0].title == "From the sidecar"  # the sidecar wins, as in digiKam
