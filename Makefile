@@ -57,6 +57,7 @@ e2e: install-test
 	E2E_OUT=$(abspath $(E2E_OUT)) $(BIN)/python -m pytest tests/e2e -s
 
 bench: install-test
+	CLIPDESK_LITE_PYTHON=$(abspath $(LITE))/bin/python $(BIN)/python benchmarks/bench_runtime.py
 	$(BIN)/python benchmarks/run_all.py
 	$(BIN)/python benchmarks/bench_duplicates.py
 	$(BIN)/python benchmarks/bench_scale.py

@@ -86,7 +86,7 @@ def run(n: int, photos: str | None, cpu_check: bool = False) -> dict:
     from clipdesk.indexer.gpu_decode import GPU_BATCH, GpuJpegDecoder, GpuPreprocess, nvjpeg_decode
     from clipdesk.indexer.pipeline import index_files
     from clipdesk.indexer.vectors import VectorStore
-    from clipdesk.models import ModelSpec, load_encoder
+    from clipdesk.runtime import ModelSpec, load_encoder
 
     work = Path(tempfile.mkdtemp(prefix="clipdesk-bench-gpu-"))
     cores = benchmeta.cores()

@@ -23,7 +23,6 @@ import subprocess
 import sys
 import tempfile
 import time
-import warnings
 from concurrent.futures import ThreadPoolExecutor
 from datetime import date
 from pathlib import Path
@@ -109,183 +108,6 @@ def synthetic_library(folder: Path, n: int, dim: int = 512) -> float:
 def _cpu_seconds() -> float:
     r = resource.getrusage(resource.RUSAGE_SELF)
     return r.ru_utime + r.ru_stime
-
-
-def model_rates(models: dict, batch: int = 32, warmup: int = 2, runs: int = 5, size: int = 256) -> dict:
-    """Model-only images/s of each ``{name: (model, dtype)}`` (a torch CLIP model) or
-    ``{name: fn}`` (``fn(x)`` embeds a float32 (batch, 3, size, size) tensor) on one batch:
-    ``warmup`` untimed calls each (the first bf16 calls build oneDNN kernels), then ``runs``
-    timed calls, interleaved across the models so that a change of load hits them all alike.
-
-    Also the CPU seconds this process spent per image. It rises under load too (OpenMP threads
-    spin while a sibling is descheduled), so it does not replace a quiet run; its ratios between
-    precisions show whether a ratio of rates taken under load is an artefact of the load.
-    Returns ``{name: {"median": img/s, "runs": [...], "cpu_ms_per_img": ...}}``."""
-    import torch
-
-    x = torch.randn(batch, 3, size, size, generator=torch.Generator().manual_seed(0))
-    calls = {}
-    for k, v in models.items():
-        if callable(v):
-            calls[k] = (v, x)
-        else:
-            m, dt = v
-            calls[k] = (m.encode_image, x.to(dt))
-    times: dict[str, list[float]] = {k: [] for k in calls}
-    cpu: dict[str, list[float]] = {k: [] for k in calls}
-    with torch.inference_mode():
-        for k, (fn, inp) in calls.items():
-            for _ in range(warmup):
-                fn(inp)
-        for _ in range(runs):
-            for k, (fn, inp) in calls.items():
-                c, t = _cpu_seconds(), time.perf_counter()
-                fn(inp)
-                times[k].append(time.perf_counter() - t)
-                cpu[k].append(_cpu_seconds() - c)
-    return {k: {"median": round(batch / statistics.median(v), 1), "runs": [round(batch / t, 1) for t in v],
-                "cpu_ms_per_img": round(1000 * statistics.median(cpu[k]) / batch, 1)}
-            for k, v in times.items()}
-
-
-def onnx_int8(visual, size: int, threads: int, folder: Path):
-    """The image tower exported to ONNX, weights quantised to int8 (ONNX Runtime's dynamic
-    quantisation: int8 matrix products, VNNI where the CPU has it), as ``fn(x) -> features``;
-    None where onnxruntime/onnx are not installed (they are not clipdesk dependencies)."""
-    try:
-        import onnxruntime as ort
-        from onnxruntime.quantization import QuantType, quantize_dynamic
-    except ImportError:
-        return None
-    import torch
-
-    fp32_path, int8_path = folder / "visual.onnx", folder / "visual.int8.onnx"
-    x = torch.randn(2, 3, size, size)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        torch.onnx.export(visual, (x,), str(fp32_path), input_names=["x"], output_names=["y"],
-                          dynamic_axes={"x": {0: "b"}, "y": {0: "b"}}, dynamo=False, opset_version=17)
-        quantize_dynamic(str(fp32_path), str(int8_path), weight_type=QuantType.QInt8)
-    so = ort.SessionOptions()
-    so.intra_op_num_threads, so.inter_op_num_threads = threads, 1
-    session = ort.InferenceSession(str(int8_path), so, providers=["CPUExecutionProvider"])
-    return lambda t: torch.from_numpy(session.run(None, {"x": t.numpy()})[0])
-
-
-def bench_precision() -> dict:
-    """Model-only fp32 vs bf16 vs int8 (PyTorch's dynamic int8 on the Linear layers, ONNX
-    Runtime's dynamic int8 where it is installed, and the app's OpenVINO static int8 where
-    clipdesk[int8] is; benchmarks/bench_int8.py compares more int8 variants); ViT-B-32-256, batch 32, 2 warm-ups, median of
-    5 interleaved runs; beside what the app's load-time check (``measure_precision``: batch 8,
-    1 warm-up, best of 2) reads in the same run. Agreement with fp32 on random inputs (random
-    weights: the mechanics of the numbers, not a quality figure)."""
-    import copy
-
-    import torch
-
-    from clipdesk.models import Int8Visual, ModelSpec, load_encoder, measure_precision
-
-    fp32 = load_encoder(ModelSpec.parse(ARCH), precision="fp32").model
-    bf16 = copy.deepcopy(fp32).to(torch.bfloat16)
-    with warnings.catch_warnings():  # torch points to torchao for eager-mode quantisation
-        warnings.simplefilter("ignore")
-        int8 = torch.ao.quantization.quantize_dynamic(copy.deepcopy(fp32), {torch.nn.Linear}, dtype=torch.qint8)
-    models = {"fp32": (fp32, torch.float32), "bf16": (bf16, torch.bfloat16), "int8_torch_dynamic": (int8, torch.float32)}
-    ov8 = None
-    work = Path(tempfile.mkdtemp(prefix="clipdesk-bench-"))
-    try:
-        ort_fn = onnx_int8(fp32.visual, 256, torch.get_num_threads(), work)
-        if ort_fn is not None:
-            models["int8_onnxruntime"] = ort_fn
-        if Int8Visual.backend_available() == "openvino":  # the app's static int8 (clipdesk[int8])
-            ov8 = Int8Visual.build(ModelSpec.parse(ARCH), fp32, backend="openvino")
-            if ov8 is not None:
-                models["int8_openvino_static"] = lambda t: torch.from_numpy(ov8(t.numpy()))
-        rates = model_rates(models)
-        x = torch.randn(16, 3, 256, 256, generator=torch.Generator().manual_seed(1))
-        with torch.inference_mode():
-            ref = torch.nn.functional.normalize(fp32.encode_image(x), dim=-1)
-            cos = {}
-            for k, v in models.items():
-                out = v(x) if callable(v) else v[0].encode_image(x.to(v[1]))
-                cos[k] = round(float((ref * torch.nn.functional.normalize(out.float(), dim=-1)).sum(-1).mean()), 5)
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
-    quick = measure_precision(fp32, int8=ov8)  # the app's verdict, int8 included where it is installed
-    med = {k: v["median"] for k, v in rates.items()}
-    cpu = {k: v["cpu_ms_per_img"] for k, v in rates.items()}
-    return {"threads": torch.get_num_threads(), "batch": 32,
-            "img_s": med, "cpu_ms_per_img": cpu,
-            "bf16_over_fp32": round(med["bf16"] / med["fp32"], 2),
-            "bf16_over_fp32_by_cpu_time": round(cpu["fp32"] / cpu["bf16"], 2),
-            "int8_over_bf16": {k: round(med[k] / med["bf16"], 2) for k in med if k.startswith("int8")},
-            "int8_over_bf16_by_cpu_time": {k: round(cpu["bf16"] / cpu[k], 2) for k in cpu if k.startswith("int8")},
-            "mean_cosine_vs_fp32_random_inputs": cos,
-            "runs_img_s": {k: v["runs"] for k, v in rates.items()},
-            "load_time_check": quick,
-            "compared_with": "fp32 (and bf16 for int8) model-only, same batch, same run"}
-
-
-def bench_indexing(n: int = 300) -> dict:
-    """Figure 1 and 2: model-only M, decode-only D, end-to-end E vs the bound B; bf16 agreement.
-
-    M and the fp32 rate it is compared with are measured the same way (``model_rates``), in this
-    run; B = 1/(1/M + 1/D) is the bound of decoding and the model sharing the same cores."""
-    import torch
-
-    from clipdesk.indexer.decode import decode_image
-    from clipdesk.library import Library
-    from clipdesk.models import ModelSpec, load_encoder
-
-    work = Path(tempfile.mkdtemp(prefix="clipdesk-bench-"))
-    try:
-        photos = camera_library(work / "photos", n)
-        files = sorted(str(p) for p in photos.glob("*.jpg"))
-        enc = load_encoder(ModelSpec.parse(ARCH))
-        ref = enc if enc.precision == "fp32" else load_encoder(ModelSpec.parse(ARCH), precision="fp32")
-        # D: decode + prepare with all cores (what the pipeline's decoder threads do)
-        def dec(p):
-            return enc.prepare(decode_image(p, enc.min_side).image)
-
-        with ThreadPoolExecutor(os.cpu_count()) as pool:
-            t = time.perf_counter()
-            prepared = list(pool.map(dec, files))
-            D = len(files) / (time.perf_counter() - t)
-        del prepared
-        # M: model only, batches of 32, in the precision the app picked; fp32 the same way
-        dtypes = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
-        models = {"fp32": (ref.model, torch.float32)}
-        if enc.int8 is not None:
-            models["int8"] = lambda x: torch.from_numpy(enc.int8(x.numpy()))
-        elif enc.precision != "fp32":
-            models[enc.precision] = (enc.model, dtypes[enc.precision])
-        rates = model_rates(models, size=enc.image_size)
-        M, fp32_rate = rates[enc.precision]["median"], rates["fp32"]["median"]
-        B = 1.0 / (1.0 / M + 1.0 / D)
-        # E: the real `index` (fresh library each run)
-        e_rates = []
-        for r in range(2):
-            lib = Library(str(work / f"lib{r}"), model=ARCH)
-            rep = lib.index([str(photos)])
-            lib.close()
-            e_rates.append(rep.added / rep.seconds)
-        E = statistics.median(e_rates)
-        # agreement of the chosen precision with fp32 on the shared photos
-        agree = None
-        if enc.precision != "fp32":
-            shared = sorted((SHARED / "photos" / "labelled").rglob("*.jpg"))[:96]
-            imgs = [decode_image(str(p), enc.min_side).image for p in shared]
-            a, b = enc.encode_images(imgs), ref.encode_images(imgs)
-            agree = float((a * b).sum(1).mean())
-        return {"images": n, "precision": enc.precision, "threads": torch.get_num_threads(),
-                "model_only_M_img_s": round(M, 1), "fp32_model_only_img_s": fp32_rate,
-                "M_over_fp32": round(M / fp32_rate, 2),
-                "decode_only_D_img_s": round(D, 1), "bound_B_img_s": round(B, 1),
-                "end_to_end_E_img_s": round(E, 1), "E_over_B": round(E / B, 3),
-                "mean_cosine_vs_fp32_shared_photos": None if agree is None else round(agree, 5),
-                "compared_with": "bound B = 1/(1/M + 1/D), M and D measured in this run"}
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
 
 
 def bench_search(sizes=(1_000, 10_000, 100_000, 1_000_000), queries: int = 60) -> dict:
@@ -491,8 +313,8 @@ COMPARED_WITH = {
     "search": "recall@10 against exact search over the same vectors, in the same run",
     "probe": "target (issue 12): whole-library predict at 1M < 3 s",
 }
-BENCHES = {"precision": bench_precision, "indexing": bench_indexing, "search": bench_search, "rescan": bench_rescan,
-           "probe": bench_probe, "gui": bench_gui}
+# Model precision and indexing throughput are measured by bench_runtime.py (the runtime beside the torch path).
+BENCHES = {"search": bench_search, "rescan": bench_rescan, "probe": bench_probe, "gui": bench_gui}
 
 
 def main() -> None:
