@@ -329,6 +329,20 @@ class Catalog:
                     c.execute(_MIGRATIONS[v])
                     c.execute(f"PRAGMA user_version={v + 1}")
 
+    def checkpoint(self) -> None:
+        """Copy the WAL into the database file and empty it, so that the file alone holds the
+        catalog (:class:`DiskFullError` when the disk cannot take it)."""
+        folder = os.path.dirname(self.path)
+        with self._lock:
+            try:
+                busy = self._conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()[0]
+            except sqlite3.Error as e:
+                if is_disk_full(e, folder):
+                    raise _full(folder, "write the catalog") from None
+                raise
+        if busy:
+            raise ClipdeskError(f"The catalog {self.path} is busy: its changes could not all be written into it.")
+
     def close(self) -> None:
         with self._lock:
             self._conn.close()
@@ -813,6 +827,9 @@ def integrity_problems(path: str) -> list[str]:
             if copy_dir:
                 shutil.rmtree(copy_dir, ignore_errors=True)
     except sqlite3.DatabaseError as e:
+        folder = os.path.dirname(os.path.abspath(path))
+        if is_disk_full(e, folder):  # not damage: a repair would only move a sound catalog aside
+            raise _full(folder, "check the catalog") from None
         return [str(e)]
     return [] if rows == ["ok"] else rows
 

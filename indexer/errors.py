@@ -131,7 +131,10 @@ def format_size(n: int) -> str:
 def disk_full_error(folder: str, what: str, needed: int | None = None, after: str | None = None) -> DiskFullError:
     """The one message for a full disk: the folder, what could not be written, the space it needed
     when known (and what is free), and what to do. ``after``: what happens to the work so far."""
-    free = free_space(folder)
+    existing = folder
+    while existing and not os.path.isdir(existing) and os.path.dirname(existing) != existing:
+        existing = os.path.dirname(existing)  # a library not created yet: its parent's disk
+    free = free_space(existing)
     space = ""
     if needed:
         space = f"; it needs about {format_size(needed)}" + (f" ({format_size(free)} free)" if free is not None else "")
