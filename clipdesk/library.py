@@ -27,7 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
-from clipdesk.errors import ClipdeskError, ModelMismatchError, ProbeError, QueryError
+from clipdesk.errors import ClipdeskError, DiskFullError, ModelMismatchError, ProbeError, QueryError
 from clipdesk.indexer.catalog import Catalog, ImageInfo
 from clipdesk.indexer.decode import decode_image, describe_os_error
 from clipdesk.indexer.errors import UnreadableImageError
@@ -487,7 +487,11 @@ class Library:
             try:
                 if vf is not None:
                     vf.close()
-                self._write_vector_file(rebuild=rebuild)
+                try:
+                    self._write_vector_file(rebuild=rebuild)
+                except DiskFullError as e:  # only a cache: this pass reads the catalog instead
+                    self.status_callback(str(e))
+                    return None
             finally:
                 if not held:
                     self.lock.release()

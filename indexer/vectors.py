@@ -275,12 +275,23 @@ class VectorStore:
 
                 def emit(chunk) -> None:
                     digest.update(chunk)
-                    f.write(chunk)
+                    try:
+                        f.write(chunk)
+                    except OSError as e:  # FAISS turns it into a RuntimeError: keep the cause
+                        failed.append(e)
+                        raise
 
-                faiss.write_index(self.index, faiss.PyCallbackIOWriter(emit))
+                try:
+                    faiss.write_index(self.index, faiss.PyCallbackIOWriter(emit))
+                except RuntimeError:
+                    if failed:
+                        raise failed[0] from None  # a full disk stays a full disk
+                    raise
                 f.write(digest.digest())
 
-        atomic_write(path, write)
+        failed: list[OSError] = []
+        # An exact index takes its vectors (float32) and ids; a compressed one less.
+        atomic_write(path, write, size=len(self) * (self.dim * 4 + 8) if self.kind == "exact" else None)
 
     @classmethod
     def load(cls, path: str, max_count: int | None = None) -> tuple[VectorStore, VectorHeader]:
