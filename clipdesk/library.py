@@ -162,7 +162,7 @@ def create_library(folder: str, spec: ModelSpec | None = None) -> None:
     except (ClipdeskError, OSError) as e:
         if is_disk_full(e, parent if os.path.isdir(parent) else None):
             raise disk_full_error(folder, "create the library", _CREATE_BYTES,
-                                  "Nothing was created; free some space and run the same command again.") from None
+                                  "Nothing was created; free some space and try again.") from None
         if isinstance(e, ClipdeskError):
             raise
         raise ClipdeskError(f"Cannot create a library at {folder}: {e.strerror or e}.") from None

@@ -174,8 +174,8 @@ def _s(blob: bytes | str) -> str:
 
 
 def _full(folder: str, what: str, needed: int | None = None) -> DiskFullError:
-    return disk_full_error(folder, what, needed, "Everything saved before is kept; free some space and run "
-                                                 "the same command again to go on where it stopped.")
+    return disk_full_error(folder, what, needed, "Everything saved before is kept; free some space and try "
+                                                 "again: it goes on where it stopped.")
 
 
 def _batch_bytes(records: Sequence[ImageRecord], failures: Sequence[Failure]) -> int:

@@ -140,5 +140,5 @@ def disk_full_error(folder: str, what: str, needed: int | None = None, after: st
         space = f"; it needs about {format_size(needed)}" + (f" ({format_size(free)} free)" if free is not None else "")
     elif free is not None:
         space = f" ({format_size(free)} free)"
-    after = after or "What was saved before is intact; free some space and run the same command again."
+    after = after or "What was saved before is intact; free some space and try again."
     return DiskFullError(f"The disk holding {folder} is full: cannot {what}{space}. {after}", folder, needed)

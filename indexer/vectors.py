@@ -275,22 +275,13 @@ class VectorStore:
 
                 def emit(chunk) -> None:
                     digest.update(chunk)
-                    try:
-                        f.write(chunk)
-                    except OSError as e:  # FAISS turns it into a RuntimeError: keep the cause
-                        failed.append(e)
-                        raise
+                    f.write(chunk)
 
-                try:
-                    faiss.write_index(self.index, faiss.PyCallbackIOWriter(emit))
-                except RuntimeError:
-                    if failed:
-                        raise failed[0] from None  # a full disk stays a full disk
-                    raise
+                faiss.write_index(self.index, faiss.PyCallbackIOWriter(emit))
                 f.write(digest.digest())
 
-        failed: list[OSError] = []
-        # An exact index takes its vectors (float32) and ids; a compressed one less.
+        # An exact index takes its vectors (float32) and ids; a compressed one less. (FAISS hands
+        # an exception raised in the writer callback, ENOSPC included, back unchanged.)
         atomic_write(path, write, size=len(self) * (self.dim * 4 + 8) if self.kind == "exact" else None)
 
     @classmethod
