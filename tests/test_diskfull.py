@@ -393,3 +393,20 @@ def test_journal_record_torn_by_a_full_disk_is_cut_back(tmp_path, monkeypatch):
     op._append(type="done", n=0, noop=True)
     op.close()
     assert j.load(op.id).steps[0].state == "done"  # every line is still a record
+
+
+def test_the_writer_lock_on_a_full_disk(tmp_path, monkeypatch):
+    from clipdesk.indexer.lock import LibraryLock
+
+    lock = LibraryLock(str(tmp_path))
+    monkeypatch.setattr(os, "pwrite", _enospc)  # no room for the PID: the lock is still taken
+    lock.acquire()
+    assert lock.held
+    other = LibraryLock(str(tmp_path))
+    with pytest.raises(Exception, match="in use by PID unknown"):
+        other.acquire()
+    lock.release()
+    (tmp_path / "lock").unlink()
+    monkeypatch.setattr(os, "open", _enospc)  # no inode left for the lock file
+    with pytest.raises(DiskFullError, match="lock"):
+        LibraryLock(str(tmp_path)).acquire()
