@@ -82,9 +82,9 @@ def check_library_folder(folder: str, create: bool) -> None:
     """Refuse, with one clear message, a folder that is not (and cannot become) a library.
 
     With ``create``, a folder with no catalog may become a new library (:func:`create_library`
-    makes it); without, it is :class:`LibraryNotFoundError`. Nothing is created here. Either way, a catalog that is empty
-    (0 bytes) or another program's SQLite database is refused before it is opened, so it never
-    silently turns into a new empty library.
+    makes it); without, it is :class:`LibraryNotFoundError`. Nothing is created here. Either way,
+    a catalog that is empty (0 bytes) or another program's SQLite database is refused before it
+    is opened, so it never silently turns into a new empty library.
     """
     from clipdesk.errors import CatalogCorruptError, LibraryNotFoundError
 
@@ -192,7 +192,8 @@ def _sweep_stale_staging(parent: str, name: str) -> None:
         return
     for e in entries:
         try:
-            if e.is_dir(follow_symlinks=False) and time.time() - e.stat(follow_symlinks=False).st_mtime > _STALE_STAGING_S:
+            age = time.time() - e.stat(follow_symlinks=False).st_mtime
+            if e.is_dir(follow_symlinks=False) and age > _STALE_STAGING_S:
                 shutil.rmtree(e.path, ignore_errors=True)
         except OSError:
             pass

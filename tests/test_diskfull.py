@@ -29,6 +29,7 @@ from clipdesk.library import Library
 from conftest import SUBPROCESS_TIMEOUT, make_photo
 
 CLI = [sys.executable, "-m", "clipdesk.cli"]
+MANY = 200  # photos: a catalog of them outgrows what the small disk leaves free
 
 
 def run_cli(library, *args):
@@ -101,8 +102,8 @@ def small_disk(tmp_path):
 
 
 @pytest.fixture(scope="module")
-def photos400(tmp_path_factory):
-    return many_photos(tmp_path_factory.mktemp("photos400"), 400)
+def photos_many(tmp_path_factory):
+    return many_photos(tmp_path_factory.mktemp("photos_many"), MANY)
 
 
 @pytest.fixture(scope="module")
@@ -113,12 +114,12 @@ def photos10(tmp_path_factory):
 # 0 KB: SQLite cannot even make its WAL index ("disk I/O error" on open); 64 KB: the WAL fills
 # while a batch is written (SQLITE_FULL).
 @pytest.mark.parametrize("leave_kb", [0, 64])
-def test_cli_index_on_a_full_disk_says_so_then_resumes(small_disk, photos10, photos400, leave_kb):
+def test_cli_index_on_a_full_disk_says_so_then_resumes(small_disk, photos10, photos_many, leave_kb):
     lib = small_disk.path / "lib"
     first = run_cli(lib, "index", str(photos10), "--model", "test-tiny")
     assert first.returncode == 0, first.stderr
     small_disk.fill(leave_kb)
-    p = run_cli(lib, "index", str(photos400), "--model", "test-tiny")
+    p = run_cli(lib, "index", str(photos_many), "--model", "test-tiny")
     assert_one_line_disk_full(p, lib)
     # Not damage: repair, on the still full disk, finds nothing to mend (or says the disk is full).
     r = run_cli(lib, "repair")
@@ -127,16 +128,16 @@ def test_cli_index_on_a_full_disk_says_so_then_resumes(small_disk, photos10, pho
 
     small_disk.free_up()
     rows, distinct, neither = catalog_rows(lib)
-    assert rows == distinct >= 10 and neither == 0 and rows < 410
-    again = run_cli(lib, "index", str(photos400), "--model", "test-tiny", "--json")
+    assert rows == distinct >= 10 and neither == 0 and rows < MANY + 10
+    again = run_cli(lib, "index", str(photos_many), "--model", "test-tiny", "--json")
     assert again.returncode == 0, again.stderr
     report = json.loads(again.stdout)
-    assert report["added"] == 410 - rows  # exactly what was missing: nothing twice, nothing lost
-    assert catalog_rows(lib) == (410, 410, 0)
+    assert report["added"] == MANY + 10 - rows  # exactly what was missing: nothing twice, nothing lost
+    assert catalog_rows(lib) == (MANY + 10, MANY + 10, 0)
     st = run_cli(lib, "search", "a photo", "-k", "500", "--json")
     assert st.returncode == 0, st.stderr
     found = [r["path"] for r in json.loads(st.stdout)]
-    assert len(found) == len(set(found)) == 410  # the vector index has each photo once
+    assert len(found) == len(set(found)) == MANY + 10  # the vector index has each photo once
 
 
 # No room even for the catalog (0 KB), for its WAL index (16 KB), for its schema (64 KB).
@@ -157,22 +158,22 @@ def test_cli_create_on_a_full_disk_leaves_nothing(small_disk, photos10, leave_kb
     assert json.loads(again.stdout)["added"] == 10
 
 
-def test_a_library_created_before_the_disk_filled_keeps_its_model(small_disk, photos10, photos400):
+def test_a_library_created_before_the_disk_filled_keeps_its_model(small_disk, photos10, photos_many):
     """The issue's case: creation went through, indexing did not. The model asked for is recorded
     with the library, so the next run without --model uses it (not the default model)."""
     lib = small_disk.path / "lib"
-    small_disk.fill(320)  # enough to create the library, not to index 400 photos
-    p = run_cli(lib, "index", str(photos400), "--model", "test-tiny")
+    small_disk.fill(320)  # enough to create the library, not to index MANY photos
+    p = run_cli(lib, "index", str(photos_many), "--model", "test-tiny")
     line = assert_one_line_disk_full(p, lib)
     assert "write the catalog" in line
     small_disk.free_up()
     again = run_cli(lib, "index", "--json")  # no --model, no paths: the library's folders, its model
     assert again.returncode == 0, again.stderr
     st = json.loads(run_cli(lib, "status", "--json").stdout)
-    assert st["model"] == "test-tiny" and st["images"] == 400
+    assert st["model"] == "test-tiny" and st["images"] == MANY
 
 
-def test_core_jobs_on_a_full_disk_resume_without_doubles(small_disk, photos10, photos400):
+def test_core_jobs_on_a_full_disk_resume_without_doubles(small_disk, photos10, photos_many):
     """The jobs the app runs (index, label, train) through the same Library, in-process."""
     folder = small_disk.path / "lib"
     with Library(str(folder), model="test-tiny") as lib:
@@ -180,7 +181,7 @@ def test_core_jobs_on_a_full_disk_resume_without_doubles(small_disk, photos10, p
         some = sorted(str(p) for p in photos10.rglob("*.jpg"))[:4]
         small_disk.fill(0)
         with pytest.raises(DiskFullError) as e:
-            lib.index([str(photos400)], batch_size=8)
+            lib.index([str(photos_many)], batch_size=8)
         assert e.value.folder == str(folder) and "repair" not in str(e.value)
         with pytest.raises(DiskFullError):
             lib.add_to_label("cats", some)
@@ -188,8 +189,8 @@ def test_core_jobs_on_a_full_disk_resume_without_doubles(small_disk, photos10, p
             lib.add_to_label("dogs", some[:2])
         small_disk.free_up()
         rows = lib.status()["images"]
-        report = lib.index([str(photos400)], batch_size=8)
-        assert report.added == 410 - rows and lib.status()["images"] == 410
+        report = lib.index([str(photos_many)], batch_size=8)
+        assert report.added == MANY + 10 - rows and lib.status()["images"] == MANY + 10
         lib.add_to_label("cats", some[:2])
         lib.add_to_label("dogs", some[2:])
         small_disk.fill(0)
@@ -201,10 +202,10 @@ def test_core_jobs_on_a_full_disk_resume_without_doubles(small_disk, photos10, p
         assert lib.labels() == {"cats": some[:2], "dogs": some[2:]}
         lib.train("pets")
         assert [p.name for p in lib.probes()] == ["pets"]
-    assert catalog_rows(folder) == (410, 410, 0)
+    assert catalog_rows(folder) == (MANY + 10, MANY + 10, 0)
 
 
-def test_the_app_shows_a_full_disk_in_its_banner(qtbot, no_thread_leaks, small_disk, photos10, photos400):
+def test_the_app_shows_a_full_disk_in_its_banner(qtbot, no_thread_leaks, small_disk, photos10, photos_many):
     pytest.importorskip("pytestqt")
     from conftest import make_window, until
 
@@ -217,19 +218,19 @@ def test_the_app_shows_a_full_disk_in_its_banner(qtbot, no_thread_leaks, small_d
     try:
         small_disk.fill(0)
         with qtbot.waitSignal(w.index_finished, timeout=120000):
-            w.start_indexing([str(photos400)])
+            w.start_indexing([str(photos_many)])
         until(lambda: w.banner.isVisible(), what="the banner")
         text = w.banner.text.text()
         assert "is full" in text and str(folder) in text and "repair" not in text and "bug" not in text
         assert w.jobs.pool.activeThreadCount() == 0  # the job stopped
         small_disk.free_up()
         with qtbot.waitSignal(w.index_finished, timeout=120000):
-            w.start_indexing([str(photos400)])
+            w.start_indexing([str(photos_many)])
         until(lambda: not w.banner.isVisible(), what="the banner cleared")
-        assert lib.status()["images"] == 410
+        assert lib.status()["images"] == MANY + 10
     finally:
         w.shutdown()
-    assert catalog_rows(folder) == (410, 410, 0)
+    assert catalog_rows(folder) == (MANY + 10, MANY + 10, 0)
 
 
 # ---------------------------------------------------------------------- injected ENOSPC / EDQUOT
