@@ -583,13 +583,22 @@ class Operation:
                 self._fd = os.open(path, os.O_WRONLY | os.O_APPEND | O_NOFOLLOW | O_CLOEXEC)
             except OSError as e:
                 raise _user_error(e, f"write the journal {path}") from None
+        start = None
         try:
+            start = os.lseek(self._fd, 0, os.SEEK_END)
             view = memoryview(data)
             while view:
                 view = view[os.write(self._fd, view):]
             if sync:
                 os.fsync(self._fd)
         except OSError as e:
+            # A record torn by a full disk would fuse with the next one appended once space is
+            # freed (--resume, undo) into a line that is not JSON: the journal ends where it did.
+            if start is not None:
+                try:
+                    os.ftruncate(self._fd, start)
+                except OSError:
+                    pass
             raise _user_error(e, f"write the journal {self.journal._file(self.id)}") from None
 
     def _append(self, **record) -> None:

@@ -11,8 +11,11 @@ On disk (see DESIGN.md): ``catalog.sqlite`` (source of truth, vectors included),
 """
 from __future__ import annotations
 
+import errno
 import os
 import re
+import shutil
+import tempfile
 import threading
 import time
 from collections import deque
@@ -24,7 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
-from clipdesk.errors import ClipdeskError, ModelMismatchError, ProbeError, QueryError
+from clipdesk.errors import ClipdeskError, DiskFullError, ModelMismatchError, ProbeError, QueryError
 from clipdesk.indexer.catalog import Catalog, ImageInfo
 from clipdesk.indexer.decode import decode_image, describe_os_error
 from clipdesk.indexer.errors import UnreadableImageError
@@ -78,10 +81,10 @@ def _one_blas_thread():
 def check_library_folder(folder: str, create: bool) -> None:
     """Refuse, with one clear message, a folder that is not (and cannot become) a library.
 
-    With ``create``, a missing folder is made (a new library); without, a folder with no catalog
-    is :class:`LibraryNotFoundError` and nothing is created. Either way, a catalog that is empty
-    (0 bytes) or another program's SQLite database is refused before it is opened, so it never
-    silently turns into a new empty library.
+    With ``create``, a folder with no catalog may become a new library (:func:`create_library`
+    makes it); without, it is :class:`LibraryNotFoundError`. Nothing is created here. Either way,
+    a catalog that is empty (0 bytes) or another program's SQLite database is refused before it
+    is opened, so it never silently turns into a new empty library.
     """
     from clipdesk.errors import CatalogCorruptError, LibraryNotFoundError
 
@@ -96,10 +99,6 @@ def check_library_folder(folder: str, create: bool) -> None:
         if not create:
             raise LibraryNotFoundError(
                 f"No library at {folder}. Create one with 'clipdesk --library {folder} index FOLDER'.")
-        try:
-            os.makedirs(folder, exist_ok=True)
-        except OSError as e:
-            raise ClipdeskError(f"Cannot create a library at {folder}: {e.strerror or e}.") from None
         return
     if not os.path.isfile(catalog):
         raise CatalogCorruptError(f"The catalog {catalog} is not a regular file.")
@@ -112,6 +111,107 @@ def check_library_folder(folder: str, create: bool) -> None:
         raise CatalogCorruptError(
             f"{catalog} is not a clipdesk catalog (it is an SQLite database with the tables "
             f"{', '.join(foreign[:5])}). Use another library folder, or move that file away.")
+
+
+_STAGING = ".creating-"  # .NAME.creating-XXXX: a library being created beside NAME
+_STALE_STAGING_S = 3600  # older ones were left by a creation that was killed
+# What creating a library takes at its peak (catalog, its WAL and shared-memory index): it took
+# 200 KB on a tmpfs (4 KB pages) and failed with 180 KB.
+_CREATE_BYTES = 256 * 1024
+
+
+def create_library(folder: str, spec: ModelSpec | None = None) -> None:
+    """Create the library at ``folder`` whole or not at all: catalog, schema, the model asked for
+    (``spec``) and the library's id.
+
+    It is made in a hidden folder beside ``folder`` and renamed into place, so a full disk (or a
+    crash) part-way leaves no catalog at ``folder`` for a later command to take for a library.
+    A rename rather than a completion marker: a marker would have to be checked by every
+    reader, and libraries made before it existed have none. A folder that already holds other
+    files receives the finished catalog file instead (hard-linked, so a library another process
+    created meanwhile is never replaced). Parent folders are made as needed; an empty one left
+    behind is not a library.
+    """
+    from clipdesk.indexer.errors import disk_full_error, is_disk_full
+
+    parent, name = os.path.split(folder)
+    staging = None
+    try:
+        os.makedirs(parent, exist_ok=True)
+        _sweep_stale_staging(parent, name)
+        staging = tempfile.mkdtemp(prefix=f".{name}{_STAGING}", dir=parent)
+        catalog = Catalog.open(staging)
+        try:
+            if spec is not None:
+                catalog.set_meta("model", spec.name)
+                if spec.weights:
+                    catalog.set_meta("weights", spec.weights)
+                if spec.folder:
+                    catalog.set_meta("model_dir", spec.folder)
+            catalog.library_id(create=True)
+            catalog.checkpoint()  # everything into catalog.sqlite: the WAL may not travel with it
+        finally:
+            catalog.close()
+        _fsync_dir(staging)
+        try:
+            os.rename(staging, folder)  # replaces an empty folder too, atomically
+            staging = None
+        except OSError as e:
+            if e.errno not in (errno.ENOTEMPTY, errno.EEXIST, errno.EISDIR, errno.ENOTDIR):
+                raise
+            _place_catalog(os.path.join(staging, Catalog.FILENAME), os.path.join(folder, Catalog.FILENAME))
+        _fsync_dir(parent)
+    except (ClipdeskError, OSError) as e:
+        if is_disk_full(e, parent if os.path.isdir(parent) else None):
+            raise disk_full_error(folder, "create the library", _CREATE_BYTES,
+                                  "Nothing was created; free some space and try again.") from None
+        if isinstance(e, ClipdeskError):
+            raise
+        raise ClipdeskError(f"Cannot create a library at {folder}: {e.strerror or e}.") from None
+    finally:
+        if staging is not None:
+            shutil.rmtree(staging, ignore_errors=True)
+
+
+def _place_catalog(src: str, dst: str) -> None:
+    """Move a finished catalog into a folder that holds other files, never over another catalog."""
+    try:
+        os.link(src, dst)  # fails if a catalog appeared meanwhile: that library is the one to open
+    except FileExistsError:
+        return
+    except OSError as e:
+        if e.errno not in (errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EMLINK):
+            raise
+        if not os.path.lexists(dst):  # a file system without hard links (FAT, exFAT)
+            os.rename(src, dst)
+
+
+def _sweep_stale_staging(parent: str, name: str) -> None:
+    prefix = f".{name}{_STAGING}"
+    try:
+        entries = [e for e in os.scandir(parent) if e.name.startswith(prefix)]
+    except OSError:
+        return
+    for e in entries:
+        try:
+            age = time.time() - e.stat(follow_symlinks=False).st_mtime
+            if e.is_dir(follow_symlinks=False) and age > _STALE_STAGING_S:
+                shutil.rmtree(e.path, ignore_errors=True)
+        except OSError:
+            pass
+
+
+def _fsync_dir(folder: str) -> None:
+    try:
+        fd = os.open(folder, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+    except OSError:
+        return  # not possible everywhere (Windows); the rename is still atomic
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
 
 
 _CATALOG_TABLES = {"meta", "folders", "images", "tombstones", "labels", "label_members"}
@@ -214,8 +314,11 @@ class Library:
                  status: Callable[[str], None] | None = None, model_process: bool = False,
                  model_dir: str | None = None):
         self.folder = os.path.abspath(os.path.expanduser(folder or default_library_folder()))
+        self._requested = ModelSpec.parse(model, weights, model_dir) if (model or weights or model_dir) else None
         check_library_folder(self.folder, create)
-        self.catalog = Catalog.open(self.folder)
+        if create and not os.path.lexists(os.path.join(self.folder, Catalog.FILENAME)):
+            create_library(self.folder, self._requested)
+        self.catalog = Catalog.open(self.folder, create=False)
         self.lock = LibraryLock(self.folder)
         # Library files are never followed out of the library (a planted link could make clipdesk
         # read or overwrite another file): a linked lock, cache or probes folder is refused.
@@ -238,7 +341,6 @@ class Library:
         self._guard = threading.RLock()
         self._writer = threading.RLock()  # one writer thread at a time (see writing())
         stored = self.catalog.get_meta("model")
-        self._requested = ModelSpec.parse(model, weights, model_dir) if (model or weights or model_dir) else None
         if self._requested is not None:
             self.spec = self._requested
         elif stored:
@@ -390,7 +492,11 @@ class Library:
             try:
                 if vf is not None:
                     vf.close()
-                self._write_vector_file(rebuild=rebuild)
+                try:
+                    self._write_vector_file(rebuild=rebuild)
+                except DiskFullError as e:  # only a cache: this pass reads the catalog instead
+                    self.status_callback(str(e))
+                    return None
             finally:
                 if not held:
                     self.lock.release()

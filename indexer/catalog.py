@@ -29,7 +29,7 @@ import numpy as np
 
 from .decode import sane_timestamp
 from .errors import (CatalogCorruptError, ClipdeskError, DiskFullError, FolderNotInLibraryError,
-                     LibraryReadOnlyError, SchemaVersionError, is_disk_full)
+                     LibraryReadOnlyError, SchemaVersionError, disk_full_error, is_disk_full)
 from .files import check_library_entry, folder_writable, is_read_only_error
 from .scan import canonical_path, fold_int64, is_inside
 
@@ -173,6 +173,19 @@ def _s(blob: bytes | str) -> str:
     return blob if isinstance(blob, str) else os.fsdecode(bytes(blob))  # a hand-edited row may hold text
 
 
+def _full(folder: str, what: str, needed: int | None = None) -> DiskFullError:
+    return disk_full_error(folder, what, needed, "Everything saved before is kept; free some space and try "
+                                                 "again: it goes on where it stopped.")
+
+
+def _batch_bytes(records: Sequence[ImageRecord], failures: Sequence[Failure]) -> int:
+    """About what one batch takes on disk: each row (its vector, path and columns, ~100 bytes,
+    with its index entries) is written twice, to the WAL and then to the database."""
+    rows = sum(r.vector.size * 2 + len(_b(r.path)) * 3 + 150 for r in records)
+    rows += sum(len(_b(f.path)) * 3 + len(f.reason) + 150 for f in failures)
+    return 2 * rows
+
+
 class Catalog:
     """A library's catalog. Thread-safe: one connection guarded by a lock."""
 
@@ -227,7 +240,14 @@ class Catalog:
             conn.execute("PRAGMA foreign_keys=ON")
             version = conn.execute("PRAGMA user_version").fetchone()[0]
             tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")}
-        except sqlite3.OperationalError as e:
+        except sqlite3.DatabaseError as e:
+            if is_disk_full(e, folder):
+                raise _full(folder, "open the catalog") from None
+            if not isinstance(e, sqlite3.OperationalError):
+                raise CatalogCorruptError(
+                    f"The catalog {path} is damaged ({e}). Run 'clipdesk repair' to check it and "
+                    "salvage what can be read; your photos are not touched."
+                ) from None
             if "unable to open" in str(e):
                 raise ClipdeskError(f"Cannot open the catalog {path}: {e} (check the folder and its permissions).") from None
             if "readonly" in str(e) or "read-only" in str(e):
@@ -237,17 +257,18 @@ class Catalog:
                 f"The catalog {path} is damaged ({e}). Run 'clipdesk repair' to check it and "
                 "salvage what can be read; your photos are not touched."
             ) from None
-        except sqlite3.DatabaseError as e:
-            raise CatalogCorruptError(
-                f"The catalog {path} is damaged ({e}). Run 'clipdesk repair' to check it and "
-                "salvage what can be read; your photos are not touched."
-            ) from None
         catalog = cls(conn, path, read_only=read_only, copy_dir=copy_dir)
         if version == 0 and not tables:
             if read_only:
                 conn.close()
                 raise LibraryReadOnlyError(f"The library {folder} is read-only and its catalog is empty.")
-            catalog._create()
+            try:
+                catalog._create()
+            except sqlite3.Error as e:
+                conn.close()
+                if is_disk_full(e, folder):
+                    raise _full(folder, "create the catalog") from None
+                raise
         elif version > SCHEMA_VERSION:
             conn.close()
             raise SchemaVersionError(
@@ -258,7 +279,13 @@ class Catalog:
             if read_only:  # readers need nothing the migrations add; writers cannot write anyway
                 catalog.version = version
             else:
-                catalog._migrate(version)
+                try:
+                    catalog._migrate(version)
+                except (sqlite3.Error, OSError) as e:
+                    conn.close()
+                    if is_disk_full(e, folder):
+                        raise _full(folder, f"upgrade the catalog (schema {version} to {SCHEMA_VERSION})") from None
+                    raise
         elif "images" not in tables:
             conn.close()
             raise CatalogCorruptError(f"The catalog {path} has no images table. Run 'clipdesk repair'.")
@@ -302,6 +329,20 @@ class Catalog:
                     c.execute(_MIGRATIONS[v])
                     c.execute(f"PRAGMA user_version={v + 1}")
 
+    def checkpoint(self) -> None:
+        """Copy the WAL into the database file and empty it, so that the file alone holds the
+        catalog (:class:`DiskFullError` when the disk cannot take it)."""
+        folder = os.path.dirname(self.path)
+        with self._lock:
+            try:
+                busy = self._conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()[0]
+            except sqlite3.Error as e:
+                if is_disk_full(e, folder):
+                    raise _full(folder, "write the catalog") from None
+                raise
+        if busy:
+            raise ClipdeskError(f"The catalog {self.path} is busy: its changes could not all be written into it.")
+
     def close(self) -> None:
         with self._lock:
             self._conn.close()
@@ -310,8 +351,9 @@ class Catalog:
                 self._copy_dir = None
 
     @contextmanager
-    def transaction(self) -> Iterator[sqlite3.Connection]:
-        """One atomic write; rolled back on any exception (disk full included)."""
+    def transaction(self, needed: int | None = None) -> Iterator[sqlite3.Connection]:
+        """One atomic write; rolled back on any exception (disk full included: then
+        :class:`DiskFullError`, saying ``needed`` bytes when the caller knows them)."""
         if self.read_only:
             raise LibraryReadOnlyError(self._read_only_message())
         with self._lock:
@@ -325,11 +367,12 @@ class Catalog:
                     conn.execute("COMMIT")
             except BaseException as e:
                 if own and conn.in_transaction:
-                    conn.execute("ROLLBACK")
-                if is_disk_full(e):
-                    raise DiskFullError(
-                        f"The disk holding the library is full (writing {self.path}). Everything "
-                        "indexed before is kept; free some space and run the indexing again.") from None
+                    try:
+                        conn.execute("ROLLBACK")
+                    except sqlite3.Error:
+                        pass  # SQLite rolls back itself after an I/O error; the first error is the news
+                if is_disk_full(e, os.path.dirname(self.path)):
+                    raise _full(os.path.dirname(self.path), "write the catalog", needed) from None
                 if isinstance(e, sqlite3.OperationalError) and "readonly" in str(e):
                     raise LibraryReadOnlyError(self._read_only_message()) from None
                 raise
@@ -346,6 +389,8 @@ class Catalog:
             except sqlite3.DatabaseError as e:
                 if isinstance(e, sqlite3.OperationalError) and "locked" in str(e):
                     raise ClipdeskError(f"The catalog {self.path} is busy: {e}") from None
+                if is_disk_full(e, os.path.dirname(self.path)):  # a reader may need WAL index space
+                    raise _full(os.path.dirname(self.path), "read the catalog") from None
                 raise CatalogCorruptError(
                     f"The catalog {self.path} cannot be read ({e}). Run 'clipdesk repair'."
                 ) from None
@@ -472,7 +517,7 @@ class Catalog:
         """
         ids: list[int] = []
         replaced: list[int] = []
-        with self.transaction() as c:
+        with self.transaction(needed=_batch_bytes(records, failures)) as c:
             gen = self._bump_generation(c)
             self._delete(c, delete_ids, gen)
             for image_id, new_path, size, mtime_ns, *ino in moves:
@@ -782,6 +827,9 @@ def integrity_problems(path: str) -> list[str]:
             if copy_dir:
                 shutil.rmtree(copy_dir, ignore_errors=True)
     except sqlite3.DatabaseError as e:
+        folder = os.path.dirname(os.path.abspath(path))
+        if is_disk_full(e, folder):  # not damage: a repair would only move a sound catalog aside
+            raise _full(folder, "check the catalog") from None
         return [str(e)]
     return [] if rows == ["ok"] else rows
 

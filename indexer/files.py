@@ -20,7 +20,7 @@ import tempfile
 from collections.abc import Callable
 from typing import BinaryIO
 
-from .errors import DiskFullError, LibraryFileError, LibraryReadOnlyError, is_disk_full
+from .errors import LibraryFileError, LibraryReadOnlyError, disk_full_error, is_disk_full
 
 _UMASK = os.umask(0)
 os.umask(_UMASK)
@@ -114,14 +114,16 @@ def is_read_only_error(e: BaseException) -> bool:
     return isinstance(e, OSError) and e.errno in (errno.EROFS, errno.EACCES, errno.EPERM)
 
 
-def atomic_write(path: str, write: Callable[[BinaryIO], None]) -> None:
+def atomic_write(path: str, write: Callable[[BinaryIO], None], size: int | None = None) -> None:
+    """Write ``path`` atomically through ``write(file)``; ``size``: the bytes it will take, when
+    known (a full disk's message then says how much space was needed)."""
     folder = os.path.dirname(os.path.abspath(path))
     try:
         # mkstemp creates with O_EXCL, which never follows a symbolic link planted at the name.
         fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}-", suffix=".tmp", dir=folder)
     except OSError as e:
         if is_disk_full(e):
-            raise DiskFullError(f"The disk is full: cannot write {path}. Free some space and try again.") from None
+            raise disk_full_error(folder, f"write {os.path.basename(path)}", size) from None
         if is_read_only_error(e):
             raise LibraryReadOnlyError(f"Cannot write {path}: the folder is read-only ({e.strerror}).") from None
         raise
@@ -139,5 +141,5 @@ def atomic_write(path: str, write: Callable[[BinaryIO], None]) -> None:
         except OSError:
             pass
         if is_disk_full(e):
-            raise DiskFullError(f"The disk is full: cannot write {path}. Free some space and try again.") from None
+            raise disk_full_error(folder, f"write {os.path.basename(path)}", size) from None
         raise

@@ -9,7 +9,7 @@ import errno
 import os
 import stat
 
-from .errors import LibraryFileError, LibraryLockedError, LibraryReadOnlyError
+from .errors import LibraryFileError, LibraryLockedError, LibraryReadOnlyError, disk_full_error, is_disk_full
 from .files import O_CLOEXEC, O_NOFOLLOW, O_NONBLOCK, check_library_entry, is_read_only_error
 
 if os.name == "nt":  # pragma: no cover - exercised on Windows only
@@ -52,6 +52,8 @@ class LibraryLock:
         except OSError as e:
             if e.errno == errno.ELOOP or os.path.islink(self.path):
                 check_library_entry(self.path)  # raises the clear "is a symbolic link" error
+            if is_disk_full(e):
+                raise disk_full_error(self.folder, "create the library's lock file") from None
             if is_read_only_error(e):
                 raise LibraryReadOnlyError(
                     f"The library {self.folder} is read-only (read-only storage or permissions): "
@@ -72,7 +74,12 @@ class LibraryLock:
                 "indexing or editing it). Wait for it to finish, or close the other window."
             )
         os.ftruncate(fd, 0)
-        os.pwrite(fd, str(os.getpid()).encode(), 0)
+        try:
+            os.pwrite(fd, str(os.getpid()).encode(), 0)
+        except OSError as e:  # the lock is held all the same; only its holder's PID goes unsaid
+            if not is_disk_full(e):
+                os.close(fd)
+                raise
         self._fd = fd
 
     def release(self) -> None:

@@ -40,6 +40,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from .errors import disk_full_error, is_disk_full
 from .files import atomic_write, open_derived
 
 if TYPE_CHECKING:
@@ -283,7 +284,7 @@ def build(path: str, chunks, dim: int, generation: int, library: str, model: str
         f.write(_header_bytes(header[0]))
 
     header: list[VecHeader] = [None]  # type: ignore[list-item]
-    atomic_write(path, write)
+    atomic_write(path, write, size=HEADER + total * dim * 2 + capacity * 8)  # the holes take no disk
     return header[0]
 
 
@@ -374,6 +375,13 @@ def _patch(vf: VectorFile, catalog: Catalog, gen: int) -> VecHeader:
         # header's digests, which reads as damaged and is rebuilt, never trusted.
         os.pwrite(fd, _header_bytes(header), 0)
         os.fsync(fd)
+    except OSError as e:
+        # Rows written into the file's holes take disk space. A patch cut short leaves data that
+        # no longer matches the old header's digests: the file reads as damaged and is rebuilt.
+        if is_disk_full(e):
+            raise disk_full_error(os.path.dirname(os.path.abspath(vf.path)), f"write {os.path.basename(vf.path)}",
+                                  len(new_ids) * h.dim * 2 + len(raw) * 8) from None
+        raise
     finally:
         os.close(fd)
     return header

@@ -280,7 +280,9 @@ class VectorStore:
                 faiss.write_index(self.index, faiss.PyCallbackIOWriter(emit))
                 f.write(digest.digest())
 
-        atomic_write(path, write)
+        # An exact index takes its vectors (float32) and ids; a compressed one less. (FAISS hands
+        # an exception raised in the writer callback, ENOSPC included, back unchanged.)
+        atomic_write(path, write, size=len(self) * (self.dim * 4 + 8) if self.kind == "exact" else None)
 
     @classmethod
     def load(cls, path: str, max_count: int | None = None) -> tuple[VectorStore, VectorHeader]:
