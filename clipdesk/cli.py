@@ -31,6 +31,7 @@ from pathlib import Path
 from clipdesk import __version__
 from clipdesk.argtypes import finite_float, number, positive_int, probability
 from clipdesk.errors import ClipdeskError, LibraryNotFoundError
+from clipdesk.progress import progress_bar
 
 log = logging.getLogger("clipdesk")
 
@@ -240,27 +241,6 @@ def _emit(args: argparse.Namespace, data, text_lines) -> None:
             print(line)
 
 
-def _progress_bar(desc: str):
-    """A tqdm bar on stderr driven by the core's Progress callbacks."""
-    from tqdm import tqdm
-
-    bar = tqdm(total=0, desc=desc, unit="img", file=sys.stderr, disable=None, dynamic_ncols=True)
-
-    def update(p) -> None:
-        if p.stage == "scan":
-            bar.set_description(f"scanning ({p.done} files)")
-            return
-        if p.total and bar.total != p.total:
-            bar.reset(total=p.total)
-            bar.set_description(desc)
-        bar.n = p.done
-        if p.failed:
-            bar.set_postfix(failed=p.failed, refresh=False)
-        bar.refresh()
-
-    return bar, update
-
-
 def _models(args: argparse.Namespace) -> int:
     from clipdesk import runtime
 
@@ -361,7 +341,7 @@ def run(args: argparse.Namespace) -> int:
     lib = _open_for_index(args) if c == "index" else _open(args)
     try:
         if c == "index":
-            bar, update = _progress_bar("indexing")
+            bar, update = progress_bar("indexing")
             try:
                 engine = lib.ray_engine(args.address, args.gpus_per_worker or 0.0, args.cpus_per_worker or 1.0) \
                     if args.engine == "ray" else None
@@ -398,7 +378,7 @@ def run(args: argparse.Namespace) -> int:
                                        before=args.before, min_score=args.min_score, sort=args.sort,
                                        only=marked_ids(lib, args.rating, args.picked)))
         elif c == "classify":
-            bar, update = _progress_bar("classifying")
+            bar, update = progress_bar("classifying")
             try:
                 out = lib.classify(args.labels.split(","), args.threshold, progress=update)
             finally:
@@ -429,7 +409,7 @@ def run(args: argparse.Namespace) -> int:
                                       f"cross-validated accuracy {r.cv_accuracy:.3f} "
                                       f"(zero-shot on the same examples {r.zeroshot_accuracy:.3f})"])
         elif c == "predict":
-            bar, update = _progress_bar("predicting")
+            bar, update = progress_bar("predicting")
             try:
                 out = lib.predict(args.probe, progress=update)
             finally:

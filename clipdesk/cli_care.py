@@ -83,9 +83,9 @@ def run_duplicates(args, open_library, emit) -> int:
 
                 raise ClipdeskError("--remember needs --threshold.")
             set_library_threshold(lib, args.threshold)
-        from clipdesk.cli import _progress_bar
+        from clipdesk.progress import progress_bar
 
-        bar, update = _progress_bar("comparing")
+        bar, update = progress_bar("comparing")
         try:
             report = lib.find_duplicates(args.threshold, args.folder, progress=update)
         finally:
@@ -135,10 +135,10 @@ def _trash(args, lib, report, emit) -> int:
 
 
 def _undo(args, lib, emit) -> int:
-    from clipdesk.cli import _progress_bar
+    from clipdesk.progress import progress_bar
     from clipdesk.duplicates import undo_trash
 
-    bar, update = _progress_bar("indexing")
+    bar, update = progress_bar("indexing")
     try:
         r = undo_trash(lib, args.operation, progress=update)
     finally:
@@ -218,9 +218,9 @@ def run_eval(args, open_library, emit) -> int:
                       weights=getattr(args, "weights", None), device=getattr(args, "device", None),
                       status=lambda m: log.info("%s", m))
         try:
-            from clipdesk.cli import _progress_bar
+            from clipdesk.progress import progress_bar
 
-            bar, update = _progress_bar("indexing")
+            bar, update = progress_bar("indexing")
             try:
                 lib.index([os.path.join(work, "set")], progress=update)
             finally:

@@ -79,9 +79,9 @@ def add_commands(sub, parents: list[argparse.ArgumentParser] = ()) -> None:
 
 
 def _bar(desc: str):
-    from clipdesk.cli import _progress_bar
+    from clipdesk.progress import progress_bar
 
-    return _progress_bar(desc)
+    return progress_bar(desc)
 
 
 def _with_bar(desc: str, fn, *args, **kw):

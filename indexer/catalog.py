@@ -27,7 +27,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .decode import sane_timestamp
+from .exif import sane_timestamp
 from .errors import (CatalogCorruptError, ClipdeskError, DiskFullError, FolderNotInLibraryError,
                      LibraryReadOnlyError, SchemaVersionError, disk_full_error, is_disk_full)
 from .files import check_library_entry, folder_writable, is_read_only_error

@@ -17,7 +17,6 @@ import os
 import threading
 import warnings
 from dataclasses import dataclass
-from datetime import datetime
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import BinaryIO
@@ -26,6 +25,7 @@ from PIL import Image, ImageFile, UnidentifiedImageError
 
 from .errors import UnreadableImageError
 from .files import NotRegularFileError, open_regular
+from .exif import read_exif as _read_exif
 from .formats import RAW_EXTENSIONS, decode_raw, extra_extensions
 
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".jpe", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff"})
@@ -34,10 +34,6 @@ HEIF_EXTENSIONS = frozenset({".heic", ".heif"})
 MAX_PIXELS = 250_000_000
 _HASH_CHUNK = 64 * 1024
 
-_EXIF_ORIENTATION = 0x0112
-_EXIF_IFD = 0x8769
-_EXIF_DATETIME_ORIGINAL = 0x9003
-_EXIF_DATETIME = 0x0132
 _TRANSPOSE = {
     2: [Image.Transpose.FLIP_LEFT_RIGHT],
     3: [Image.Transpose.ROTATE_180],
@@ -307,51 +303,6 @@ def read_plain_jpeg(path: str, max_bytes: int, max_pixels: int = MAX_PIXELS) -> 
     return JpegBytes(data, width, height, orientation, taken, content_hash(data))
 
 
-def _read_exif(img: Image.Image) -> tuple[int, float | None]:
-    """(orientation, capture time); a corrupt EXIF block is ignored rather than failing the image."""
-    try:
-        exif = img.getexif()
-        orientation = int(exif.get(_EXIF_ORIENTATION, 1) or 1)
-        raw = None
-        try:
-            raw = exif.get_ifd(_EXIF_IFD).get(_EXIF_DATETIME_ORIGINAL)
-        except Exception:  # noqa: BLE001 - a broken sub-IFD only loses the date
-            raw = None
-        raw = raw or exif.get(_EXIF_DATETIME)
-        return (orientation if orientation in range(1, 9) else 1), _parse_exif_date(raw)
-    except Exception:  # noqa: BLE001 - Pillow raises many types on corrupt EXIF
-        return 1, None
-
-
-def _parse_exif_date(raw: object) -> float | None:
-    if isinstance(raw, bytes):
-        raw = raw.decode("ascii", errors="replace")
-    if not isinstance(raw, str):
-        return None
-    try:
-        return sane_timestamp(datetime.strptime(raw.strip("\x00 ")[:19], "%Y:%m:%d %H:%M:%S").timestamp())
-    except (ValueError, OverflowError, OSError):
-        return None
-
-
-# Dates a program can show: datetime covers years 1..9999; two days of margin keep every time zone in.
-_MIN_TIMESTAMP = -62135596800.0 + 2 * 86400
-_MAX_TIMESTAMP = 253402300799.0 - 2 * 86400
-
-
-def sane_timestamp(t: float | int | None) -> float | None:
-    """``t`` (POSIX seconds) if it is a date between the years 1 and 9999, else None.
-
-    A file's modification time can be anything the file system stores (year 2400, negative,
-    beyond 64-bit nanoseconds); a capture date outside this range means "unknown", not an error.
-    """
-    if t is None:
-        return None
-    try:
-        t = float(t)
-    except (OverflowError, ValueError, TypeError):
-        return None
-    return t if _MIN_TIMESTAMP <= t <= _MAX_TIMESTAMP else None
 
 
 def _to_rgb(img: Image.Image) -> Image.Image:

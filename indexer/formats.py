@@ -19,6 +19,7 @@ from typing import BinaryIO, TypeVar
 from PIL import Image, features
 
 from .errors import UnreadableImageError
+from .exif import parse_exif_date, read_exif
 
 RAW_EXTENSIONS = frozenset({".cr2", ".cr3", ".nef", ".arw", ".raf", ".orf", ".rw2", ".dng", ".pef"})
 AVIF_EXTENSIONS = frozenset({".avif"})
@@ -98,9 +99,7 @@ def _preview(raw, min_side: int, flip: int) -> tuple[Image.Image | None, float |
         img = Image.open(io.BytesIO(thumb.data))
         if min(img.size) < min_side or img.format != "JPEG":
             return None, None
-        from .decode import _read_exif  # the same EXIF date parsing as every other photo
-
-        _, taken = _read_exif(img)
+        _, taken = read_exif(img)  # the same EXIF date parsing as every other photo
         img.draft("RGB", (min_side, min_side))
         img = img.convert("RGB")
     except (OSError, ValueError, SyntaxError, Image.DecompressionBombError):
@@ -112,8 +111,6 @@ def _preview(raw, min_side: int, flip: int) -> tuple[Image.Image | None, float |
 
 def _tiff_date(f: BinaryIO) -> float | None:
     """The EXIF capture date of a TIFF-based RAW (CR2, NEF, ARW, DNG, PEF…), None otherwise."""
-    from .decode import _parse_exif_date
-
     head = f.read(_EXIF_HEAD)
     if not head.startswith((b"II*\x00", b"MM\x00*")):
         return None
@@ -121,7 +118,7 @@ def _tiff_date(f: BinaryIO) -> float | None:
         exif = Image.Exif()
         exif.load(head)  # the TIFF header, IFD0 and the EXIF IFD sit near the start of the file
         raw = exif.get_ifd(_EXIF_IFD).get(_DATETIME_ORIGINAL) or exif.get(_DATETIME)
-        return _parse_exif_date(raw)
+        return parse_exif_date(raw)
     except Exception:  # noqa: BLE001 - a damaged header: the date is unknown
         return None
 

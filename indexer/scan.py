@@ -17,7 +17,8 @@ import urllib.parse
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 
-from .decode import sane_timestamp, supported_extensions
+from .decode import supported_extensions
+from .exif import sane_timestamp
 
 CATALOG_NAME = "catalog.sqlite"
 _SQLITE_MAGIC = b"SQLite format 3\x00"
