@@ -566,7 +566,9 @@ def test_settings_switch_library_at_once_and_explain_a_refused_model(window, tmp
 
 def test_settings_refuse_another_model_for_an_indexed_library(window):
     done = window.apply_settings("ViT-B-32-256/datacomp_s34b_b86k", "auto", window.thumbnails.size, window.lib.folder)
-    assert done == [] and window.banner.isVisible() and "re-embed" in window.banner.text.text()
+    text = window.banner.text.text()
+    assert done == [] and window.banner.isVisible() and "indexed with test-tiny" in text
+    assert "Open library" in text and "--" not in text and "clipdesk index" not in text  # the app's way, no shell
     assert window.lib.spec.arch == "test-tiny"
 
 

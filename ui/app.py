@@ -41,10 +41,18 @@ def main(argv: list[str] | None = None) -> int:
 
     from .main_window import MainWindow
 
+    from .recent import RecentLibraries
+
     settings = QSettings()
-    folder = args.library or settings.value("library") or default_library_folder()
-    model = args.model or settings.value("model") or None
-    weights = args.weights or settings.value("weights") or None
+    folder = os.path.abspath(os.path.expanduser(args.library or settings.value("library") or default_library_folder()))
+    # the model chosen for this library (kept with it in the recent list), else the last one chosen
+    entry = RecentLibraries(settings).get(folder)
+    if args.model or args.weights:
+        model, weights = args.model, args.weights
+    elif entry is not None and entry.model:
+        model, weights = entry.model, entry.weights
+    else:
+        model, weights = settings.value("model") or None, settings.value("weights") or None
     device = args.device or (settings.value("device") if settings.value("device") != "auto" else None)
     try:
         lib = Library(folder, model=model, weights=weights, device=device, model_process=True)

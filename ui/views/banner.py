@@ -6,11 +6,25 @@ calls ``clear(cause)``; the banner only hides if the message showing is still th
 """
 from __future__ import annotations
 
+import re
+
 from PySide6.QtCore import QEvent, QObject, Qt, QTimer
 from PySide6.QtGui import QColor
 from PySide6.QtWidgets import QFrame, QGraphicsDropShadowEffect, QHBoxLayout, QLabel, QToolButton, QWidget
 
 INFO_MS = 6000  # information (not an error) hides by itself
+# Core messages also serve the command line: "(… 'clipdesk index --reembed …')" or "pass it with
+# --model X --weights FILE". In the app those words mean nothing; the app's own ways are on screen.
+_COMMAND_ASIDE = re.compile(r"\s*\((?:[^()]*?)(?:--[a-z]|'clipdesk |`clipdesk )[^()]*\)")
+_SENTENCE = re.compile(r"(?<=[.!?])\s+(?=[A-Z])")
+_COMMAND = re.compile(r"(?:^|\s)--[a-z][a-z-]*|'clipdesk [a-z]|`clipdesk [a-z]")
+
+
+def without_command_line(text: str) -> str:
+    """``text`` without the asides and sentences that tell a shell user what to type."""
+    text = _COMMAND_ASIDE.sub("", text)
+    kept = [s for s in _SENTENCE.split(text) if not _COMMAND.search(s)]
+    return " ".join(kept) if kept else text
 
 
 class Banner(QFrame):

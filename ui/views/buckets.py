@@ -14,6 +14,7 @@ from PySide6.QtWidgets import (QAbstractItemView, QFrame, QHBoxLayout, QLabel, Q
                                QListWidgetItem, QMenu, QScrollArea, QSizePolicy, QToolButton, QVBoxLayout,
                                QWidget)
 
+from ..focus import keys_stay_on_content
 from ..labels import LabelStore
 from ..models import Thumbnails, paths_from_mime
 
@@ -108,6 +109,7 @@ class Bucket(QFrame):
         lay.addWidget(self.list)
         self.set_number(number)
         thumbnails.ready.connect(self._thumb_ready)
+        keys_stay_on_content(self)  # built after the window applied it
 
     def set_number(self, number: int) -> None:
         self.number = number

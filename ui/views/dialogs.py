@@ -54,7 +54,9 @@ class ModelDialog(QDialog):
         lay = QVBoxLayout(self)
         head = QLabel(f"<b>clipdesk could not fetch the model {model}.</b>")
         head.setWordWrap(True)
-        why = QLabel(message)
+        from .banner import without_command_line
+
+        why = QLabel(without_command_line(message))  # the buttons below are the app's ways on
         why.setObjectName("modelDialogMessage")
         why.setWordWrap(True)
         why.setProperty("muted", "true")

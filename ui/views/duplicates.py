@@ -25,6 +25,7 @@ from PySide6.QtWidgets import (QButtonGroup, QDoubleSpinBox, QFrame, QHBoxLayout
 from clipdesk import duplicates as dup
 from clipdesk.errors import ClipdeskError
 
+from ..focus import keys_stay_on_content
 from .actions import CONFLICTING_JOBS, _plural
 from .context import Context
 from .grid import fit_rect
@@ -233,6 +234,7 @@ class GroupCard(QFrame):
         scroll.setSizeAdjustPolicy(QScrollArea.SizeAdjustPolicy.AdjustToContents)
         scroll.setMinimumHeight(row.sizeHint().height() + scroll.horizontalScrollBar().sizeHint().height())
         lay.addWidget(scroll)
+        keys_stay_on_content(self)  # built after the window applied it
         self._update()
 
     def _keep_toggled(self, k: int, checked: bool) -> None:
@@ -471,12 +473,17 @@ class DuplicatesView(QWidget):
     def _cancelled(self) -> None:
         self.ctx.message.emit("Finding duplicates cancelled.")
 
+    def focus_target(self):
+        return self.scroll
+
     def _find_finished(self) -> None:
         self._find = None
         self.find_button.setEnabled(True)
         self.cancel_button.hide()
         self.progress_bar.hide()
         self._show_state()
+        if self.scroll.isVisible():
+            self.scroll.setFocus()  # the groups, not the similarity box, take the keys
         self.finished.emit()
 
     # ------------------------------------------------------------------ the Trash

@@ -182,7 +182,8 @@ class PhotoGrid(QListView):
         if plain and Qt.Key.Key_1 <= key <= Qt.Key.Key_9 and self.labels is not None:
             names = self.labels.names()
             n = key - Qt.Key.Key_1
-            paths = self.selected_paths()
+            # the selection, else the photo the keyboard is on (as A and R do)
+            paths = self.selected_paths() or [p for p in [self.current_path()] if p]
             if n < len(names) and paths:
                 self.labels.add(names[n], paths)
             elif paths:

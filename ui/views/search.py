@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import os
 
-from PySide6.QtCore import Signal
+from PySide6.QtCore import Qt, Signal
 from PySide6.QtWidgets import QHBoxLayout, QLabel, QLineEdit, QSplitter, QToolButton, QVBoxLayout, QWidget
 
 from clipdesk.indexer.formats import collapse_twins
@@ -216,6 +216,7 @@ class SearchBar(QLineEdit):
     """The search field; an image file dropped on it runs a similar-image search."""
 
     image_dropped = Signal(str)
+    down_pressed = Signal()  # Down leaves the field for the photos below it
 
     def __init__(self) -> None:
         super().__init__()
@@ -223,6 +224,13 @@ class SearchBar(QLineEdit):
         self.setPlaceholderText('Describe a photo — "dog in the snow" — or drop an image here')
         self.setClearButtonEnabled(True)
         self.setAcceptDrops(True)
+
+    def keyPressEvent(self, e) -> None:  # noqa: N802 - Qt
+        if e.key() == Qt.Key.Key_Down and not e.modifiers():
+            self.down_pressed.emit()
+            e.accept()
+            return
+        super().keyPressEvent(e)
 
     def dragEnterEvent(self, e) -> None:  # noqa: N802 - Qt
         if paths_from_mime(e.mimeData()):

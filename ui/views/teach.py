@@ -183,6 +183,10 @@ class TeachView(QWidget):
         self._judge_buttons()
         self._show_earlier_probe()
 
+    def focus_target(self):
+        """The grid the keys act on: Review once there is something to review, else the photos."""
+        return self.review_grid if self.review_results.rowCount() else self.grid
+
     def _show_earlier_probe(self) -> None:
         """A probe trained in an earlier session can be applied at once."""
         try:
@@ -272,6 +276,7 @@ class TeachView(QWidget):
         self.train_button.setEnabled(False)
         self.retrain_button.setEnabled(False)
         self.train_result.setText("Training…")
+        self.focus_target().setFocus()  # 1–9, A and R act on the photos while and after it trains
         self.ctx.jobs.start(self.ctx.lib.train, PROBE, names, negatives=negatives, name="training",
                             on_result=lambda r: self._trained(r, then_apply), on_error=self.ctx.failed("teach"),
                             on_finished=self._update_buttons)
