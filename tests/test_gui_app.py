@@ -192,7 +192,9 @@ def test_train_apply_review_accept_reject_retrain(window):
     QTest.mouseClick(t.actions_bar.export, Qt.MouseButton.LeftButton)
     until(lambda: os.path.exists(out), what="teach csv")
     rows = list(csv.reader(open(out)))
-    assert len(rows) == 9 and {r[1] for r in rows[1:]} <= {"Anna", "Ben", ""}
+    assert len(rows) == 9 and {r[1] for r in rows[1:]} <= {"Anna", "Ben", "none of the buckets"}
+    mine = {p: n for n in ("Anna", "Ben") for p in window.lib.labels()[n]}
+    assert mine and all(r[1] == mine[r[0]] and r[2] == "1.0000" for r in rows[1:] if r[0] in mine)  # the person's word
 
 
 def test_a_photo_put_in_another_bucket_than_the_probe_said_is_taught_as_a_correction(window, monkeypatch):
@@ -603,4 +605,4 @@ def test_export_writes_off_the_gui_thread_and_a_failure_is_shown_not_raised(wind
         bar.export_csv(str(out))
     assert done.args[0] == f"Exported 8 rows to {out}"
     rows = list(csv.reader(out.open()))
-    assert len(rows) == 9 and {r[1] for r in rows[1:]} <= {"red", "green", ""}
+    assert len(rows) == 9 and {r[1] for r in rows[1:]} <= {"red", "green", "(none)"}  # a category in every row

@@ -71,10 +71,11 @@ class ResultActions(QWidget):
     resolved = Signal()  # an export worked: an earlier export error is gone
 
     def __init__(self, grid: PhotoGrid, all_rows: Callable[[], list[Row]], export_name: str,
-                 default_file: str) -> None:
+                 default_file: str, rest_name: Callable[[], str] = lambda: "") -> None:
         super().__init__()
         self.grid = grid
         self.all_rows = all_rows
+        self.rest_name = rest_name  # the export's category for a photo in none (tags skip those)
         self.default_file = default_file
         lay = QHBoxLayout(self)
         lay.setContentsMargins(0, 0, 0, 0)
@@ -152,7 +153,8 @@ class ResultActions(QWidget):
             self.message.emit(f"Copied {len(chosen)} path{'s' if len(chosen) != 1 else ''}.")
 
     def export_csv(self, path: str | None = None) -> str | None:
-        rows = self._rows()
+        rest = self.rest_name()
+        rows = [(p, c or rest, prob) for p, c, prob in self._rows()]  # a category in every row
         if not rows:
             self.error.emit("Nothing to export yet: classify (Sort) or apply (Teach) first.", "input")
             return None

@@ -56,7 +56,8 @@ class SortView(QWidget):
                                  "every photo goes to the category it looks most like. No training needed.")
         self.grid.open_requested.connect(self.open_requested)
         self.grid.show_in_folder_requested.connect(self.show_in_folder_requested)
-        self.actions_bar = ResultActions(self.grid, self._rows, "sortExportCsv", "categories.csv")
+        self.actions_bar = ResultActions(self.grid, self._rows, "sortExportCsv", "categories.csv",
+                                         rest_name=lambda: NONE)
         self.actions_bar.message.connect(ctx.message)
         self.actions_bar.error.connect(lambda m, k: ctx.error.emit(m, k, "export"))
         self.actions_bar.resolved.connect(lambda: ctx.resolved.emit("export"))

@@ -165,7 +165,8 @@ class TeachView(QWidget):
             brow.addWidget(w)
         brow.addStretch()
         rl.addLayout(brow)
-        self.actions_bar = ResultActions(self.review_grid, self._rows, "exportCsv", "predictions.csv")
+        self.actions_bar = ResultActions(self.review_grid, self._rows, "exportCsv", "predictions.csv",
+                                         rest_name=self.rest_name)
         self.actions_bar.message.connect(ctx.message)
         self.actions_bar.error.connect(lambda m, k: ctx.error.emit(m, k, "export"))
         self.actions_bar.resolved.connect(lambda: ctx.resolved.emit("export"))
@@ -374,7 +375,18 @@ class TeachView(QWidget):
         self.review_grid.setFocus()
 
     def _rows(self) -> list[tuple[str, str, float]]:
-        return self.predictions.as_rows(blank=(NONE_CLASS,)) if self.predictions else []
+        """Every photo's category: the person's bucket for the photos in one (probability 1: they
+        said so), else the probe's answer ("" for none of the buckets)."""
+        if not self.predictions:
+            return []
+        labels = self.ctx.labels
+        mine = {p: n for n in labels.names() for p in labels.paths(n)}
+        return [(p, mine[p], 1.0) if p in mine else (p, c, prob)
+                for p, c, prob in self.predictions.as_rows(blank=(NONE_CLASS,))]
+
+    def rest_name(self) -> str:
+        """What the photos in no bucket are called (the review list's last category)."""
+        return f"{NOT_PREFIX}{self.concept}" if self.concept else "none of the buckets"
 
     def reset(self) -> None:
         self.predictions = []
