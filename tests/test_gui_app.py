@@ -349,15 +349,25 @@ def test_search_is_cut_where_scores_stop_standing_out_and_show_all_is_one_click(
     w.shutdown()
 
 
-def test_banner_floats_over_the_page_and_clears_when_the_cause_is_gone(window):
+def test_banner_never_hides_a_control_and_clears_when_the_cause_is_gone(window):
+    from PySide6.QtWidgets import QAbstractButton, QAbstractSpinBox, QComboBox, QLineEdit
+
     until(lambda: not window.jobs.active, what="idle")
-    grid = window.search_view.grid
-    before = grid.mapTo(window, QPoint(0, 0)), grid.size()
     window.show_error("Cannot read that photo " + "very long explanation " * 20, "QueryError", "search")
     pump(50)
     assert window.banner.isVisible()
-    assert (grid.mapTo(window, QPoint(0, 0)), grid.size()) == before  # nothing moved
     assert window.banner.text.text().endswith("explanation ")  # the whole text, never cut
+    banner = QRect(window.banner.mapTo(window, QPoint(0, 0)), window.banner.size())
+    for tab in range(window.tabs.count()):  # on every tab: no control under the banner
+        window.tabs.setCurrentIndex(tab)
+        pump(20)
+        controls = [w for kind in (QAbstractButton, QComboBox, QAbstractSpinBox, QLineEdit)
+                    for w in window.findChildren(kind) if w.isVisible() and not window.banner.isAncestorOf(w)]
+        assert controls
+        hidden = [w.objectName() or type(w).__name__ for w in controls
+                  if QRect(w.mapTo(window, QPoint(0, 0)), w.size()).intersects(banner)]
+        assert not hidden, hidden
+    window.tabs.setCurrentIndex(0)
     with pytest.raises(AssertionError):
         until(lambda: not window.banner.isVisible(), timeout=0.3)
     window.search_view.set_text("blue")  # a search that works: the cause is gone

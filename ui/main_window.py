@@ -120,7 +120,19 @@ class MainWindow(QMainWindow):
     # ------------------------------------------------------------------ composition
     def _build(self) -> None:
         self.stack = QStackedWidget()
-        self.setCentralWidget(self.stack)
+        central = QWidget()
+        central.setObjectName("page")
+        column = QVBoxLayout(central)
+        column.setContentsMargins(0, 0, 0, 0)
+        column.setSpacing(0)
+        # the banner has its own strip above every page (the Welcome page too): it never hides a control
+        self.banner = Banner()
+        strip = QHBoxLayout()
+        strip.setContentsMargins(10, 6, 10, 0)
+        strip.addWidget(self.banner)
+        column.addLayout(strip)
+        column.addWidget(self.stack, 1)
+        self.setCentralWidget(central)
         self.welcome = WelcomePage(SAMPLE.is_dir())
         self.stack.addWidget(self.welcome)
         page = QWidget()
@@ -168,7 +180,6 @@ class MainWindow(QMainWindow):
         self.split = split
         outer.addWidget(split, 1)
         self.stack.addWidget(page)
-        self.banner = Banner(page)  # floats over the page: the layout never moves under the pointer
         self.model_setup = ModelSetup(self.ctx, self.settings, self.banner, self)
         self.setAcceptDrops(True)
 

@@ -29,6 +29,7 @@ from ..focus import keys_stay_on_content
 from .actions import CONFLICTING_JOBS, _plural
 from .context import Context
 from .grid import fit_rect
+from .text import human_size
 
 SETTING = "duplicates/threshold"
 TRASH_JOB = "moving photos to the Trash"
@@ -48,16 +49,6 @@ QFrame[dupCell="true"][keep="true"] { border: 2px solid #1a73e8; background: #ee
 QLabel[dupThumb="true"] { background: #f1f3f4; border-radius: 4px; }
 QScrollArea[dupRow="true"], QScrollArea[dupRow="true"] > QWidget > QWidget { background: transparent; }
 """
-
-
-def human_size(n: int | None) -> str:
-    if not n:
-        return "size unknown"
-    for unit in ("bytes", "KB", "MB", "GB"):
-        if n < 1024 or unit == "GB":
-            return f"{n:,} {unit}" if unit == "bytes" else f"{n:.1f} {unit}"
-        n /= 1024
-    return ""
 
 
 def describe_date(taken: float | None) -> str:
@@ -127,7 +118,7 @@ class PhotoCell(QFrame):
         lines = [(fm.elidedText(name, Qt.TextElideMode.ElideMiddle, width), "dupName", False),
                  (f"{res} · {human_size(photo.size)}", "dupInfo", True),
                  (describe_date(photo.taken), "dupDate", True),
-                 (fm.elidedText(folder, Qt.TextElideMode.ElideLeft, width), "dupFolder", True)]
+                 (fm.elidedText(folder, Qt.TextElideMode.ElideMiddle, width), "dupFolder", True)]
         if k:  # the keeper is what the others are compared with
             lines.append((score, "dupScore", True))
         lay.addWidget(self.thumb, 0, Qt.AlignmentFlag.AlignHCenter)

@@ -10,7 +10,7 @@ bucket N, right-click "Add to bucket ▸", Ctrl+C copies paths, Enter opens, Del
 """
 from __future__ import annotations
 
-from PySide6.QtCore import QModelIndex, QPoint, QRect, QSize, Qt, Signal
+from PySide6.QtCore import QModelIndex, QPoint, QRect, QSize, Qt, QTimer, Signal
 from PySide6.QtGui import QColor, QFontMetrics, QGuiApplication, QKeySequence, QPainter, QPen
 from PySide6.QtWidgets import (QAbstractItemView, QListView, QMenu, QStyle, QStyledItemDelegate,
                                QStyleOptionViewItem)
@@ -63,14 +63,16 @@ class PhotoDelegate(QStyledItemDelegate):
             painter.setBrush(QColor(0, 0, 0, 14))
             painter.setPen(Qt.PenStyle.NoPen)
             painter.drawRoundedRect(cell, 6, 6)
-        box = QRect(option.rect.x() + PAD, option.rect.y() + PAD, self.thumb, self.thumb)
+        # the cell may be wider than the thumbnail (cells spread to fill the row): centre it
+        box = QRect(option.rect.x() + (option.rect.width() - self.thumb) // 2, option.rect.y() + PAD,
+                    self.thumb, self.thumb)
         pm = index.data(Qt.ItemDataRole.DecorationRole)
         if pm is not None and not pm.isNull():
             painter.drawPixmap(fit_rect(pm.size(), box), pm)
         text = index.data(Qt.ItemDataRole.DisplayRole)
         if text:
             fm = option.fontMetrics
-            line = QRect(option.rect.x() + PAD, box.bottom() + 2, self.thumb, fm.height() + 2)
+            line = QRect(box.x(), box.bottom() + 2, self.thumb, fm.height() + 2)
             painter.setPen(QColor("#202124") if selected else QColor("#5f6368"))
             painter.drawText(line, Qt.AlignmentFlag.AlignHCenter | Qt.AlignmentFlag.AlignVCenter,
                              fm.elidedText(str(text), Qt.TextElideMode.ElideMiddle, self.thumb))
@@ -134,10 +136,32 @@ class PhotoGrid(QListView):
         return self.model()
 
     def set_thumb_size(self, thumb: int) -> None:
+        """Another thumbnail size; the selection stays, and so does the photo in view."""
+        selected = self.selected_rows() if self.selectionModel() else []
+        current = self.currentIndex()
         self.delegate.thumb = thumb
         self.setIconSize(QSize(thumb, thumb))
-        self.setGridSize(self.delegate.cell_size())
-        self.scheduleDelayedItemsLayout()
+        self._spread()
+        if selected and self.selected_rows() != selected:
+            self.select_rows(selected)
+        if current.isValid():
+            QTimer.singleShot(0, lambda: self.scrollTo(current, QAbstractItemView.ScrollHint.PositionAtCenter))
+
+    def _spread(self) -> None:
+        """Cells share the row's width: as many whole cells as fit, the rest spread between them
+        (no empty band at the right edge)."""
+        cell = self.delegate.cell_size()
+        # room for the scroll bar is kept either way, so its coming and going never re-wraps the rows
+        width = self.contentsRect().width() - self.verticalScrollBar().sizeHint().width() - 2
+        cols = max(1, width // max(1, cell.width()))
+        size = QSize(max(cell.width(), width // cols), cell.height())
+        if size != self.gridSize():
+            self.setGridSize(size)
+            self.scheduleDelayedItemsLayout()
+
+    def resizeEvent(self, e) -> None:  # noqa: N802 - Qt
+        super().resizeEvent(e)
+        self._spread()
 
     def selected_rows(self) -> list[int]:
         """The selected rows in order, read from the selection's ranges (a selection of 200,000
