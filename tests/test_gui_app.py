@@ -339,11 +339,11 @@ def test_search_is_cut_where_scores_stop_standing_out_and_show_all_is_one_click(
     until(lambda: w.count_label.text() == "18 photos")
     w.search_similar(str(root / "twin_0.jpg"))
     until(lambda: w.search_view.landed == w.search_view.serial and w.search_view.images)
-    assert cuts and w.count_label.text() == "2 good matches · show all 17"
+    assert cuts and w.count_label.text() == "2 good matches · show the 17 closest"  # 18 in the library
     assert {os.path.basename(it.path) for it in w.results.items()} == {"twin_1.jpg", "twin_2.jpg"}
     assert w.search_bar.text() == ""  # the example is not written into the field as a path
     QTest.mouseClick(w.count_label, Qt.MouseButton.LeftButton)
-    assert w.results.rowCount() == 17 and "show 2 good matches only" in w.count_label.text()
+    assert w.results.rowCount() == 17 and "show the 2 good matches only" in w.count_label.text()
     QTest.mouseClick(w.count_label, Qt.MouseButton.LeftButton)
     assert w.results.rowCount() == 2
     w.shutdown()

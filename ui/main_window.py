@@ -434,8 +434,8 @@ class MainWindow(QMainWindow):
         self.search_view.set_text(self.search_bar.text())
 
     def _query_edited(self, text: str) -> None:
-        if not text and self.search_view.text and not self.search_view.images:
-            self.search_view.set_text("")  # the query was cleared: back to the library by date
+        if not text and self.search_view.text:
+            self.search_view.set_text("")  # cleared: the library by date, or the example photos alone
 
     def _busy_changed(self, busy: bool) -> None:
         if not busy:

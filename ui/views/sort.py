@@ -29,7 +29,7 @@ class SortView(QWidget):
         lay = QHBoxLayout(self)
         lay.setContentsMargins(0, 6, 0, 0)
         left = QVBoxLayout()
-        t = QLabel("Categories, one per line")
+        t = QLabel("Categories, one per line (or a, b, c)")
         t.setObjectName("title")
         self.categories = QPlainTextEdit()
         self.categories.setObjectName("categories")
@@ -70,9 +70,12 @@ class SortView(QWidget):
         return self.classified.as_rows() if self.classified else []
 
     def run(self) -> None:
-        names = [n.strip() for n in self.categories.toPlainText().splitlines() if n.strip()]
+        # one per line, or separated by commas as on the command line ("bird, flower, car")
+        names = [n.strip() for line in self.categories.toPlainText().splitlines() for n in line.split(",")
+                 if n.strip()]
         if len(names) < 2:
-            self.ctx.error.emit("Type at least two categories, one per line.", "input", "sort")
+            self.ctx.error.emit("Type at least two categories, one per line or separated by commas.",
+                                "input", "sort")
             return
         self.classify_button.setEnabled(False)
         self.names = list(dict.fromkeys(names))

@@ -1,0 +1,102 @@
+"""Rough edges of issue 26, each as a class: search messages and malformed queries, commas in
+Sort, counts, sizes, grids that fill their row."""
+import pytest
+
+pytest.importorskip("pytestqt")
+
+from PySide6.QtCore import Qt  # noqa: E402
+from PySide6.QtTest import QTest  # noqa: E402
+
+from conftest import until  # noqa: E402
+
+pytestmark = [pytest.mark.gui, pytest.mark.qt_log_ignore("This plugin does not support")]
+
+
+def test_count_line_says_what_a_click_shows():
+    from clipdesk.ui.views.search import count_line
+
+    assert count_line(5, 5, 5, False) == "5 matches"
+    assert count_line(23, 359, 359, False) == "23 good matches · show all 359"
+    assert count_line(23, 2000, 7000, False) == "23 good matches · show the 2,000 closest"  # not "all"
+    assert count_line(23, 2000, 7000, True) == "the 2,000 closest · show the 23 good matches only"
+    assert count_line(0, 2000, 7000, False) == "No clear match · show the 2,000 closest"
+    shown = count_line(0, 2000, 7000, True)
+    assert "show" not in shown.replace("shown", "") and "0" not in shown.split("·")[0]  # no "show 0 … only"
+
+
+def test_sizes_are_written_one_way():
+    from clipdesk.ui.views.text import human_size
+
+    assert human_size(None) == "size unknown"
+    assert human_size(1) == "1 byte" and human_size(999) == "999 bytes"
+    assert human_size(480_000) == "480 kB" and human_size(3_400_000) == "3.4 MB"
+    assert human_size(2_500_000_000) == "2.5 GB"
+
+
+def test_malformed_queries_are_explained_and_the_results_stay(window):
+    sv = window.search_view
+    window.search_bar.setText("red")
+    QTest.keyClick(window.search_bar, Qt.Key.Key_Return)
+    until(lambda: sv.landed == sv.serial and sv.typed, what="a search")
+    shown = [it.path for it in window.results.items()]
+    for bad, says in (('"fish" + 2000*"coral"', "out of range"), ("red -", "ends with an operator"),
+                      ('"unclosed', "Unclosed quote")):
+        window.search_bar.setText(bad)
+        QTest.keyClick(window.search_bar, Qt.Key.Key_Return)
+        assert window.banner.isVisible() and says in window.banner.text.text(), window.banner.text.text()
+        assert [it.path for it in window.results.items()] == shown and sv.text == "red"
+    window.search_bar.setText('"red" + 0.5*"green" - blue')  # the command line's syntax works here too
+    QTest.keyClick(window.search_bar, Qt.Key.Key_Return)
+    until(lambda: sv.landed == sv.serial and len(sv.typed) == 3, what="a combined search")
+    assert not window.banner.isVisible()
+    assert sv.describe_query() == "“red” + “green” − “blue”"  # every part, each quoted once
+
+
+def test_enter_on_an_empty_box_keeps_the_example_photo_and_clearing_reruns(window):
+    sv = window.search_view
+    example = window.results.item(2).path
+    window.search_similar(example)
+    until(lambda: sv.landed == sv.serial and sv.images, what="a search by example")
+    window.search_bar.setText("red")
+    QTest.keyClick(window.search_bar, Qt.Key.Key_Return)
+    until(lambda: sv.landed == sv.serial and sv.typed, what="text + example")
+    assert [p for _w, p in sv.images] == [example] or not sv.images  # a typed query replaces the text part
+    sv.images = [(1.0, example)]
+    serial = sv.serial
+    window.search_bar.clear()  # clearing the box: the example alone, searched again (no stale text)
+    until(lambda: sv.serial > serial and sv.landed == sv.serial, what="the rerun")
+    assert sv.text == "" and [p for _w, p in sv.images] == [example]
+    QTest.keyClick(window.search_bar, Qt.Key.Key_Return)  # Enter on the empty box drops nothing
+    until(lambda: sv.landed == sv.serial, what="the search")
+    assert [p for _w, p in sv.images] == [example]
+    assert "1 example photo" in sv.describe_query()
+
+
+def test_sort_takes_commas_as_the_command_line_does(window):
+    sort = window.sort_view
+    window.tabs.setCurrentWidget(sort)
+    sort.categories.setPlainText("bird, flower, car")
+    QTest.mouseClick(sort.classify_button, Qt.MouseButton.LeftButton)
+    until(lambda: sort.classified and sort.classify_button.isEnabled(), what="classify")
+    assert sort.names == ["bird", "flower", "car"] and not window.banner.isVisible()
+
+
+def test_grid_cells_spread_to_fill_the_row(window):
+    grid = window.search_view.grid
+    window.resize(1111, 700)
+    until(lambda: grid.width() > 0)
+    QTest.qWait(50)
+    cell = grid.delegate.cell_size().width()
+    room = grid.contentsRect().width() - grid.verticalScrollBar().sizeHint().width()
+    cols = room // cell
+    assert grid.gridSize().width() * cols >= room - cols - 2  # no band of a cell's width left empty
+    assert grid.gridSize().width() * cols <= room
+    rects = [grid.visualRect(window.results.index(i)) for i in range(min(cols, window.results.rowCount()))]
+    assert len({r.y() for r in rects}) == 1  # still one row: spreading never wraps a cell
+
+
+def test_thumbnail_size_change_keeps_the_selection(window):
+    grid = window.search_view.grid
+    grid.select_rows([5, 6])
+    window.apply_settings("", "auto", 96, window.lib.folder)
+    assert grid.selected_rows() == [5, 6]
