@@ -100,3 +100,23 @@ def test_thumbnail_size_change_keeps_the_selection(window):
     grid.select_rows([5, 6])
     window.apply_settings("", "auto", 96, window.lib.folder)
     assert grid.selected_rows() == [5, 6]
+
+
+def test_one_undo_for_the_last_file_operation_wherever_it_started(window):
+    from pathlib import Path
+
+    from clipdesk import tags
+    from test_gui_interop import answer_plan, classified
+
+    sort = classified(window)
+    teach_bar = window.teach_view.actions_bar
+    assert not teach_bar.undo_last.isEnabled()
+    rows = [p for p, _c, _ in sort._rows()]
+    answer_plan(apply=True)
+    next(a for a in sort.actions_bar.more.actions() if a.objectName() == "writeTagsAction").trigger()
+    until(lambda: sort.actions_bar.undo_last.isEnabled(), what="tags written")
+    assert teach_bar.undo_last.isEnabled() and teach_bar.undo_last.text() == "Undo last tags write"
+    teach_bar.undo_last.trigger()  # Teach's Do ▸ Undo takes back the write made on the Sort tab
+    until(lambda: not any(Path(tags.sidecar_target(p)).exists() for p in rows), what="undo from the other tab")
+    until(lambda: not sort.actions_bar.undo_last.isEnabled() and not teach_bar.undo_last.isEnabled(),
+          what="both menus to show nothing left to undo")

@@ -19,6 +19,8 @@ from ..labels import LabelStore
 from ..models import Thumbnails, paths_from_mime
 
 ICON = 56
+BUCKET_W = 236  # a bucket's width with up to three photos; it grows with more, up to MAX_BUCKET_W
+MAX_BUCKET_W = 560
 
 
 class BucketList(QListWidget):
@@ -31,6 +33,10 @@ class BucketList(QListWidget):
         self.setViewMode(QListView.ViewMode.IconMode)
         self.setIconSize(QSize(ICON, ICON))
         self.setGridSize(QSize(ICON + 6, ICON + 6))
+        # one row that scrolls sideways: a 4th photo is beside the others, not hidden below them
+        self.setFlow(QListView.Flow.LeftToRight)
+        self.setWrapping(False)
+        self.setVerticalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)
         self.setResizeMode(QListView.ResizeMode.Adjust)
         self.setMovement(QListView.Movement.Static)
         self.setSelectionMode(QAbstractItemView.SelectionMode.ExtendedSelection)
@@ -81,7 +87,7 @@ class Bucket(QFrame):
         self.setObjectName(f"bucket:{name}")
         self.setProperty("bucket", "true")
         self.setAcceptDrops(True)
-        self.setFixedWidth(236)
+        self.setFixedWidth(BUCKET_W)
         self.setSizePolicy(QSizePolicy.Policy.Fixed, QSizePolicy.Policy.Expanding)
         lay = QVBoxLayout(self)
         lay.setContentsMargins(8, 6, 8, 6)
@@ -105,7 +111,7 @@ class Bucket(QFrame):
         head.addWidget(close)
         lay.addLayout(head)
         self.list = BucketList(self)
-        self.list.setFixedHeight(ICON + 14)
+        self.list.setFixedHeight(ICON + 10 + self.list.horizontalScrollBar().sizeHint().height())
         lay.addWidget(self.list)
         self.set_number(number)
         thumbnails.ready.connect(self._thumb_ready)
@@ -130,6 +136,8 @@ class Bucket(QFrame):
                 it.setIcon(self.thumbnails.get(p) or self.thumbnails.placeholder)
                 self.list.addItem(it)
         n = len(paths)
+        # the bucket takes the room its photos need (the strip was mostly empty beside clipped photos)
+        self.setFixedWidth(min(MAX_BUCKET_W, max(BUCKET_W, 16 + 4 + n * (ICON + 6))))
         text = f"{n} photo{'s' if n != 1 else ''}"
         if rejected:
             text += f" · {rejected} not"

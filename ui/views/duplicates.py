@@ -17,7 +17,7 @@ import time
 from dataclasses import replace
 
 from PySide6.QtCore import QSettings, QSize, Qt, Signal
-from PySide6.QtGui import QFontMetrics, QGuiApplication, QPainter, QUndoCommand
+from PySide6.QtGui import QFontMetrics, QGuiApplication, QUndoCommand
 from PySide6.QtWidgets import (QButtonGroup, QDoubleSpinBox, QFrame, QHBoxLayout, QLabel, QMenu, QMessageBox,
                                QProgressBar, QPushButton, QRadioButton, QScrollArea, QSizePolicy, QVBoxLayout,
                                QWidget)
@@ -29,7 +29,7 @@ from ..focus import keys_stay_on_content
 from .actions import CONFLICTING_JOBS, _plural
 from .context import Context
 from .grid import fit_rect
-from .text import human_size
+from .text import ElidedLabel, human_size
 
 SETTING = "duplicates/threshold"
 TRASH_JOB = "moving photos to the Trash"
@@ -53,20 +53,6 @@ QScrollArea[dupRow="true"], QScrollArea[dupRow="true"] > QWidget > QWidget { bac
 
 def describe_date(taken: float | None) -> str:
     return time.strftime("%d %b %Y %H:%M", time.localtime(taken)) if taken else "no date"
-
-
-class ElidedLabel(QLabel):
-    """A one-line label that ends in "…" when the window is too narrow (never cut mid-word silently)."""
-
-    def minimumSizeHint(self) -> QSize:  # noqa: N802 - Qt
-        return QSize(0, super().minimumSizeHint().height())
-
-    def paintEvent(self, e) -> None:  # noqa: N802 - Qt
-        p = QPainter(self)
-        p.setPen(self.palette().color(self.foregroundRole()))
-        text = self.fontMetrics().elidedText(self.text(), Qt.TextElideMode.ElideRight, self.width())
-        p.drawText(self.rect(), int(Qt.AlignmentFlag.AlignLeft | Qt.AlignmentFlag.AlignVCenter), text)
-        p.end()
 
 
 class TrashCommand(QUndoCommand):

@@ -11,7 +11,7 @@ bucket N, right-click "Add to bucket ▸", Ctrl+C copies paths, Enter opens, Del
 from __future__ import annotations
 
 from PySide6.QtCore import QModelIndex, QPoint, QRect, QSize, Qt, QTimer, Signal
-from PySide6.QtGui import QColor, QFontMetrics, QGuiApplication, QKeySequence, QPainter, QPen
+from PySide6.QtGui import QColor, QDrag, QFontMetrics, QGuiApplication, QKeySequence, QPainter, QPen, QPixmap
 from PySide6.QtWidgets import (QAbstractItemView, QListView, QMenu, QStyle, QStyledItemDelegate,
                                QStyleOptionViewItem)
 
@@ -21,6 +21,8 @@ ACCENT = QColor("#1a73e8")
 TINT = QColor(26, 115, 232, 38)
 PAD = 6  # around the thumbnail inside a cell
 MAX_UPSCALE = 2.0
+DRAG_IMAGE = 64  # the picture under the pointer while dragging: small, and beside the pointer, so the
+# bucket it goes into stays visible
 
 
 def fit_rect(pixmap_size: QSize, box: QRect) -> QRect:
@@ -80,7 +82,34 @@ class PhotoDelegate(QStyledItemDelegate):
             painter.setBrush(Qt.BrushStyle.NoBrush)
             painter.setPen(QPen(ACCENT, 3))
             painter.drawRoundedRect(cell.adjusted(1, 1, -1, -1), 6, 6)
+        elif option.state & QStyle.StateFlag.State_HasFocus:
+            # the photo the keys act on (1–9, A, R) when none is selected: a thin dashed frame
+            painter.setBrush(Qt.BrushStyle.NoBrush)
+            painter.setPen(QPen(ACCENT, 1.5, Qt.PenStyle.DashLine))
+            painter.drawRoundedRect(cell.adjusted(1, 1, -1, -1), 6, 6)
         painter.restore()
+
+
+def drag_image(pm: QPixmap | None, n: int) -> QPixmap:
+    """A ``DRAG_IMAGE`` px picture of the first photo dragged, with the count when there are more."""
+    out = QPixmap(DRAG_IMAGE, DRAG_IMAGE)
+    out.fill(Qt.GlobalColor.transparent)
+    p = QPainter(out)
+    p.setRenderHint(QPainter.RenderHint.Antialiasing, True)
+    p.setRenderHint(QPainter.RenderHint.SmoothPixmapTransform, True)
+    if pm is not None and not pm.isNull():
+        p.setOpacity(0.85)
+        p.drawPixmap(fit_rect(pm.size(), QRect(0, 0, DRAG_IMAGE, DRAG_IMAGE)), pm)
+        p.setOpacity(1.0)
+    if n > 1:
+        badge = QRect(DRAG_IMAGE - 28, 0, 28, 20)
+        p.setBrush(ACCENT)
+        p.setPen(Qt.PenStyle.NoPen)
+        p.drawRoundedRect(badge, 10, 10)
+        p.setPen(QColor("white"))
+        p.drawText(badge, Qt.AlignmentFlag.AlignCenter, str(n) if n < 1000 else "999+")
+    p.end()
+    return out
 
 
 class PhotoGrid(QListView):
@@ -231,6 +260,17 @@ class PhotoGrid(QListView):
             e.accept()
             return
         super().keyPressEvent(e)
+
+    def startDrag(self, actions) -> None:  # noqa: N802 - Qt
+        rows = self.selected_rows()
+        if not rows:
+            return
+        indexes = [self.results.index(r) for r in rows]
+        drag = QDrag(self)
+        drag.setMimeData(self.results.mimeData(indexes))
+        drag.setPixmap(drag_image(indexes[0].data(Qt.ItemDataRole.DecorationRole), len(rows)))
+        drag.setHotSpot(QPoint(-12, -12))  # the picture sits below-right of the pointer, not under it
+        drag.exec(actions, Qt.DropAction.CopyAction)
 
     def _context_menu(self, pos: QPoint) -> None:
         idx = self.indexAt(pos)

@@ -25,6 +25,7 @@ from .actions import ResultActions
 from .buckets import BucketsPanel
 from .context import Context
 from .grid import PhotoGrid
+from .text import ElidedLabel
 
 PROBE = "teach"  # the probe this view trains
 SUGGEST_K = 60
@@ -58,7 +59,9 @@ class TeachView(QWidget):
         self.bucket_name = QLineEdit()
         self.bucket_name.setObjectName("bucketName")
         self.bucket_name.setPlaceholderText("New bucket, e.g. Anna")
-        self.bucket_name.setMaximumWidth(220)
+        fm = self.bucket_name.fontMetrics()  # the whole placeholder shows, however the window is sized
+        self.bucket_name.setMinimumWidth(fm.horizontalAdvance(self.bucket_name.placeholderText()) + 24)
+        self.bucket_name.setMaximumWidth(max(220, self.bucket_name.minimumWidth()))
         self.bucket_name.returnPressed.connect(self.add_bucket)
         self.add_button = QPushButton("Add bucket")
         self.add_button.setObjectName("addBucket")
@@ -71,9 +74,8 @@ class TeachView(QWidget):
         self.apply_button.setObjectName("apply")
         self.apply_button.clicked.connect(lambda _c=False: self.apply())
         self.apply_button.setEnabled(False)
-        self.train_result = QLabel("Fill a bucket or two, then press Train.")
+        self.train_result = ElidedLabel("Fill a bucket or two, then press Train.")  # one line: the row never jumps
         self.train_result.setObjectName("trainResult")
-        self.train_result.setWordWrap(True)
         self.train_result.setProperty("muted", "true")
         for w in (self.bucket_name, self.add_button, self.train_button, self.apply_button):
             row.addWidget(w)

@@ -1,6 +1,11 @@
-"""How the app writes sizes: one way everywhere (the preview and the duplicates cards once
-disagreed, "kB" against "KB")."""
+"""How the app writes text: sizes one way everywhere (the preview and the duplicates cards once
+disagreed, "kB" against "KB"), and one-line labels that elide instead of wrapping (a wrapping
+message made the toolbar it sits in jump)."""
 from __future__ import annotations
+
+from PySide6.QtCore import QSize, Qt
+from PySide6.QtGui import QPainter
+from PySide6.QtWidgets import QLabel
 
 UNITS = ("kB", "MB", "GB", "TB")  # decimal, as desktop file managers show them
 
@@ -17,3 +22,21 @@ def human_size(n: int | None) -> str:
             return f"{value:.0f} {unit}" if unit == "kB" else f"{value:.1f} {unit}"
         value /= 1000
     return ""
+
+
+class ElidedLabel(QLabel):
+    """A one-line label that ends in "…" when there is no room; the whole text is its tooltip."""
+
+    def setText(self, text: str) -> None:  # noqa: N802 - Qt
+        super().setText(text)
+        self.setToolTip(text)
+
+    def minimumSizeHint(self) -> QSize:  # noqa: N802 - Qt
+        return QSize(0, super().minimumSizeHint().height())
+
+    def paintEvent(self, e) -> None:  # noqa: N802 - Qt
+        p = QPainter(self)
+        p.setPen(self.palette().color(self.foregroundRole()))
+        text = self.fontMetrics().elidedText(self.text(), Qt.TextElideMode.ElideRight, self.width())
+        p.drawText(self.rect(), int(Qt.AlignmentFlag.AlignLeft | Qt.AlignmentFlag.AlignVCenter), text)
+        p.end()
