@@ -232,3 +232,18 @@ def test_welcome_page_without_other_libraries_shows_no_empty_list(qtbot, tmp_pat
         assert os.path.isdir(w.lib.folder)
     finally:
         w.shutdown()
+
+
+def test_sort_categories_come_back_with_their_library(window, tmp_path):
+    first = window.lib.folder
+    window.sort_view.categories.setPlainText("beach\nmountains")
+    assert window.open_library(str(tmp_path / "second"))
+    assert window.sort_view.categories.toPlainText() == ""  # the new library has none yet
+    window.sort_view.categories.setPlainText("cats, dogs")
+    assert window.open_library(first)
+    assert window.sort_view.categories.toPlainText() == "beach\nmountains"
+    window.close()  # a relaunch: the settings keep them
+    from clipdesk.ui.recent import RecentLibraries
+
+    assert RecentLibraries(window.settings).note(first, "sort_categories") == "beach\nmountains"
+    assert RecentLibraries(window.settings).note(str(tmp_path / "second"), "sort_categories") == "cats, dogs"

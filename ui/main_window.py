@@ -107,6 +107,7 @@ class MainWindow(QMainWindow):
         self._shortcuts()
         keys_stay_on_content(self)
         self._remember_library()
+        self._restore_sort_categories()
         self.status_message.connect(self.status.line)
         library.status_callback = self.status_message.emit
         self.refresh_library_views()
@@ -611,6 +612,13 @@ class MainWindow(QMainWindow):
         """This library, first in the recent list, with the model it uses now."""
         self.recent.remember(self.lib.folder, *model_choice(self.lib.spec))
 
+    def _save_sort_categories(self) -> None:
+        """The categories typed on the Sort tab, kept per library (a relaunch or a switch back finds them)."""
+        self.recent.set_note(self.lib.folder, "sort_categories", self.sort_view.categories.toPlainText())
+
+    def _restore_sort_categories(self) -> None:
+        self.sort_view.categories.setPlainText(self.recent.note(self.lib.folder, "sort_categories"))
+
     def choose_library(self) -> None:
         start = os.path.dirname(self.lib.folder) if os.path.isdir(os.path.dirname(self.lib.folder)) else str(Path.home())
         d = QFileDialog.getExistingDirectory(self, "Open a library (or an empty folder for a new one)", start,
@@ -648,6 +656,7 @@ class MainWindow(QMainWindow):
             except ClipdeskError:
                 pass  # the model loads (or asks) when needed, as on a first run
         self._remember_library()
+        self._save_sort_categories()
         self.jobs.shutdown(close=False)
         self.jobs.closed = True  # results of the old library's jobs, still queued, are dropped …
         QApplication.sendPostedEvents()
@@ -665,8 +674,10 @@ class MainWindow(QMainWindow):
         self.banner.clear("library")
         self.model_setup.failed = False
         self.refresh_library_views()
+        self.search_bar.clear()  # the query was the other library's
         self.search_view.reset()
         self.sort_view.reset()
+        self._restore_sort_categories()
         self.teach_view.reset()
         self.ctx.library_changed.emit()
         self.statusBar().showMessage(f"Opened the library {new.folder}", 6000)
@@ -678,6 +689,7 @@ class MainWindow(QMainWindow):
         self.settings.setValue("geometry", self.saveGeometry())
         self.settings.setValue("library", self.lib.folder)
         self._remember_library()
+        self._save_sort_categories()
         self.shutdown()
         super().closeEvent(e)
 

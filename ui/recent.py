@@ -12,6 +12,7 @@ import os
 from dataclasses import asdict, dataclass
 
 KEY = "recent_libraries"
+NOTES = "library_notes"  # small per-library texts of the app (the Sort tab's categories), by folder
 MAX_RECENT = 10
 
 
@@ -73,3 +74,26 @@ class RecentLibraries:
 
     def _save(self, entries: list[RecentLibrary]) -> None:
         self.settings.setValue(KEY, json.dumps([asdict(e) for e in entries[:MAX_RECENT]]))
+
+    # -------------------------------------------------------------- small texts kept per library
+    def _notes(self) -> dict:
+        raw = self.settings.value(NOTES) or "{}"
+        try:
+            data = json.loads(raw) if isinstance(raw, str) else {}
+        except ValueError:
+            return {}
+        return data if isinstance(data, dict) else {}
+
+    def note(self, folder: str, key: str) -> str:
+        value = self._notes().get(os.path.abspath(folder), {})
+        value = value.get(key, "") if isinstance(value, dict) else ""
+        return value if isinstance(value, str) else ""
+
+    def set_note(self, folder: str, key: str, text: str) -> None:
+        notes = self._notes()
+        folder = os.path.abspath(folder)
+        entry = notes.get(folder) if isinstance(notes.get(folder), dict) else {}
+        entry[key] = text[:10_000]  # a few lines of categories, never a whole file
+        notes[folder] = entry
+        known = {e.folder for e in self.entries()} | {folder}
+        self.settings.setValue(NOTES, json.dumps({f: v for f, v in notes.items() if f in known}))

@@ -25,8 +25,8 @@ SAMPLE_PHOTOS = sum(1 for p in (Path(__file__).resolve().parents[2] / "assets" /
 
 @pytest.fixture
 def outdir(tmp_path) -> Path:
-    return output_folder("teach-loop", tmp_path / "e2e", ("library", "home", "screenshots", "state.json", "app.log",
-                                           "teach-export.csv"))
+    return output_folder("teach-loop", tmp_path / "e2e", ("library", "other-library", "home", "screenshots",
+                                                           "state.json", "app.log", "teach-export.csv"))
 
 
 def count_of(text: str) -> int:
