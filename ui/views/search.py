@@ -126,7 +126,8 @@ class SearchView(QWidget):
     def set_text(self, text: str) -> None:
         """A typed query (the command line's syntax: ``"beach" + 0.5*"sunset" - people``): replaces
         the typed terms. A query that does not parse is shown as an error, and the search shown
-        stays. An empty query keeps the example photos (✕ forgets them)."""
+        stays. A new query is a new search (example photos go); an empty one — Enter on the empty
+        field, or clearing it — keeps the example photos (✕ forgets them)."""
         text = text.strip()
         try:
             typed = parse_query(text) if text else []
@@ -134,6 +135,8 @@ class SearchView(QWidget):
             self.ctx.error.emit(str(e), "QueryError", "search")
             return
         self.text, self.typed = text, typed
+        if typed:
+            self.images = []
         self.run()
 
     def search_image(self, path: str) -> None:
