@@ -14,7 +14,7 @@ from pathlib import Path
 from PySide6.QtCore import QSettings, Qt, QTimer, Signal
 from PySide6.QtGui import QAction, QKeySequence, QShortcut
 from PySide6.QtWidgets import (QApplication, QComboBox, QDialog, QFileDialog, QHBoxLayout, QLineEdit, QMainWindow,
-                               QMenu, QPushButton, QSplitter, QStackedWidget, QTabWidget, QToolButton, QVBoxLayout,
+                               QPushButton, QSplitter, QStackedWidget, QTabWidget, QToolButton, QVBoxLayout,
                                QWidget)
 
 from clipdesk.errors import ClipdeskError, ModelMismatchError
@@ -22,9 +22,9 @@ from clipdesk.library import Library
 
 from . import desktop
 from .focus import keys_stay_on_content
-from .recent import RecentLibraries, model_choice
 from .labels import LabelStore, make_undo_stack
 from .models import Thumbnails, paths_from_mime
+from .recent import RecentLibraries, model_choice
 from .views.banner import Banner, without_command_line
 from .views.context import Context
 from .views.dialogs import SettingsDialog
