@@ -1,5 +1,7 @@
 """Rough edges of issue 26, each as a class: search messages and malformed queries, commas in
 Sort, counts, sizes, grids that fill their row."""
+import os
+
 import pytest
 
 pytest.importorskip("pytestqt")
@@ -120,3 +122,28 @@ def test_one_undo_for_the_last_file_operation_wherever_it_started(window):
     until(lambda: not any(Path(tags.sidecar_target(p)).exists() for p in rows), what="undo from the other tab")
     until(lambda: not sort.actions_bar.undo_last.isEnabled() and not teach_bar.undo_last.isEnabled(),
           what="both menus to show nothing left to undo")
+
+
+def test_the_copy_to_folder_picker_starts_beside_the_photos_then_where_it_was_left(window, monkeypatch, tmp_path):
+    from PySide6.QtCore import QSettings
+    from PySide6.QtWidgets import QFileDialog
+
+    from test_gui_interop import classified
+
+    QSettings().remove("last_folder_dir")
+    sort = classified(window)
+    starts = []
+    chosen = tmp_path / "sorted"
+    chosen.mkdir()
+    monkeypatch.setattr(QFileDialog, "getExistingDirectory",
+                        staticmethod(lambda _p, _t, start, *_a, **_k: starts.append(start) or ""))
+    sort.actions_bar.start_sort("copy")  # cancelled in the picker: nothing happens
+    photos_root = os.path.commonpath([os.path.dirname(p) for p, _c, _ in sort._rows()])
+    assert starts == [photos_root]
+    monkeypatch.setattr(QFileDialog, "getExistingDirectory",
+                        staticmethod(lambda _p, _t, start, *_a, **_k: starts.append(start) or str(chosen)))
+    from clipdesk.ui.views.dialogs import ask_folder
+
+    assert ask_folder(window, "x", photos_root) == str(chosen)
+    assert ask_folder(window, "x", photos_root) == str(chosen) and starts[-1] == str(chosen)  # where it was left
+    QSettings().remove("last_folder_dir")

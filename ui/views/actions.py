@@ -296,7 +296,11 @@ class ResultActions(QWidget):
             self._fail("Nothing to sort: select photos, or lower the threshold, after classifying.", "input")
             return
         if into is None:
-            into = ask_folder(self, f"{mode.capitalize()} into folders under…")
+            try:  # first time: start beside the photos, not in the home folder
+                near = os.path.commonpath([os.path.dirname(r[0]) for r in rows])
+            except ValueError:
+                near = None
+            into = ask_folder(self, f"{mode.capitalize()} into folders under… (New Folder: the toolbar)", near)
         if not into:
             return
         try:
