@@ -89,7 +89,9 @@ def test_switching_to_a_new_library_and_back_restores_buckets_probe_and_model(wi
     QTest.mouseClick(recent.viewport(), Qt.MouseButton.LeftButton, pos=rect.center())
     until(lambda: window.lib.folder == first and window.stack.currentIndex() == 1, what="back to the first library")
     assert sorted(window.buckets) == ["Anna", "Ben"] and sorted(window.buckets["Anna"].paths()) == sorted(paths[:2])
-    assert t.apply_button.isEnabled() and "Trained earlier" in t.train_result.text()  # the probe is back
+    assert "Trained earlier" in t.train_result.text()  # the probe is back …
+    until(lambda: t.apply_button.isEnabled() and t.predictions and t.review_results.rowCount(),
+          what="… and with it the Review list")
     assert window.settings.value("library") == first
     assert window.recent.get(str(other)).model == "test-tiny"
 
@@ -212,6 +214,7 @@ def test_tab_shortcuts_down_from_search_and_escape(window):
 
 
 def test_the_download_message_does_not_stay_in_the_status_bar_after_the_failure(window):
+    until(lambda: not window.jobs.active, what="idle")  # no other job's message lands in between
     window.status_message.emit("Fetching weights of ViT-B-32 (downloaded once, then cached)…")
     QApplication.processEvents()
     assert window.statusBar().currentMessage().startswith("Fetching weights")

@@ -204,8 +204,11 @@ class TeachView(QWidget):
         self.concept = earlier.labels[0] if len(earlier.labels) == 1 else None
         self.train_result.setProperty("muted", "false")
         self.train_result.setText(f"Trained earlier (accuracy {earlier.cv_accuracy:.0%} on held-out examples): "
-                                  "Apply labels the library, or train again.")
+                                  "its answers are in Review; train again after new examples.")
         self.apply_button.setEnabled(True)
+        # the Review list comes back with the probe (a relaunch or a switch back): applying reads the
+        # stored vectors only, in a worker, so it costs no model load
+        self.apply()
 
     # ------------------------------------------------------------------ buckets
     def add_bucket(self) -> None:
