@@ -250,3 +250,27 @@ def test_sort_categories_come_back_with_their_library(window, tmp_path):
 
     assert RecentLibraries(window.settings).note(first, "sort_categories") == "beach\nmountains"
     assert RecentLibraries(window.settings).note(str(tmp_path / "second"), "sort_categories") == "cats, dogs"
+
+
+def test_rejected_photos_are_seen_and_taken_back_from_their_bucket(window):
+    from clipdesk.teaching import negative_label
+
+    t = window.teach_view
+    window.tabs.setCurrentWidget(t)
+    window.labels.create("Anna")
+    paths = [window.results.item(i).path for i in range(3)]
+    window.labels.add("Anna", paths[:1])
+    bucket = window.buckets["Anna"]
+    assert not bucket.rejected.isVisible()
+    window.labels.reject("Anna", paths[1:3])
+    until(lambda: bucket.rejected.isVisible(), what="the rejected count")
+    assert bucket.rejected.text() == "2 not ▾" and bucket.count.text() == "1 photo"
+    bucket._fill_rejected()
+    actions = [a for a in bucket.rejected.menu().actions() if a.text().startswith("Take back ")]
+    assert sorted(a.text() for a in actions) == sorted([f"Take back {os.path.basename(p)}" for p in paths[1:3]]
+                                                      + ["Take back all 2"])
+    next(a for a in actions if a.text() == f"Take back {os.path.basename(paths[1])}").trigger()
+    until(lambda: window.lib.labels().get(negative_label("Anna"), []) == [paths[2]], what="one taken back")
+    assert bucket.rejected.text() == "1 not ▾" and "rejected as not “Anna”" in window.status.currentMessage()
+    window.undo_stack.undo()
+    until(lambda: sorted(window.lib.labels()[negative_label("Anna")]) == sorted(paths[1:3]), what="undo")
