@@ -238,6 +238,8 @@ def test_teach_loop_by_mouse_and_keyboard(outdir: Path) -> None:
         s.click_at(*s.center(back))
         s.wait(lambda st: all(s.widget(f"bucketCount:{b}", st) and count_of(s.widget(f"bucketCount:{b}", st)["text"])
                               == n for b, n in counts.items()), 30, "the buckets back after switching back")
+        s.wait(lambda st: s.items("reviewGrid", st) and s.items("teachGrid", st), 30,
+               "the Review list (the probe applied again) and the suggestions after switching back")
         s.screenshot("switched-back")
 
         # The same window at a small laptop size: every view still usable.
