@@ -147,3 +147,19 @@ def test_the_copy_to_folder_picker_starts_beside_the_photos_then_where_it_was_le
     assert ask_folder(window, "x", photos_root) == str(chosen)
     assert ask_folder(window, "x", photos_root) == str(chosen) and starts[-1] == str(chosen)  # where it was left
     QSettings().remove("last_folder_dir")
+
+
+def test_the_drag_image_is_small_and_counts_the_photos(qtbot):
+    from PySide6.QtGui import QColor, QPixmap
+
+    from clipdesk.ui.views.grid import ACCENT, DRAG_IMAGE, drag_image
+
+    pm = QPixmap(400, 200)
+    pm.fill(QColor("red"))
+    one, many = drag_image(pm, 1).toImage(), drag_image(pm, 12).toImage()
+    assert one.width() == one.height() == DRAG_IMAGE  # not a whole cell over the bucket under the pointer
+    corner = (DRAG_IMAGE - 14, 10)  # where the count badge goes
+    assert one.pixelColor(*corner).alpha() == 0  # one photo: no badge (and the picture is fitted, not cropped)
+    badge = many.pixelColor(*corner)
+    assert badge.alpha() == 255 and badge.rgb() in (ACCENT.rgb(), QColor("white").rgb())  # the badge or its digits
+    assert one.pixelColor(DRAG_IMAGE // 2, DRAG_IMAGE // 2).red() > 200  # the photo itself
