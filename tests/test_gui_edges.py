@@ -163,3 +163,20 @@ def test_the_drag_image_is_small_and_counts_the_photos(qtbot):
     badge = many.pixelColor(*corner)
     assert badge.alpha() == 255 and badge.rgb() in (ACCENT.rgb(), QColor("white").rgb())  # the badge or its digits
     assert one.pixelColor(DRAG_IMAGE // 2, DRAG_IMAGE // 2).red() > 200  # the photo itself
+
+
+def test_a_finished_job_leaves_no_progress_bar_behind(qtbot):
+    from types import SimpleNamespace
+
+    from clipdesk.ui.views.status import StatusArea
+
+    bar = StatusArea()
+    qtbot.addWidget(bar)
+    bar.show()
+    bar.job_progress(SimpleNamespace(stage="predict", done=10, total=100))
+    assert bar.progress.isVisible() and bar.progress_label.text() == "Predict…"
+    bar.job_progress(SimpleNamespace(stage="predict", done=100, total=100))
+    assert not bar.progress.isVisible() and not bar.cancel.isVisible()  # not "Predict… 100%" for ever
+    bar.set_busy("Indexing: scanning…")
+    bar.job_progress(SimpleNamespace(stage="predict", done=100, total=100))
+    assert bar.progress.isVisible()  # another job's bar is left alone

@@ -29,11 +29,12 @@ class SortView(QWidget):
         lay = QHBoxLayout(self)
         lay.setContentsMargins(0, 6, 0, 0)
         left = QVBoxLayout()
-        t = QLabel("Categories, one per line (or a, b, c)")
+        t = QLabel("Categories")
         t.setObjectName("title")
         self.categories = QPlainTextEdit()
         self.categories.setObjectName("categories")
         self.categories.setPlaceholderText("beach\nmountains\ncity\nfood")
+        self.categories.setToolTip("One per line, or separated by commas: bird, flower, car")
         self.classify_button = QPushButton("Classify")
         self.classify_button.setObjectName("classify")
         self.classify_button.setProperty("primary", "true")
@@ -52,8 +53,9 @@ class SortView(QWidget):
         right = QVBoxLayout()
         self.results = ResultsModel(ctx.thumbnails, self)
         self.grid = PhotoGrid(self.results, ctx.thumbnails.size, ctx.labels, "sortGrid")
-        self.grid.set_empty_text("Type two or more categories on the left (one per line) and press Classify: "
-                                 "every photo goes to the category it looks most like. No training needed.")
+        self.grid.set_empty_text("Type two or more categories on the left (one per line, or separated by commas) "
+                                 "and press Classify: every photo goes to the category it looks most like. "
+                                 "No training needed.")
         self.grid.open_requested.connect(self.open_requested)
         self.grid.show_in_folder_requested.connect(self.show_in_folder_requested)
         self.actions_bar = ResultActions(self.grid, self._rows, "sortExportCsv", "categories.csv",
