@@ -180,3 +180,15 @@ def test_a_finished_job_leaves_no_progress_bar_behind(qtbot):
     bar.set_busy("Indexing: scanning…")
     bar.job_progress(SimpleNamespace(stage="predict", done=100, total=100))
     assert bar.progress.isVisible()  # another job's bar is left alone
+
+
+def test_clipdesk_gui_started_directly_runs_the_qt_dependency_check(monkeypatch, capsys):
+    from clipdesk.ui import app
+
+    assert app.QT_DEPS_CHECK.is_file()
+    monkeypatch.setenv("QT_QPA_PLATFORM", "offscreen")
+    assert app.check_qt_dependencies() == 0  # the real script: offscreen needs no X libraries
+    monkeypatch.setattr(app, "check_qt_dependencies", lambda: 1)  # as on a desktop missing libxcb-cursor0
+    started = []
+    monkeypatch.setattr("clipdesk.library.Library", lambda *a, **k: started.append(a))
+    assert app.main([]) == 1 and not started  # stops before Qt could abort with its raw message
