@@ -192,7 +192,9 @@ def test_train_apply_review_accept_reject_retrain(window):
     QTest.mouseClick(t.actions_bar.export, Qt.MouseButton.LeftButton)
     until(lambda: os.path.exists(out), what="teach csv")
     rows = list(csv.reader(open(out)))
-    assert len(rows) == 9 and {r[1] for r in rows[1:]} <= {"Anna", "Ben", ""}
+    assert len(rows) == 9 and {r[1] for r in rows[1:]} <= {"Anna", "Ben", "none of the buckets"}
+    mine = {p: n for n in ("Anna", "Ben") for p in window.lib.labels()[n]}
+    assert mine and all(r[1] == mine[r[0]] and r[2] == "1.0000" for r in rows[1:] if r[0] in mine)  # the person's word
 
 
 def test_a_photo_put_in_another_bucket_than_the_probe_said_is_taught_as_a_correction(window, monkeypatch):
@@ -337,25 +339,35 @@ def test_search_is_cut_where_scores_stop_standing_out_and_show_all_is_one_click(
     until(lambda: w.count_label.text() == "18 photos")
     w.search_similar(str(root / "twin_0.jpg"))
     until(lambda: w.search_view.landed == w.search_view.serial and w.search_view.images)
-    assert cuts and w.count_label.text() == "2 good matches · show all 17"
+    assert cuts and w.count_label.text() == "2 good matches · show the 17 closest"  # 18 in the library
     assert {os.path.basename(it.path) for it in w.results.items()} == {"twin_1.jpg", "twin_2.jpg"}
     assert w.search_bar.text() == ""  # the example is not written into the field as a path
     QTest.mouseClick(w.count_label, Qt.MouseButton.LeftButton)
-    assert w.results.rowCount() == 17 and "show 2 good matches only" in w.count_label.text()
+    assert w.results.rowCount() == 17 and "show the 2 good matches only" in w.count_label.text()
     QTest.mouseClick(w.count_label, Qt.MouseButton.LeftButton)
     assert w.results.rowCount() == 2
     w.shutdown()
 
 
-def test_banner_floats_over_the_page_and_clears_when_the_cause_is_gone(window):
+def test_banner_never_hides_a_control_and_clears_when_the_cause_is_gone(window):
+    from PySide6.QtWidgets import QAbstractButton, QAbstractSpinBox, QComboBox, QLineEdit
+
     until(lambda: not window.jobs.active, what="idle")
-    grid = window.search_view.grid
-    before = grid.mapTo(window, QPoint(0, 0)), grid.size()
     window.show_error("Cannot read that photo " + "very long explanation " * 20, "QueryError", "search")
     pump(50)
     assert window.banner.isVisible()
-    assert (grid.mapTo(window, QPoint(0, 0)), grid.size()) == before  # nothing moved
     assert window.banner.text.text().endswith("explanation ")  # the whole text, never cut
+    banner = QRect(window.banner.mapTo(window, QPoint(0, 0)), window.banner.size())
+    for tab in range(window.tabs.count()):  # on every tab: no control under the banner
+        window.tabs.setCurrentIndex(tab)
+        pump(20)
+        controls = [w for kind in (QAbstractButton, QComboBox, QAbstractSpinBox, QLineEdit)
+                    for w in window.findChildren(kind) if w.isVisible() and not window.banner.isAncestorOf(w)]
+        assert controls
+        hidden = [w.objectName() or type(w).__name__ for w in controls
+                  if QRect(w.mapTo(window, QPoint(0, 0)), w.size()).intersects(banner)]
+        assert not hidden, hidden
+    window.tabs.setCurrentIndex(0)
     with pytest.raises(AssertionError):
         until(lambda: not window.banner.isVisible(), timeout=0.3)
     window.search_view.set_text("blue")  # a search that works: the cause is gone
@@ -566,7 +578,9 @@ def test_settings_switch_library_at_once_and_explain_a_refused_model(window, tmp
 
 def test_settings_refuse_another_model_for_an_indexed_library(window):
     done = window.apply_settings("ViT-B-32-256/datacomp_s34b_b86k", "auto", window.thumbnails.size, window.lib.folder)
-    assert done == [] and window.banner.isVisible() and "re-embed" in window.banner.text.text()
+    text = window.banner.text.text()
+    assert done == [] and window.banner.isVisible() and "indexed with test-tiny" in text
+    assert "Open library" in text and "--" not in text and "clipdesk index" not in text  # the app's way, no shell
     assert window.lib.spec.arch == "test-tiny"
 
 
@@ -601,4 +615,4 @@ def test_export_writes_off_the_gui_thread_and_a_failure_is_shown_not_raised(wind
         bar.export_csv(str(out))
     assert done.args[0] == f"Exported 8 rows to {out}"
     rows = list(csv.reader(out.open()))
-    assert len(rows) == 9 and {r[1] for r in rows[1:]} <= {"red", "green", ""}
+    assert len(rows) == 9 and {r[1] for r in rows[1:]} <= {"red", "green", "(none)"}  # a category in every row

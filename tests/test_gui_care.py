@@ -136,7 +136,7 @@ def test_find_keep_trash_and_undo_in_the_duplicates_tab(care, dups, trash_dir):
             assert pm.width() <= cell.thumb.width() and pm.height() <= cell.thumb.height()
             assert abs(pm.width() / pm.height() - p.width / p.height) < 0.03, p.path
             info = cell.findChild(object, f"dupInfo:{c.n}:{c.cells.index(cell)}").text()
-            assert f"{p.width} × {p.height}" in info and ("KB" in info or "MB" in info)
+            assert f"{p.width} × {p.height}" in info and ("kB" in info or "MB" in info) and "KB" not in info
     shoot(w, "duplicates")
 
     # Choose the smaller one of the near pair to keep; its label gets the original's.

@@ -2,8 +2,12 @@
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import os
 import sys
+from pathlib import Path
+
+QT_DEPS_CHECK = Path(__file__).resolve().parents[1] / "scripts" / "check_qt_deps.py"
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -19,10 +23,24 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def check_qt_dependencies() -> int:
+    """The check ``make run`` makes (``scripts/check_qt_deps.py``: 0 fine, 1 missing libraries, said
+    on stderr with the install command; 2 cannot tell), so ``clipdesk-gui`` started directly says
+    what to install instead of Qt's raw xcb abort. A wheel install has no scripts/: 2."""
+    if not QT_DEPS_CHECK.is_file():
+        return 2
+    spec = importlib.util.spec_from_file_location("clipdesk_check_qt_deps", QT_DEPS_CHECK)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.main()
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(sys.argv[1:] if argv is None else argv)
     if args.selftest:
         os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
+    elif check_qt_dependencies() == 1:
+        return 1
     from PySide6.QtCore import QSettings, QTimer
     from PySide6.QtWidgets import QApplication, QMessageBox
 
@@ -41,10 +59,18 @@ def main(argv: list[str] | None = None) -> int:
 
     from .main_window import MainWindow
 
+    from .recent import RecentLibraries
+
     settings = QSettings()
-    folder = args.library or settings.value("library") or default_library_folder()
-    model = args.model or settings.value("model") or None
-    weights = args.weights or settings.value("weights") or None
+    folder = os.path.abspath(os.path.expanduser(args.library or settings.value("library") or default_library_folder()))
+    # the model chosen for this library (kept with it in the recent list), else the last one chosen
+    entry = RecentLibraries(settings).get(folder)
+    if args.model or args.weights:
+        model, weights = args.model, args.weights
+    elif entry is not None and entry.model:
+        model, weights = entry.model, entry.weights
+    else:
+        model, weights = settings.value("model") or None, settings.value("weights") or None
     device = args.device or (settings.value("device") if settings.value("device") != "auto" else None)
     try:
         lib = Library(folder, model=model, weights=weights, device=device, model_process=True)

@@ -13,7 +13,7 @@ import json
 import os
 
 from PySide6.QtCore import QObject, QRect, Qt, QTimer
-from PySide6.QtWidgets import (QAbstractButton, QAbstractItemView, QAbstractSlider, QApplication,
+from PySide6.QtWidgets import (QAbstractButton, QAbstractItemView, QAbstractSlider, QAbstractSpinBox, QApplication,
                                QComboBox, QLabel, QLineEdit, QPlainTextEdit, QStatusBar, QTabWidget, QWidget)
 
 INTERVAL_MS = 200
@@ -27,7 +27,7 @@ def _rect(w: QWidget, r: QRect | None = None) -> dict:
 
 
 def _text(w: QWidget) -> str | None:
-    if isinstance(w, (QLabel, QAbstractButton, QLineEdit)):
+    if isinstance(w, (QLabel, QAbstractButton, QLineEdit, QAbstractSpinBox)):
         return w.text()
     if isinstance(w, QComboBox):
         return w.currentText()

@@ -17,7 +17,7 @@ from PySide6.QtWidgets import QInputDialog, QWidget
 
 from clipdesk.errors import ClipdeskError
 from clipdesk.library import Library
-from clipdesk.teaching import NEGATIVE_PREFIX, is_negative, negative_label
+from clipdesk.teaching import NEGATIVE_PREFIX, is_negative, negative_label, positive_of
 
 UNDO_LIMIT = 100
 
@@ -186,7 +186,8 @@ class LabelStore(QObject):
         gone = [p for p in paths if p in set(self.paths(name))]
         if gone:
             self.undo.push(LabelCommand(self, f"remove {len(gone)} from {name}", removes={name: gone}))
-            self.say(f"Took {len(gone)} photo{'s' if len(gone) != 1 else ''} out of “{name}” — Ctrl+Z undoes.")
+            where = f"the photos rejected as not “{positive_of(name)}”" if is_negative(name) else f"“{name}”"
+            self.say(f"Took {len(gone)} photo{'s' if len(gone) != 1 else ''} out of {where} — Ctrl+Z undoes.")
 
     def add_to_new(self, parent: QWidget, paths: list[str]) -> None:
         name, ok = QInputDialog.getText(parent, "New bucket", "Name of the new bucket:")

@@ -13,17 +13,19 @@ from pathlib import Path
 
 from PySide6.QtCore import QSettings, Qt, QTimer, Signal
 from PySide6.QtGui import QAction, QKeySequence, QShortcut
-from PySide6.QtWidgets import (QApplication, QComboBox, QDialog, QFileDialog, QHBoxLayout, QMainWindow,
+from PySide6.QtWidgets import (QApplication, QComboBox, QDialog, QFileDialog, QHBoxLayout, QLineEdit, QMainWindow,
                                QPushButton, QSplitter, QStackedWidget, QTabWidget, QToolButton, QVBoxLayout,
                                QWidget)
 
-from clipdesk.errors import ClipdeskError
+from clipdesk.errors import ClipdeskError, ModelMismatchError
 from clipdesk.library import Library
 
 from . import desktop
+from .focus import keys_stay_on_content
 from .labels import LabelStore, make_undo_stack
 from .models import Thumbnails, paths_from_mime
-from .views.banner import Banner
+from .recent import RecentLibraries, model_choice
+from .views.banner import Banner, without_command_line
 from .views.context import Context
 from .views.dialogs import SettingsDialog
 from .views.duplicates import DuplicatesView
@@ -87,6 +89,7 @@ class MainWindow(QMainWindow):
         self.setObjectName("mainWindow")
         self.lib = library
         self.settings = settings or QSettings("clipdesk", "clipdesk")
+        self.recent = RecentLibraries(self.settings)
         self.jobs = Jobs(self)
         thumb = int(self.settings.value("thumb_size", 160))
         self.thumbnails = Thumbnails(os.path.join(library.folder, "thumbnails"), thumb, self)
@@ -99,8 +102,12 @@ class MainWindow(QMainWindow):
         self.setWindowTitle("clipdesk")
         self.setStyleSheet(STYLE)
         self._build()
+        self._menus()
         self._wire()
         self._shortcuts()
+        keys_stay_on_content(self)
+        self._remember_library()
+        self._restore_sort_categories()
         self.status_message.connect(self.status.line)
         library.status_callback = self.status_message.emit
         self.refresh_library_views()
@@ -114,7 +121,19 @@ class MainWindow(QMainWindow):
     # ------------------------------------------------------------------ composition
     def _build(self) -> None:
         self.stack = QStackedWidget()
-        self.setCentralWidget(self.stack)
+        central = QWidget()
+        central.setObjectName("page")
+        column = QVBoxLayout(central)
+        column.setContentsMargins(0, 0, 0, 0)
+        column.setSpacing(0)
+        # the banner has its own strip above every page (the Welcome page too): it never hides a control
+        self.banner = Banner()
+        strip = QHBoxLayout()
+        strip.setContentsMargins(10, 6, 10, 0)
+        strip.addWidget(self.banner)
+        column.addLayout(strip)
+        column.addWidget(self.stack, 1)
+        self.setCentralWidget(central)
         self.welcome = WelcomePage(SAMPLE.is_dir())
         self.stack.addWidget(self.welcome)
         page = QWidget()
@@ -162,7 +181,6 @@ class MainWindow(QMainWindow):
         self.split = split
         outer.addWidget(split, 1)
         self.stack.addWidget(page)
-        self.banner = Banner(page)  # floats over the page: the layout never moves under the pointer
         self.model_setup = ModelSetup(self.ctx, self.settings, self.banner, self)
         self.setAcceptDrops(True)
 
@@ -172,6 +190,54 @@ class MainWindow(QMainWindow):
         self.watch = FolderWatch(self.ctx, self.settings, self)  # keeps the library current while open
         self.status.addPermanentWidget(self.watch.toggle)
 
+    def _menus(self) -> None:
+        """File (libraries, folders, settings) and View (the tabs): reachable from every page,
+        the Welcome page included."""
+        bar = self.menuBar()
+        bar.setObjectName("menuBar")
+        file = bar.addMenu("&File")
+        file.setObjectName("fileMenu")
+        self.open_library_action = file.addAction("Open library…")
+        self.open_library_action.setObjectName("openLibraryAction")
+        self.open_library_action.setShortcut(QKeySequence.StandardKey.Open)
+        self.open_library_action.triggered.connect(lambda _c=False: self.choose_library())
+        self.recent_menu = file.addMenu("Recent libraries")
+        self.recent_menu.setObjectName("recentMenu")
+        self.recent_menu.aboutToShow.connect(self._fill_recent_menu)
+        file.addSeparator()
+        add = file.addAction("Add a folder of photos…")
+        add.triggered.connect(lambda _c=False: self.choose_folder())
+        settings = file.addAction("Settings…")
+        settings.setShortcut(QKeySequence.StandardKey.Preferences)
+        settings.triggered.connect(lambda _c=False: self.open_settings())
+        file.addSeparator()
+        quit_ = file.addAction("Quit")
+        quit_.setShortcut(QKeySequence.StandardKey.Quit)
+        quit_.triggered.connect(lambda _c=False: self.close())
+        view = bar.addMenu("&View")
+        view.setObjectName("viewMenu")
+        for i, name in enumerate(("Search", "Sort", "Teach", "Duplicates")):
+            act = view.addAction(name)
+            act.setShortcut(QKeySequence(f"Ctrl+{i + 1}"))
+            act.triggered.connect(lambda _c=False, i=i: self.show_tab(i))
+        view.addSeparator()
+        nxt = view.addAction("Next tab")
+        nxt.setShortcuts([QKeySequence("Ctrl+Tab"), QKeySequence("Ctrl+PgDown")])
+        nxt.triggered.connect(lambda _c=False: self.show_tab((self.tabs.currentIndex() + 1) % self.tabs.count()))
+        prev = view.addAction("Previous tab")
+        prev.setShortcuts([QKeySequence("Ctrl+Shift+Tab"), QKeySequence("Ctrl+PgUp")])
+        prev.triggered.connect(lambda _c=False: self.show_tab((self.tabs.currentIndex() - 1) % self.tabs.count()))
+
+    def _fill_recent_menu(self) -> None:
+        self.recent_menu.clear()
+        entries = [e for e in self.recent.entries() if e.folder != self.lib.folder and e.exists]
+        for e in entries:
+            act = self.recent_menu.addAction(e.folder)
+            act.setToolTip(f"model {e.model}" if e.model else "")
+            act.triggered.connect(lambda _c=False, f=e.folder: self.open_library(f))
+        if not entries:
+            self.recent_menu.addAction("No other library yet").setEnabled(False)
+
     def _wire(self) -> None:
         ctx = self.ctx
         ctx.error.connect(self.show_error)
@@ -179,6 +245,9 @@ class MainWindow(QMainWindow):
         ctx.message.connect(lambda m: self.statusBar().showMessage(m, 6000))
         self.welcome.add_folder.connect(self.choose_folder)
         self.welcome.open_sample.connect(self.open_sample_library)
+        self.welcome.open_library.connect(self.choose_library)
+        self.welcome.open_recent.connect(self.open_library)
+        self.search_bar.down_pressed.connect(self.focus_grid)
         self.search_bar.returnPressed.connect(self.run_search)
         self.search_bar.textChanged.connect(self._query_edited)
         self.search_bar.image_dropped.connect(self.search_similar)
@@ -208,6 +277,7 @@ class MainWindow(QMainWindow):
         self.sidebar.choose_requested.connect(self.choose_folder)
         self.sidebar.changed.connect(self._library_content_changed)
         self.model_setup.changed.connect(self._model_changed)
+        self.model_setup.changed.connect(self._remember_library)  # the model chosen belongs to this library
         self.model_setup.state_changed.connect(self.refresh_status)
         self.model_setup.loaded.connect(self.model_ready)
         self.jobs.busy_changed.connect(self._busy_changed)
@@ -228,6 +298,30 @@ class MainWindow(QMainWindow):
         space = QShortcut(QKeySequence(Qt.Key.Key_Space), self.search_view.grid,
                           context=Qt.ShortcutContext.WidgetShortcut)
         space.activated.connect(self.search_view.toggle_preview)
+        escape = QShortcut(QKeySequence(Qt.Key.Key_Escape), self)
+        escape.activated.connect(self.step_back)
+
+    def step_back(self) -> None:
+        """Escape: close the banner; else leave a text field for the photos."""
+        if self.banner.isVisible():
+            self.banner.dismiss()
+        elif isinstance(QApplication.focusWidget(), QLineEdit):
+            self.focus_grid()
+
+    def show_tab(self, i: int) -> None:
+        self.tabs.setCurrentIndex(i)
+        self.focus_grid()
+
+    def focus_grid(self) -> None:
+        """Put the keyboard on the current tab's photos (its grid keys then work at once)."""
+        view = self.tabs.currentWidget()
+        target = view.focus_target() if hasattr(view, "focus_target") else getattr(view, "grid", view)
+        if target is None or not target.isVisible():
+            return
+        target.setFocus(Qt.FocusReason.OtherFocusReason)
+        sel = target.selectionModel() if hasattr(target, "selectionModel") else None
+        if sel is not None and not sel.currentIndex().isValid() and target.model().rowCount():
+            target.setCurrentIndex(target.model().index(0, 0))
 
     # ------------------------------------------------------------------ compatibility names
     @property
@@ -270,9 +364,12 @@ class MainWindow(QMainWindow):
     def show_error(self, message: str, kind: str = "", cause: str = "error") -> None:
         """The one place errors are shown."""
         self.job_failed.emit(message)
+        if kind in ("ModelDownloadError", "ModelError") or cause == "model":
+            self.statusBar().clearMessage()  # "Fetching weights…" is over: the failure says what happened
         if kind == "ModelDownloadError":
             self.model_setup.missing(message)  # the dialog says it; no banner on top of it
             return
+        message = without_command_line(message)  # the app's own ways are on screen; no shell commands
         text = f"Something went wrong (a bug): {message}" if kind == "bug" else message
         self.banner.show_message(text, cause)
 
@@ -299,6 +396,9 @@ class MainWindow(QMainWindow):
 
     def _tab_changed(self, i: int) -> None:
         self._show_count()
+        focus = QApplication.focusWidget()
+        if focus is None or not focus.isVisible() or not isinstance(focus, QLineEdit):
+            self.focus_grid()  # the keys follow the tab shown, not a widget left on the hidden one
         if self.tabs.widget(i) is self.teach_view and self.teach_view.source.currentIndex() == 2:
             self.teach_view.load_source()  # "current search" follows the Search tab
 
@@ -313,6 +413,7 @@ class MainWindow(QMainWindow):
         folders = self.lib.catalog.folders()
         self.sidebar.refresh([f for fs, _ in self._index_queue for f in fs])
         self.stack.setCurrentIndex(1 if folders or self._index_job is not None else 0)
+        self.welcome.set_recent(self.recent.entries(), self.lib.folder)
         self.refresh_status()
 
     def _library_content_changed(self) -> None:
@@ -334,8 +435,8 @@ class MainWindow(QMainWindow):
         self.search_view.set_text(self.search_bar.text())
 
     def _query_edited(self, text: str) -> None:
-        if not text and self.search_view.text and not self.search_view.images:
-            self.search_view.set_text("")  # the query was cleared: back to the library by date
+        if not text and self.search_view.text:
+            self.search_view.set_text("")  # cleared: the library by date, or the example photos alone
 
     def _busy_changed(self, busy: bool) -> None:
         if not busy:
@@ -454,8 +555,9 @@ class MainWindow(QMainWindow):
     # ------------------------------------------------------------------ settings
     def open_settings(self) -> None:
         vectors = self.lib.catalog.vector_count()
-        note = (f"This library's {vectors:,} photos were indexed with this model; another model needs every "
-                f"photo re-embedded ('clipdesk index --reembed --model NAME').") if vectors else ""
+        note = (f"This library's {vectors:,} photos were indexed with this model. To use another model, "
+                "open a new library (File → Open library…, an empty folder) and add your folders there.") \
+            if vectors else ""
         dlg = SettingsDialog(self, self.lib.model_name, self.settings.value("device", "auto") or "auto",
                              self.thumbnails.size, self.lib.folder, note)
         if dlg.exec() != QDialog.DialogCode.Accepted:
@@ -489,23 +591,72 @@ class MainWindow(QMainWindow):
         if model and model != self.lib.model_name and model != self.lib.spec.name:
             try:
                 self.lib.use_model(model)
+            except ModelMismatchError:
+                self.show_error(f"Model not changed: this library's photos were indexed with {self.lib.model_name}. "
+                                f"To use {model}, open a new library (File → Open library…, an empty folder) and "
+                                "add your folders there.", "ModelMismatchError", "settings")
             except ClipdeskError as e:
                 self.show_error(f"Model not changed: {e}", type(e).__name__, "settings")
             else:
                 self.settings.setValue("model", model)
                 self.settings.remove("weights")
+                self._remember_library()
                 self._model_changed()
                 done.append(f"model {model}")
         if done:
             self.statusBar().showMessage("Applied: " + ", ".join(done), 6000)
         return done
 
+    # ------------------------------------------------------------------ libraries
+    def _remember_library(self) -> None:
+        """This library, first in the recent list, with the model it uses now."""
+        self.recent.remember(self.lib.folder, *model_choice(self.lib.spec))
+
+    def _save_sort_categories(self) -> None:
+        """The categories typed on the Sort tab, kept per library (a relaunch or a switch back finds them)."""
+        self.recent.set_note(self.lib.folder, "sort_categories", self.sort_view.categories.toPlainText())
+
+    def _restore_sort_categories(self) -> None:
+        self.sort_view.categories.setPlainText(self.recent.note(self.lib.folder, "sort_categories"))
+
+    def choose_library(self) -> None:
+        start = os.path.dirname(self.lib.folder) if os.path.isdir(os.path.dirname(self.lib.folder)) else str(Path.home())
+        d = QFileDialog.getExistingDirectory(self, "Open a library (or an empty folder for a new one)", start,
+                                             QFileDialog.Option.DontUseNativeDialog | QFileDialog.Option.ShowDirsOnly)
+        if d:
+            self.open_library(d)
+
+    def open_library(self, folder: str) -> bool:
+        """Open the library at ``folder`` (an empty or new folder becomes a new library); a folder of
+        photos that is not a library is refused with what to do instead."""
+        folder = os.path.abspath(os.path.expanduser(folder))
+        if folder == self.lib.folder:
+            return True
+        catalog = os.path.join(folder, "catalog.sqlite")
+        if os.path.isdir(folder) and not os.path.lexists(catalog) and any(os.scandir(folder)):
+            self.show_error(f"{folder} is not a clipdesk library. To search its photos, add it as a folder "
+                            "(File → Add a folder of photos…); for a new library, choose an empty folder.",
+                            "input", "library")
+            return False
+        return self.switch_library(folder)
+
     def switch_library(self, folder: str) -> bool:
         try:
             new = Library(folder, device=self.lib.device, model_process=self.lib.model_process)
         except ClipdeskError as e:
-            self.show_error(f"Cannot open the library {folder}: {e}", type(e).__name__, "settings")
+            self.show_error(f"Cannot open the library {folder}: {e}", type(e).__name__, "library")
             return False
+        if not new.catalog.get_meta("model"):
+            # a library with no vectors yet: the model chosen for it before, else the one in use now
+            # (a person who chose the demo model or a checkpoint is not asked again)
+            entry = self.recent.get(new.folder)
+            model, weights = (entry.model, entry.weights) if entry and entry.model else model_choice(self.lib.spec)
+            try:
+                new.use_model(model, weights)
+            except ClipdeskError:
+                pass  # the model loads (or asks) when needed, as on a first run
+        self._remember_library()
+        self._save_sort_categories()
         self.jobs.shutdown(close=False)
         self.jobs.closed = True  # results of the old library's jobs, still queued, are dropped …
         QApplication.sendPostedEvents()
@@ -519,10 +670,14 @@ class MainWindow(QMainWindow):
         self.labels.set_library(new)
         old.close()
         self.settings.setValue("library", new.folder)
+        self._remember_library()
+        self.banner.clear("library")
         self.model_setup.failed = False
         self.refresh_library_views()
+        self.search_bar.clear()  # the query was the other library's
         self.search_view.reset()
         self.sort_view.reset()
+        self._restore_sort_categories()
         self.teach_view.reset()
         self.ctx.library_changed.emit()
         self.statusBar().showMessage(f"Opened the library {new.folder}", 6000)
@@ -533,6 +688,8 @@ class MainWindow(QMainWindow):
     def closeEvent(self, e) -> None:  # noqa: N802 - Qt
         self.settings.setValue("geometry", self.saveGeometry())
         self.settings.setValue("library", self.lib.folder)
+        self._remember_library()
+        self._save_sort_categories()
         self.shutdown()
         super().closeEvent(e)
 

@@ -2,7 +2,9 @@
 
 first run offline → demo model → sample library → search → drag three photos into bucket A and
 three into bucket B from the Teach grid → train → apply → accept one, reject one, retrain →
-export CSV → undo. Each step checks what the window shows afterwards and saves a screenshot
+press 1 at once (the photo goes to bucket 1, not into the threshold box) → export CSV (a
+category in every row) → undo → open a new library (Ctrl+O) and come back through the Welcome
+page's recent list (buckets and model still there). Each step checks what the window shows afterwards and saves a screenshot
 (``E2E_OUT`` or the test's temp folder). Run with ``make e2e``; needs Xvfb and xdotool.
 """
 from __future__ import annotations
@@ -23,8 +25,8 @@ SAMPLE_PHOTOS = sum(1 for p in (Path(__file__).resolve().parents[2] / "assets" /
 
 @pytest.fixture
 def outdir(tmp_path) -> Path:
-    return output_folder("teach-loop", tmp_path / "e2e", ("library", "home", "screenshots", "state.json", "app.log",
-                                           "teach-export.csv"))
+    return output_folder("teach-loop", tmp_path / "e2e", ("library", "other-library", "home", "screenshots",
+                                                           "state.json", "app.log", "teach-export.csv"))
 
 
 def count_of(text: str) -> int:
@@ -72,8 +74,13 @@ def test_teach_loop_by_mouse_and_keyboard(outdir: Path) -> None:
         # Sample library: the model cannot be fetched → one dialog within 10 s → demo model.
         clicked = time.monotonic()
         s.click("openSample")
-        s.wait_widget("modelDialog", timeout=15)
-        assert time.monotonic() - clicked < 12, "the model dialog took longer than 10 s"
+        # 10 s on an idle machine (+2 s for the harness); a machine shared with other work gets its
+        # share of the cores: the limit grows with the load, which is printed beside the time
+        busy = max(1.0, os.getloadavg()[0] / (os.cpu_count() or 1))
+        s.wait_widget("modelDialog", timeout=15 * busy + 15)
+        took = time.monotonic() - clicked
+        print(f"model dialog after {took:.1f} s (loadavg {open('/proc/loadavg').read().strip()})")
+        assert took < 12 * busy, f"the model dialog took {took:.1f} s (more than 10 s, load ×{busy:.1f})"
         time.sleep(0.5)  # a second, stacked dialog would show up by now
         st = s.state()
         assert len(visible_dialogs(st)) == 1, f"expected one dialog, got {visible_dialogs(st)}"
@@ -167,6 +174,19 @@ def test_teach_loop_by_mouse_and_keyboard(outdir: Path) -> None:
         s.wait(lambda st: len(s.items("reviewGrid", st)) > 0, 60, "the review list after retraining")
         s.screenshot("retrained")
 
+        # Keys right after Retrain & apply act on the photos: 1 puts the photo the keyboard is on
+        # into bucket A; the "Select ≥ 80 %" box next to the buttons is left alone.
+        s.wait(lambda st: not s.widget("cancelJobs", st), 30, "the jobs to finish")
+        threshold = s.widget("exportCsvThreshold")["text"]
+        st = s.state()
+        assert st["focus"] == "reviewGrid", f"focus is on {st['focus']!r} after Retrain & apply"
+        before_a = count_of(s.widget("bucketCount:A", st)["text"])
+        s.key("1")
+        s.wait(lambda st: count_of(s.widget("bucketCount:A", st)["text"]) == before_a + 1, 10,
+               "key 1 after Retrain & apply to put a photo into bucket A")
+        assert s.widget("exportCsvThreshold")["text"] == threshold, "the threshold changed"
+        s.screenshot("key-1-after-retrain")
+
         # Export CSV through the save dialog, typed like a person would.
         csv_path = outdir / "teach-export.csv"
         if csv_path.exists():
@@ -182,16 +202,45 @@ def test_teach_loop_by_mouse_and_keyboard(outdir: Path) -> None:
             rows = list(csv.reader(f))
         assert len(rows) > 1 and "path" in rows[0][0].lower(), rows[:2]
         assert all(os.path.isabs(r[0]) for r in rows[1:])
+        assert all(r[1] for r in rows[1:]), [r for r in rows[1:] if not r[1]][:3]  # a category in every row
+        in_a = bucket_paths(s, "A")
+        assert all(r[1] == "A" for r in rows[1:] if r[0] in in_a)  # the person's buckets, as they made them
         s.screenshot("exported")
 
-        # Undo: Ctrl+Z three times takes back the correction, the reject and the accept.
+        # Undo: Ctrl+Z four times takes back key 1, the correction, the reject and the accept.
         s.click_tab("tabs", "Teach")
         s.click_at(*s.center(s.wait_widget("teachGrid")))
-        s.key("ctrl+z")
-        s.key("ctrl+z")
-        s.key("ctrl+z")
+        for _ in range(4):
+            s.key("ctrl+z")
         s.wait(lambda st: bucket_total(s, st) == total, 10, "Ctrl+Z to take the accepted photo back out")
         s.screenshot("undone")
+
+        # Another library and back: Ctrl+O opens a new (empty) one without asking for weights again;
+        # the Welcome page's recent list leads back, buckets and all.
+        counts = {b: count_of(s.widget(f"bucketCount:{b}")["text"]) for b in ("A", "B")}
+        other = outdir / "other-library"
+        other.mkdir()
+        s.key("ctrl+o")
+        s.wait(lambda st: any(w["class"] == "QFileDialog" for w in st["windows"]), 10, "the library dialog")
+        s.key("ctrl+a")
+        s.type(str(other))
+        s.key("Return")
+        s.wait(lambda st: s.widget("welcomeOpenLibrary", st) and s.items("recentLibraries", st), 20,
+               "the Welcome page with the recent libraries")
+        time.sleep(2)  # a model dialog would show up by now
+        assert not visible_dialogs(s.state()), "switching asked again for the model"
+        # the status line (under the transient "Opened the library …") names the model kept for it
+        s.wait(lambda st: "model test-tiny" in ((s.widget("libraryStatus", st) or {}).get("text") or ""), 15,
+               "the status line to name the demo model for the new library")
+        s.screenshot("other-library-welcome")
+        back = s.items("recentLibraries")[0]
+        assert back["path"] == str(library), back
+        s.click_at(*s.center(back))
+        s.wait(lambda st: all(s.widget(f"bucketCount:{b}", st) and count_of(s.widget(f"bucketCount:{b}", st)["text"])
+                              == n for b, n in counts.items()), 30, "the buckets back after switching back")
+        s.wait(lambda st: s.items("reviewGrid", st) and s.items("teachGrid", st), 30,
+               "the Review list (the probe applied again) and the suggestions after switching back")
+        s.screenshot("switched-back")
 
         # The same window at a small laptop size: every view still usable.
         s.fit_window((1024, 640))

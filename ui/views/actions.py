@@ -59,10 +59,11 @@ class ResultActions(QWidget):
     resolved = Signal()  # an export worked: an earlier export error is gone
 
     def __init__(self, grid: PhotoGrid, all_rows: Callable[[], list[Row]], export_name: str,
-                 default_file: str) -> None:
+                 default_file: str, rest_name: Callable[[], str] = lambda: "") -> None:
         super().__init__()
         self.grid = grid
         self.all_rows = all_rows
+        self.rest_name = rest_name  # the export's category for a photo in none (tags skip those)
         self.default_file = default_file
         lay = QHBoxLayout(self)
         lay.setContentsMargins(0, 0, 0, 0)
@@ -86,7 +87,6 @@ class ResultActions(QWidget):
         self.more = QMenu(self)
         self.ctx = None  # set by attach(): the library and its jobs
         self.on_progress: Callable | None = None
-        self.last: tuple[str, str] | None = None  # (kind "tags" | "sort", operation) to undo
         self.write_tags = self.more.addAction("Write tags…")
         self.write_tags.setObjectName("writeTagsAction")
         self.write_tags.setToolTip("Write each photo's category as a keyword into its XMP sidecar")
@@ -140,7 +140,8 @@ class ResultActions(QWidget):
             self.message.emit(f"Copied {len(chosen)} path{'s' if len(chosen) != 1 else ''}.")
 
     def export_csv(self, path: str | None = None) -> str | None:
-        rows = self._rows()
+        rest = self.rest_name()
+        rows = [(p, c or rest, prob) for p, c, prob in self._rows()]  # a category in every row
         if not rows:
             self.error.emit("Nothing to export yet: classify (Sort) or apply (Teach) first.", "input")
             return None
@@ -171,6 +172,20 @@ class ResultActions(QWidget):
         self.ctx, self.on_progress = ctx, on_progress
         for a in (self.write_tags, self.copy_to, self.move_to):
             a.setEnabled(True)
+        ctx.file_operation_changed.connect(self._show_undo)
+        ctx.library_changed.connect(lambda: ctx.set_last_file_operation(None))  # it was the other library's
+        self._show_undo()
+
+    @property
+    def last(self) -> tuple[str, str | None] | None:
+        """The last tags write or sort, from this bar or another (one undo for the app)."""
+        return self.ctx.last_file_operation if self.ctx is not None else None
+
+    def _show_undo(self) -> None:
+        last = self.last
+        self.undo_last.setText(f"Undo last {'tags write' if last[0] == 'tags' else 'sort'}" if last
+                               else "Undo last tags write / sort")
+        self.undo_last.setEnabled(last is not None)
 
     def _chosen(self) -> list[Row]:
         """The selected photos, else every shown row at or above the threshold; with a category."""
@@ -269,7 +284,11 @@ class ResultActions(QWidget):
             self._fail("Nothing to sort: select photos, or lower the threshold, after classifying.", "input")
             return
         if into is None:
-            into = ask_folder(self, f"{mode.capitalize()} into folders under…")
+            try:  # first time: start beside the photos, not in the home folder
+                near = os.path.commonpath([os.path.dirname(r[0]) for r in rows])
+            except ValueError:
+                near = None
+            into = ask_folder(self, f"{mode.capitalize()} into folders under… (New Folder: the toolbar)", near)
         if not into:
             return
         try:
@@ -308,12 +327,10 @@ class ResultActions(QWidget):
                           f"into folders.{moved}" + (" Undo: Do ▸ Undo last tags write / sort." if r.operation else ""))
 
     def _remember(self, kind: str, operation: str | None) -> None:
-        self.last = (kind, operation)
-        self.undo_last.setText(f"Undo last {'tags write' if kind == 'tags' else 'sort'}")
-        self.undo_last.setEnabled(True)
+        self.ctx.set_last_file_operation((kind, operation))
 
     def undo_file_operation(self) -> None:
-        """Undo the last tags write or sort made from this bar (the core's journaled undo)."""
+        """Undo the last tags write or sort, wherever it was started (the core's journaled undo)."""
         from clipdesk import organise, tags
 
         if self.ctx is None or self.last is None or self._busy():
@@ -322,8 +339,7 @@ class ResultActions(QWidget):
         self.undo_last.setEnabled(False)
 
         def done(r) -> None:
-            self.last = None
-            self.undo_last.setText("Undo last tags write / sort")
+            self.ctx.set_last_file_operation(None)
             self.ctx.resolved.emit("interop")
             kept = f"; kept {_plural(len(r.conflicts), 'file')} changed since" if r.conflicts else ""
             self.message.emit(f"Undid the {'tags write' if kind == 'tags' else 'sort'}: "

@@ -14,10 +14,15 @@ from PySide6.QtWidgets import (QAbstractItemView, QFrame, QHBoxLayout, QLabel, Q
                                QListWidgetItem, QMenu, QScrollArea, QSizePolicy, QToolButton, QVBoxLayout,
                                QWidget)
 
+from clipdesk.teaching import negative_label
+
+from ..focus import keys_stay_on_content
 from ..labels import LabelStore
 from ..models import Thumbnails, paths_from_mime
 
 ICON = 56
+BUCKET_W = 236  # a bucket's width with up to three photos; it grows with more, up to MAX_BUCKET_W
+MAX_BUCKET_W = 560
 
 
 class BucketList(QListWidget):
@@ -30,6 +35,10 @@ class BucketList(QListWidget):
         self.setViewMode(QListView.ViewMode.IconMode)
         self.setIconSize(QSize(ICON, ICON))
         self.setGridSize(QSize(ICON + 6, ICON + 6))
+        # one row that scrolls sideways: a 4th photo is beside the others, not hidden below them
+        self.setFlow(QListView.Flow.LeftToRight)
+        self.setWrapping(False)
+        self.setVerticalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)
         self.setResizeMode(QListView.ResizeMode.Adjust)
         self.setMovement(QListView.Movement.Static)
         self.setSelectionMode(QAbstractItemView.SelectionMode.ExtendedSelection)
@@ -80,7 +89,7 @@ class Bucket(QFrame):
         self.setObjectName(f"bucket:{name}")
         self.setProperty("bucket", "true")
         self.setAcceptDrops(True)
-        self.setFixedWidth(236)
+        self.setFixedWidth(BUCKET_W)
         self.setSizePolicy(QSizePolicy.Policy.Fixed, QSizePolicy.Policy.Expanding)
         lay = QVBoxLayout(self)
         lay.setContentsMargins(8, 6, 8, 6)
@@ -91,6 +100,14 @@ class Bucket(QFrame):
         self.count = QLabel("0 photos")
         self.count.setObjectName(f"bucketCount:{name}")
         self.count.setProperty("muted", "true")
+        # the photos rejected as "not this": seen and taken back from here (they teach the probe too)
+        self.rejected = QToolButton()
+        self.rejected.setObjectName(f"bucketRejected:{name}")
+        self.rejected.setAutoRaise(True)
+        self.rejected.setPopupMode(QToolButton.ToolButtonPopupMode.InstantPopup)
+        self.rejected.setMenu(QMenu(self.rejected))
+        self.rejected.menu().aboutToShow.connect(self._fill_rejected)
+        self.rejected.hide()
         close = QToolButton()
         close.setObjectName(f"deleteBucket:{name}")
         close.setText("✕")
@@ -101,13 +118,15 @@ class Bucket(QFrame):
         head.addWidget(self.title)
         head.addWidget(self.key, 1)
         head.addWidget(self.count)
+        head.addWidget(self.rejected)
         head.addWidget(close)
         lay.addLayout(head)
         self.list = BucketList(self)
-        self.list.setFixedHeight(ICON + 14)
+        self.list.setFixedHeight(ICON + 10 + self.list.horizontalScrollBar().sizeHint().height())
         lay.addWidget(self.list)
         self.set_number(number)
         thumbnails.ready.connect(self._thumb_ready)
+        keys_stay_on_content(self)  # built after the window applied it
 
     def set_number(self, number: int) -> None:
         self.number = number
@@ -128,10 +147,31 @@ class Bucket(QFrame):
                 it.setIcon(self.thumbnails.get(p) or self.thumbnails.placeholder)
                 self.list.addItem(it)
         n = len(paths)
-        text = f"{n} photo{'s' if n != 1 else ''}"
-        if rejected:
-            text += f" · {rejected} not"
-        self.count.setText(text)
+        # the bucket takes the room its photos need (the strip was mostly empty beside clipped photos)
+        self.setFixedWidth(min(MAX_BUCKET_W, max(BUCKET_W, 16 + 4 + n * (ICON + 6))))
+        self.count.setText(f"{n} photo{'s' if n != 1 else ''}")
+        self.rejected.setText(f"{rejected} not ▾")
+        self.rejected.setToolTip(f"{rejected} photo{'s' if rejected != 1 else ''} rejected as not “{self.name}”: "
+                                 "see them, or take them back")
+        self.rejected.setVisible(bool(rejected))
+
+    def _fill_rejected(self) -> None:
+        menu = self.rejected.menu()
+        menu.clear()
+        paths = self.store.rejected(self.name)
+        head = menu.addAction(f"Rejected as not “{self.name}”:")
+        head.setEnabled(False)
+        for p in paths[:30]:
+            icon = self.thumbnails.get(p) or self.thumbnails.placeholder
+            act = menu.addAction(icon, f"Take back {os.path.basename(p)}")
+            act.setToolTip(p)
+            act.triggered.connect(lambda _c=False, p=p: self.store.remove(negative_label(self.name), [p]))
+        if len(paths) > 30:
+            menu.addAction(f"… and {len(paths) - 30} more").setEnabled(False)
+        if len(paths) > 1:
+            menu.addSeparator()
+            menu.addAction(f"Take back all {len(paths)}").triggered.connect(
+                lambda _c=False, ps=list(paths): self.store.remove(negative_label(self.name), ps))
 
     def paths(self) -> list[str]:
         return [self.list.item(i).data(Qt.ItemDataRole.UserRole) for i in range(self.list.count())]

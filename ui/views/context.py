@@ -20,13 +20,21 @@ class Context(QObject):
     resolved = Signal(str)  # cause: the problem of that kind is gone (its banner clears)
     message = Signal(str)  # a transient status line
     library_changed = Signal()  # another library was opened: views reset
+    file_operation_changed = Signal()  # the last tags write / sort to undo changed (every Do ▸ menu shows it)
 
     def __init__(self, lib: Library, jobs: Jobs, thumbnails: Thumbnails, labels: LabelStore,
                  undo: QUndoStack, parent: QObject | None = None) -> None:
         super().__init__(parent)
         self.lib, self.jobs, self.thumbnails, self.labels, self.undo = lib, jobs, thumbnails, labels, undo
+        # The last file operation beside the photos, wherever it was started (Sort or Teach): one
+        # Undo for it, not one per tab. (kind "tags" | "sort", journal operation id or None)
+        self.last_file_operation: tuple[str, str | None] | None = None
         labels.message.connect(self.message)
         labels.error.connect(lambda m, k: self.error.emit(m, k, "labels"))
+
+    def set_last_file_operation(self, op: tuple[str, str | None] | None) -> None:
+        self.last_file_operation = op
+        self.file_operation_changed.emit()
 
     def failed(self, cause: str) -> Callable[[str, str], None]:
         """An ``on_error`` for a job: reports under ``cause``."""

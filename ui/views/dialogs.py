@@ -54,7 +54,9 @@ class ModelDialog(QDialog):
         lay = QVBoxLayout(self)
         head = QLabel(f"<b>clipdesk could not fetch the model {model}.</b>")
         head.setWordWrap(True)
-        why = QLabel(message)
+        from .banner import without_command_line
+
+        why = QLabel(without_command_line(message))  # the buttons below are the app's ways on
         why.setObjectName("modelDialogMessage")
         why.setWordWrap(True)
         why.setProperty("muted", "true")
@@ -152,12 +154,13 @@ class SettingsDialog(QDialog):
             self.library.setText(d)
 
 
-def ask_folder(parent: QWidget, title: str) -> str:
-    """A Qt (not native) folder chooser that opens where the last one was left; "" when cancelled."""
+def ask_folder(parent: QWidget, title: str, near: str | None = None) -> str:
+    """A Qt (not native) folder chooser that opens where the last one was left, else ``near`` (the
+    photos' own folder), else home; its toolbar's "Create New Folder" makes a new one. "" when cancelled."""
     settings = QSettings()
     folder = settings.value("last_folder_dir") or ""
     if not folder or not os.path.isdir(folder):
-        folder = str(Path.home())
+        folder = near if near and os.path.isdir(near) else str(Path.home())
     d = QFileDialog.getExistingDirectory(parent, title, folder,
                                          QFileDialog.Option.DontUseNativeDialog | QFileDialog.Option.ShowDirsOnly)
     if d:

@@ -17,7 +17,7 @@ import time
 from dataclasses import replace
 
 from PySide6.QtCore import QSettings, QSize, Qt, Signal
-from PySide6.QtGui import QFontMetrics, QGuiApplication, QPainter, QUndoCommand
+from PySide6.QtGui import QFontMetrics, QGuiApplication, QUndoCommand
 from PySide6.QtWidgets import (QButtonGroup, QDoubleSpinBox, QFrame, QHBoxLayout, QLabel, QMenu, QMessageBox,
                                QProgressBar, QPushButton, QRadioButton, QScrollArea, QSizePolicy, QVBoxLayout,
                                QWidget)
@@ -25,9 +25,11 @@ from PySide6.QtWidgets import (QButtonGroup, QDoubleSpinBox, QFrame, QHBoxLayout
 from clipdesk import duplicates as dup
 from clipdesk.errors import ClipdeskError
 
+from ..focus import keys_stay_on_content
 from .actions import CONFLICTING_JOBS, _plural
 from .context import Context
 from .grid import fit_rect
+from .text import ElidedLabel, human_size
 
 SETTING = "duplicates/threshold"
 TRASH_JOB = "moving photos to the Trash"
@@ -49,32 +51,8 @@ QScrollArea[dupRow="true"], QScrollArea[dupRow="true"] > QWidget > QWidget { bac
 """
 
 
-def human_size(n: int | None) -> str:
-    if not n:
-        return "size unknown"
-    for unit in ("bytes", "KB", "MB", "GB"):
-        if n < 1024 or unit == "GB":
-            return f"{n:,} {unit}" if unit == "bytes" else f"{n:.1f} {unit}"
-        n /= 1024
-    return ""
-
-
 def describe_date(taken: float | None) -> str:
     return time.strftime("%d %b %Y %H:%M", time.localtime(taken)) if taken else "no date"
-
-
-class ElidedLabel(QLabel):
-    """A one-line label that ends in "…" when the window is too narrow (never cut mid-word silently)."""
-
-    def minimumSizeHint(self) -> QSize:  # noqa: N802 - Qt
-        return QSize(0, super().minimumSizeHint().height())
-
-    def paintEvent(self, e) -> None:  # noqa: N802 - Qt
-        p = QPainter(self)
-        p.setPen(self.palette().color(self.foregroundRole()))
-        text = self.fontMetrics().elidedText(self.text(), Qt.TextElideMode.ElideRight, self.width())
-        p.drawText(self.rect(), int(Qt.AlignmentFlag.AlignLeft | Qt.AlignmentFlag.AlignVCenter), text)
-        p.end()
 
 
 class TrashCommand(QUndoCommand):
@@ -126,7 +104,7 @@ class PhotoCell(QFrame):
         lines = [(fm.elidedText(name, Qt.TextElideMode.ElideMiddle, width), "dupName", False),
                  (f"{res} · {human_size(photo.size)}", "dupInfo", True),
                  (describe_date(photo.taken), "dupDate", True),
-                 (fm.elidedText(folder, Qt.TextElideMode.ElideLeft, width), "dupFolder", True)]
+                 (fm.elidedText(folder, Qt.TextElideMode.ElideMiddle, width), "dupFolder", True)]
         if k:  # the keeper is what the others are compared with
             lines.append((score, "dupScore", True))
         lay.addWidget(self.thumb, 0, Qt.AlignmentFlag.AlignHCenter)
@@ -233,6 +211,7 @@ class GroupCard(QFrame):
         scroll.setSizeAdjustPolicy(QScrollArea.SizeAdjustPolicy.AdjustToContents)
         scroll.setMinimumHeight(row.sizeHint().height() + scroll.horizontalScrollBar().sizeHint().height())
         lay.addWidget(scroll)
+        keys_stay_on_content(self)  # built after the window applied it
         self._update()
 
     def _keep_toggled(self, k: int, checked: bool) -> None:
@@ -471,12 +450,17 @@ class DuplicatesView(QWidget):
     def _cancelled(self) -> None:
         self.ctx.message.emit("Finding duplicates cancelled.")
 
+    def focus_target(self):
+        return self.scroll
+
     def _find_finished(self) -> None:
         self._find = None
         self.find_button.setEnabled(True)
         self.cancel_button.hide()
         self.progress_bar.hide()
         self._show_state()
+        if self.scroll.isVisible():
+            self.scroll.setFocus()  # the groups, not the similarity box, take the keys
         self.finished.emit()
 
     # ------------------------------------------------------------------ the Trash

@@ -10,8 +10,8 @@ bucket N, right-click "Add to bucket ▸", Ctrl+C copies paths, Enter opens, Del
 """
 from __future__ import annotations
 
-from PySide6.QtCore import QModelIndex, QPoint, QRect, QSize, Qt, Signal
-from PySide6.QtGui import QColor, QFontMetrics, QGuiApplication, QKeySequence, QPainter, QPen
+from PySide6.QtCore import QModelIndex, QPoint, QRect, QSize, Qt, QTimer, Signal
+from PySide6.QtGui import QColor, QDrag, QFontMetrics, QGuiApplication, QKeySequence, QPainter, QPen, QPixmap
 from PySide6.QtWidgets import (QAbstractItemView, QListView, QMenu, QStyle, QStyledItemDelegate,
                                QStyleOptionViewItem)
 
@@ -21,6 +21,8 @@ ACCENT = QColor("#1a73e8")
 TINT = QColor(26, 115, 232, 38)
 PAD = 6  # around the thumbnail inside a cell
 MAX_UPSCALE = 2.0
+DRAG_IMAGE = 64  # the picture under the pointer while dragging: small, and beside the pointer, so the
+# bucket it goes into stays visible
 
 
 def fit_rect(pixmap_size: QSize, box: QRect) -> QRect:
@@ -63,14 +65,16 @@ class PhotoDelegate(QStyledItemDelegate):
             painter.setBrush(QColor(0, 0, 0, 14))
             painter.setPen(Qt.PenStyle.NoPen)
             painter.drawRoundedRect(cell, 6, 6)
-        box = QRect(option.rect.x() + PAD, option.rect.y() + PAD, self.thumb, self.thumb)
+        # the cell may be wider than the thumbnail (cells spread to fill the row): centre it
+        box = QRect(option.rect.x() + (option.rect.width() - self.thumb) // 2, option.rect.y() + PAD,
+                    self.thumb, self.thumb)
         pm = index.data(Qt.ItemDataRole.DecorationRole)
         if pm is not None and not pm.isNull():
             painter.drawPixmap(fit_rect(pm.size(), box), pm)
         text = index.data(Qt.ItemDataRole.DisplayRole)
         if text:
             fm = option.fontMetrics
-            line = QRect(option.rect.x() + PAD, box.bottom() + 2, self.thumb, fm.height() + 2)
+            line = QRect(box.x(), box.bottom() + 2, self.thumb, fm.height() + 2)
             painter.setPen(QColor("#202124") if selected else QColor("#5f6368"))
             painter.drawText(line, Qt.AlignmentFlag.AlignHCenter | Qt.AlignmentFlag.AlignVCenter,
                              fm.elidedText(str(text), Qt.TextElideMode.ElideMiddle, self.thumb))
@@ -78,7 +82,34 @@ class PhotoDelegate(QStyledItemDelegate):
             painter.setBrush(Qt.BrushStyle.NoBrush)
             painter.setPen(QPen(ACCENT, 3))
             painter.drawRoundedRect(cell.adjusted(1, 1, -1, -1), 6, 6)
+        elif option.state & QStyle.StateFlag.State_HasFocus:
+            # the photo the keys act on (1–9, A, R) when none is selected: a thin dashed frame
+            painter.setBrush(Qt.BrushStyle.NoBrush)
+            painter.setPen(QPen(ACCENT, 1.5, Qt.PenStyle.DashLine))
+            painter.drawRoundedRect(cell.adjusted(1, 1, -1, -1), 6, 6)
         painter.restore()
+
+
+def drag_image(pm: QPixmap | None, n: int) -> QPixmap:
+    """A ``DRAG_IMAGE`` px picture of the first photo dragged, with the count when there are more."""
+    out = QPixmap(DRAG_IMAGE, DRAG_IMAGE)
+    out.fill(Qt.GlobalColor.transparent)
+    p = QPainter(out)
+    p.setRenderHint(QPainter.RenderHint.Antialiasing, True)
+    p.setRenderHint(QPainter.RenderHint.SmoothPixmapTransform, True)
+    if pm is not None and not pm.isNull():
+        p.setOpacity(0.85)
+        p.drawPixmap(fit_rect(pm.size(), QRect(0, 0, DRAG_IMAGE, DRAG_IMAGE)), pm)
+        p.setOpacity(1.0)
+    if n > 1:
+        badge = QRect(DRAG_IMAGE - 28, 0, 28, 20)
+        p.setBrush(ACCENT)
+        p.setPen(Qt.PenStyle.NoPen)
+        p.drawRoundedRect(badge, 10, 10)
+        p.setPen(QColor("white"))
+        p.drawText(badge, Qt.AlignmentFlag.AlignCenter, str(n) if n < 1000 else "999+")
+    p.end()
+    return out
 
 
 class PhotoGrid(QListView):
@@ -134,10 +165,32 @@ class PhotoGrid(QListView):
         return self.model()
 
     def set_thumb_size(self, thumb: int) -> None:
+        """Another thumbnail size; the selection stays, and so does the photo in view."""
+        selected = self.selected_rows() if self.selectionModel() else []
+        current = self.currentIndex()
         self.delegate.thumb = thumb
         self.setIconSize(QSize(thumb, thumb))
-        self.setGridSize(self.delegate.cell_size())
-        self.scheduleDelayedItemsLayout()
+        self._spread()
+        if selected and self.selected_rows() != selected:
+            self.select_rows(selected)
+        if current.isValid():
+            QTimer.singleShot(0, lambda: self.scrollTo(current, QAbstractItemView.ScrollHint.PositionAtCenter))
+
+    def _spread(self) -> None:
+        """Cells share the row's width: as many whole cells as fit, the rest spread between them
+        (no empty band at the right edge)."""
+        cell = self.delegate.cell_size()
+        # room for the scroll bar is kept either way, so its coming and going never re-wraps the rows
+        width = self.contentsRect().width() - self.verticalScrollBar().sizeHint().width() - 2
+        cols = max(1, width // max(1, cell.width()))
+        size = QSize(max(cell.width(), width // cols), cell.height())
+        if size != self.gridSize():
+            self.setGridSize(size)
+            self.scheduleDelayedItemsLayout()
+
+    def resizeEvent(self, e) -> None:  # noqa: N802 - Qt
+        super().resizeEvent(e)
+        self._spread()
 
     def selected_rows(self) -> list[int]:
         """The selected rows in order, read from the selection's ranges (a selection of 200,000
@@ -182,7 +235,8 @@ class PhotoGrid(QListView):
         if plain and Qt.Key.Key_1 <= key <= Qt.Key.Key_9 and self.labels is not None:
             names = self.labels.names()
             n = key - Qt.Key.Key_1
-            paths = self.selected_paths()
+            # the selection, else the photo the keyboard is on (as A and R do)
+            paths = self.selected_paths() or [p for p in [self.current_path()] if p]
             if n < len(names) and paths:
                 self.labels.add(names[n], paths)
             elif paths:
@@ -206,6 +260,17 @@ class PhotoGrid(QListView):
             e.accept()
             return
         super().keyPressEvent(e)
+
+    def startDrag(self, actions) -> None:  # noqa: N802 - Qt
+        rows = self.selected_rows()
+        if not rows:
+            return
+        indexes = [self.results.index(r) for r in rows]
+        drag = QDrag(self)
+        drag.setMimeData(self.results.mimeData(indexes))
+        drag.setPixmap(drag_image(indexes[0].data(Qt.ItemDataRole.DecorationRole), len(rows)))
+        drag.setHotSpot(QPoint(-12, -12))  # the picture sits below-right of the pointer, not under it
+        drag.exec(actions, Qt.DropAction.CopyAction)
 
     def _context_menu(self, pos: QPoint) -> None:
         idx = self.indexAt(pos)

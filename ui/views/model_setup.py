@@ -13,9 +13,8 @@ from collections.abc import Callable
 from PySide6.QtCore import QObject, QSettings, Signal
 from PySide6.QtWidgets import QWidget
 
-from clipdesk.errors import ClipdeskError
 
-from .banner import Banner
+from .banner import Banner, without_command_line
 from .context import Context
 from .dialogs import DEMO_MODEL, ModelDialog
 
@@ -89,23 +88,30 @@ class ModelSetup(QObject):
         self.epoch += 1
         dlg.deleteLater()
         lib = self.ctx.lib
-        try:
-            if dlg.choice == ModelDialog.DEMO:
-                lib.use_model(DEMO_MODEL)
-                self.settings.setValue("model", DEMO_MODEL)
-                self.settings.remove("weights")
-                self.banner.show_message("Using the demo model: it has random weights, so search results and "
-                                         "sorting are meaningless. Settings → Model switches to a real one.",
-                                         "model-demo", info=True)
-            elif dlg.choice == ModelDialog.CHECKPOINT:
-                lib.use_model(None, dlg.checkpoint)
-                self.settings.setValue("weights", dlg.checkpoint)
-            elif dlg.choice != ModelDialog.RETRY:
-                self.banner.show_message(f"No model loaded: {message} Open Settings to choose a model or a "
-                                         "checkpoint file.", "model")
-                return
-        except ClipdeskError as e:
-            self.ctx.error.emit(str(e), type(e).__name__, "model")
+        choice = dlg.choice
+        if choice == ModelDialog.RETRY:
+            self.banner.clear("model")
+            self.changed.emit()
             return
+        if choice not in (ModelDialog.DEMO, ModelDialog.CHECKPOINT):
+            self.banner.show_message(f"No model loaded: {without_command_line(message)} Open Settings to choose "
+                                     "a model or a checkpoint file.", "model")
+            return
+        model, weights = (DEMO_MODEL, None) if choice == ModelDialog.DEMO else (None, dlg.checkpoint)
+        # Off the GUI thread: switching waits for the model loading that just failed to let go of the
+        # library (seconds on a busy machine), and the window must stay responsive meanwhile.
+        self.ctx.jobs.start(lib.use_model, model, weights, name="model choice",
+                            on_result=lambda _r: self._chosen(choice, weights),
+                            on_error=lambda m, k: self.ctx.error.emit(m, k, "model"))
+
+    def _chosen(self, choice: int, weights: str | None) -> None:
+        if choice == ModelDialog.DEMO:
+            self.settings.setValue("model", DEMO_MODEL)
+            self.settings.remove("weights")
+            self.banner.show_message("Using the demo model: it has random weights, so search results and "
+                                     "sorting are meaningless. Settings → Model switches to a real one.",
+                                     "model-demo", info=True)
+        else:
+            self.settings.setValue("weights", weights)
         self.banner.clear("model")
         self.changed.emit()

@@ -10,6 +10,7 @@ from PySide6.QtWidgets import QFrame, QHBoxLayout, QLabel, QPushButton, QSizePol
 
 from ..models import Item, load_qimage
 from .context import Context
+from .text import human_size
 
 
 class PreviewPane(QFrame):
@@ -86,7 +87,7 @@ class PreviewPane(QFrame):
                             on_error=lambda msg, _kind, p=it.path: self._failed(p, msg))
         try:
             st = os.stat(it.path)
-            size = f"{st.st_size / 1e6:.1f} MB" if st.st_size > 1e6 else f"{st.st_size / 1e3:.0f} kB"
+            size = human_size(st.st_size)
         except OSError:
             size = "missing"
         when = datetime.fromtimestamp(it.taken).strftime("%d %b %Y %H:%M") if it.taken else "unknown date"

@@ -8,12 +8,13 @@ from __future__ import annotations
 
 import os
 
-from PySide6.QtCore import Signal
+from PySide6.QtCore import Qt, Signal
 from PySide6.QtWidgets import QHBoxLayout, QLabel, QLineEdit, QSplitter, QToolButton, QVBoxLayout, QWidget
 
+from clipdesk.errors import QueryError
 from clipdesk.indexer.formats import collapse_twins
-from clipdesk.query import Term
-from clipdesk.relevance import describe_cut, relevance_cut
+from clipdesk.query import Term, parse_query
+from clipdesk.relevance import relevance_cut
 
 from ..models import Item, ResultsModel, paths_from_mime
 from .context import Context
@@ -22,6 +23,23 @@ from .preview import PreviewPane
 
 BROWSE_LIMIT = 5000  # newest photos shown with no query
 SEARCH_DEPTH = 2000  # scores fetched per search: the distribution the relevance cut reads
+
+
+def _matches(n: int) -> str:
+    return f"{n:,} match{'es' if n != 1 else ''}"
+
+
+def count_line(good: int, fetched: int, library: int, show_all: bool) -> str:
+    """The count line of a search: ``good`` clear matches of the ``fetched`` closest photos (a
+    search fetches at most ``SEARCH_DEPTH`` of a ``library``-photo library: "all 2,000" would
+    be wrong in a library of 7,000). A link ("show …") only where a click changes something."""
+    if good >= fetched:
+        return _matches(fetched)
+    closest = f"all {fetched:,}" if fetched >= library else f"the {fetched:,} closest"
+    clear = f"{good:,} good {'match' if good == 1 else 'matches'}"
+    if not show_all:
+        return f"{clear} · show {closest}" if good else f"No clear match · show {closest}"
+    return f"{closest} · show the {clear} only" if good else f"No clear match · {closest} below"
 
 
 class SearchView(QWidget):
@@ -34,6 +52,7 @@ class SearchView(QWidget):
         super().__init__()
         self.ctx = ctx
         self.text = ""
+        self.typed: list[Term] = []  # the typed query, parsed as the command line parses it
         self.images: list[tuple[float, str]] = []  # (weight, path) example images
         self.sort = "score"
         self.show_all = False
@@ -41,6 +60,7 @@ class SearchView(QWidget):
         self.landed = 0  # the serial of the last search or browse that finished
         self._all: list[Item] = []
         self._good = 0
+        self._library_size = 0
         self.count_text = ""
         lay = QVBoxLayout(self)
         lay.setContentsMargins(0, 6, 0, 0)
@@ -78,8 +98,19 @@ class SearchView(QWidget):
 
     # ------------------------------------------------------------------ query state
     def terms(self) -> list[Term]:
-        out = [Term(1.0, text=self.text)] if self.text else []
-        return out + [Term(w, image=p) for w, p in self.images]
+        return list(self.typed) + [Term(w, image=p) for w, p in self.images]
+
+    def describe_query(self) -> str:
+        """The whole query in words: “fish” + “coral”, and 2 example photos."""
+        parts = []
+        for t in self.typed:
+            what = f"“{t.text}”" if t.text else os.path.basename(t.image or "")
+            sign = "−" if t.weight < 0 else "+"
+            parts.append(what if not parts and t.weight >= 0 else f"{sign} {what}")
+        text = " ".join(parts)
+        n = len(self.images)
+        examples = f"{n} example photo{'s' if n != 1 else ''}" if n else ""
+        return " and ".join(p for p in (text, examples) if p) or "this search"
 
     def _show_terms(self) -> None:
         if self.images:
@@ -93,14 +124,24 @@ class SearchView(QWidget):
         self.clear_terms.setVisible(bool(self.images))
 
     def set_text(self, text: str) -> None:
-        """A typed query: replaces the text term, keeps example images only if refining."""
-        self.text = text.strip()
-        self.images = []
+        """A typed query (the command line's syntax: ``"beach" + 0.5*"sunset" - people``): replaces
+        the typed terms. A query that does not parse is shown as an error, and the search shown
+        stays. A new query is a new search (example photos go); an empty one — Enter on the empty
+        field, or clearing it — keeps the example photos (✕ forgets them)."""
+        text = text.strip()
+        try:
+            typed = parse_query(text) if text else []
+        except QueryError as e:
+            self.ctx.error.emit(str(e), "QueryError", "search")
+            return
+        self.text, self.typed = text, typed
+        if typed:
+            self.images = []
         self.run()
 
     def search_image(self, path: str) -> None:
         """An image dropped on the search field (or "similar"): search by that image alone."""
-        self.text = ""
+        self.text, self.typed = "", []
         self.images = [(1.0, os.path.abspath(path))]
         self.run()
 
@@ -121,7 +162,7 @@ class SearchView(QWidget):
         self._show()
 
     def toggle_show_all(self) -> None:
-        if self._good < len(self._all):
+        if self._good < len(self._all) and not (self.show_all and self._good == 0):  # never back to nothing
             self.show_all = not self.show_all
             self._show()
 
@@ -138,7 +179,7 @@ class SearchView(QWidget):
                                 on_result=lambda r: self._browsed(serial, *r), on_error=self._failed,
                                 on_finished=lambda: self._landed(serial))
             return
-        total = lib.catalog.counts()[0]
+        total = self._library_size = lib.catalog.counts()[0]
         self.ctx.jobs.start(lib.search_terms, terms, k=max(1, min(total, SEARCH_DEPTH)), name="search",
                             on_result=lambda res: self._searched(serial, res), on_error=self._failed,
                             on_finished=lambda: self._landed(serial))
@@ -170,10 +211,9 @@ class SearchView(QWidget):
         results = collapse_twins(results)  # a RAW + JPEG pair is one photo: shown once, at its better rank
         self._all = [Item(r.path, r.score, taken=r.taken) for r in results]
         self._good = relevance_cut([r.score for r in results])
-        self.count_text = describe_cut(self._good, len(self._all))
-        what = f"“{self.text}”" if self.text else "these examples"
+        self.count_text = count_line(self._good, len(self._all), self._library_size, False)
         self.grid.set_empty_text(
-            f"No photo stands out for {what}. Click “show all” above to see the closest ones, "
+            f"No photo stands out for {self.describe_query()}. Click “show all” above to see the closest ones, "
             f"or describe the photo differently." if self._all else "Nothing matches: the library is empty.")
         self._show()
 
@@ -184,8 +224,7 @@ class SearchView(QWidget):
         current = self.grid.current_path()
         self.results.set_items(items)
         if self.terms() and self._good < len(self._all):
-            self.count_text = describe_cut(self._good, len(self._all)) if not self.show_all else \
-                f"all {len(self._all):,} closest · show {self._good:,} good matches only"
+            self.count_text = count_line(self._good, len(self._all), self._library_size, self.show_all)
         self.count_changed.emit(self.count_text)
         if items:
             rows = [i for i, it in enumerate(items) if it.path == current] or [0]
@@ -201,7 +240,7 @@ class SearchView(QWidget):
 
     def reset(self) -> None:
         """Another library: forget the query, show its photos."""
-        self.text, self.images = "", []
+        self.text, self.typed, self.images = "", [], []
         self.preview.clear()
         self.run()
 
@@ -216,6 +255,7 @@ class SearchBar(QLineEdit):
     """The search field; an image file dropped on it runs a similar-image search."""
 
     image_dropped = Signal(str)
+    down_pressed = Signal()  # Down leaves the field for the photos below it
 
     def __init__(self) -> None:
         super().__init__()
@@ -223,6 +263,13 @@ class SearchBar(QLineEdit):
         self.setPlaceholderText('Describe a photo — "dog in the snow" — or drop an image here')
         self.setClearButtonEnabled(True)
         self.setAcceptDrops(True)
+
+    def keyPressEvent(self, e) -> None:  # noqa: N802 - Qt
+        if e.key() == Qt.Key.Key_Down and not e.modifiers():
+            self.down_pressed.emit()
+            e.accept()
+            return
+        super().keyPressEvent(e)
 
     def dragEnterEvent(self, e) -> None:  # noqa: N802 - Qt
         if paths_from_mime(e.mimeData()):

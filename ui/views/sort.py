@@ -29,11 +29,12 @@ class SortView(QWidget):
         lay = QHBoxLayout(self)
         lay.setContentsMargins(0, 6, 0, 0)
         left = QVBoxLayout()
-        t = QLabel("Categories, one per line")
+        t = QLabel("Categories")
         t.setObjectName("title")
         self.categories = QPlainTextEdit()
         self.categories.setObjectName("categories")
         self.categories.setPlaceholderText("beach\nmountains\ncity\nfood")
+        self.categories.setToolTip("One per line, or separated by commas: bird, flower, car")
         self.classify_button = QPushButton("Classify")
         self.classify_button.setObjectName("classify")
         self.classify_button.setProperty("primary", "true")
@@ -52,11 +53,13 @@ class SortView(QWidget):
         right = QVBoxLayout()
         self.results = ResultsModel(ctx.thumbnails, self)
         self.grid = PhotoGrid(self.results, ctx.thumbnails.size, ctx.labels, "sortGrid")
-        self.grid.set_empty_text("Type two or more categories on the left (one per line) and press Classify: "
-                                 "every photo goes to the category it looks most like. No training needed.")
+        self.grid.set_empty_text("Type two or more categories on the left (one per line, or separated by commas) "
+                                 "and press Classify: every photo goes to the category it looks most like. "
+                                 "No training needed.")
         self.grid.open_requested.connect(self.open_requested)
         self.grid.show_in_folder_requested.connect(self.show_in_folder_requested)
-        self.actions_bar = ResultActions(self.grid, self._rows, "sortExportCsv", "categories.csv")
+        self.actions_bar = ResultActions(self.grid, self._rows, "sortExportCsv", "categories.csv",
+                                         rest_name=lambda: NONE)
         self.actions_bar.message.connect(ctx.message)
         self.actions_bar.error.connect(lambda m, k: ctx.error.emit(m, k, "export"))
         self.actions_bar.resolved.connect(lambda: ctx.resolved.emit("export"))
@@ -69,9 +72,12 @@ class SortView(QWidget):
         return self.classified.as_rows() if self.classified else []
 
     def run(self) -> None:
-        names = [n.strip() for n in self.categories.toPlainText().splitlines() if n.strip()]
+        # one per line, or separated by commas as on the command line ("bird, flower, car")
+        names = [n.strip() for line in self.categories.toPlainText().splitlines() for n in line.split(",")
+                 if n.strip()]
         if len(names) < 2:
-            self.ctx.error.emit("Type at least two categories, one per line.", "input", "sort")
+            self.ctx.error.emit("Type at least two categories, one per line or separated by commas.",
+                                "input", "sort")
             return
         self.classify_button.setEnabled(False)
         self.names = list(dict.fromkeys(names))

@@ -58,6 +58,10 @@ class StatusArea(QStatusBar):
     def job_progress(self, p) -> None:
         """Progress of classify / predict and the like (``Progress`` with stage, done, total)."""
         if p.total:
+            if p.done >= p.total:  # that job is through: no "Predict… 100%" left while others run
+                if self.progress_label.text() == f"{p.stage.capitalize()}…":
+                    self.clear_busy()
+                return
             if not self.progress.isVisible():
                 self.set_busy(f"{p.stage.capitalize()}…", p.total)
             self.progress.setRange(0, p.total)

@@ -25,6 +25,7 @@ from .actions import ResultActions
 from .buckets import BucketsPanel
 from .context import Context
 from .grid import PhotoGrid
+from .text import ElidedLabel
 
 PROBE = "teach"  # the probe this view trains
 SUGGEST_K = 60
@@ -58,7 +59,9 @@ class TeachView(QWidget):
         self.bucket_name = QLineEdit()
         self.bucket_name.setObjectName("bucketName")
         self.bucket_name.setPlaceholderText("New bucket, e.g. Anna")
-        self.bucket_name.setMaximumWidth(220)
+        fm = self.bucket_name.fontMetrics()  # the whole placeholder shows, however the window is sized
+        self.bucket_name.setMinimumWidth(fm.horizontalAdvance(self.bucket_name.placeholderText()) + 24)
+        self.bucket_name.setMaximumWidth(max(220, self.bucket_name.minimumWidth()))
         self.bucket_name.returnPressed.connect(self.add_bucket)
         self.add_button = QPushButton("Add bucket")
         self.add_button.setObjectName("addBucket")
@@ -71,9 +74,8 @@ class TeachView(QWidget):
         self.apply_button.setObjectName("apply")
         self.apply_button.clicked.connect(lambda _c=False: self.apply())
         self.apply_button.setEnabled(False)
-        self.train_result = QLabel("Fill a bucket or two, then press Train.")
+        self.train_result = ElidedLabel("Fill a bucket or two, then press Train.")  # one line: the row never jumps
         self.train_result.setObjectName("trainResult")
-        self.train_result.setWordWrap(True)
         self.train_result.setProperty("muted", "true")
         for w in (self.bucket_name, self.add_button, self.train_button, self.apply_button):
             row.addWidget(w)
@@ -165,7 +167,8 @@ class TeachView(QWidget):
             brow.addWidget(w)
         brow.addStretch()
         rl.addLayout(brow)
-        self.actions_bar = ResultActions(self.review_grid, self._rows, "exportCsv", "predictions.csv")
+        self.actions_bar = ResultActions(self.review_grid, self._rows, "exportCsv", "predictions.csv",
+                                         rest_name=self.rest_name)
         self.actions_bar.message.connect(ctx.message)
         self.actions_bar.error.connect(lambda m, k: ctx.error.emit(m, k, "export"))
         self.actions_bar.resolved.connect(lambda: ctx.resolved.emit("export"))
@@ -183,6 +186,10 @@ class TeachView(QWidget):
         self._judge_buttons()
         self._show_earlier_probe()
 
+    def focus_target(self):
+        """The grid the keys act on: Review once there is something to review, else the photos."""
+        return self.review_grid if self.review_results.rowCount() else self.grid
+
     def _show_earlier_probe(self) -> None:
         """A probe trained in an earlier session can be applied at once."""
         try:
@@ -197,8 +204,11 @@ class TeachView(QWidget):
         self.concept = earlier.labels[0] if len(earlier.labels) == 1 else None
         self.train_result.setProperty("muted", "false")
         self.train_result.setText(f"Trained earlier (accuracy {earlier.cv_accuracy:.0%} on held-out examples): "
-                                  "Apply labels the library, or train again.")
+                                  "its answers are in Review; train again after new examples.")
         self.apply_button.setEnabled(True)
+        # the Review list comes back with the probe (a relaunch or a switch back): applying reads the
+        # stored vectors only, in a worker, so it costs no model load
+        self.apply()
 
     # ------------------------------------------------------------------ buckets
     def add_bucket(self) -> None:
@@ -272,6 +282,7 @@ class TeachView(QWidget):
         self.train_button.setEnabled(False)
         self.retrain_button.setEnabled(False)
         self.train_result.setText("Training…")
+        self.focus_target().setFocus()  # 1–9, A and R act on the photos while and after it trains
         self.ctx.jobs.start(self.ctx.lib.train, PROBE, names, negatives=negatives, name="training",
                             on_result=lambda r: self._trained(r, then_apply), on_error=self.ctx.failed("teach"),
                             on_finished=self._update_buttons)
@@ -369,7 +380,18 @@ class TeachView(QWidget):
         self.review_grid.setFocus()
 
     def _rows(self) -> list[tuple[str, str, float]]:
-        return self.predictions.as_rows(blank=(NONE_CLASS,)) if self.predictions else []
+        """Every photo's category: the person's bucket for the photos in one (probability 1: they
+        said so), else the probe's answer ("" for none of the buckets)."""
+        if not self.predictions:
+            return []
+        labels = self.ctx.labels
+        mine = {p: n for n in labels.names() for p in labels.paths(n)}
+        return [(p, mine[p], 1.0) if p in mine else (p, c, prob)
+                for p, c, prob in self.predictions.as_rows(blank=(NONE_CLASS,))]
+
+    def rest_name(self) -> str:
+        """What the photos in no bucket are called (the review list's last category)."""
+        return f"{NOT_PREFIX}{self.concept}" if self.concept else "none of the buckets"
 
     def reset(self) -> None:
         self.predictions = []
