@@ -100,6 +100,17 @@ def others_cpu(out: dict):
             max(0.0, (end - busy - (time.process_time() - own)) / seconds)
 
 
+def free_cores(sample: float = 0.1) -> int:
+    """Cores other processes leave free, measured over ``sample`` seconds (/proc/stat; all cores
+    where the system does not say). The image graph runs on that many threads: threads beyond
+    the free cores only wait for a neighbour's core and stall the batch they belong to."""
+    out: dict = {}
+    with others_cpu(out):
+        time.sleep(sample)
+    busy = out["cores"]
+    return cores() if busy is None else max(1, min(cores(), round(cores() - busy)))
+
+
 def calibration_images(n: int, pre: Preprocessing, seed: int = 0) -> np.ndarray:
     """``n`` photo-like model inputs (n, 3, size, size), normalised as ``pre`` normalises photos:
     1/f colour noise (the spectrum of natural images) with correlated channels and random

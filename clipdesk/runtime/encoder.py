@@ -75,7 +75,8 @@ class FolderEncoder:
     def visual(self):
         with self._lock:
             if self._visual is None:
-                session = self._choose.image_session(self.folder, self._requested, self._threads, self._status)
+                threads = min(self._threads, self._choose.free_cores())
+                session = self._choose.image_session(self.folder, self._requested, threads, self._status)
                 self._check_dim(session, self.folder.visual)
                 self._visual = session
             return self._visual
