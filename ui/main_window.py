@@ -17,7 +17,7 @@ from PySide6.QtWidgets import (QApplication, QComboBox, QDialog, QFileDialog, QH
                                QPushButton, QSplitter, QStackedWidget, QTabWidget, QToolButton, QVBoxLayout,
                                QWidget)
 
-from clipdesk.errors import ClipdeskError, ModelMismatchError
+from clipdesk.errors import ClipdeskError, ModelError, ModelMismatchError
 from clipdesk.library import Library
 
 from . import desktop
@@ -559,14 +559,16 @@ class MainWindow(QMainWindow):
                 "open a new library (File → Open library…, an empty folder) and add your folders there.") \
             if vectors else ""
         dlg = SettingsDialog(self, self.lib.model_name, self.settings.value("device", "auto") or "auto",
-                             self.thumbnails.size, self.lib.folder, note)
+                             self.thumbnails.size, self.lib.folder, note, self.lib.spec.folder or "")
         if dlg.exec() != QDialog.DialogCode.Accepted:
             return
         self.apply_settings(dlg.model.text().strip(), dlg.device.currentText(), dlg.thumb.value(),
-                            dlg.library.text().strip())
+                            dlg.library.text().strip(), dlg.model_dir.text().strip())
 
-    def apply_settings(self, model: str, device: str, thumb: int, library: str) -> list[str]:
-        """Apply settings at once; returns what changed (and says precisely what could not)."""
+    def apply_settings(self, model: str, device: str, thumb: int, library: str,
+                       model_dir: str = "") -> list[str]:
+        """Apply settings at once; returns what changed (and says precisely what could not).
+        ``model_dir``: a model folder, used instead of ``model`` when given."""
         done = []
         if thumb != self.thumbnails.size:
             self.thumbnails.set_size(thumb)
@@ -582,12 +584,27 @@ class MainWindow(QMainWindow):
             self.settings.setValue("device", device)
             self.lib.device = None if device == "auto" else device
             if self.lib.encoder_loaded:  # reload the same model on the new device
-                if self.lib.spec.weights:
-                    self.lib.use_model(None, self.lib.spec.weights)
-                else:
-                    self.lib.use_model(self.lib.spec.name)
+                self.lib.use_model(None, self.lib.spec.weights, self.lib.spec.folder)
                 self.model_setup.warm()
             done.append(f"device {device}")
+        if model_dir and os.path.abspath(os.path.expanduser(model_dir)) != self.lib.spec.folder:
+            from .views.dialogs import check_model_folder
+
+            model_dir = os.path.abspath(os.path.expanduser(model_dir))
+            problem = check_model_folder(model_dir)
+            try:
+                if problem:
+                    raise ModelError(problem)
+                self.lib.use_model(None, None, model_dir)
+            except ClipdeskError as e:
+                self.show_error(f"Model not changed: {e}", type(e).__name__, "settings")
+            else:
+                self.settings.setValue("model_dir", model_dir)
+                self.settings.remove("weights")
+                self._remember_library()
+                self._model_changed()
+                done.append(f"model folder {model_dir}")
+            model = ""  # the folder is the model
         if model and model != self.lib.model_name and model != self.lib.spec.name:
             try:
                 self.lib.use_model(model)
@@ -600,6 +617,7 @@ class MainWindow(QMainWindow):
             else:
                 self.settings.setValue("model", model)
                 self.settings.remove("weights")
+                self.settings.remove("model_dir")
                 self._remember_library()
                 self._model_changed()
                 done.append(f"model {model}")
@@ -650,9 +668,10 @@ class MainWindow(QMainWindow):
             # a library with no vectors yet: the model chosen for it before, else the one in use now
             # (a person who chose the demo model or a checkpoint is not asked again)
             entry = self.recent.get(new.folder)
-            model, weights = (entry.model, entry.weights) if entry and entry.model else model_choice(self.lib.spec)
+            model, weights, model_dir = (entry.model, entry.weights, entry.model_dir) \
+                if entry and (entry.model or entry.model_dir) else model_choice(self.lib.spec)
             try:
-                new.use_model(model, weights)
+                new.use_model(model, weights, model_dir)
             except ClipdeskError:
                 pass  # the model loads (or asks) when needed, as on a first run
         self._remember_library()
