@@ -30,6 +30,7 @@ from .views.context import Context
 from .views.dialogs import SettingsDialog
 from .views.duplicates import DuplicatesView
 from .views.folders import FoldersPanel
+from .views.inbox import InboxView
 from .views.model_setup import ModelSetup
 from .views.search import SearchBar, SearchView
 from .views.status import StatusArea
@@ -173,6 +174,8 @@ class MainWindow(QMainWindow):
         self.tabs.addTab(self.teach_view, "Teach")
         self.duplicates_view = DuplicatesView(self.ctx, self.settings)
         self.tabs.addTab(self.duplicates_view, "Duplicates")
+        self.inbox_view = InboxView(self.ctx, PROBE)  # new photos the taught categories were unsure about
+        self.tabs.addTab(self.inbox_view, "Inbox")
         split.addWidget(self.tabs)
         split.setStretchFactor(1, 1)
         split.setCollapsible(0, True)  # drag the divider to the left edge to hide the folders
@@ -216,7 +219,7 @@ class MainWindow(QMainWindow):
         quit_.triggered.connect(lambda _c=False: self.close())
         view = bar.addMenu("&View")
         view.setObjectName("viewMenu")
-        for i, name in enumerate(("Search", "Sort", "Teach", "Duplicates")):
+        for i, name in enumerate(("Search", "Sort", "Teach", "Duplicates", "Inbox")):
             act = view.addAction(name)
             act.setShortcut(QKeySequence(f"Ctrl+{i + 1}"))
             act.triggered.connect(lambda _c=False, i=i: self.show_tab(i))
@@ -259,7 +262,7 @@ class MainWindow(QMainWindow):
         self.undo_button.clicked.connect(lambda _c=False: self.undo_stack.undo())
         self.undo_stack.canUndoChanged.connect(self.undo_button.setEnabled)
         self.undo_stack.undoTextChanged.connect(lambda t: self.undo_button.setToolTip(f"Undo {t} (Ctrl+Z)"))
-        for view in (self.search_view, self.sort_view, self.teach_view, self.duplicates_view):
+        for view in (self.search_view, self.sort_view, self.teach_view, self.duplicates_view, self.inbox_view):
             view.count_changed.connect(lambda _t: self._show_count())
             view.open_requested.connect(self.open_file)
             view.show_in_folder_requested.connect(self.show_in_folder)
@@ -267,6 +270,9 @@ class MainWindow(QMainWindow):
         self.sort_view.progress.connect(self.status.job_progress)
         self.teach_view.progress.connect(self.status.job_progress)
         self.duplicates_view.progress.connect(self.status.job_progress)
+        self.inbox_view.progress.connect(self.status.job_progress)
+        self.inbox_view.title_changed.connect(lambda t: self.tabs.setTabText(self.tabs.indexOf(self.inbox_view), t))
+        self.inbox_view.retrained.connect(lambda r: self.teach_view._trained(r, False))
         self.duplicates_view.changed.connect(self._library_content_changed)
         self.watch.message.connect(lambda m: self.statusBar().showMessage(m, 6000))
         self.watch.changed.connect(self._watched_change)
@@ -350,6 +356,7 @@ class MainWindow(QMainWindow):
             self.model_setup.warm()
         self.search_view.run()
         self.teach_view.load_source()
+        self.inbox_view.reload()
         self.watch.sync()
 
     def _model_changed(self) -> None:
@@ -572,7 +579,8 @@ class MainWindow(QMainWindow):
         done = []
         if thumb != self.thumbnails.size:
             self.thumbnails.set_size(thumb)
-            for g in (self.search_view.grid, self.sort_view.grid, self.teach_view.grid, self.teach_view.review_grid):
+            for g in (self.search_view.grid, self.sort_view.grid, self.teach_view.grid, self.teach_view.review_grid,
+                      self.inbox_view.grid):
                 g.set_thumb_size(thumb)
             self.settings.setValue("thumb_size", thumb)
             done.append(f"thumbnails {thumb} px")

@@ -22,6 +22,7 @@ from clipdesk.teaching import NONE_CLASS, negative_label
 
 from ..models import AnswerItems, Item, ResultsModel
 from .actions import ResultActions
+from .auto_apply import AutoApplyRow
 from .buckets import BucketsPanel
 from .context import Context
 from .grid import PhotoGrid
@@ -85,6 +86,8 @@ class TeachView(QWidget):
         self.buckets = BucketsPanel(ctx.labels, ctx.thumbnails)
         self.buckets.setFixedHeight(118)
         lay.addWidget(self.buckets)
+        self.auto_row = AutoApplyRow(ctx, PROBE)  # the taught categories that keep applying
+        lay.addWidget(self.auto_row)
 
         split = QSplitter()
         split.setChildrenCollapsible(False)
@@ -197,6 +200,7 @@ class TeachView(QWidget):
         except ClipdeskError:
             probes = []
         earlier = next((p for p in probes if p.name == PROBE and p.model == self.ctx.lib.model_name), None)
+        self.auto_row.load()
         if earlier is None:
             self.train_result.setText("Fill a bucket or two, then press Train.")
             self.apply_button.setEnabled(False)
@@ -294,6 +298,7 @@ class TeachView(QWidget):
             f"Trained on {r.examples} photos: accuracy {r.cv_accuracy:.0%} on examples held out of training "
             f"(cross-validated; zero-shot would get {r.zeroshot_accuracy:.0%}).")
         self.apply_button.setEnabled(True)
+        self.auto_row.rescore()  # the thresholds follow the new probe
         self.trained.emit()
         if self.source.currentIndex() == 0:
             self.load_source()  # what to label next depends on the new probe
