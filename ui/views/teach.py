@@ -146,6 +146,10 @@ class TeachView(QWidget):
         rh.addWidget(self.confidence, 1)
         rh.addWidget(self.confidence_label)
         rl.addLayout(rh)
+        self.review_counts = ElidedLabel("")  # how the probe sorted the library: no category takes over unseen
+        self.review_counts.setObjectName("reviewCounts")
+        self.review_counts.setProperty("muted", "true")
+        rl.addWidget(self.review_counts)
         self.review_results = ResultsModel(ctx.thumbnails, self)
         self.review_grid = PhotoGrid(self.review_results, ctx.thumbnails.size, ctx.labels, "reviewGrid")
         self.review_grid.set_empty_text("Train, then Apply: the photos the model sorted appear here, "
@@ -324,6 +328,9 @@ class TeachView(QWidget):
         if counts.get(None) or counts.get(NONE_CLASS):
             rest = f"{NOT_PREFIX}{self.concept}" if self.concept else "none of the buckets"
             self.review_category.addItem(rest, "")
+        rest_n = sum(counts.get(k) or 0 for k in (None, NONE_CLASS, BACKGROUND))
+        self.review_counts.setText("Predicted: " + " · ".join(
+            [f"{c} {counts[c]:,}" for c in cats] + ([f"{self.rest_name()} {rest_n:,}"] if rest_n else [])))
         i = self.review_category.findData(keep)
         self.review_category.setCurrentIndex(max(0, i))
         self.review_category.blockSignals(False)
