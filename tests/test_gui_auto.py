@@ -126,3 +126,23 @@ def test_auto_status_line_says_what_the_batch_did():
     r2 = RunReport("teach", photos=2, problems=["Sort folder /x is read-only."])
     assert describe_auto([r2]) == "2 new photos: nothing applied; auto-apply: Sort folder /x is read-only."
     assert describe_auto([RunReport("teach")]) == ""
+
+
+def test_settings_model_folder_is_checked_then_used_and_remembered(window, tmp_path):
+    """Settings ▸ Model folder: a broken folder is refused with its one-line problem; a good one is
+    the library's model from then on (kept in the recent-libraries list). The copy of the demo model
+    keeps its identity (clipdesk.json), so the library's vectors stay valid."""
+    from clipdesk.runtime.spec import PACKAGED
+
+    good = tmp_path / "m" / "tiny"
+    shutil.copytree(PACKAGED / "test-tiny", good)
+    broken = tmp_path / "m" / "broken"
+    broken.mkdir()
+    w = window
+    before = w.lib.spec
+    assert w.apply_settings("", "auto", w.thumbnails.size, w.lib.folder, str(broken)) == []
+    assert "incomplete" in w.banner.text.text() and w.lib.spec == before
+    done = w.apply_settings("", "auto", w.thumbnails.size, w.lib.folder, str(good))
+    assert done == [f"model folder {good}"]
+    assert w.lib.spec.folder == str(good)
+    assert w.recent.get(w.lib.folder).model_dir == str(good)
