@@ -96,11 +96,12 @@ def choose_threshold(p: np.ndarray, member: np.ndarray, precision: float = DEFAU
     return Threshold(category, precision, float(p[order][k]), float(prec[k]), float(tp[k] / pos), pos, neg)
 
 
-def category_thresholds(probe: Probe, precision: float = DEFAULT_PRECISION,
-                        rejected: dict[str, np.ndarray] | None = None) -> dict[str, Threshold]:
-    """A threshold per category of ``probe`` from its own examples (refit on its stored examples to
-    get their held-out probabilities) and ``rejected`` (category -> (m, dim) photos rejected from
-    it in Review, scored by the probe itself: they cannot be held out of a fit they are not in)."""
+def category_scores(probe: Probe, rejected: dict[str, np.ndarray] | None = None
+                    ) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """Per category of ``probe``: (p (n,), member (n,) bool) — its examples' held-out probabilities
+    (a refit on its stored examples) and ``rejected`` (category -> (m, dim) photos rejected from it
+    in Review, scored by the probe itself: they cannot be held out of a fit they are not in). The
+    costly part of a threshold; :func:`choose_threshold` on it is cheap for any precision."""
     data = ProbeData(list(probe.classes), probe.text, probe.keys, probe.key_labels)
     _, report = fit_probe(data)
     held = report.held_out
@@ -113,8 +114,22 @@ def category_thresholds(probe: Probe, precision: float = DEFAULT_PRECISION,
         if R is not None and len(R):
             p = np.concatenate([p, probe.probabilities(np.asarray(R, np.float32))[:, c]])
             member = np.concatenate([member, np.zeros(len(R), bool)])
-        out[name] = choose_threshold(p, member, precision, name)
+        out[name] = (p, member)
     return out
+
+
+def category_thresholds(probe: Probe, precision: float = DEFAULT_PRECISION,
+                        rejected: dict[str, np.ndarray] | None = None) -> dict[str, Threshold]:
+    """A threshold per category of ``probe`` (see :func:`category_scores`)."""
+    return {name: choose_threshold(p, member, precision, name)
+            for name, (p, member) in category_scores(probe, rejected).items()}
+
+
+def library_scores(lib, probe: str) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """:func:`category_scores` of the library's probe ``probe`` with the photos rejected in Review
+    (what the app computes once per training, then moves a precision slider over)."""
+    loaded = lib.load_probe(probe)
+    return category_scores(loaded, _rejected(lib, loaded))
 
 
 # ---------------------------------------------------------------------- the store
@@ -189,6 +204,20 @@ def add(lib, probe: str, precision: float = DEFAULT_PRECISION, write_tags: bool 
     return setting, thresholds
 
 
+def configure(lib, probe: str, precision: float = DEFAULT_PRECISION, write_tags: bool = False,
+              sort_into: str | None = None, mode: str = "copy") -> tuple[AutoSetting, dict[str, Threshold]]:
+    """:func:`add`, or change the options of a probe that already keeps applying without forgetting
+    which photos it has seen (the app's switch and slider call this on every change)."""
+    old = load_store(lib)["auto"].get(probe)
+    setting, thresholds = add(lib, probe, precision, write_tags, sort_into, mode)
+    if old is not None and old.seen != setting.seen:
+        store = load_store(lib)
+        store["auto"][probe].seen = old.seen
+        save_store(lib, store)
+        setting.seen = old.seen
+    return setting, thresholds
+
+
 def remove(lib, probe: str) -> None:
     store = load_store(lib)
     if probe not in store["auto"]:
@@ -198,18 +227,35 @@ def remove(lib, probe: str) -> None:
     save_store(lib, store)
 
 
-def _calibrate(lib, setting: AutoSetting) -> dict[str, Threshold]:
-    probe = lib.load_probe(setting.probe)
+def _rejected(lib, probe: Probe) -> dict[str, np.ndarray]:
     labels = lib.catalog.labels()
     rejected = {}
     for name in probe.classes:
         ids = labels.get(negative_label(name), [])
         if ids:
             rejected[name] = lib.catalog.vectors_for(ids)
-    got = category_thresholds(probe, setting.precision, rejected)
+    return rejected
+
+
+def _calibrate(lib, setting: AutoSetting) -> dict[str, Threshold]:
+    probe = lib.load_probe(setting.probe)
+    got = category_thresholds(probe, setting.precision, _rejected(lib, probe))
     setting.thresholds = {k: asdict(v) for k, v in got.items()}
     setting.calibrated_for = float(probe.meta.get("created", 0.0))
     return got
+
+
+def settle_inbox(lib, paths) -> int:
+    """Take the photos at ``paths`` out of the Inbox (the person decided about them: labelled,
+    accepted or rejected); returns how many entries left."""
+    gone = set(paths)
+    store = load_store(lib)
+    keep = [e for e in store["inbox"] if e.get("path") not in gone]
+    n = len(store["inbox"]) - len(keep)
+    if n:
+        store["inbox"] = keep
+        save_store(lib, store)
+    return n
 
 
 @dataclass

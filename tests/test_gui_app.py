@@ -475,7 +475,7 @@ def test_first_run_offline_one_dialog_then_demo_model_scans_the_registered_folde
     dialogs = [x for x in QApplication.topLevelWidgets() if isinstance(x, ModelDialog) and x.isVisible()]
     assert len(dialogs) == 1 and dialogs[0].objectName() == "modelDialog"
     dlg = dialogs[0]
-    assert {b.objectName() for b in (dlg.demo, dlg.choose, dlg.retry)} == {"useDemo", "chooseCheckpoint",
+    assert {b.objectName() for b in (dlg.demo, dlg.choose, dlg.retry)} == {"useDemo", "chooseModelFolder",
                                                                           "retryDownload"}
     assert "loading" not in w.status_label.text() and "not loaded" in w.status_label.text()
     assert not w.banner.isVisible()  # the dialog says it; no second copy in a banner
@@ -483,6 +483,57 @@ def test_first_run_offline_one_dialog_then_demo_model_scans_the_registered_folde
         QTest.mouseClick(dlg.demo, Qt.MouseButton.LeftButton)
     until(lambda: w.lib.catalog.counts()[0] == 8, what="the registered folder scanned")
     assert "meaningless" in w.banner.text.text()
+    w.shutdown()
+
+
+def test_first_run_offline_a_model_folder_is_checked_then_used_and_kept_with_the_library(
+        qtbot, tmp_path, photos, monkeypatch, no_thread_leaks):
+    """The dialog offers a model folder (no PyTorch needed): a broken one is refused in the dialog
+    with its one-line problem; a good one is used, indexes the folder and is stored per library."""
+    import shutil
+
+    import clipdesk.library as libmod
+    from clipdesk.errors import ModelDownloadError
+    from clipdesk.library import Library
+    from clipdesk.runtime import DEFAULT_MODEL
+    from clipdesk.runtime.spec import PACKAGED
+    from clipdesk.ui.recent import RecentLibraries
+    from clipdesk.ui.views.dialogs import ModelDialog
+
+    real = libmod.load_encoder
+
+    def offline(spec, *a, **k):
+        if spec.folder is None and spec.arch != "test-tiny":
+            raise ModelDownloadError(f"Cannot download {spec.name}: no network.")
+        return real(spec, *a, **k)
+
+    monkeypatch.setattr(libmod, "load_encoder", offline)
+    monkeypatch.setattr("clipdesk.runtime.torch_available", lambda: False)
+    good = tmp_path / "models" / "tiny"
+    shutil.copytree(PACKAGED / "test-tiny", good)
+    broken = tmp_path / "models" / "broken"
+    shutil.copytree(good, broken)
+    (broken / "textual" / "model.onnx").write_bytes(b"not onnx")
+    lib = Library(str(tmp_path / "lib"), model=DEFAULT_MODEL)
+    lib.catalog.add_folder(str(photos))
+    w = make_window(tmp_path, lib)
+    qtbot.addWidget(w)
+    w.show()
+    until(lambda: any(isinstance(x, ModelDialog) and x.isVisible() for x in QApplication.topLevelWidgets()),
+          timeout=10, what="model dialog")
+    dlg = next(x for x in QApplication.topLevelWidgets() if isinstance(x, ModelDialog) and x.isVisible())
+    assert dlg.checkpoint_button is None  # checkpoints need PyTorch: not offered without it
+    assert dlg.choose.text() == "Choose a model folder…"
+    assert not dlg.choose_folder(str(broken))
+    assert dlg.isVisible() and dlg.folder_error.isVisible()
+    assert "model.onnx" in dlg.folder_error.text() and "\n" not in dlg.folder_error.text()
+    with qtbot.waitSignal(w.index_finished, timeout=60000):
+        assert dlg.choose_folder(str(good))
+    until(lambda: w.lib.catalog.counts()[0] == 8, what="the registered folder indexed with the folder's model")
+    assert w.lib.spec.folder == str(good)
+    entry = RecentLibraries(w.settings).get(w.lib.folder)
+    assert entry.model_dir == str(good) and entry.weights is None
+    assert w.settings.value("model_dir") == str(good)
     w.shutdown()
 
 

@@ -37,6 +37,9 @@ def test_recent_libraries_newest_first_keep_their_model_and_survive_a_damaged_va
     assert r.get(str(tmp_path / "a")).model == "test-tiny"
     r.remember(str(tmp_path / "c"), "ViT", "/w/ckpt.safetensors")
     assert r.get(str(tmp_path / "c")).weights == "/w/ckpt.safetensors"
+    r.remember(str(tmp_path / "d"), "dir:tiny", None, "/m/tiny")  # a model folder, kept with its library
+    r.remember(str(tmp_path / "d"))
+    assert (r.get(str(tmp_path / "d")).model_dir, r.get(str(tmp_path / "d")).model) == ("/m/tiny", "dir:tiny")
     for i in range(MAX_RECENT + 3):
         r.remember(str(tmp_path / f"x{i}"), "test-tiny")
     assert len(r.entries()) == MAX_RECENT
@@ -274,3 +277,34 @@ def test_rejected_photos_are_seen_and_taken_back_from_their_bucket(window):
     assert bucket.rejected.text() == "1 not ▾" and "rejected as not “Anna”" in window.status.currentMessage()
     window.undo_stack.undo()
     until(lambda: sorted(window.lib.labels()[negative_label("Anna")]) == sorted(paths[1:3]), what="undo")
+
+
+def test_model_dir_on_the_command_line_opens_the_library_with_that_folder(tmp_path, monkeypatch):
+    """``clipdesk-gui --model-dir DIR`` reaches the Library; a relaunch reads the folder kept per library."""
+    from PySide6.QtCore import QSettings
+
+    import clipdesk.ui.main_window  # noqa: F401 - bound to the real Library before the patch below
+    from clipdesk.ui import app as app_module
+    from clipdesk.ui.recent import RecentLibraries
+
+    settings = QSettings(str(tmp_path / "s.ini"), QSettings.Format.IniFormat)
+    opened = []
+
+    class Stop(Exception):
+        pass
+
+    def fake_library(folder, model=None, weights=None, model_dir=None, **_kw):
+        opened.append((folder, model, weights, model_dir))
+        raise Stop
+
+    monkeypatch.setattr("clipdesk.library.Library", fake_library)
+    import PySide6.QtCore as qtcore
+
+    monkeypatch.setattr(qtcore, "QSettings", lambda *a: settings)
+    lib_dir, models = tmp_path / "lib", tmp_path / "m"
+    with pytest.raises(Stop):
+        app_module.main(["--library", str(lib_dir), "--model-dir", str(models)])
+    RecentLibraries(settings).remember(str(lib_dir), "dir:m", None, str(models))
+    with pytest.raises(Stop):
+        app_module.main(["--library", str(lib_dir)])
+    assert opened == [(str(lib_dir), None, None, str(models))] * 2

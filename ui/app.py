@@ -14,7 +14,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="clipdesk-gui", description="clipdesk desktop app")
     p.add_argument("--library", metavar="DIR", help="library folder (default: the last one used)")
     p.add_argument("--model", metavar="NAME", help="model for a new library (e.g. test-tiny)")
-    p.add_argument("--weights", metavar="FILE", help="local checkpoint for --model")
+    p.add_argument("--model-dir", metavar="DIR", help="a model folder (Immich's layout) for a new library")
+    p.add_argument("--weights", metavar="FILE", help="local checkpoint for --model (needs the torch extra)")
     p.add_argument("--device", help="cuda, mps or cpu (default: auto)")
     p.add_argument("--add-folder", metavar="DIR", action="append", default=[],
                    help="add this folder and index it at start (if not in the library yet)")
@@ -65,15 +66,17 @@ def main(argv: list[str] | None = None) -> int:
     folder = os.path.abspath(os.path.expanduser(args.library or settings.value("library") or default_library_folder()))
     # the model chosen for this library (kept with it in the recent list), else the last one chosen
     entry = RecentLibraries(settings).get(folder)
-    if args.model or args.weights:
-        model, weights = args.model, args.weights
-    elif entry is not None and entry.model:
-        model, weights = entry.model, entry.weights
+    if args.model or args.weights or args.model_dir:
+        model, weights, model_dir = args.model, args.weights, args.model_dir
+    elif entry is not None and (entry.model or entry.model_dir):
+        # a model folder is the model (its name is only a label)
+        model, weights, model_dir = (None if entry.model_dir else entry.model), entry.weights, entry.model_dir
     else:
         model, weights = settings.value("model") or None, settings.value("weights") or None
+        model_dir = settings.value("model_dir") or None
     device = args.device or (settings.value("device") if settings.value("device") != "auto" else None)
     try:
-        lib = Library(folder, model=model, weights=weights, device=device, model_process=True)
+        lib = Library(folder, model=model, weights=weights, device=device, model_process=True, model_dir=model_dir)
     except ClipdeskError as e:
         QMessageBox.critical(None, "clipdesk", str(e))
         return 1

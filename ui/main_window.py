@@ -17,7 +17,7 @@ from PySide6.QtWidgets import (QApplication, QComboBox, QDialog, QFileDialog, QH
                                QPushButton, QSplitter, QStackedWidget, QTabWidget, QToolButton, QVBoxLayout,
                                QWidget)
 
-from clipdesk.errors import ClipdeskError, ModelMismatchError
+from clipdesk.errors import ClipdeskError, ModelError, ModelMismatchError
 from clipdesk.library import Library
 
 from . import desktop
@@ -30,6 +30,7 @@ from .views.context import Context
 from .views.dialogs import SettingsDialog
 from .views.duplicates import DuplicatesView
 from .views.folders import FoldersPanel
+from .views.inbox import InboxView
 from .views.model_setup import ModelSetup
 from .views.search import SearchBar, SearchView
 from .views.status import StatusArea
@@ -173,6 +174,8 @@ class MainWindow(QMainWindow):
         self.tabs.addTab(self.teach_view, "Teach")
         self.duplicates_view = DuplicatesView(self.ctx, self.settings)
         self.tabs.addTab(self.duplicates_view, "Duplicates")
+        self.inbox_view = InboxView(self.ctx, PROBE)  # new photos the taught categories were unsure about
+        self.tabs.addTab(self.inbox_view, "Inbox")
         split.addWidget(self.tabs)
         split.setStretchFactor(1, 1)
         split.setCollapsible(0, True)  # drag the divider to the left edge to hide the folders
@@ -216,7 +219,7 @@ class MainWindow(QMainWindow):
         quit_.triggered.connect(lambda _c=False: self.close())
         view = bar.addMenu("&View")
         view.setObjectName("viewMenu")
-        for i, name in enumerate(("Search", "Sort", "Teach", "Duplicates")):
+        for i, name in enumerate(("Search", "Sort", "Teach", "Duplicates", "Inbox")):
             act = view.addAction(name)
             act.setShortcut(QKeySequence(f"Ctrl+{i + 1}"))
             act.triggered.connect(lambda _c=False, i=i: self.show_tab(i))
@@ -259,7 +262,7 @@ class MainWindow(QMainWindow):
         self.undo_button.clicked.connect(lambda _c=False: self.undo_stack.undo())
         self.undo_stack.canUndoChanged.connect(self.undo_button.setEnabled)
         self.undo_stack.undoTextChanged.connect(lambda t: self.undo_button.setToolTip(f"Undo {t} (Ctrl+Z)"))
-        for view in (self.search_view, self.sort_view, self.teach_view, self.duplicates_view):
+        for view in (self.search_view, self.sort_view, self.teach_view, self.duplicates_view, self.inbox_view):
             view.count_changed.connect(lambda _t: self._show_count())
             view.open_requested.connect(self.open_file)
             view.show_in_folder_requested.connect(self.show_in_folder)
@@ -267,6 +270,9 @@ class MainWindow(QMainWindow):
         self.sort_view.progress.connect(self.status.job_progress)
         self.teach_view.progress.connect(self.status.job_progress)
         self.duplicates_view.progress.connect(self.status.job_progress)
+        self.inbox_view.progress.connect(self.status.job_progress)
+        self.inbox_view.title_changed.connect(lambda t: self.tabs.setTabText(self.tabs.indexOf(self.inbox_view), t))
+        self.inbox_view.retrained.connect(lambda r: self.teach_view._trained(r, False))
         self.duplicates_view.changed.connect(self._library_content_changed)
         self.watch.message.connect(lambda m: self.statusBar().showMessage(m, 6000))
         self.watch.changed.connect(self._watched_change)
@@ -350,6 +356,7 @@ class MainWindow(QMainWindow):
             self.model_setup.warm()
         self.search_view.run()
         self.teach_view.load_source()
+        self.inbox_view.reload()
         self.watch.sync()
 
     def _model_changed(self) -> None:
@@ -559,18 +566,21 @@ class MainWindow(QMainWindow):
                 "open a new library (File → Open library…, an empty folder) and add your folders there.") \
             if vectors else ""
         dlg = SettingsDialog(self, self.lib.model_name, self.settings.value("device", "auto") or "auto",
-                             self.thumbnails.size, self.lib.folder, note)
+                             self.thumbnails.size, self.lib.folder, note, self.lib.spec.folder or "")
         if dlg.exec() != QDialog.DialogCode.Accepted:
             return
         self.apply_settings(dlg.model.text().strip(), dlg.device.currentText(), dlg.thumb.value(),
-                            dlg.library.text().strip())
+                            dlg.library.text().strip(), dlg.model_dir.text().strip())
 
-    def apply_settings(self, model: str, device: str, thumb: int, library: str) -> list[str]:
-        """Apply settings at once; returns what changed (and says precisely what could not)."""
+    def apply_settings(self, model: str, device: str, thumb: int, library: str,
+                       model_dir: str = "") -> list[str]:
+        """Apply settings at once; returns what changed (and says precisely what could not).
+        ``model_dir``: a model folder, used instead of ``model`` when given."""
         done = []
         if thumb != self.thumbnails.size:
             self.thumbnails.set_size(thumb)
-            for g in (self.search_view.grid, self.sort_view.grid, self.teach_view.grid, self.teach_view.review_grid):
+            for g in (self.search_view.grid, self.sort_view.grid, self.teach_view.grid, self.teach_view.review_grid,
+                      self.inbox_view.grid):
                 g.set_thumb_size(thumb)
             self.settings.setValue("thumb_size", thumb)
             done.append(f"thumbnails {thumb} px")
@@ -582,12 +592,27 @@ class MainWindow(QMainWindow):
             self.settings.setValue("device", device)
             self.lib.device = None if device == "auto" else device
             if self.lib.encoder_loaded:  # reload the same model on the new device
-                if self.lib.spec.weights:
-                    self.lib.use_model(None, self.lib.spec.weights)
-                else:
-                    self.lib.use_model(self.lib.spec.name)
+                self.lib.use_model(None, self.lib.spec.weights, self.lib.spec.folder)
                 self.model_setup.warm()
             done.append(f"device {device}")
+        if model_dir and os.path.abspath(os.path.expanduser(model_dir)) != self.lib.spec.folder:
+            from .views.dialogs import check_model_folder
+
+            model_dir = os.path.abspath(os.path.expanduser(model_dir))
+            problem = check_model_folder(model_dir)
+            try:
+                if problem:
+                    raise ModelError(problem)
+                self.lib.use_model(None, None, model_dir)
+            except ClipdeskError as e:
+                self.show_error(f"Model not changed: {e}", type(e).__name__, "settings")
+            else:
+                self.settings.setValue("model_dir", model_dir)
+                self.settings.remove("weights")
+                self._remember_library()
+                self._model_changed()
+                done.append(f"model folder {model_dir}")
+            model = ""  # the folder is the model
         if model and model != self.lib.model_name and model != self.lib.spec.name:
             try:
                 self.lib.use_model(model)
@@ -600,6 +625,7 @@ class MainWindow(QMainWindow):
             else:
                 self.settings.setValue("model", model)
                 self.settings.remove("weights")
+                self.settings.remove("model_dir")
                 self._remember_library()
                 self._model_changed()
                 done.append(f"model {model}")
@@ -650,9 +676,10 @@ class MainWindow(QMainWindow):
             # a library with no vectors yet: the model chosen for it before, else the one in use now
             # (a person who chose the demo model or a checkpoint is not asked again)
             entry = self.recent.get(new.folder)
-            model, weights = (entry.model, entry.weights) if entry and entry.model else model_choice(self.lib.spec)
+            model, weights, model_dir = (entry.model, entry.weights, entry.model_dir) \
+                if entry and (entry.model or entry.model_dir) else model_choice(self.lib.spec)
             try:
-                new.use_model(model, weights)
+                new.use_model(model, weights, model_dir)
             except ClipdeskError:
                 pass  # the model loads (or asks) when needed, as on a first run
         self._remember_library()

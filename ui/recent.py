@@ -1,8 +1,8 @@
 """The libraries a person has opened, newest first, each with the model it was opened with.
 
-Kept in the app's settings as one JSON value (a list of ``{"folder", "model", "weights"}``), so
-switching back to a library, or relaunching into it, opens it with the model chosen for it
-(the demo model, or a checkpoint file) instead of asking for weights again. Plain data only:
+Kept in the app's settings as one JSON value (a list of ``{"folder", "model", "weights",
+"model_dir"}``), so switching back to a library, or relaunching into it, opens it with the model
+chosen for it (the demo model, a model folder, or a checkpoint file) instead of asking again. Plain data only:
 no pickle, and a damaged value reads as an empty list.
 """
 from __future__ import annotations
@@ -21,18 +21,23 @@ class RecentLibrary:
     folder: str
     model: str | None = None  # a model name ("test-tiny", "ViT-B-32-256/datacomp_s34b_b86k"), or the
     weights: str | None = None  # architecture of a local checkpoint file
+    model_dir: str | None = None  # a model folder (Immich's layout), run without PyTorch
 
     @property
     def exists(self) -> bool:
         return os.path.isfile(os.path.join(self.folder, "catalog.sqlite"))
 
 
-def model_choice(spec) -> tuple[str | None, str | None]:
-    """(model, weights) to store for a library's model spec (``ModelSpec``-like: arch, name, weights)."""
+def model_choice(spec) -> tuple[str | None, str | None, str | None]:
+    """(model, weights, model_dir) to store for a library's model spec (``ModelSpec``-like: arch,
+    name, weights, folder)."""
     weights = getattr(spec, "weights", None)
     if weights:
-        return getattr(spec, "arch", None), weights
-    return getattr(spec, "name", None), None
+        return getattr(spec, "arch", None), weights, None
+    folder = getattr(spec, "folder", None)
+    if folder:
+        return getattr(spec, "name", None), None, folder
+    return getattr(spec, "name", None), None, None
 
 
 class RecentLibraries:
@@ -50,23 +55,25 @@ class RecentLibraries:
         out: list[RecentLibrary] = []
         for d in data if isinstance(data, list) else []:
             if isinstance(d, dict) and isinstance(d.get("folder"), str):
-                model, weights = d.get("model"), d.get("weights")
+                model, weights, model_dir = d.get("model"), d.get("weights"), d.get("model_dir")
                 out.append(RecentLibrary(d["folder"], model if isinstance(model, str) else None,
-                                         weights if isinstance(weights, str) else None))
+                                         weights if isinstance(weights, str) else None,
+                                         model_dir if isinstance(model_dir, str) else None))
         return out[:MAX_RECENT]
 
     def get(self, folder: str) -> RecentLibrary | None:
         folder = os.path.abspath(os.path.expanduser(folder))
         return next((e for e in self.entries() if e.folder == folder), None)
 
-    def remember(self, folder: str, model: str | None = None, weights: str | None = None) -> None:
+    def remember(self, folder: str, model: str | None = None, weights: str | None = None,
+                 model_dir: str | None = None) -> None:
         """Put ``folder`` first; keep its earlier model when none is given."""
         folder = os.path.abspath(os.path.expanduser(folder))
         old = self.get(folder)
-        if model is None and old is not None:
-            model, weights = old.model, old.weights
+        if model is None and model_dir is None and old is not None:
+            model, weights, model_dir = old.model, old.weights, old.model_dir
         rest = [e for e in self.entries() if e.folder != folder]
-        self._save([RecentLibrary(folder, model, weights), *rest])
+        self._save([RecentLibrary(folder, model, weights, model_dir), *rest])
 
     def forget(self, folder: str) -> None:
         folder = os.path.abspath(os.path.expanduser(folder))

@@ -35,6 +35,9 @@ class _Classified(NamedTuple):  # what organise.plan_sort reads from a row
     probability: float
 
 
+OPERATION_NAMES = {"tags": "tags write", "sort": "sort", "auto": "auto batch"}
+
+
 def _plural(n: int, word: str) -> str:
     return f"{n:,} {word}{'' if n == 1 else 's'}"
 
@@ -183,8 +186,7 @@ class ResultActions(QWidget):
 
     def _show_undo(self) -> None:
         last = self.last
-        self.undo_last.setText(f"Undo last {'tags write' if last[0] == 'tags' else 'sort'}" if last
-                               else "Undo last tags write / sort")
+        self.undo_last.setText(f"Undo last {OPERATION_NAMES[last[0]]}" if last else "Undo last tags write / sort")
         self.undo_last.setEnabled(last is not None)
 
     def _chosen(self) -> list[Row]:
@@ -337,6 +339,9 @@ class ResultActions(QWidget):
             return
         kind, operation = self.last
         self.undo_last.setEnabled(False)
+        if kind == "auto":
+            self._undo_auto_batch()
+            return
 
         def done(r) -> None:
             self.ctx.set_last_file_operation(None)
@@ -351,3 +356,20 @@ class ResultActions(QWidget):
 
         self.ctx.jobs.start(tags.undo if kind == "tags" else organise.undo, self.ctx.lib, operation,
                             name="undo", on_result=done, on_error=failed)
+
+    def _undo_auto_batch(self) -> None:
+        """The newest auto-apply batch back: its sorting, keywords and Inbox entries (``auto undo``)."""
+        from clipdesk import auto
+
+        def done(r: dict) -> None:
+            self.ctx.set_last_file_operation(None)
+            self.ctx.resolved.emit("interop")
+            self.ctx.auto_changed.emit()
+            self.message.emit(f"Undid the auto batch of '{r['probe']}': {_plural(r['applied'], 'photo')} "
+                              "no longer tagged or sorted.")
+
+        def failed(message: str, k: str) -> None:
+            self.undo_last.setEnabled(True)
+            self._fail(message, k)
+
+        self.ctx.jobs.start(auto.undo, self.ctx.lib, name="undo", on_result=done, on_error=failed)

@@ -21,13 +21,15 @@ class Context(QObject):
     message = Signal(str)  # a transient status line
     library_changed = Signal()  # another library was opened: views reset
     file_operation_changed = Signal()  # the last tags write / sort to undo changed (every Do ▸ menu shows it)
+    auto_changed = Signal()  # an auto-apply batch ran or was undone: the Inbox reloads
 
     def __init__(self, lib: Library, jobs: Jobs, thumbnails: Thumbnails, labels: LabelStore,
                  undo: QUndoStack, parent: QObject | None = None) -> None:
         super().__init__(parent)
         self.lib, self.jobs, self.thumbnails, self.labels, self.undo = lib, jobs, thumbnails, labels, undo
-        # The last file operation beside the photos, wherever it was started (Sort or Teach): one
-        # Undo for it, not one per tab. (kind "tags" | "sort", journal operation id or None)
+        # The last file operation beside the photos, wherever it was started (Sort, Teach, or an
+        # auto-apply batch of the folder watcher): one Undo for it, not one per tab.
+        # (kind "tags" | "sort" | "auto", journal operation id or None)
         self.last_file_operation: tuple[str, str | None] | None = None
         labels.message.connect(self.message)
         labels.error.connect(lambda m, k: self.error.emit(m, k, "labels"))

@@ -40,17 +40,35 @@ def confirm(parent: QWidget, title: str, text: str, action: str) -> bool:
     return box.clickedButton() is ok
 
 
-class ModelDialog(QDialog):
-    """First run without network: the model that could not be fetched and three ways on."""
+def check_model_folder(path: str) -> str:
+    """"" when ``path`` is a usable model folder, else its one-line problem (the runtime's own check:
+    bounded JSON reads and file headers, nothing loaded)."""
+    from clipdesk.errors import ClipdeskError
+    from clipdesk.runtime.folder import ModelFolder
 
-    CHECKPOINT, DEMO, RETRY = 1, 2, 3
+    try:
+        ModelFolder.open(Path(path))
+    except ClipdeskError as e:
+        return str(e).splitlines()[0] if str(e) else type(e).__name__
+    return ""
+
+
+class ModelDialog(QDialog):
+    """First run without network: the model that could not be fetched and the ways on — a model
+    folder (Immich's layout, run without PyTorch), a checkpoint file (only where PyTorch is
+    installed), the demo model, or a retry."""
+
+    CHECKPOINT, DEMO, RETRY, FOLDER = 1, 2, 3, 4
 
     def __init__(self, parent: QWidget, model: str, message: str) -> None:
+        from clipdesk.runtime import torch_available
+
         super().__init__(parent)
         self.setObjectName("modelDialog")
-        self.setWindowTitle("Model weights needed")
+        self.setWindowTitle("Model needed")
         self.choice = 0
         self.checkpoint = ""
+        self.folder = ""
         lay = QVBoxLayout(self)
         head = QLabel(f"<b>clipdesk could not fetch the model {model}.</b>")
         head.setWordWrap(True)
@@ -61,14 +79,30 @@ class ModelDialog(QDialog):
         why.setWordWrap(True)
         why.setProperty("muted", "true")
         explain = QLabel(
-            "The model's weights are downloaded once (about 600 MB) and need a network connection. "
+            "The model is downloaded once (a few hundred MB) and needs a network connection. "
             "You can instead:")
         explain.setWordWrap(True)
         for w in (head, why, explain):
             lay.addWidget(w)
-        self.choose = QPushButton("Choose a checkpoint file…")
-        self.choose.setObjectName("chooseCheckpoint")
-        self.choose.setToolTip("A .safetensors/.bin/.pt file of this model downloaded elsewhere")
+        self.choose = QPushButton("Choose a model folder…")
+        self.choose.setObjectName("chooseModelFolder")
+        self.choose.setToolTip("A model folder copied from elsewhere: config.json, visual/ and textual/ with "
+                               "their ONNX models (the layout Immich publishes)")
+        lay.addWidget(self.choose)
+        self.folder_error = QLabel()
+        self.folder_error.setObjectName("modelFolderError")
+        self.folder_error.setWordWrap(True)
+        self.folder_error.setStyleSheet("color: #8c1d18;")
+        self.folder_error.hide()
+        lay.addWidget(self.folder_error)
+        self.checkpoint_button = None
+        if torch_available():  # checkpoints run in PyTorch, an optional extra
+            self.checkpoint_button = QPushButton("Choose a checkpoint file… (PyTorch is installed)")
+            self.checkpoint_button.setObjectName("chooseCheckpoint")
+            self.checkpoint_button.setToolTip("A .safetensors/.bin/.pt file of this model downloaded elsewhere; "
+                                              "it runs in PyTorch")
+            self.checkpoint_button.clicked.connect(lambda _c=False: self.choose_checkpoint())
+            lay.addWidget(self.checkpoint_button)
         self.demo = QPushButton("Use the demo model")
         self.demo.setObjectName("useDemo")
         demo_note = QLabel("The demo model has random weights: the app works, but its search results and "
@@ -78,16 +112,30 @@ class ModelDialog(QDialog):
         self.retry = QPushButton("Retry the download")
         self.retry.setObjectName("retryDownload")
         self.retry.setDefault(True)
-        lay.addWidget(self.choose)
         lay.addWidget(self.demo)
         lay.addWidget(demo_note)
         lay.addWidget(self.retry)
-        self.choose.clicked.connect(self._choose)
+        self.choose.clicked.connect(lambda _c=False: self.choose_folder())
         self.demo.clicked.connect(lambda: self._done(self.DEMO))
         self.retry.clicked.connect(lambda: self._done(self.RETRY))
         self.setMinimumWidth(460)
 
-    def _choose(self) -> None:
+    def choose_folder(self, path: str | None = None) -> bool:
+        """Pick a model folder (``path``, else a folder chooser); a broken one keeps the dialog open
+        with its one-line problem under the button."""
+        path = path if path is not None else ask_folder(self, "Model folder (config.json, visual/, textual/)")
+        if not path:
+            return False
+        problem = check_model_folder(path)
+        if problem:
+            self.folder_error.setText(f"Not a usable model folder: {problem}")
+            self.folder_error.show()
+            return False
+        self.folder = os.path.abspath(path)
+        self._done(self.FOLDER)
+        return True
+
+    def choose_checkpoint(self) -> None:
         f, _ = QFileDialog.getOpenFileName(self, "CLIP checkpoint", "", CHECKPOINTS,
                                            options=QFileDialog.Option.DontUseNativeDialog)
         if f:
@@ -103,7 +151,7 @@ class SettingsDialog(QDialog):
     """Model, device, thumbnail size and library folder; the window applies them at once."""
 
     def __init__(self, parent: QWidget, model: str, device: str, thumb: int, library: str,
-                 model_note: str = "") -> None:
+                 model_note: str = "", model_dir: str = "") -> None:
         super().__init__(parent)
         self.setObjectName("settingsDialog")
         self.setWindowTitle("Settings")
@@ -122,6 +170,17 @@ class SettingsDialog(QDialog):
         self.thumb.setSingleStep(16)
         self.thumb.setSuffix(" px")
         self.thumb.setValue(thumb)
+        folder_row = QHBoxLayout()
+        self.model_dir = QLineEdit(model_dir)
+        self.model_dir.setObjectName("settingsModelDir")
+        self.model_dir.setPlaceholderText("none: the model above, by name")
+        self.model_dir.setToolTip("A model folder (config.json, visual/, textual/ with ONNX models): "
+                                  "used instead of the model name")
+        folder_browse = QPushButton("Choose…")
+        folder_browse.setObjectName("settingsModelDirBrowse")
+        folder_browse.clicked.connect(self._browse_model_dir)
+        folder_row.addWidget(self.model_dir, 1)
+        folder_row.addWidget(folder_browse)
         row = QHBoxLayout()
         self.library = QLineEdit(library)
         self.library.setObjectName("settingsLibrary")
@@ -130,6 +189,7 @@ class SettingsDialog(QDialog):
         row.addWidget(self.library, 1)
         row.addWidget(browse)
         form.addRow("Model", self.model)
+        form.addRow("Model folder", folder_row)
         if model_note:
             note = QLabel(model_note)
             note.setWordWrap(True)
@@ -146,6 +206,11 @@ class SettingsDialog(QDialog):
         buttons.rejected.connect(self.reject)
         form.addRow(buttons)
         self.setMinimumWidth(520)
+
+    def _browse_model_dir(self) -> None:
+        d = ask_folder(self, "Model folder (config.json, visual/, textual/)")
+        if d:
+            self.model_dir.setText(d)
 
     def _browse(self) -> None:
         d = QFileDialog.getExistingDirectory(self, "Library folder", self.library.text(),

@@ -1,5 +1,6 @@
 """The model's life in the app: warm it up, and when its weights cannot be fetched (first run
-offline) ask once — choose a checkpoint, use the demo model, or retry.
+offline) ask once — choose a model folder (or, with PyTorch installed, a checkpoint), use the demo
+model, or retry.
 
 However many jobs hit the missing model at the same time (the warm-up and an indexing job on a
 first run), one dialog opens; a failure of a job started before the user's choice is stale and
@@ -93,25 +94,32 @@ class ModelSetup(QObject):
             self.banner.clear("model")
             self.changed.emit()
             return
-        if choice not in (ModelDialog.DEMO, ModelDialog.CHECKPOINT):
+        if choice not in (ModelDialog.DEMO, ModelDialog.CHECKPOINT, ModelDialog.FOLDER):
             self.banner.show_message(f"No model loaded: {without_command_line(message)} Open Settings to choose "
-                                     "a model or a checkpoint file.", "model")
+                                     "a model or a model folder.", "model")
             return
-        model, weights = (DEMO_MODEL, None) if choice == ModelDialog.DEMO else (None, dlg.checkpoint)
+        model, weights, folder = {ModelDialog.DEMO: (DEMO_MODEL, None, None),
+                                  ModelDialog.CHECKPOINT: (None, dlg.checkpoint, None),
+                                  ModelDialog.FOLDER: (None, None, dlg.folder)}[choice]
         # Off the GUI thread: switching waits for the model loading that just failed to let go of the
         # library (seconds on a busy machine), and the window must stay responsive meanwhile.
-        self.ctx.jobs.start(lib.use_model, model, weights, name="model choice",
-                            on_result=lambda _r: self._chosen(choice, weights),
+        self.ctx.jobs.start(lib.use_model, model, weights, folder, name="model choice",
+                            on_result=lambda _r: self._chosen(choice, weights, folder),
                             on_error=lambda m, k: self.ctx.error.emit(m, k, "model"))
 
-    def _chosen(self, choice: int, weights: str | None) -> None:
+    def _chosen(self, choice: int, weights: str | None, folder: str | None = None) -> None:
         if choice == ModelDialog.DEMO:
             self.settings.setValue("model", DEMO_MODEL)
             self.settings.remove("weights")
+            self.settings.remove("model_dir")
             self.banner.show_message("Using the demo model: it has random weights, so search results and "
                                      "sorting are meaningless. Settings → Model switches to a real one.",
                                      "model-demo", info=True)
+        elif choice == ModelDialog.FOLDER:
+            self.settings.setValue("model_dir", folder)
+            self.settings.remove("weights")
         else:
             self.settings.setValue("weights", weights)
+            self.settings.remove("model_dir")
         self.banner.clear("model")
         self.changed.emit()

@@ -22,6 +22,7 @@ from clipdesk.teaching import NONE_CLASS, negative_label
 
 from ..models import AnswerItems, Item, ResultsModel
 from .actions import ResultActions
+from .auto_apply import AutoApplyRow
 from .buckets import BucketsPanel
 from .context import Context
 from .grid import PhotoGrid
@@ -85,6 +86,8 @@ class TeachView(QWidget):
         self.buckets = BucketsPanel(ctx.labels, ctx.thumbnails)
         self.buckets.setFixedHeight(118)
         lay.addWidget(self.buckets)
+        self.auto_row = AutoApplyRow(ctx, PROBE)  # the taught categories that keep applying
+        lay.addWidget(self.auto_row)
 
         split = QSplitter()
         split.setChildrenCollapsible(False)
@@ -143,6 +146,10 @@ class TeachView(QWidget):
         rh.addWidget(self.confidence, 1)
         rh.addWidget(self.confidence_label)
         rl.addLayout(rh)
+        self.review_counts = ElidedLabel("")  # how the probe sorted the library: no category takes over unseen
+        self.review_counts.setObjectName("reviewCounts")
+        self.review_counts.setProperty("muted", "true")
+        rl.addWidget(self.review_counts)
         self.review_results = ResultsModel(ctx.thumbnails, self)
         self.review_grid = PhotoGrid(self.review_results, ctx.thumbnails.size, ctx.labels, "reviewGrid")
         self.review_grid.set_empty_text("Train, then Apply: the photos the model sorted appear here, "
@@ -197,6 +204,7 @@ class TeachView(QWidget):
         except ClipdeskError:
             probes = []
         earlier = next((p for p in probes if p.name == PROBE and p.model == self.ctx.lib.model_name), None)
+        self.auto_row.load()
         if earlier is None:
             self.train_result.setText("Fill a bucket or two, then press Train.")
             self.apply_button.setEnabled(False)
@@ -294,6 +302,7 @@ class TeachView(QWidget):
             f"Trained on {r.examples} photos: accuracy {r.cv_accuracy:.0%} on examples held out of training "
             f"(cross-validated; zero-shot would get {r.zeroshot_accuracy:.0%}).")
         self.apply_button.setEnabled(True)
+        self.auto_row.rescore()  # the thresholds follow the new probe
         self.trained.emit()
         if self.source.currentIndex() == 0:
             self.load_source()  # what to label next depends on the new probe
@@ -319,6 +328,9 @@ class TeachView(QWidget):
         if counts.get(None) or counts.get(NONE_CLASS):
             rest = f"{NOT_PREFIX}{self.concept}" if self.concept else "none of the buckets"
             self.review_category.addItem(rest, "")
+        rest_n = sum(counts.get(k) or 0 for k in (None, NONE_CLASS, BACKGROUND))
+        self.review_counts.setText("Predicted: " + " · ".join(
+            [f"{c} {counts[c]:,}" for c in cats] + ([f"{self.rest_name()} {rest_n:,}"] if rest_n else [])))
         i = self.review_category.findData(keep)
         self.review_category.setCurrentIndex(max(0, i))
         self.review_category.blockSignals(False)

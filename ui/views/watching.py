@@ -9,6 +9,11 @@ its worker thread and are posted to the GUI thread through a queued signal. Its 
 with the app's own jobs (``Library.writing`` serialises writer threads), so an indexing job and a
 watcher batch never write at once. The toggle ("Watch folders", a QSettings value, default on) is
 a check box in the status bar.
+
+After each batch that indexed something, the categories that keep applying run on the new photos
+(``clipdesk.auto.run``, as ``clipdesk watch`` does) on the watcher's own worker thread, so the app
+never waits on them; their reports come to the GUI thread as ``auto_ran`` and a status line
+("12 new photos: 5 tagged Beach, 3 in the Inbox").
 """
 from __future__ import annotations
 
@@ -27,6 +32,24 @@ DEBOUNCE = 1.0  # seconds of quiet before a batch is indexed
 MAX_DELAY = 5.0  # during a long copy, a batch at least this often
 
 
+def describe_auto(reports) -> str:
+    """"12 new photos: 5 tagged Beach, 3 in the Inbox" — what an auto-apply run did ("" for nothing)."""
+    photos = sum(r.photos for r in reports)
+    parts = []
+    for r in reports:
+        verb = "tagged" if r.tags_operation else "sorted as" if r.sort_operation else "labelled"
+        parts += [f"{n:,} {verb} {cat}" for cat, n in r.applied.items()]
+    inbox = sum(r.inbox for r in reports)
+    if inbox:
+        parts.append(f"{inbox:,} in the Inbox")
+    problems = [p for r in reports for p in r.problems]
+    text = f"{_plural(photos, 'new photo')}: {', '.join(parts) or 'nothing applied'}" if photos else ""
+    if problems:
+        text += ("; " if text else "") + f"auto-apply: {problems[0]}" + (
+            f" (and {len(problems) - 1} more problems)" if len(problems) > 1 else "")
+    return text
+
+
 def describe(report) -> str:
     """"3 new photos, 1 removed" — what a watcher batch changed ("" when nothing did)."""
     parts = []
@@ -43,7 +66,9 @@ def describe(report) -> str:
 class FolderWatch(QObject):
     changed = Signal()  # photos appeared, changed or left: the views refresh
     message = Signal(str)  # a short status line ("3 new photos")
+    auto_ran = Signal(object)  # list of clipdesk.auto.RunReport, after a batch the auto categories ran on
     _update = Signal(object)  # from the watcher's thread to the GUI thread
+    _auto = Signal(object)
 
     def __init__(self, ctx: Context, settings: QSettings, parent: QObject | None = None,
                  debounce: float = DEBOUNCE) -> None:
@@ -60,6 +85,7 @@ class FolderWatch(QObject):
         self.toggle.setChecked(self.enabled)
         self.toggle.toggled.connect(self.set_enabled)
         self._update.connect(self._on_update, Qt.ConnectionType.QueuedConnection)
+        self._auto.connect(self._on_auto, Qt.ConnectionType.QueuedConnection)
 
     @property
     def enabled(self) -> bool:
@@ -89,8 +115,9 @@ class FolderWatch(QObject):
         if self.watcher is None:
             if not self.ctx.lib.catalog.folders():
                 return
-            self.watcher = LibraryWatcher(self.ctx.lib, self._update.emit, debounce=self.debounce,
-                                          max_delay=MAX_DELAY)
+            lib = self.ctx.lib
+            self.watcher = LibraryWatcher(lib, self._update.emit, debounce=self.debounce,
+                                          max_delay=MAX_DELAY, after_batch=lambda: self._run_auto(lib))
             self._helper.submit(self._start, self.watcher)
         else:
             self._helper.submit(self.watcher.sync_folders)
@@ -126,6 +153,30 @@ class FolderWatch(QObject):
         self._closed = True
         self.stop()
         self._helper.shutdown(wait=True)
+
+    # ------------------------------------------------------------------ auto-apply
+    def _run_auto(self, lib) -> str:
+        """On the watcher's worker thread, after a batch: the auto categories on the new photos.
+        Its ClipdeskError becomes an "error" update (the watcher keeps running)."""
+        from clipdesk import auto
+
+        if not auto.load_store(lib)["auto"]:
+            return ""
+        reports = auto.run(lib)
+        if any(r.photos or r.problems for r in reports):
+            self._auto.emit(reports)
+        return ""  # said by _on_auto, not as a second message
+
+    def _on_auto(self, reports) -> None:
+        if self._closed:
+            return
+        text = describe_auto(reports)
+        if text:
+            self.message.emit(text)
+        if any(r.applied or r.tags_operation or r.sort_operation for r in reports):
+            self.ctx.set_last_file_operation(("auto", None))  # one Undo takes the batch back
+        self.ctx.auto_changed.emit()
+        self.auto_ran.emit(reports)
 
     # ------------------------------------------------------------------ updates
     def _on_update(self, u: WatchUpdate) -> None:
