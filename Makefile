@@ -30,7 +30,7 @@ $(VENV)/.installed-test: $(VENV)/.installed pyproject.toml
 	touch $@
 
 $(LITE)/.installed: pyproject.toml
-	$(PYTHON) -m venv $(LITE)
+	$(PYTHON) -m venv --clear $(LITE)
 	$(LITE)/bin/python -m pip install --quiet --upgrade pip
 	$(LITE)/bin/python -m pip install --quiet -e .
 	touch $@

@@ -284,6 +284,22 @@ def test_model_process_gives_the_same_embeddings():
         RemoteEncoder(ModelSpec.parse("ViT-B-32-256/no-such-tag"))
 
 
+def test_onnx_runtime_dynamic_int8_agrees_with_fp32_and_is_built_once(monkeypatch):
+    from clipdesk.runtime import choose
+
+    monkeypatch.setattr(choose.openvino, "nncf_available", lambda: False)  # the default install's int8
+    fp32 = load_encoder(ModelSpec.parse("test-tiny"), precision="fp32")
+    int8 = load_encoder(ModelSpec.parse("test-tiny"), precision="int8")
+    imgs = _images()
+    assert _cos(fp32.encode_images(imgs), int8.encode_images(imgs)).mean() > 0.99
+    assert int8.backend == "onnxruntime" and int8.precision == "int8"
+    built = list((choose.cache_dir() / "int8").glob("test-tiny-*.onnx"))
+    assert len(built) == 1
+    mtime = built[0].stat().st_mtime_ns
+    load_encoder(ModelSpec.parse("test-tiny"), precision="int8").encode_images(imgs[:1])
+    assert built[0].stat().st_mtime_ns == mtime and not list((choose.cache_dir() / "int8").glob("*.tmp*"))
+
+
 def test_backend_choice_rule():
     from clipdesk.runtime.choose import pick
 
@@ -309,8 +325,7 @@ def test_auto_is_measured_once_per_machine_and_not_cached_under_load(tmp_path, m
     timed = []
     real = choose.measure
     monkeypatch.setattr(choose, "measure", lambda c, x, **k: timed.append(1) or real(c, x, **k))
-    monkeypatch.setattr(choose, "nncf_available", lambda: False, raising=False)
-    monkeypatch.setattr(choose.openvino, "nncf_available", lambda: False)
+    monkeypatch.setattr(choose, "int8_backend", lambda: None)  # int8 has its own test
     monkeypatch.setattr(choose, "machine_loaded", lambda: True)
     _auto_encoder(folder)
     _auto_encoder(folder)

@@ -1,9 +1,11 @@
 """The measured choice of backend and precision for the image tower, cached per machine.
 
-On first use of a model's image tower, ONNX Runtime fp32 is timed against OpenVINO (which runs bf16
-by itself on CPUs with bf16 units) and, where NNCF is installed (``clipdesk[int8]``), a static int8
-OpenVINO graph. A candidate is kept only if its embeddings agree with fp32 (mean cosine ≥
-``MIN_AGREEMENT``) and it is faster by a margin. The verdict is cached in the user cache folder per
+On first use of a model's image tower, ONNX Runtime fp32 is timed against an int8 copy of the
+graph — ONNX Runtime's dynamic int8 (built once per model and machine), or where NNCF is installed
+(``clipdesk[int8]``) OpenVINO's static int8 — and, where OpenVINO is installed
+(``clipdesk[openvino]``), OpenVINO's own choice (bf16 on CPUs with bf16 units). A candidate is kept
+only if its embeddings agree with fp32 (mean cosine ≥ ``MIN_AGREEMENT``) and it is faster by a
+margin: ``GAIN`` for a float one, ``INT8_GAIN`` over the best float one for int8. The verdict is cached in the user cache folder per
 CPU, core count, backend versions and model, and not cached when other programs kept the cores busy
 while timing (the times would be wrong).
 """
@@ -59,11 +61,10 @@ def _cpu_name() -> str:
 
 def machine_key(folder: ModelFolder, threads: int) -> str:
     st = folder.visual.stat()
-    parts = [folder.name, f"{st.st_size}", _cpu_name(), f"threads {threads}", onnx.version()]
+    parts = [folder.name, f"{st.st_size}", _cpu_name(), f"threads {threads}", onnx.version(),
+             f"int8 {int8_backend()}"]
     if openvino.available():
         parts.append(openvino.version())
-        if openvino.nncf_available():
-            parts.append("nncf")
     return "|".join(parts)
 
 
@@ -132,26 +133,48 @@ def calibration_images(n: int, pre: Preprocessing, seed: int = 0) -> np.ndarray:
     return out
 
 
-def int8_path(folder: ModelFolder) -> Path:
+def int8_backend() -> str | None:
+    """Which int8 this install builds: "openvino" (static, NNCF), "onnxruntime" (dynamic), or None."""
+    if openvino.nncf_available():
+        return "openvino"
+    return "onnxruntime" if onnx.quantize_available() else None
+
+
+def int8_path(folder: ModelFolder, backend: str) -> Path:
     """Where this machine keeps the int8 image graph of ``folder`` (built once)."""
     st = folder.visual.stat()
-    tag = f"{folder.name}|{st.st_size}|{int(st.st_mtime)}|{openvino.version()}|calibration {CALIBRATION_IMAGES}"
+    version = openvino.version() if backend == "openvino" else onnx.version()
+    tag = f"{folder.name}|{st.st_size}|{int(st.st_mtime)}|{version}|calibration {CALIBRATION_IMAGES}"
     digest = hashlib.blake2b(tag.encode(), digest_size=10).hexdigest()
-    return cache_dir() / "int8" / f"{folder.name.replace('/', '_').replace(':', '_')}-{digest}.xml"
+    suffix = ".xml" if backend == "openvino" else ".onnx"
+    return cache_dir() / "int8" / f"{folder.name.replace('/', '_').replace(':', '_')}-{digest}{suffix}"
 
 
 def int8_session(folder: ModelFolder, threads: int, say: Callable[[str], None]):
-    """The static int8 image tower (OpenVINO + NNCF), built once per model and machine."""
-    path = int8_path(folder)
+    """The int8 image tower (see :func:`int8_backend`), built once per model and machine."""
+    backend = int8_backend()
+    if backend is None:
+        raise ModelError("precision int8 needs onnx (the default install has it) or OpenVINO with NNCF")
+    path = int8_path(folder, backend)
     if not path.is_file():
         say("Preparing an int8 image model for this machine (once)…")
         path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f"{path.stem}.{os.getpid()}.tmp{path.suffix}")
         try:
-            openvino.build_int8(folder.visual, path, calibration_images(CALIBRATION_IMAGES, folder.preprocess))
+            if backend == "openvino":
+                openvino.build_int8(folder.visual, path, calibration_images(CALIBRATION_IMAGES, folder.preprocess))
+            else:
+                onnx.quantize_dynamic_int8(folder.visual, tmp)
+                os.replace(tmp, path)
         except Exception as e:  # noqa: BLE001 - converter/quantiser errors have no common base
             raise ModelError(f"the int8 image model could not be built ({type(e).__name__}: {e})") from None
+        finally:
+            with contextlib.suppress(OSError):
+                tmp.unlink()
     try:
-        return openvino.OvSession(path, threads, "int8")
+        if backend == "openvino":
+            return openvino.OvSession(path, threads, "int8")
+        return onnx.OrtSession(path, threads, "int8")
     except ModelError:
         for p in (path, path.with_suffix(".bin")):  # a damaged cached file is dropped, built again next time
             with contextlib.suppress(OSError):
@@ -165,11 +188,9 @@ def session_for(folder: ModelFolder, precision: str, threads: int, say: Callable
         return onnx.OrtSession(folder.visual, threads)
     if precision in ("bf16", "openvino"):
         if not openvino.available():
-            raise ModelError("precision bf16 runs through OpenVINO, which is not installed")
+            raise ModelError("precision bf16 runs through OpenVINO: pip install 'clipdesk[openvino]'")
         return openvino.OvSession(folder.visual, threads, "bf16")
     if precision == "int8":
-        if not openvino.nncf_available():
-            raise ModelError("precision int8 needs OpenVINO and NNCF: pip install 'clipdesk[int8]'")
         return int8_session(folder, threads, say)
     raise ModelError(f"Unknown precision '{precision}' (auto, fp32, bf16, int8)")
 
@@ -228,13 +249,14 @@ def image_session(folder: ModelFolder, requested: str, threads: int,
         except ModelError as e:
             log.info("cached choice %s failed (%s): measuring again", choice, e)
     candidates = {"fp32": onnx.OrtSession(folder.visual, threads)}
-    if not openvino.available():  # nothing to compare with
+    loaded = machine_loaded()
+    if not openvino.available() and (int8_backend() is None or loaded):  # nothing to compare with
         return candidates["fp32"]
     say("Measuring the fastest way to run the model on this machine (once)…")
-    loaded = machine_loaded()
-    with contextlib.suppress(ModelError):
-        candidates["openvino"] = openvino.OvSession(folder.visual, threads, "bf16")
-    if openvino.nncf_available() and not loaded:  # int8 is built (seconds) only on a quiet machine
+    if openvino.available():
+        with contextlib.suppress(ModelError):
+            candidates["openvino"] = openvino.OvSession(folder.visual, threads, "bf16")
+    if int8_backend() is not None and not loaded:  # int8 is built (seconds) only on a quiet machine
         with contextlib.suppress(ModelError):
             candidates["int8"] = int8_session(folder, threads, say)
     others: dict = {}

@@ -57,8 +57,26 @@ class OrtSession:
             return np.asarray(self._session.run(None, {self.input_name: x})[0], np.float32)
 
 
+def quantize_available() -> bool:
+    from importlib.util import find_spec
+
+    try:
+        return available() and find_spec("onnx") is not None
+    except (ImportError, ValueError):
+        return False
+
+
 def quantize_dynamic_int8(src: Path, dst: Path) -> None:
-    """ONNX Runtime's dynamic int8 (int8 weights, activations quantised per batch); needs ``onnx``."""
+    """ONNX Runtime's dynamic int8 (int8 weights, activations quantised per batch; VNNI kernels
+    where the CPU has them), written to ``dst``; needs ``onnx``."""
+    import logging
+
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
-    quantize_dynamic(str(src), str(dst), weight_type=QuantType.QInt8)
+    root = logging.getLogger()
+    level = root.level
+    root.setLevel(logging.ERROR)  # the quantiser suggests a pre-processing step on the root logger
+    try:
+        quantize_dynamic(str(src), str(dst), weight_type=QuantType.QInt8)
+    finally:
+        root.setLevel(level)
