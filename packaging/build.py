@@ -157,6 +157,8 @@ def tree_size(path: Path) -> int:
 
 def max_glibc(app: Path) -> str:
     """The newest GLIBC_x.y symbol version any file in the folder needs (the .deb's libc6 floor)."""
+    if shutil.which("objdump") is None:
+        raise SystemExit("the .deb's libc6 version is read with objdump: install binutils")
     best = (2, 17)
     for path in (p for p in app.rglob("*") if p.is_file() and not p.is_symlink() and is_elf(p)):
         r = subprocess.run(["objdump", "-T", str(path)], capture_output=True, text=True)

@@ -207,7 +207,7 @@ def test_installed_bundle_runs_its_model_host(tmp_path):
     p = subprocess.Popen([str(Path(BUNDLE) / "clipdesk-gui"), "-m", "clipdesk.model_host"], env=env,
                          stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     try:
-        req = {"op": "load", "arch": "test-tiny", "pretrained": None, "weights": None, "folder": None,
+        req = {"op": "load", "arch": "test-tiny", "pretrained": "random", "weights": None, "folder": None,
                "device": None, "precision": None, "nbytes": 0}
         p.stdin.write(json.dumps(req).encode() + b"\n")
         p.stdin.flush()
