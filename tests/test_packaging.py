@@ -220,3 +220,55 @@ def test_installed_bundle_runs_its_model_host(tmp_path):
         if p.poll() is None:
             p.kill()
             p.wait()
+
+
+# What the README's apt-get line installs (the X11/XCB client libraries, xkbcommon, fontconfig,
+# freetype, D-Bus, GLib): the bundle carries its own, so it must run with the system's hidden.
+APT_LINE_LIBS = ("libxcb-", "libxkbcommon", "libX11", "libXau", "libXdmcp", "libXext", "libXrender",
+                 "libfontconfig", "libfreetype", "libdbus-1", "libglib-2.0", "libgthread-2.0")
+
+
+def _system_copies(prefixes: tuple[str, ...]) -> list[str]:
+    found = set()
+    for d in ("/usr/lib/x86_64-linux-gnu", "/lib/x86_64-linux-gnu", "/usr/lib64", "/usr/lib"):
+        if os.path.isdir(d):
+            for name in os.listdir(d):
+                path = os.path.join(d, name)
+                if name.startswith(prefixes) and ".so" in name and os.path.isfile(path):
+                    found.add(os.path.realpath(path))
+    return sorted(found)
+
+
+@pytest.mark.skipif(not BUNDLE, reason="set CLIPDESK_BUNDLE to an installed bundle (e.g. /opt/clipdesk)")
+@pytest.mark.skipif(shutil.which("Xvfb") is None or shutil.which("unshare") is None, reason="needs Xvfb, unshare")
+def test_installed_bundle_opens_its_window_without_the_systems_x11_libraries(tmp_path):
+    """The whole offscreen self-test, on a real X screen through Qt's xcb plugin, in a mount
+    namespace where every system copy of the apt-get line's libraries is replaced by an empty file."""
+    if os.geteuid() != 0:
+        pytest.skip("hiding system libraries in a mount namespace needs root")
+    hidden = _system_copies(APT_LINE_LIBS)
+    assert hidden, "no system X11 library found to hide: the check would prove nothing"
+    r, w = os.pipe()
+    xvfb = subprocess.Popen(["Xvfb", "-displayfd", str(w), "-screen", "0", "1280x800x24", "-nolisten", "tcp"],
+                            pass_fds=(w,), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    os.close(w)
+    try:
+        buf = b""
+        while not buf.endswith(b"\n"):  # Xvfb writes the display number once it accepts clients
+            chunk = os.read(r, 16)
+            assert chunk, "Xvfb exited at start"
+            buf += chunk
+        os.close(r)
+        display = ":" + buf.decode().strip()
+        binds = "; ".join(f"mount --bind /dev/null '{p}'" for p in hidden)
+        script = f"set -e; {binds}; exec '{BUNDLE}/clipdesk-gui' --selftest '{tmp_path / 'out'}'"
+        env = {**_empty_env(tmp_path), "DISPLAY": display, "QT_QPA_PLATFORM": "xcb"}
+        p = subprocess.run(["unshare", "-m", "sh", "-c", script], env=env, capture_output=True, text=True,
+                           timeout=400)
+        report = json.loads((tmp_path / "out" / "selftest.json").read_text()) \
+            if (tmp_path / "out" / "selftest.json").exists() else {}
+        assert p.returncode == 0, f"{p.stderr[-3000:]}\n{report}"
+        assert report.get("ok"), report
+    finally:
+        xvfb.terminate()
+        xvfb.wait(10)

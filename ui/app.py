@@ -45,7 +45,8 @@ class SingleInstance:
         self.name = f"clipdesk-{os.getuid() if hasattr(os, 'getuid') else 0}-{key}"
         self.lock = QLockFile(os.path.join(QDir.tempPath(), self.name + ".lock"))
         self.lock.setStaleLockTime(0)  # stale only when its process is gone
-        self.primary = self.lock.tryLock(100)
+        # a lock file that cannot be written (no writable temp folder) is no sign of another window
+        self.primary = self.lock.tryLock(100) or self.lock.error() != QLockFile.LockError.LockFailedError
         self.server = None
 
     def hand_over(self, add_folders: list[str]) -> int:
