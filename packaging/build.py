@@ -34,6 +34,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
 ICON_SIZES = (16, 24, 32, 48, 64, 128, 256, 512)
+_qt_app = None
 
 # Libraries a bundle takes from the system, as AppImage's exclude list does: the C library family
 # (tied to the kernel and the loader), the GL dispatch libraries (tied to the graphics driver) and
@@ -68,7 +69,8 @@ def render_icons(svg: Path, dest: Path) -> dict[int, Path]:
     from PySide6.QtGui import QGuiApplication, QImage, QPainter
     from PySide6.QtSvg import QSvgRenderer
 
-    app = QGuiApplication.instance() or QGuiApplication([])  # noqa: F841 - Qt needs one for painting
+    global _qt_app  # Qt paints only while an application object exists
+    _qt_app = QGuiApplication.instance() or QGuiApplication([])
     renderer = QSvgRenderer(str(svg))
     if not renderer.isValid():
         raise SystemExit(f"{svg} is not a valid SVG")
