@@ -237,8 +237,8 @@ def main() -> int:
              **timings, "loadavg": Path("/proc/loadavg").read_text().split()[:3]}
     (out / "sizes.json").write_text(json.dumps(sizes, indent=1))
     mb = 1 << 20
-    print(f"folder {app}: {sizes['folder_bytes'] / mb:.0f} MB unpacked\n{tar}: {sizes['tar_gz_bytes'] / mb:.0f} MB\n"
-          f"{deb}: {sizes['deb_bytes'] / mb:.0f} MB\ntimes {timings}, load {' '.join(sizes['loadavg'])}", flush=True)
+    print(f"folder {app}: {sizes['folder_bytes'] / mb:.0f} MiB unpacked\n{tar}: {sizes['tar_gz_bytes'] / mb:.0f} MiB\n"
+          f"{deb}: {sizes['deb_bytes'] / mb:.0f} MiB\ntimes {timings}, load {' '.join(sizes['loadavg'])}", flush=True)
     return 0
 
 
