@@ -14,7 +14,7 @@ LITE   ?= .venv-lite
 MODEL  ?=
 SAMPLE_LIBRARY ?= $(HOME)/.local/share/clipdesk/sample-library
 
-.PHONY: run test e2e bench install install-test clean
+.PHONY: run test e2e bench install install-test clean dist
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -65,6 +65,20 @@ bench: install-test
 	$(BIN)/python benchmarks/bench_ray.py
 	$(BIN)/python benchmarks/bench_fewshot.py
 	$(BIN)/python benchmarks/bench_calibration.py
+
+# The self-contained Linux app (packaging/): build/dist/clipdesk/ (an AppDir-ready folder), a .tar.gz
+# and a .deb, frozen by PyInstaller from the default install in a venv of its own (never torch).
+DIST_VENV   ?= build/dist-venv
+PYINSTALLER ?= pyinstaller==6.22.*
+$(DIST_VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(DIST_VENV)
+	$(DIST_VENV)/bin/python -m pip install --quiet --upgrade pip
+	$(DIST_VENV)/bin/python -m pip install --quiet . "$(PYINSTALLER)"
+	touch $@
+dist: $(DIST_VENV)/.installed
+	$(DIST_VENV)/bin/python -m pip install --quiet --no-deps --force-reinstall .
+	@if $(DIST_VENV)/bin/python -c "import torch" 2>/dev/null; then echo "torch is in $(DIST_VENV): the bundle is built from the default install only"; exit 1; fi
+	$(DIST_VENV)/bin/python packaging/build.py
 
 clean:
 	rm -rf $(VENV) $(LITE) build *.egg-info .pytest_cache

@@ -28,7 +28,6 @@ import threading
 from datetime import datetime
 from pathlib import Path
 
-from clipdesk import __version__
 from clipdesk.argtypes import finite_float, number, positive_int, probability
 from clipdesk.errors import ClipdeskError, LibraryNotFoundError
 from clipdesk.progress import progress_bar
@@ -49,6 +48,19 @@ EPILOG = ("exit status: 0 success, 1 error (one line on stderr), 2 usage error, 
           "(e.g. path_bytes).")
 
 
+class _VersionAction(argparse.Action):
+    """``--version``: clipdesk's version, the runtime and the model (computed only when asked)."""
+
+    def __init__(self, option_strings, dest=argparse.SUPPRESS, default=argparse.SUPPRESS, help=None):
+        super().__init__(option_strings, dest, nargs=0, default=default, help=help)
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        from clipdesk.about import report
+
+        print("\n".join(report()))
+        parser.exit()
+
+
 def build_parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--library", metavar="DIR", default=argparse.SUPPRESS,
@@ -66,7 +78,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = argparse.ArgumentParser(prog="clipdesk", parents=[common], epilog=EPILOG,
                                 description="Search and organise a photo library with CLIP.")
-    p.add_argument("--version", action="version", version=f"clipdesk {__version__}")
+    p.add_argument("--version", action=_VersionAction, help="the version, the model runtime and the model")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     def cmd(name: str, help: str) -> argparse.ArgumentParser:

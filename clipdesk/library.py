@@ -410,6 +410,11 @@ class Library:
     def encoder_loaded(self) -> bool:
         return self._encoder is not None
 
+    @property
+    def loaded_encoder(self) -> Encoder | None:
+        """The model if it is loaded, else None; never loads it (the app's About box)."""
+        return self._encoder
+
     # ------------------------------------------------------------------ vectors
     @property
     def vectors(self) -> VectorStore:

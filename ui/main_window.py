@@ -301,6 +301,10 @@ class MainWindow(QMainWindow):
         self.redo_action.setShortcut(QKeySequence.StandardKey.Redo)
         self.addAction(self.undo_action)
         self.addAction(self.redo_action)
+        about = QAction("About clipdesk", self)  # F1; also a button in Settings
+        about.setShortcut(QKeySequence.StandardKey.HelpContents)
+        about.triggered.connect(self.show_about)
+        self.addAction(about)
         space = QShortcut(QKeySequence(Qt.Key.Key_Space), self.search_view.grid,
                           context=Qt.ShortcutContext.WidgetShortcut)
         space.activated.connect(self.search_view.toggle_preview)
@@ -560,6 +564,11 @@ class MainWindow(QMainWindow):
         self.index_finished.emit()
 
     # ------------------------------------------------------------------ settings
+    def show_about(self) -> None:
+        from .views.about import show_about
+
+        show_about(self, self.lib, self.settings)
+
     def open_settings(self) -> None:
         vectors = self.lib.catalog.vector_count()
         note = (f"This library's {vectors:,} photos were indexed with this model. To use another model, "

@@ -123,6 +123,8 @@ class Session:
             self.state_file.unlink()
         gui = Path(sys.executable).with_name("clipdesk-gui")
         cmd = [str(gui)] if gui.exists() else [sys.executable, "-m", "clipdesk.ui.app"]
+        if os.environ.get("E2E_APP"):  # an installed app instead, e.g. E2E_APP=/opt/clipdesk/clipdesk-gui
+            cmd = [os.environ["E2E_APP"]]
         self.log = open(self.log_file, "ab")
         self.app = subprocess.Popen(cmd + (self.app_args if args is None else args), env=self.app_env(),
                                     stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True)

@@ -204,6 +204,10 @@ class SettingsDialog(QDialog):
         buttons = QDialogButtonBox(QDialogButtonBox.StandardButton.Ok | QDialogButtonBox.StandardButton.Cancel)
         buttons.accepted.connect(self.accept)
         buttons.rejected.connect(self.reject)
+        if hasattr(parent, "show_about"):
+            about = buttons.addButton("About clipdesk", QDialogButtonBox.ButtonRole.HelpRole)
+            about.setObjectName("aboutButton")
+            about.clicked.connect(lambda _c=False: parent.show_about())
         form.addRow(buttons)
         self.setMinimumWidth(520)
 
