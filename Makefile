@@ -71,7 +71,7 @@ bench: install-test
 DIST_VENV   ?= build/dist-venv
 PYINSTALLER ?= pyinstaller==6.22.*
 $(DIST_VENV)/.installed: pyproject.toml
-	$(PYTHON) -m venv $(DIST_VENV)
+	$(PYTHON) -m venv --clear $(DIST_VENV)
 	$(DIST_VENV)/bin/python -m pip install --quiet --upgrade pip
 	$(DIST_VENV)/bin/python -m pip install --quiet . "$(PYINSTALLER)"
 	touch $@

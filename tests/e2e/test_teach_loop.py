@@ -81,9 +81,13 @@ def test_teach_loop_by_mouse_and_keyboard(outdir: Path) -> None:
         s.fit_window()
         s.screenshot("first-run")
 
-        # Sample library: the model cannot be fetched → one dialog within 10 s → demo model.
+        # Sample library: the model cannot be fetched → one dialog within 10 s → demo model. The
+        # model's warm-up starts with the window: where it fails fast (the installed bundle starts
+        # in a moment) the dialog is up before the person clicks, else it follows the click. Both
+        # are a first run; either way the person ends on the sample library with the demo model.
         clicked = time.monotonic()
-        s.click("openSample")
+        if not s.widget("modelDialog"):
+            s.click("openSample")
         # 10 s on an idle machine (+2 s for the harness); a machine shared with other work gets its
         # share of the cores: the limit grows with the load, which is printed beside the time
         busy = max(1.0, os.getloadavg()[0] / (os.cpu_count() or 1))
@@ -97,6 +101,9 @@ def test_teach_loop_by_mouse_and_keyboard(outdir: Path) -> None:
         s.screenshot("model-dialog")
         s.click("useDemo")
         s.wait(lambda st: not s.widget("modelDialog", st), 10, "the model dialog to close")
+        time.sleep(1)
+        if s.widget("openSample"):  # the dialog came first (or took the click): the Welcome page is still there
+            s.click("openSample")
 
         # The library by date, with no query typed.
         s.wait(lambda st: (g := s.widget("searchGrid", st)) and g["count"] == SAMPLE_PHOTOS
