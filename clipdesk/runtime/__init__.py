@@ -85,8 +85,6 @@ def load_encoder(spec: ModelSpec, device: str | None = None, precision: str = "a
     if folder is None:
         dest = models_dir() / folder_name(spec.name)
         folder = export_to_folder(spec, dest, say) if torch_available() else _fetch(spec, dest, say)
-    if spec.arch == TEST_MODEL or spec.folder:
-        say(f"Loading {spec.name}…")
     return FolderEncoder(ModelFolder.open(folder, spec.name if not spec.folder else None), spec, precision,
                          threads(), say)
 
