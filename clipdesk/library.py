@@ -1151,17 +1151,44 @@ class Library:
 
 
     # --- used by the app
-    def browse(self, limit: int = 5000) -> tuple[list[SearchResult], int]:
+    def browse(self, limit: int = 5000, only: Iterable[int] | None = None,
+               exclude: Iterable[int] = ()) -> tuple[list[SearchResult], int]:
         """The newest ``limit`` images by date taken (undated last), and how many there are in all.
 
         What the app shows before any query. Read with one bounded query, so a million-photo
-        library costs ``limit`` rows, not a million.
+        library costs ``limit`` rows, not a million. ``only``/``exclude``: as in :meth:`search`
+        (the photos a rating or flag filter leaves); the count is then of those.
         """
+        exclude = set(exclude)
+        if only is not None or exclude:
+            return self._browse_some(limit, only, exclude)
         total = self.catalog.counts()[0]
         rows = self.catalog._query(  # noqa: SLF001 - one ordered, limited read; no catalog API for it yet
             "SELECT id, path, taken FROM images WHERE vector IS NOT NULL"
             " ORDER BY taken IS NULL, taken DESC, path LIMIT ?", (int(limit),))
         return [SearchResult(os.fsdecode(bytes(p)), 0.0, int(i), t) for i, p, t in rows], total
+
+    def _browse_some(self, limit: int, only: Iterable[int] | None, exclude: set[int]) -> tuple[list[SearchResult], int]:
+        def rows_of(ids: list[int]) -> list[tuple]:
+            out: list[tuple] = []
+            for at in range(0, len(ids), 900):  # SQLite's bound-parameter limit
+                part = ids[at:at + 900]
+                out += self.catalog._query(  # noqa: SLF001 - as browse
+                    f"SELECT id, path, taken FROM images WHERE vector IS NOT NULL AND id IN ({','.join('?' * len(part))})",
+                    part)
+            return out
+
+        if only is not None:
+            rows = rows_of(sorted({int(i) for i in only} - exclude))
+            rows.sort(key=lambda r: (r[2] is None, -(r[2] or 0.0), bytes(r[1])))
+            total = len(rows)
+        else:  # all but a few: the newest limit + len(exclude) rows hold the newest limit kept
+            total = self.catalog.counts()[0] - len(rows_of(sorted(exclude)))
+            rows = [r for r in self.catalog._query(  # noqa: SLF001 - as browse
+                "SELECT id, path, taken FROM images WHERE vector IS NOT NULL"
+                " ORDER BY taken IS NULL, taken DESC, path LIMIT ?", (int(limit) + len(exclude),))
+                if r[0] not in exclude]
+        return [SearchResult(os.fsdecode(bytes(p)), 0.0, int(i), t) for i, p, t in rows[:int(limit)]], total
 
     def search_terms(self, terms: Sequence[Term], k: int = 20, **kw) -> list[SearchResult]:
         """Search with already-parsed terms (the app keeps image terms out of its search field)."""

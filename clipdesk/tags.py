@@ -492,6 +492,7 @@ def _sidecar_xmps(photo: str, problems: list[Problem]) -> list[exiv2.XmpData]:
 
 
 RATING_LABEL = "rating/{}"
+COLOR_LABEL = "color/{}"
 PICKED, REJECTED = "flag/picked", "flag/rejected"
 DIGIKAM_COLORS = {1: "red", 2: "orange", 3: "yellow", 4: "green", 5: "blue", 6: "magenta", 7: "gray",
                   8: "black", 9: "white"}
@@ -598,19 +599,36 @@ def read_photo(photo: str) -> tuple[list[str], PhotoInfo, list[Problem]]:
     return keywords, info, problems
 
 
-def marked_ids(lib, rating: int | None = None, picked: bool = False) -> set[int] | None:
-    """Ids of the photos rated ``rating`` stars or more and/or picked (labels ``tags import`` made);
-    None when no filter is asked for."""
-    if rating is None and not picked:
+def marked_ids(lib, rating: int | None = None, picked: bool = False, color: str | None = None,
+               labels: dict[str, list[int]] | None = None) -> set[int] | None:
+    """Ids of the photos rated ``rating`` stars or more and/or picked and/or with colour label
+    ``color`` (labels ``tags import`` made); None when no filter is asked for."""
+    if not rating and not picked and not color:
         return None
-    labels = lib.catalog.labels()
+    labels = lib.catalog.labels() if labels is None else labels
     ids: set[int] | None = None
-    if rating is not None:
+    if rating:
         ids = {i for n in range(max(1, rating), 6) for i in labels.get(RATING_LABEL.format(n), [])}
-    if picked:
-        chosen = set(labels.get(PICKED, []))
-        ids = chosen if ids is None else ids & chosen
+    for wanted, label in ((picked, PICKED), (color, COLOR_LABEL.format((color or "").casefold()))):
+        if wanted:
+            chosen = set(labels.get(label, []))
+            ids = chosen if ids is None else ids & chosen
     return ids
+
+
+def mark_filter(lib, rating: int | None = None, picked: bool = False, color: str | None = None,
+                hide_rejected: bool = False) -> tuple[set[int] | None, set[int]]:
+    """``(only, exclude)`` for :meth:`Library.search` and :meth:`Library.browse`: the photos the
+    marks leave (None: all) and the rejected ones to leave out (when ``hide_rejected``)."""
+    labels = lib.catalog.labels()
+    return (marked_ids(lib, rating, picked, color, labels=labels),
+            set(labels.get(REJECTED, [])) if hide_rejected else set())
+
+
+def mark_colors(lib) -> list[str]:
+    """The colour labels the library's photos carry (``color/red`` → ``red``), sorted."""
+    prefix = COLOR_LABEL.format("")
+    return sorted(n[len(prefix):] for n, ids in lib.catalog.labels().items() if n.startswith(prefix) and ids)
 
 
 def read_photo_keywords(photo: str) -> tuple[list[str], list[Problem]]:

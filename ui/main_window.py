@@ -27,6 +27,7 @@ from .models import Thumbnails, paths_from_mime
 from .recent import RecentLibraries, model_choice
 from .views.banner import Banner, without_command_line
 from .views.context import Context
+from .views.filters import Marks
 from .views.dialogs import SettingsDialog
 from .views.duplicates import DuplicatesView
 from .views.folders import FoldersPanel
@@ -109,6 +110,7 @@ class MainWindow(QMainWindow):
         keys_stay_on_content(self)
         self._remember_library()
         self._restore_sort_categories()
+        self._restore_marks()
         self.status_message.connect(self.status.line)
         library.status_callback = self.status_message.emit
         self.refresh_library_views()
@@ -267,6 +269,10 @@ class MainWindow(QMainWindow):
             view.open_requested.connect(self.open_file)
             view.show_in_folder_requested.connect(self.show_in_folder)
         self.search_view.finished.connect(self.search_finished)
+        self.ctx.marks.changed.connect(self._save_marks)
+        # Teach's "Current search" follows a search the marks filter reran
+        self.search_view.finished.connect(
+            lambda: self.teach_view.source.currentIndex() == 2 and self.teach_view.load_source())
         self.sort_view.progress.connect(self.status.job_progress)
         self.teach_view.progress.connect(self.status.job_progress)
         self.duplicates_view.progress.connect(self.status.job_progress)
@@ -654,6 +660,18 @@ class MainWindow(QMainWindow):
     def _restore_sort_categories(self) -> None:
         self.sort_view.categories.setPlainText(self.recent.note(self.lib.folder, "sort_categories"))
 
+    def _save_marks(self) -> None:
+        """The marks filter (ratings, flags, colour), kept per library like the Sort categories."""
+        self.recent.set_note(self.lib.folder, "marks", self.ctx.marks.marks.to_json())
+
+    def _restore_marks(self) -> None:
+        marks = self.ctx.marks
+        marks.blockSignals(True)  # the views load once, after the switch, not once per change
+        marks.set(Marks.from_json(self.recent.note(self.lib.folder, "marks")))
+        marks.blockSignals(False)
+        for bar in (self.search_view.filter_bar, self.teach_view.filter_bar):
+            bar.show_state()
+
     def choose_library(self) -> None:
         start = os.path.dirname(self.lib.folder) if os.path.isdir(os.path.dirname(self.lib.folder)) else str(Path.home())
         d = QFileDialog.getExistingDirectory(self, "Open a library (or an empty folder for a new one)", start,
@@ -711,6 +729,7 @@ class MainWindow(QMainWindow):
         self.model_setup.failed = False
         self.refresh_library_views()
         self.search_bar.clear()  # the query was the other library's
+        self._restore_marks()
         self.search_view.reset()
         self.sort_view.reset()
         self._restore_sort_categories()

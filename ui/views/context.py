@@ -13,6 +13,7 @@ from clipdesk.library import Library
 from ..labels import LabelStore
 from ..models import Thumbnails
 from ..workers import Jobs
+from .filters import MarkFilter
 
 
 class Context(QObject):
@@ -31,6 +32,7 @@ class Context(QObject):
         # auto-apply batch of the folder watcher): one Undo for it, not one per tab.
         # (kind "tags" | "sort" | "auto", journal operation id or None)
         self.last_file_operation: tuple[str, str | None] | None = None
+        self.marks = MarkFilter(self)  # the ratings/flags/colour filter the library's grids share
         labels.message.connect(self.message)
         labels.error.connect(lambda m, k: self.error.emit(m, k, "labels"))
 

@@ -1,12 +1,15 @@
 """The preview pane: the selected photo large, its details, and what to do with it."""
 from __future__ import annotations
 
+import html
 import os
 from datetime import datetime
 
 from PySide6.QtCore import Qt, Signal
 from PySide6.QtGui import QPixmap
 from PySide6.QtWidgets import QFrame, QHBoxLayout, QLabel, QPushButton, QSizePolicy, QVBoxLayout
+
+from clipdesk.tags import PhotoInfo, read_photo_info
 
 from ..models import Item, load_qimage
 from .context import Context
@@ -36,7 +39,13 @@ class PreviewPane(QFrame):
         self.info.setObjectName("previewInfo")
         self.info.setWordWrap(True)
         self.info.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
+        self.about = QLabel()  # title, description and marks, as other apps wrote them (read in a worker)
+        self.about.setObjectName("previewAbout")
+        self.about.setWordWrap(True)
+        self.about.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
+        self.about.setVisible(False)
         lay.addWidget(self.image, 1)
+        lay.addWidget(self.about)
         lay.addWidget(self.info)
         row1, row2 = QHBoxLayout(), QHBoxLayout()
         self.more = QPushButton("More like this")
@@ -72,6 +81,8 @@ class PreviewPane(QFrame):
         self.image.setPixmap(QPixmap())
         self.image.setText("Select a photo to see it here")
         self.info.setText("")
+        self.about.setText("")
+        self.about.setVisible(False)
         self._enable(False)
 
     def show_item(self, it: Item | None) -> None:
@@ -85,6 +96,10 @@ class PreviewPane(QFrame):
         self.ctx.jobs.start(load_qimage, it.path, 720, name="preview",
                             on_result=lambda img, p=it.path: self._loaded(p, img),
                             on_error=lambda msg, _kind, p=it.path: self._failed(p, msg))
+        self.about.setVisible(False)  # until this photo's metadata is read (sidecars, XMP, IPTC: a worker's job)
+        self.ctx.jobs.start(read_photo_info, it.path, name="photo info",
+                            on_result=lambda r, p=it.path: self._info_read(p, r[0]),
+                            on_error=lambda _msg, _kind: None)  # unreadable metadata: the photo still shows
         try:
             st = os.stat(it.path)
             size = human_size(st.st_size)
@@ -96,6 +111,13 @@ class PreviewPane(QFrame):
             score = f"<br>{it.label}: {it.score:.0%}" if it.label else f"<br>score {it.score:.3f}"
         self.info.setText(f"<b>{os.path.basename(it.path)}</b><br>{os.path.dirname(it.path)}"
                           f"<br>{size} · {when}{score}")
+
+    def _info_read(self, path: str, info: PhotoInfo) -> None:
+        if path != self.path:
+            return
+        text = describe_info(info)
+        self.about.setText(text)
+        self.about.setVisible(bool(text))
 
     def _set_pixmap(self, pm: QPixmap) -> None:
         w = max(64, self.image.width() - 8)
@@ -110,3 +132,14 @@ class PreviewPane(QFrame):
     def _loaded(self, path: str, img) -> None:
         if path == self.path and not img.isNull():
             self._set_pixmap(QPixmap.fromImage(img))
+
+
+def describe_info(info: PhotoInfo) -> str:
+    """The preview's lines for what other apps wrote: title (bold), description, then the marks
+    (★★★★, picked/rejected, colour label); rich text with the person's words escaped."""
+    marks = " · ".join(x for x in ("★" * (info.rating or 0), info.flag or "",
+                                   f"{info.color} label" if info.color else "") if x)
+    lines = ([f"<b>{html.escape(info.title)}</b>"] if info.title else []) + \
+        ([html.escape(info.description).replace("\n", "<br>")] if info.description else []) + \
+        ([marks] if marks else [])
+    return "<br>".join(lines)

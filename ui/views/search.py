@@ -18,6 +18,7 @@ from clipdesk.relevance import relevance_cut
 
 from ..models import Item, ResultsModel, paths_from_mime
 from .context import Context
+from .filters import FilterBar, browse_marked, search_marked
 from .grid import PhotoGrid
 from .preview import PreviewPane
 
@@ -76,8 +77,12 @@ class SearchView(QWidget):
         terms.addWidget(self.terms_label, 1)
         terms.addWidget(self.clear_terms)
         lay.addLayout(terms)
-        split = QSplitter()
         self.results = ResultsModel(ctx.thumbnails, self)
+        self.filter_bar = FilterBar(ctx.marks, ctx.labels, lambda: [it.path for it in self.results.items()],
+                                    "searchFilter")
+        ctx.marks.changed.connect(self.run)
+        lay.addWidget(self.filter_bar)
+        split = QSplitter()
         self.grid = PhotoGrid(self.results, ctx.thumbnails.size, ctx.labels, "searchGrid")
         self.preview = PreviewPane(ctx)
         self.grid.selectionModel().currentChanged.connect(
@@ -174,14 +179,15 @@ class SearchView(QWidget):
         self.show_all = False
         terms = self.terms()
         lib = self.ctx.lib
+        marks = self.ctx.marks.marks  # the core filters: only the photos the marks leave are read or scored
         if not terms:
-            self.ctx.jobs.start(lib.browse, BROWSE_LIMIT, name="browse",
+            self.filter_bar.load_colors(self.ctx.jobs)  # the library's colour labels (new imports too)
+            self.ctx.jobs.start(browse_marked, lib, BROWSE_LIMIT, marks, name="browse",
                                 on_result=lambda r: self._browsed(serial, *r), on_error=self._failed,
                                 on_finished=lambda: self._landed(serial))
             return
-        total = self._library_size = lib.catalog.counts()[0]
-        self.ctx.jobs.start(lib.search_terms, terms, k=max(1, min(total, SEARCH_DEPTH)), name="search",
-                            on_result=lambda res: self._searched(serial, res), on_error=self._failed,
+        self.ctx.jobs.start(search_marked, lib, terms, SEARCH_DEPTH, marks, name="search",
+                            on_result=lambda r: self._searched(serial, *r), on_error=self._failed,
                             on_finished=lambda: self._landed(serial))
 
     def _landed(self, serial: int) -> None:
@@ -199,22 +205,30 @@ class SearchView(QWidget):
         self._all = [Item(r.path, None, taken=r.taken) for r in rows]
         self._good = len(self._all)
         shown = len(self._all)
+        self._library_size = total
         self.count_text = f"{total:,} photo{'s' if total != 1 else ''}" if shown >= total else \
             f"newest {shown:,} of {total:,} photos"
-        self.grid.set_empty_text("No photos yet. Add a folder (left), or drop one on this window.")
+        self.grid.set_empty_text(
+            f"No photo is marked {self.ctx.marks.marks.describe()}. Change the filter above, or import the "
+            "marks with Tags → Import." if self.ctx.marks.marks.active() else
+            "No photos yet. Add a folder (left), or drop one on this window.")
         self._show(keep_order=True)
 
-    def _searched(self, serial: int, results) -> None:
+    def _searched(self, serial: int, results, total: int) -> None:
         if serial != self.serial:
             return  # a newer search is on its way
         self.ctx.resolved.emit("search")
+        self._library_size = total  # the photos searched among (the marks filter's)
         results = collapse_twins(results)  # a RAW + JPEG pair is one photo: shown once, at its better rank
         self._all = [Item(r.path, r.score, taken=r.taken) for r in results]
         self._good = relevance_cut([r.score for r in results])
         self.count_text = count_line(self._good, len(self._all), self._library_size, False)
+        marks = self.ctx.marks.marks
         self.grid.set_empty_text(
             f"No photo stands out for {self.describe_query()}. Click “show all” above to see the closest ones, "
-            f"or describe the photo differently." if self._all else "Nothing matches: the library is empty.")
+            f"or describe the photo differently." if self._all else
+            f"No photo is marked {marks.describe()}: change the filter above." if marks.active() else
+            "Nothing matches: the library is empty.")
         self._show()
 
     def _show(self, keep_order: bool = False) -> None:
@@ -226,6 +240,7 @@ class SearchView(QWidget):
         if self.terms() and self._good < len(self._all):
             self.count_text = count_line(self._good, len(self._all), self._library_size, self.show_all)
         self.count_changed.emit(self.count_text)
+        self.filter_bar.set_count(len(items), self._library_size if self.ctx.marks.marks.active() else None)
         if items:
             rows = [i for i, it in enumerate(items) if it.path == current] or [0]
             self.grid.setCurrentIndex(self.results.index(rows[0]))

@@ -25,6 +25,7 @@ from .actions import ResultActions
 from .auto_apply import AutoApplyRow
 from .buckets import BucketsPanel
 from .context import Context
+from .filters import FilterBar, browse_marked, suggest_marked
 from .grid import PhotoGrid
 from .text import ElidedLabel
 
@@ -108,6 +109,11 @@ class TeachView(QWidget):
         head.addStretch()
         pl.addLayout(head)
         self.pick_results = ResultsModel(ctx.thumbnails, self)
+        # the same marks filter as Search's: "my 5-star photos", then "Add all shown to bucket ▸"
+        self.filter_bar = FilterBar(ctx.marks, ctx.labels, lambda: [it.path for it in self.pick_results.items()],
+                                    "teachFilter")
+        ctx.marks.changed.connect(self._marks_changed)
+        pl.addWidget(self.filter_bar)
         self.pick_results.label_captions = True  # suggestions: what the probe thinks, and how sure
         self.grid = PhotoGrid(self.pick_results, ctx.thumbnails.size, ctx.labels, "teachGrid")
         self.grid.open_requested.connect(self.open_requested)
@@ -247,20 +253,31 @@ class TeachView(QWidget):
         i = self.source.currentIndex()
         lib = self.ctx.lib
         if i == 0:
-            self.grid.set_empty_text("No photos to suggest: add a folder, or every photo is labelled already.")
-            self.ctx.jobs.start(lib.suggest, PROBE, SUGGEST_K, name="suggestions",
+            marks = self.ctx.marks.marks
+            self.grid.set_empty_text(
+                f"No suggestions among the photos marked {marks.describe()}: photos with imported marks count as "
+                "labelled. Choose “Whole library” above to see them." if marks.active() else
+                "No photos to suggest: add a folder, or every photo is labelled already.")
+            self.ctx.jobs.start(suggest_marked, lib, PROBE, SUGGEST_K, self.ctx.marks.marks, name="suggestions",
                                 on_result=lambda r: self._source_loaded(serial, [
                                     Item(c.path, c.probability if c.label else None, c.label) for c in r]),
                                 on_error=self.ctx.failed("teach"))
         elif i == 1:
             self.grid.set_empty_text("The library is empty: add a folder first.")
-            self.ctx.jobs.start(lib.browse, LIBRARY_LIMIT, name="browse",
+            self.filter_bar.load_colors(self.ctx.jobs)
+            self.ctx.jobs.start(browse_marked, lib, LIBRARY_LIMIT, self.ctx.marks.marks, name="browse",
                                 on_result=lambda r: self._source_loaded(serial, [
                                     Item(x.path, None, taken=x.taken) for x in r[0]]),
                                 on_error=self.ctx.failed("teach"))
         else:
             self.grid.set_empty_text("Search for something on the Search tab first; its results show here.")
             self._source_loaded(serial, list(self.search_items()))
+
+    def _marks_changed(self) -> None:
+        """The marks filter changed: the photos shown follow (Current search follows when the
+        Search tab's search, which the filter reruns, lands)."""
+        if self.source.currentIndex() != 2:
+            self.load_source()
 
     def _source_loaded(self, serial: int, items: list[Item]) -> None:
         if serial != self._source_serial:
@@ -274,6 +291,10 @@ class TeachView(QWidget):
         n = self.pick_results.rowCount()
         what = SOURCES[self.source.currentIndex()].lower()
         self.count_text = f"{n:,} photo{'s' if n != 1 else ''} · {what}"
+        marks = self.ctx.marks.marks
+        self.filter_bar.set_count(n, n if marks.active() else None)
+        if marks.active():
+            self.count_text += f" · {marks.describe()}"
         if self.predictions:
             self.count_text += f" · {self.review_results.rowCount():,} to review"
         self.count_changed.emit(self.count_text)
