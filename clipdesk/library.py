@@ -303,6 +303,10 @@ class TrainReport:
                 "cv_accuracy": round(self.cv_accuracy, 4), "zeroshot_accuracy": round(self.zeroshot_accuracy, 4)}
 
 
+# The labels `tags import` makes of ratings, pick/reject flags and colour labels (clipdesk/tags.py)
+MARK_LABELS = ("rating/", "flag/", "color/")
+
+
 class Library:
     """A photo library on disk. Thread-safe for one writer thread plus reader threads."""
 
@@ -1092,7 +1096,9 @@ class Library:
         diverse sample of the library (farthest-point sampling over at most
         ``SUGGEST_CANDIDATES`` random images), with label None and probability 0.
         """
-        labelled = {i for ids in self.catalog.labels().values() for i in ids}
+        # photos someone decided on; marks other apps gave them (stars, flags, colours) are no decision
+        labelled = {i for label, ids in self.catalog.labels().items() if not label.startswith(MARK_LABELS)
+                    for i in ids}
         if not self._probe_path(name).exists():
             return self._diverse_sample(name, k, labelled)
         probe = self.load_probe(name)

@@ -76,3 +76,19 @@ def test_title_and_description_for_the_preview(tmp_path, exiftool):
     info, problems = tags.read_photo_info(str(b))
     assert (info.title, info.description, problems) == ("Möwe", "Küste", [])
     assert tags.read_photo_info(str(c))[0].title == "From the sidecar"  # the sidecar wins, as in digiKam
+
+
+def test_suggestions_do_not_count_marks_as_decisions(tmp_path, photos):
+    """A photo with stars is still unlabelled for teaching: suggestions may offer it."""
+    from clipdesk.library import MARK_LABELS, Library
+    from clipdesk.tags import COLOR_LABEL, PICKED, RATING_LABEL, REJECTED
+
+    assert all(label.startswith(MARK_LABELS) for label in (RATING_LABEL.format(5), COLOR_LABEL.format("red"),
+                                                            PICKED, REJECTED))
+    with Library(str(tmp_path / "lib"), model="test-tiny") as lib:
+        lib.index([str(photos)])
+        every = sorted(str(p) for p in photos.rglob("*.jpg"))
+        lib.catalog.add_to_label("rating/5", [lib.catalog.id_for_path(p) for p in every])  # as tags import does
+        lib.add_to_label("a", every[:1])
+        suggested = {c.path for c in lib.suggest("p", k=100)}
+        assert suggested == set(every[1:])
