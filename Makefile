@@ -65,6 +65,7 @@ bench: install-test
 	$(BIN)/python benchmarks/bench_ray.py
 	$(BIN)/python benchmarks/bench_fewshot.py
 	$(BIN)/python benchmarks/bench_calibration.py
+	$(BIN)/python benchmarks/bench_auto.py
 
 clean:
 	rm -rf $(VENV) $(LITE) build *.egg-info .pytest_cache
