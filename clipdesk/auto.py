@@ -398,6 +398,7 @@ class RunReport:
     tags_operation: str | None = None
     sort_operations: list[str] = field(default_factory=list)  # one per (folder, copy/move) chosen
     problems: list[str] = field(default_factory=list)
+    verbs: dict[str, str] = field(default_factory=dict)  # category -> "tagged" / "sorted as" / "applied"
 
     @property
     def sort_operation(self) -> str | None:
@@ -464,6 +465,8 @@ def _run_probe(lib, store: dict, setting: AutoSetting, rep: RunReport) -> None:
                 applied.append((i, cat, float(pr[c])))
                 rows.append(_Row(info[i].path, cat, float(pr[c])))
                 rep.applied[cat] = rep.applied.get(cat, 0) + 1
+                acts = setting.actions(cat)
+                rep.verbs[cat] = "tagged" if acts.write_tags else "sorted as" if acts.sort_into else "applied"
             else:
                 inbox.append({"id": i, "path": info[i].path, "probe": name, "category": cat,
                               "probability": round(float(pr[c]), 4)})

@@ -252,6 +252,7 @@ def test_actions_per_category_one_tags_operation_and_one_undo(taught, tmp_path):
     rep = auto.run(lib)[0]
     assert rep.photos == 4 and rep.inbox == 0 and not rep.problems
     assert rep.tags_operation and len(rep.sort_operations) == 1
+    assert rep.verbs == {"red": "tagged", "green": "sorted as"}  # what the status line says per category
     for p, c in zip(new, pred):
         assert tags.read_photo_keywords(p)[0] == (["red"] if c == "red" else [])
         assert (into / c / os.path.basename(p)).is_file() == (c == "green")
