@@ -7,29 +7,47 @@ from the person's own examples, and the run that applies them to photos not seen
   least ``precision`` of the time, with the recall there. Fewer than ``1 / (1 − precision)``
   examples on either side is "too few to know" (:attr:`Threshold.needed` says how many more).
 - **Settings and Inbox** live in the library folder (``auto.json``: versioned, written
-  atomically). A run takes the photos indexed since the probe's last run (catalog ids above its
-  high-water mark), predicts them, and above the category's threshold records the label, writes
-  the XMP keyword (:mod:`clipdesk.tags`) and sorts the photo (:mod:`clipdesk.organise`), each as
-  one journaled operation of the batch (resumable with ``tags resume`` / ``sort resume``), and
-  :func:`undo` (``clipdesk auto undo``) takes the whole batch back; below the threshold the
-  photo goes to the Inbox (a photo that needs a decision).
+  atomically, changed only under ``auto.lock``: :func:`update_store`). A setting holds the probe's
+  precision, its thresholds, and the actions per category (a default for every category, and a
+  category's own where the person chose one): write the category as an XMP keyword
+  (:mod:`clipdesk.tags`), copy or move the photo into ``FOLDER/<category>/`` (:mod:`clipdesk.organise`).
+- **A run** takes the photos indexed since the probe's last run (catalog ids above its
+  high-water mark) and predicts them. Above the category's threshold the photo gets its
+  category's actions — the keywords of the batch as one journaled operation, its sorting as one
+  per destination folder (resumable with ``tags resume`` / ``sort resume``) — and the batch is
+  recorded in ``auto.json`` (photo, category, probability); :func:`undo` (``clipdesk auto undo``)
+  takes the whole batch back. Below the threshold the photo goes to the Inbox (a photo that
+  needs a decision).
+- **Applied categories are not labels.** A run records nothing in the catalog's labels: labels
+  are what probes train on, and a probe trained on its own guesses learns its own mistakes. What
+  a run applied is in the batch record, the keyword and the folder; what the person decides in
+  the Inbox becomes a label (it teaches the probe).
 """
 from __future__ import annotations
 
+import errno
 import json
 import math
 import os
+import stat
+import threading
+import time
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
 from clipdesk.errors import ClipdeskError, ProbeError
-from clipdesk.indexer.files import atomic_write
+from clipdesk.indexer.errors import disk_full_error, is_disk_full
+from clipdesk.indexer.files import O_CLOEXEC, O_NOFOLLOW, O_NONBLOCK, atomic_write, check_library_entry
+from clipdesk.indexer.lock import _try_lock  # the library lock's one non-blocking flock/msvcrt try
 from clipdesk.probe import BACKGROUND, Probe, ProbeData, fit_probe
 from clipdesk.teaching import NONE_CLASS, negative_label
 
 STORE = "auto.json"
-STORE_VERSION = 1
+STORE_VERSION = 2  # 2: actions per category (1: one set per probe, migrated on load)
+LOCK = "auto.lock"
+LOCK_WAIT_S = 60.0  # a run of a large batch holds the lock while it writes keywords and sorts
 MAX_STORE_BYTES = 64 << 20
 DEFAULT_PRECISION = 0.9
 
@@ -134,15 +152,54 @@ def library_scores(lib, probe: str) -> dict[str, tuple[np.ndarray, np.ndarray]]:
 
 # ---------------------------------------------------------------------- the store
 @dataclass
+class Actions:
+    """What happens to a photo applied to a category, beyond recording it in the batch."""
+
+    write_tags: bool = False  # the category as an XMP keyword (sidecar)
+    sort_into: str | None = None  # copy or move the photo into sort_into/<category>/
+    mode: str = "copy"
+
+    @property
+    def any(self) -> bool:
+        return self.write_tags or bool(self.sort_into)
+
+    def describe(self) -> str:
+        acts = (["keyword"] if self.write_tags else []) + ([f"{self.mode} into {self.sort_into}"] if self.sort_into else [])
+        return ", ".join(acts) or "nothing written"
+
+
+@dataclass
 class AutoSetting:
     probe: str
     precision: float = DEFAULT_PRECISION
-    write_tags: bool = False
-    sort_into: str | None = None
-    mode: str = "copy"
+    default: Actions = field(default_factory=Actions)  # for every category without its own
+    categories: dict[str, Actions] = field(default_factory=dict)  # a category's own actions
     seen: int = 0  # catalog ids up to this have been through a run
     calibrated_for: float = 0.0  # the probe's 'created' time the thresholds were chosen for
     thresholds: dict[str, dict] = field(default_factory=dict)
+
+    def actions(self, category: str) -> Actions:
+        return self.categories.get(category, self.default)
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> AutoSetting:
+        d = dict(d)
+        d["default"] = Actions(**d.get("default", {}))
+        d["categories"] = {str(k): Actions(**v) for k, v in d.get("categories", {}).items()}
+        return cls(**d)
+
+
+def _migrate_v1(d: dict) -> dict:
+    """Version 1 held one set of actions per probe: it becomes the probe's default."""
+    for v in d.get("auto", {}).values():
+        v["default"] = {k: v.pop(k) for k in ("write_tags", "sort_into", "mode") if k in v}
+    for b in d.get("batches", []):
+        b["sort_operations"] = [op for op in [b.pop("sort_operation", None)] if op]
+    d["version"] = 2
+    return d
 
 
 def _store_path(lib) -> str:
@@ -150,7 +207,8 @@ def _store_path(lib) -> str:
 
 
 def load_store(lib) -> dict:
-    """``{"version", "auto": {probe: AutoSetting}, "inbox": [...], "batches": [...]}``."""
+    """``{"version", "auto": {probe: AutoSetting}, "inbox": [...], "batches": [...]}``. Reading needs
+    no lock (the file is replaced atomically); changing it does: :func:`update_store`."""
     path = _store_path(lib)
     empty = {"version": STORE_VERSION, "auto": {}, "inbox": [], "batches": []}
     try:
@@ -169,62 +227,137 @@ def load_store(lib) -> dict:
             raise ValueError("not a settings object")
         if d["version"] > STORE_VERSION:
             raise AutoError(f"{path} was written by a newer clipdesk; upgrade clipdesk.")
-        d["auto"] = {k: AutoSetting(**v) for k, v in d.get("auto", {}).items()}
+        if d["version"] == 1:
+            d = _migrate_v1(d)
+        d["auto"] = {k: AutoSetting.from_dict(v) for k, v in d.get("auto", {}).items()}
         d.setdefault("inbox", [])
         d.setdefault("batches", [])
         return d
-    except (ValueError, TypeError, UnicodeDecodeError) as e:
+    except (ValueError, TypeError, AttributeError, UnicodeDecodeError) as e:
         raise AutoError(f"The auto-apply settings {path} are damaged ({str(e)[:80]}); "
                         "remove the file to start again.") from None
 
 
 def save_store(lib, store: dict) -> None:
-    out = dict(store, version=STORE_VERSION, auto={k: asdict(v) for k, v in store["auto"].items()})
+    out = dict(store, version=STORE_VERSION, auto={k: v.as_dict() for k, v in store["auto"].items()})
     data = json.dumps(out, indent=1).encode("utf-8")
     atomic_write(_store_path(lib), lambda f: f.write(data))
 
 
+_held = threading.local()  # lock path -> depth, per thread: a holder may take it again
+
+
+@contextmanager
+def store_lock(lib, wait: float | None = None):
+    """Hold the lock of ``auto.json`` (``FOLDER/auto.lock``): one writer at a time across the app's
+    threads (watcher, jobs) and processes (the app, ``clipdesk auto``, ``clipdesk watch``).
+
+    An flock on a file descriptor of its own per holder, so threads of one process exclude each
+    other too; the system releases it when a process dies. Re-entrant within a thread. Waits at most
+    ``wait`` seconds (default :data:`LOCK_WAIT_S`), then raises :class:`AutoError` naming the holder.
+    """
+    path = os.path.join(lib.folder, LOCK)
+    depth = _held.__dict__.setdefault("depth", {})
+    if depth.get(path):
+        depth[path] += 1
+        try:
+            yield
+        finally:
+            depth[path] -= 1
+        return
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | O_NOFOLLOW | O_NONBLOCK | O_CLOEXEC, 0o666)
+    except OSError as e:
+        if e.errno == errno.ELOOP or os.path.islink(path):
+            check_library_entry(path)  # the clear "is a symbolic link" error
+        if is_disk_full(e):
+            raise disk_full_error(lib.folder, "create the auto-apply lock") from None
+        raise AutoError(f"Cannot change the auto-apply settings in {lib.folder}: {e.strerror or e}.") from None
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            check_library_entry(path)
+            raise AutoError(f"The auto-apply lock {path} is not a regular file.")
+        deadline = time.monotonic() + (LOCK_WAIT_S if wait is None else wait)
+        pause = 0.002
+        while not _try_lock(fd):
+            if time.monotonic() >= deadline:
+                holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
+                raise AutoError(f"The auto-apply settings of {lib.folder} stayed busy (PID {holder} is applying or "
+                                "changing them); try again in a moment.")
+            time.sleep(pause)
+            pause = min(pause * 2, 0.05)
+        try:
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, str(os.getpid()).encode(), 0)
+        except OSError:
+            pass  # held all the same; only the holder's PID goes unsaid
+        depth[path] = 1
+        try:
+            yield
+        finally:
+            del depth[path]
+    finally:
+        os.close(fd)  # releases the flock
+
+
+@contextmanager
+def update_store(lib, wait: float | None = None):
+    """Read-modify-write of ``auto.json`` under :func:`store_lock`: yields the store, saves it
+    when the block ends without an exception."""
+    with store_lock(lib, wait):
+        store = load_store(lib)
+        yield store
+        save_store(lib, store)
+
+
 def add(lib, probe: str, precision: float = DEFAULT_PRECISION, write_tags: bool = False,
-        sort_into: str | None = None, mode: str = "copy") -> tuple[AutoSetting, dict[str, Threshold]]:
-    """Switch probe ``probe`` to keep applying; returns the setting and its thresholds. Photos
-    indexed before now are not touched (``seen`` starts at the newest catalog id)."""
+        sort_into: str | None = None, mode: str = "copy", category: str | None = None
+        ) -> tuple[AutoSetting, dict[str, Threshold]]:
+    """Switch probe ``probe`` to keep applying, or change its options; returns the setting and its
+    thresholds. The actions (keyword, sort) are the default of every category, or with ``category``
+    that category's own. A probe switched on now does not touch the photos indexed before
+    (``seen`` starts at the newest catalog id); one already on keeps what it has seen and the other
+    categories' actions (the app's switch, options and slider call this on every change)."""
     if not 0.5 <= precision < 1.0:
         raise AutoError(f"The precision must be between 0.5 and 1 (got {precision}).")
     if mode not in ("copy", "move"):
         raise AutoError(f"Unknown sort mode {mode!r} (use copy or move).")
-    lib.load_probe(probe)  # refuses a missing or mismatched probe now, with its own message
+    loaded = lib.load_probe(probe)  # refuses a missing or mismatched probe now, with its own message
+    if category is not None and (category not in loaded.classes or category in (BACKGROUND, NONE_CLASS)):
+        names = ", ".join(c for c in loaded.classes if c not in (BACKGROUND, NONE_CLASS))
+        raise AutoError(f"Probe '{probe}' has no category '{category}' (it has {names}).")
     if sort_into:
         sort_into = os.path.realpath(os.path.abspath(os.path.expanduser(sort_into)))
-    ids = lib.catalog.filter_ids()
-    setting = AutoSetting(probe, precision, write_tags, sort_into, mode, seen=int(max(ids, default=0)))
-    thresholds = _calibrate(lib, setting)
-    store = load_store(lib)
-    store["auto"][probe] = setting
-    save_store(lib, store)
+    actions = Actions(write_tags, sort_into or None, mode)
+    setting = AutoSetting(probe, precision)
+    thresholds = _calibrate(lib, setting)  # the refit: outside the lock
+    with update_store(lib) as store:
+        old = store["auto"].get(probe)
+        if old is None:
+            setting.seen = int(max(lib.catalog.filter_ids(), default=0))
+        else:
+            setting.seen, setting.default, setting.categories = old.seen, old.default, dict(old.categories)
+        if category is None:
+            setting.default = actions
+        else:
+            setting.categories[category] = actions
+        store["auto"][probe] = setting
     return setting, thresholds
 
 
 def configure(lib, probe: str, precision: float = DEFAULT_PRECISION, write_tags: bool = False,
-              sort_into: str | None = None, mode: str = "copy") -> tuple[AutoSetting, dict[str, Threshold]]:
-    """:func:`add`, or change the options of a probe that already keeps applying without forgetting
-    which photos it has seen (the app's switch and slider call this on every change)."""
-    old = load_store(lib)["auto"].get(probe)
-    setting, thresholds = add(lib, probe, precision, write_tags, sort_into, mode)
-    if old is not None and old.seen != setting.seen:
-        store = load_store(lib)
-        store["auto"][probe].seen = old.seen
-        save_store(lib, store)
-        setting.seen = old.seen
-    return setting, thresholds
+              sort_into: str | None = None, mode: str = "copy", category: str | None = None
+              ) -> tuple[AutoSetting, dict[str, Threshold]]:
+    """:func:`add` (the name the app's row calls it by)."""
+    return add(lib, probe, precision, write_tags, sort_into, mode, category)
 
 
 def remove(lib, probe: str) -> None:
-    store = load_store(lib)
-    if probe not in store["auto"]:
-        raise AutoError(f"Probe '{probe}' is not applied automatically ('clipdesk auto list').")
-    del store["auto"][probe]
-    store["inbox"] = [e for e in store["inbox"] if e.get("probe") != probe]
-    save_store(lib, store)
+    with update_store(lib) as store:
+        if probe not in store["auto"]:
+            raise AutoError(f"Probe '{probe}' is not applied automatically ('clipdesk auto list').")
+        del store["auto"][probe]
+        store["inbox"] = [e for e in store["inbox"] if e.get("probe") != probe]
 
 
 def _rejected(lib, probe: Probe) -> dict[str, np.ndarray]:
@@ -249,12 +382,10 @@ def settle_inbox(lib, paths) -> int:
     """Take the photos at ``paths`` out of the Inbox (the person decided about them: labelled,
     accepted or rejected); returns how many entries left."""
     gone = set(paths)
-    store = load_store(lib)
-    keep = [e for e in store["inbox"] if e.get("path") not in gone]
-    n = len(store["inbox"]) - len(keep)
-    if n:
+    with update_store(lib) as store:
+        keep = [e for e in store["inbox"] if e.get("path") not in gone]
+        n = len(store["inbox"]) - len(keep)
         store["inbox"] = keep
-        save_store(lib, store)
     return n
 
 
@@ -265,8 +396,13 @@ class RunReport:
     applied: dict[str, int] = field(default_factory=dict)  # category -> photos
     inbox: int = 0
     tags_operation: str | None = None
-    sort_operation: str | None = None
+    sort_operations: list[str] = field(default_factory=list)  # one per (folder, copy/move) chosen
     problems: list[str] = field(default_factory=list)
+    verbs: dict[str, str] = field(default_factory=dict)  # category -> "tagged" / "sorted as" / "applied"
+
+    @property
+    def sort_operation(self) -> str | None:
+        return self.sort_operations[0] if self.sort_operations else None
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -280,91 +416,109 @@ class RunReport:
 def run(lib, probes: list[str] | None = None) -> list[RunReport]:
     """Apply every auto probe (or ``probes``) to the photos indexed since its last run.
 
-    A probe that cannot run (deleted, trained with another model, sort folder gone or read-only)
-    is reported in its :class:`RunReport` and left for the next run; the others still run.
+    Each probe's batch runs under :func:`store_lock`, so the app's watcher, its jobs and a
+    ``clipdesk`` process never lose each other's changes nor apply the same photos twice. A probe
+    that cannot run (deleted, trained with another model, sort folder gone or read-only) is
+    reported in its :class:`RunReport` and left for the next run; the others still run.
     """
-    from clipdesk import organise, tags
-
-    store = load_store(lib)
     reports = []
-    for name, setting in list(store["auto"].items()):
+    for name in list(load_store(lib)["auto"]):
         if probes and name not in probes:
             continue
-        rep = RunReport(name)
-        reports.append(rep)
-        try:
-            probe = lib.load_probe(name)
-        except ProbeError as e:
-            rep.problems.append(f"{e} Auto-apply of '{name}' is paused ('clipdesk auto remove {name}' to stop it).")
-            continue
-        if float(probe.meta.get("created", 0.0)) != setting.calibrated_for:
-            _calibrate(lib, setting)  # retrained since: its thresholds are chosen again
-        ids = [int(i) for i in lib.catalog.filter_ids() if int(i) > setting.seen]
-        if not ids:
-            continue
-        info = lib._paths(ids)
-        ids = [i for i in ids if i in info and os.path.isfile(info[i].path)]
-        rep.photos = len(ids)
-        rows, applied, inbox = [], [], []
-        if ids:
-            probs = probe.probabilities(lib.catalog.vectors_for(ids))
-            for i, pr in zip(ids, probs):
-                c = int(pr.argmax())
-                cat = probe.classes[c]
-                t = setting.thresholds.get(cat, {}).get("threshold")
-                if cat in (BACKGROUND, NONE_CLASS) and BACKGROUND in probe.classes:
-                    continue  # concept vs rest: the rest is neither applied nor asked about
-                if t is not None and pr[c] >= t and cat != NONE_CLASS:
-                    applied.append((i, cat, float(pr[c])))
-                    rows.append(_Row(info[i].path, cat, float(pr[c])))
-                    rep.applied[cat] = rep.applied.get(cat, 0) + 1
-                else:
-                    inbox.append({"id": i, "path": info[i].path, "probe": name, "category": cat,
-                                           "probability": round(float(pr[c]), 4)})
-                    rep.inbox += 1
-        try:
-            if rows and setting.write_tags:
-                plan = tags.plan_write({r.path: [r.label] for r in rows})
-                rep.problems += [f"{p.path}: {p.reason}" for p in plan.problems]
-                rep.tags_operation = tags.apply_write(lib, plan, f"auto {name}").operation
-            if rows and setting.sort_into:
-                plan = organise.plan_sort(lib, rows, setting.sort_into, setting.mode)
-                rep.problems += [f"{p.path}: {p.reason}" for p in plan.problems]
-                rep.sort_operation = organise.apply_sort(lib, plan).operation
-        except ClipdeskError as e:
-            # the journal keeps what was done (resumable with 'tags resume'/'sort resume' or
-            # undoable); the photos stay unseen so the next run offers them again
-            rep.problems.append(str(e))
-            rep.inbox = 0
-            continue
-        store["inbox"] += inbox
-        setting.seen = max([setting.seen] + ids)
-        store["batches"].append({"probe": name, "ids": ids, "applied": [list(a) for a in applied],
-                                 "tags_operation": rep.tags_operation, "sort_operation": rep.sort_operation})
-        store["batches"] = store["batches"][-100:]
-        save_store(lib, store)
+        with update_store(lib) as store:
+            setting = store["auto"].get(name)
+            if setting is None:
+                continue  # removed since
+            rep = RunReport(name)
+            reports.append(rep)
+            _run_probe(lib, store, setting, rep)
     return reports
 
 
+def _run_probe(lib, store: dict, setting: AutoSetting, rep: RunReport) -> None:
+    from clipdesk import organise, tags
+
+    name = setting.probe
+    try:
+        probe = lib.load_probe(name)
+    except ProbeError as e:
+        rep.problems.append(f"{e} Auto-apply of '{name}' is paused ('clipdesk auto remove {name}' to stop it).")
+        return
+    if float(probe.meta.get("created", 0.0)) != setting.calibrated_for:
+        _calibrate(lib, setting)  # retrained since: its thresholds are chosen again
+    ids = [int(i) for i in lib.catalog.filter_ids() if int(i) > setting.seen]
+    if not ids:
+        return
+    info = lib._paths(ids)
+    ids = [i for i in ids if i in info and os.path.isfile(info[i].path)]
+    rep.photos = len(ids)
+    rows, applied, inbox = [], [], []
+    if ids:
+        probs = probe.probabilities(lib.catalog.vectors_for(ids))
+        for i, pr in zip(ids, probs):
+            c = int(pr.argmax())
+            cat = probe.classes[c]
+            t = setting.thresholds.get(cat, {}).get("threshold")
+            if cat in (BACKGROUND, NONE_CLASS) and BACKGROUND in probe.classes:
+                continue  # concept vs rest: the rest is neither applied nor asked about
+            if t is not None and pr[c] >= t and cat != NONE_CLASS:
+                applied.append((i, cat, float(pr[c])))
+                rows.append(_Row(info[i].path, cat, float(pr[c])))
+                rep.applied[cat] = rep.applied.get(cat, 0) + 1
+                acts = setting.actions(cat)
+                rep.verbs[cat] = "tagged" if acts.write_tags else "sorted as" if acts.sort_into else "applied"
+            else:
+                inbox.append({"id": i, "path": info[i].path, "probe": name, "category": cat,
+                              "probability": round(float(pr[c]), 4)})
+                rep.inbox += 1
+    try:
+        # every plan first (a sort folder that vanished stops the batch before anything is written)
+        tagged = {r.path: [r.label] for r in rows if setting.actions(r.label).write_tags}
+        tag_plan = tags.plan_write(tagged) if tagged else None
+        groups: dict[tuple[str, str], list[_Row]] = {}
+        for r in rows:
+            a = setting.actions(r.label)
+            if a.sort_into:
+                groups.setdefault((a.sort_into, a.mode), []).append(r)
+        sort_plans = [organise.plan_sort(lib, group, into, mode) for (into, mode), group in groups.items()]
+        if tag_plan is not None:
+            rep.problems += [f"{p.path}: {p.reason}" for p in tag_plan.problems]
+            rep.tags_operation = tags.apply_write(lib, tag_plan, f"auto {name}").operation
+        for plan in sort_plans:
+            rep.problems += [f"{p.path}: {p.reason}" for p in plan.problems]
+            rep.sort_operations.append(organise.apply_sort(lib, plan).operation)
+    except ClipdeskError as e:
+        # the journal keeps what was done (resumable with 'tags resume'/'sort resume' or
+        # undoable); the photos stay unseen so the next run offers them again
+        rep.problems.append(str(e))
+        rep.inbox = 0
+        return
+    store["inbox"] += inbox
+    setting.seen = max([setting.seen] + ids)
+    store["batches"].append({"probe": name, "ids": ids, "applied": [list(a) for a in applied],
+                             "tags_operation": rep.tags_operation, "sort_operations": rep.sort_operations})
+    store["batches"] = store["batches"][-100:]
+
+
 def undo(lib) -> dict:
-    """Undo the newest batch: its sort (photos back, copies removed), then its keywords (sidecars
-    restored exactly), then its labels and Inbox entries; the photos count as not seen again only
+    """Undo the newest batch: its sorting (photos back, copies removed), then its keywords (sidecars
+    restored exactly), then its record and Inbox entries; the photos count as not seen again only
     if the probe is re-added. Returns what was undone."""
     from clipdesk import organise, tags
 
-    store = load_store(lib)
-    if not store["batches"]:
-        raise AutoError("No auto-apply batch to undo.")
-    batch = store["batches"][-1]
-    done = {"probe": batch["probe"], "applied": len(batch["applied"])}
-    if batch.get("sort_operation"):
-        done["sort"] = organise.undo(lib, batch["sort_operation"]).as_dict()
-    if batch.get("tags_operation"):
-        done["tags"] = tags.undo(lib, batch["tags_operation"]).as_dict()
-    store["batches"].pop()
-    ids = set(batch.get("ids", []))
-    store["inbox"] = [e for e in store["inbox"] if not (e.get("probe") == batch["probe"] and e.get("id") in ids)]
-    save_store(lib, store)
+    with update_store(lib) as store:
+        if not store["batches"]:
+            raise AutoError("No auto-apply batch to undo.")
+        batch = store["batches"][-1]
+        done = {"probe": batch["probe"], "applied": len(batch["applied"])}
+        sorts = [organise.undo(lib, op).as_dict() for op in reversed(batch.get("sort_operations") or [])]
+        if sorts:
+            done["sort"] = sorts[0] if len(sorts) == 1 else sorts
+        if batch.get("tags_operation"):
+            done["tags"] = tags.undo(lib, batch["tags_operation"]).as_dict()
+        store["batches"].pop()
+        ids = set(batch.get("ids", []))
+        store["inbox"] = [e for e in store["inbox"] if not (e.get("probe") == batch["probe"] and e.get("id") in ids)]
     return done
 
 

@@ -1,6 +1,7 @@
 """The ``auto`` subcommands: categories that keep applying (:mod:`clipdesk.auto`).
 
-``auto add PROBE [--precision 0.9] [--write-tags] [--sort-into DIR --copy|--move]``, ``auto list``,
+``auto add PROBE [--category C] [--precision 0.9] [--write-tags] [--sort-into DIR --copy|--move]`` (the
+actions of every category, or of category C only), ``auto list``,
 ``auto remove PROBE``, ``auto run [PROBE…]``, ``auto inbox``, ``auto undo``; ``clipdesk watch`` runs them after
 every batch it indexes. Same ``--json`` / exit-code contract as every command (the main CLI's
 output function and its one handler of ClipdeskError).
@@ -17,6 +18,8 @@ def add_commands(sub, parents=()) -> None:
     asub = sp.add_subparsers(dest="action", required=True, metavar="ACTION")
     a = asub.add_parser("add", parents=list(parents), help="keep applying probe PROBE to new photos")
     a.add_argument("probe")
+    a.add_argument("--category", metavar="C",
+                   help="the actions below are category C's own (default: every category without its own)")
     a.add_argument("--precision", type=probability, default=0.9,
                    help="how often an applied category must be right (default 0.9): sets its threshold")
     a.add_argument("--write-tags", action="store_true", help="write the category as an XMP keyword (sidecar)")
@@ -31,7 +34,7 @@ def add_commands(sub, parents=()) -> None:
     a = asub.add_parser("run", parents=list(parents), help="apply them to the photos not seen yet")
     a.add_argument("probes", nargs="*", metavar="PROBE")
     asub.add_parser("inbox", parents=list(parents), help="new photos under their category's threshold")
-    asub.add_parser("undo", parents=list(parents), help="take the last batch back (sorting, keywords, labels)")
+    asub.add_parser("undo", parents=list(parents), help="take the last batch back (sorting, keywords, Inbox)")
     sp.set_defaults(care=run_cli)
 
 
@@ -43,17 +46,19 @@ def run_cli(args: argparse.Namespace, open_library, emit) -> int:
         if args.action == "add":
             if args.mode == "move" and not args.sort_into:
                 raise auto.AutoError("--move needs --sort-into DIR.")
-            setting, thresholds = auto.add(lib, args.probe, args.precision, args.write_tags, args.sort_into, args.mode)
-            emit(args, {"setting": setting.__dict__, "thresholds": {k: v.__dict__ for k, v in thresholds.items()}},
-                 [f"'{args.probe}' keeps applying to new photos:"] + ["  " + t.describe() for t in thresholds.values()])
+            setting, thresholds = auto.add(lib, args.probe, args.precision, args.write_tags, args.sort_into, args.mode,
+                                           args.category)
+            emit(args, {"setting": setting.as_dict(), "thresholds": {k: v.__dict__ for k, v in thresholds.items()}},
+                 [f"'{args.probe}' keeps applying to new photos:"]
+                 + ["  " + t.describe() + f" ({setting.actions(c).describe()})" for c, t in thresholds.items()])
         elif args.action == "list":
             store = auto.load_store(lib)
-            rows = [s.__dict__ for s in store["auto"].values()]
+            rows = [s.as_dict() for s in store["auto"].values()]
             lines = []
             for s in store["auto"].values():
-                acts = ["label"] + (["tags"] if s.write_tags else []) + ([f"{s.mode} into {s.sort_into}"] if s.sort_into else [])
-                lines.append(f"{s.probe}: precision {s.precision:g}; {', '.join(acts)}")
-                lines += ["  " + auto.Threshold(**t).describe() for t in s.thresholds.values()]
+                lines.append(f"{s.probe}: precision {s.precision:g}")
+                lines += ["  " + auto.Threshold(**t).describe() + f" ({s.actions(c).describe()})"
+                          for c, t in s.thresholds.items()]
             emit(args, rows, lines or ["No probe applies automatically ('clipdesk auto add PROBE')."])
         elif args.action == "remove":
             auto.remove(lib, args.probe)

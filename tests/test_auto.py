@@ -197,7 +197,15 @@ def test_auto_cli_add_list_run_remove_as_json(taught, tmp_path):
 
     rc, got, err = cli("auto", "add", "colours", "--precision", "0.8", "--write-tags")
     assert rc == 0, err
-    assert got["setting"]["write_tags"] and set(got["thresholds"]) == {"red", "green"}
+    assert got["setting"]["default"]["write_tags"] and set(got["thresholds"]) == {"red", "green"}
+    rc, got, err = cli("auto", "add", "colours", "--precision", "0.8", "--category", "green",
+                       "--sort-into", str(tmp_path / "greens"), "--move")
+    assert rc == 0, err
+    assert got["setting"]["default"]["write_tags"] and not got["setting"]["default"]["sort_into"]
+    assert got["setting"]["categories"] == {"green": {"write_tags": False, "sort_into": str(tmp_path / "greens"),
+                                                      "mode": "move"}}
+    rc, got, err = cli("auto", "add", "colours", "--category", "blue")
+    assert rc != 0 and "no category 'blue'" in err and "red, green" in err
     rc, got, err = cli("auto", "list")
     assert rc == 0 and [s["probe"] for s in got] == ["colours"]
     rc, got, err = cli("auto", "run")
@@ -206,3 +214,119 @@ def test_auto_cli_add_list_run_remove_as_json(taught, tmp_path):
     assert rc != 0 and "not applied automatically" in err and got is None
     rc, got, err = cli("auto", "remove", "colours")
     assert rc == 0 and cli("auto", "list")[1] == []
+
+
+def test_a_version_1_store_still_loads_its_actions_becoming_every_categorys(library):
+    os.makedirs(library.folder, exist_ok=True)
+    with open(os.path.join(library.folder, auto.STORE), "w") as f:
+        json.dump({"version": 1, "auto": {"colours": {
+            "probe": "colours", "precision": 0.8, "write_tags": True, "sort_into": "/x/sorted", "mode": "move",
+            "seen": 7, "calibrated_for": 1.5, "thresholds": {"red": {"category": "red", "precision": 0.8}}}},
+            "inbox": [{"id": 9, "path": "/p/a.jpg", "probe": "colours", "category": "red", "probability": 0.5}],
+            "batches": [{"probe": "colours", "ids": [8], "applied": [[8, "red", 0.9]], "tags_operation": "t1",
+                         "sort_operation": "s1"}]}, f)
+    store = auto.load_store(library)
+    s = store["auto"]["colours"]
+    assert (s.precision, s.seen, s.calibrated_for, s.categories) == (0.8, 7, 1.5, {})
+    assert s.actions("red") == s.actions("green") == auto.Actions(True, "/x/sorted", "move")
+    assert store["batches"][0]["sort_operations"] == ["s1"] and store["inbox"][0]["id"] == 9
+    auto.save_store(library, store)  # written back as version 2, read back the same
+    with open(os.path.join(library.folder, auto.STORE)) as f:
+        assert json.load(f)["version"] == auto.STORE_VERSION == 2
+    assert auto.load_store(library) == store
+
+
+def test_actions_per_category_one_tags_operation_and_one_undo(taught, tmp_path):
+    from clipdesk import tags
+
+    lib, root = taught
+    into = tmp_path / "sorted"
+    auto.add(lib, "colours", 0.9, write_tags=True)  # every category: a keyword
+    auto.add(lib, "colours", 0.9, sort_into=str(into), mode="copy", category="green")  # green: sorted, no keyword
+    new = _new_photos(lib, root)
+    _force_thresholds(lib, "colours", red=0.0, green=0.0)
+    probe = lib.load_probe("colours")
+    pred = [probe.classes[i] for i in probe.probabilities(lib.catalog.vectors_for(
+        [lib.catalog.id_for_path(p) for p in new])).argmax(1)]
+    assert set(pred) == {"red", "green"}  # the photos are drawn to be both
+    rep = auto.run(lib)[0]
+    assert rep.photos == 4 and rep.inbox == 0 and not rep.problems
+    assert rep.tags_operation and len(rep.sort_operations) == 1
+    assert rep.verbs == {"red": "tagged", "green": "sorted as"}  # what the status line says per category
+    for p, c in zip(new, pred):
+        assert tags.read_photo_keywords(p)[0] == (["red"] if c == "red" else [])
+        assert (into / c / os.path.basename(p)).is_file() == (c == "green")
+    assert not (into / "red").exists()
+    done = auto.undo(lib)
+    assert done["applied"] == 4 and done["tags"] and done["sort"]
+    assert all(tags.read_photo_keywords(p)[0] == [] and os.path.isfile(p) for p in new)
+    assert not (into / "green").exists() or not any((into / "green").iterdir())
+
+
+_HAMMER = """
+import sys, types
+from clipdesk import auto
+lib = types.SimpleNamespace(folder=sys.argv[1])
+for i in range(int(sys.argv[3])):
+    with auto.update_store(lib, wait=120) as store:
+        store["inbox"].append({"id": i, "path": sys.argv[2] + str(i)})
+"""
+
+
+def test_the_store_lock_loses_nothing_between_threads_and_processes(tmp_path):
+    import threading
+    import types
+
+    lib = types.SimpleNamespace(folder=str(tmp_path / "lib"))
+    os.makedirs(lib.folder)
+    n = 40
+    procs = [subprocess.Popen([sys.executable, "-c", _HAMMER, lib.folder, f"proc{k}/", str(n)])
+             for k in range(2)]
+    errors = []
+
+    def hammer(who):
+        try:
+            for i in range(n):
+                with auto.update_store(lib, wait=120) as store:
+                    store["inbox"].append({"id": i, "path": f"{who}/{i}"})
+                    with auto.update_store(lib):  # re-entrant in the holding thread
+                        pass
+        except Exception as e:  # noqa: BLE001 - reported below
+            errors.append(e)
+
+    threads = [threading.Thread(target=hammer, args=(f"thread{k}",)) for k in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(180)
+    assert [p.wait(180) for p in procs] == [0, 0] and not errors
+    paths = [e["path"] for e in auto.load_store(lib)["inbox"]]
+    assert len(paths) == 5 * n and len(set(paths)) == 5 * n  # every change of every writer kept
+
+
+_HOLD = """
+import sys, time, types
+from clipdesk import auto
+with auto.store_lock(types.SimpleNamespace(folder=sys.argv[1])):
+    print("held", flush=True)
+    time.sleep(30)
+"""
+
+
+def test_a_lock_held_too_long_is_one_clear_error_and_nothing_changes(library):
+    os.makedirs(library.folder, exist_ok=True)
+    with auto.update_store(library) as store:
+        store["inbox"].append({"id": 1, "path": "/p/a.jpg"})
+    holder = subprocess.Popen([sys.executable, "-c", _HOLD, library.folder], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        started = time.monotonic()
+        with pytest.raises(auto.AutoError, match=rf"stayed busy \(PID {holder.pid} "):
+            with auto.update_store(library, wait=0.3) as store:
+                store["inbox"] = []
+        assert 0.3 <= time.monotonic() - started < 5
+    finally:
+        holder.kill()
+        holder.wait()
+    assert auto.load_store(library)["inbox"] == [{"id": 1, "path": "/p/a.jpg"}]
+    assert auto.settle_inbox(library, ["/p/a.jpg"]) == 1  # the holder died: the lock is free again

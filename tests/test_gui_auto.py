@@ -65,7 +65,7 @@ def test_keep_applying_tags_new_photos_inbox_decide_undo(window, photos, monkeyp
     row.keep.setChecked(True)
     until(lambda: "teach" in auto.load_store(w.lib)["auto"], what="the setting saved")
     s = auto.load_store(w.lib)["auto"]["teach"]
-    assert (s.precision, s.write_tags, s.sort_into) == (0.75, True, None)
+    assert (s.precision, s.default.write_tags, s.default.sort_into) == (0.75, True, None)
 
     until(lambda: w.watch.watcher is not None and w.watch.watcher.modes, what="the watcher started")
     created_before = w.lib.load_probe("teach").meta.get("created")

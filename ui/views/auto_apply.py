@@ -2,7 +2,8 @@
 
 For the probe the Teach tab trains: a switch (auto-apply on or off, :mod:`clipdesk.auto`), what to
 do with a photo above its category's threshold (write the category as an XMP keyword; copy or move
-it into ``FOLDER/<category>/``), and a target-precision slider (default 90 %) whose estimate
+it into ``FOLDER/<category>/``) for every category or for the one picked beside them (a category's
+own choice wins over "every category"), and a target-precision slider (default 90 %) whose estimate
 updates live: "Beach: auto-apply above 0.83 — about 9 in 10 right, finds about 7 in 10", or
 "too few examples to know — add 8 more" (the Suggested grid shows the photos that would help).
 
@@ -22,6 +23,7 @@ from .dialogs import ask_folder
 from .text import ElidedLabel
 
 SORT_CHOICES = ("Don't sort", "Copy into folder…", "Move into folder…")
+EVERY = "Every category"  # the category picker's first entry: the probe's default actions
 MODES = (None, "copy", "move")
 RESCORE_MS = 800  # after the buckets change: one refit for a burst of labels
 
@@ -52,6 +54,7 @@ class AutoApplyRow(QFrame):
         self.ctx, self.probe = ctx, probe
         self.scores: dict | None = None  # category -> (held-out p, member), from the last refit
         self.sort_into: str | None = None
+        self.setting = None  # the stored clipdesk.auto.AutoSetting (None: not switched on)
         self._loading = False
         self._serial = 0
         lay = QHBoxLayout(self)
@@ -63,6 +66,11 @@ class AutoApplyRow(QFrame):
         self.write_tags = QCheckBox("Write keyword")
         self.write_tags.setObjectName("autoWriteTags")
         self.write_tags.setToolTip("Write the category as an XMP keyword (a sidecar beside the photo; undoable)")
+        self.category = QComboBox()
+        self.category.setObjectName("autoCategory")
+        self.category.addItem(EVERY, None)
+        self.category.setToolTip("The category the keyword and sort options apply to; a category's own choice "
+                                 "wins over \"Every category\"")
         self.sort = QComboBox()
         self.sort.setObjectName("autoSort")
         self.sort.addItems(SORT_CHOICES)
@@ -78,10 +86,11 @@ class AutoApplyRow(QFrame):
         self.estimate = ElidedLabel("Train to see where each category would be applied.")
         self.estimate.setObjectName("autoEstimate")
         self.estimate.setProperty("muted", "true")
-        for w in (self.keep, self.write_tags, self.sort, self.precision, self.precision_label):
+        for w in (self.keep, self.category, self.write_tags, self.sort, self.precision, self.precision_label):
             lay.addWidget(w)
         lay.addWidget(self.estimate, 1)
         self.keep.toggled.connect(lambda _on: self._changed())
+        self.category.currentIndexChanged.connect(lambda _i: self._show_actions())
         self.write_tags.toggled.connect(lambda _on: self._changed())
         self.sort.currentIndexChanged.connect(self._sort_chosen)
         self.precision.valueChanged.connect(lambda _v: self.show_estimate())
@@ -110,23 +119,51 @@ class AutoApplyRow(QFrame):
     def _loaded(self, serial: int, setting) -> None:
         if serial != self._serial:
             return
+        self.setting = setting
         self._loading = True
         try:
             self.keep.setChecked(setting is not None)
-            if setting is not None:
-                self.write_tags.setChecked(setting.write_tags)
-                self.sort_into = setting.sort_into
-                self.sort.setCurrentIndex(MODES.index(setting.mode) if setting.sort_into else 0)
-                self.precision.setValue(round(setting.precision * 100))
-            else:
-                self.write_tags.setChecked(False)
-                self.sort_into = None
-                self.sort.setCurrentIndex(0)
-                self.precision.setValue(90)
-            self._sort_tooltip()
+            self.precision.setValue(round(setting.precision * 100) if setting is not None else 90)
+            self._fill_categories(list(setting.thresholds) if setting is not None else [])
         finally:
             self._loading = False
+        self._show_actions()
         self.rescore()
+
+    # ------------------------------------------------------------------ the category the options are for
+    def chosen_category(self) -> str | None:
+        """The category the options apply to; None for every category."""
+        return self.category.currentData()
+
+    def _fill_categories(self, names: list[str]) -> None:
+        have = [self.category.itemData(i) for i in range(1, self.category.count())]
+        if have == names:
+            return
+        current = self.chosen_category()
+        blocked = self.category.blockSignals(True)
+        try:
+            while self.category.count() > 1:
+                self.category.removeItem(1)
+            for name in names:
+                self.category.addItem(name, name)
+            self.category.setCurrentIndex(max(0, self.category.findData(current)) if current else 0)
+        finally:
+            self.category.blockSignals(blocked)
+
+    def _show_actions(self) -> None:
+        """The options of the chosen category (its own, else every category's)."""
+        from clipdesk.auto import Actions
+
+        s, cat = self.setting, self.chosen_category()
+        a = (s.actions(cat) if cat else s.default) if s is not None else Actions()
+        loading, self._loading = self._loading, True
+        try:
+            self.write_tags.setChecked(a.write_tags)
+            self.sort_into = a.sort_into
+            self.sort.setCurrentIndex(MODES.index(a.mode) if a.sort_into else 0)
+            self._sort_tooltip()
+        finally:
+            self._loading = loading
 
     # ------------------------------------------------------------------ the estimate
     def rescore(self) -> None:
@@ -150,6 +187,8 @@ class AutoApplyRow(QFrame):
         if serial != self._serial:
             return
         self.scores = scores
+        if scores:
+            self._fill_categories(list(scores))
         self.show_estimate()
 
     def thresholds(self) -> list:
@@ -208,10 +247,11 @@ class AutoApplyRow(QFrame):
         precision = self.precision.value() / 100
         write, mode = self.write_tags.isChecked(), MODES[self.sort.currentIndex()]
         into = self.sort_into if mode else None
+        category = self.chosen_category()
 
         def save():
             if on:
-                return auto.configure(lib, self.probe, precision, write, into, mode or "copy")
+                return auto.configure(lib, self.probe, precision, write, into, mode or "copy", category)[0]
             if self.probe in auto.load_store(lib)["auto"]:
                 auto.remove(lib, self.probe)
             return None
@@ -222,13 +262,16 @@ class AutoApplyRow(QFrame):
             self._loading = False
             self.ctx.error.emit(message, kind, "auto")
 
-        self.ctx.jobs.start(save, name="auto settings", on_result=lambda _r: self._saved(on), on_error=failed)
+        self.ctx.jobs.start(save, name="auto settings", on_result=lambda s: self._saved(on, s, category),
+                            on_error=failed)
 
-    def _saved(self, on: bool) -> None:
+    def _saved(self, on: bool, setting, category: str | None) -> None:
+        self.setting = setting
         self.ctx.resolved.emit("auto")
         if on:
-            acts = (["keyword"] if self.write_tags.isChecked() else []) + \
-                ([f"{MODES[self.sort.currentIndex()]} into {self.sort_into}"] if self.sort_into else [])
-            self.ctx.message.emit("New photos in watched folders are now sorted by the taught categories"
-                                  + (f" ({', '.join(acts)})" if acts else "") + "; unsure ones go to the Inbox.")
+            a = setting.actions(category) if category else setting.default
+            acts = a.describe() if a.any else ""
+            who = f"'{category}'" if category else "the taught categories"
+            self.ctx.message.emit(f"New photos in watched folders are now sorted by {who}"
+                                  + (f" ({acts})" if acts else "") + "; unsure ones go to the Inbox.")
         self.setting_saved.emit()

@@ -38,7 +38,7 @@ def describe_auto(reports) -> str:
     parts = []
     for r in reports:
         verb = "tagged" if r.tags_operation else "sorted as" if r.sort_operation else "labelled"
-        parts += [f"{n:,} {verb} {cat}" for cat, n in r.applied.items()]
+        parts += [f"{n:,} {r.verbs.get(cat, verb)} {cat}" for cat, n in r.applied.items()]  # per category's actions
     inbox = sum(r.inbox for r in reports)
     if inbox:
         parts.append(f"{inbox:,} in the Inbox")
