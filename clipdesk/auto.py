@@ -250,7 +250,7 @@ _held = threading.local()  # lock path -> depth, per thread: a holder may take i
 @contextmanager
 def store_lock(lib, wait: float | None = None):
     """Hold the lock of ``auto.json`` (``FOLDER/auto.lock``): one writer at a time across the app's
-    threads (watcher, jobs) and processes (the app, ``clipdesk auto``, ``clipdesk watch``).
+    threads (watcher, jobs) and processes (the app, ``clipdesk auto run``, ``clipdesk watch``).
 
     An flock on a file descriptor of its own per holder, so threads of one process exclude each
     other too; the system releases it when a process dies. Re-entrant within a thread. Waits at most

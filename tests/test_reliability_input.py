@@ -578,6 +578,8 @@ def _command_exists(words: list[str]) -> bool:
     from clipdesk.cli import build_parser
 
     parser = build_parser()
+    if words in (["--version"], ["--help"]):  # the program's own options are a whole command too
+        return True
     rest = list(words)
     while rest:
         w = rest.pop(0)
