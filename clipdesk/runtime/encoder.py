@@ -52,7 +52,7 @@ class FolderEncoder:
         if folder.vocab_size is not None and self.tokenizer.vocab_size > folder.vocab_size:
             raise ModelError(f"{folder.tokenizer_files[0]} has {self.tokenizer.vocab_size:,} tokens but the text "
                              f"model has {folder.vocab_size:,}: the tokenizer does not match the model")
-        self._text = onnx.OrtSession(folder.textual, threads)
+        self._text = onnx.OrtSession(folder.textual, threads, optimise=False)  # loaded by every search
         self._check_dim(self._text, folder.textual)
         self._choose = choose
 
