@@ -35,14 +35,13 @@ OPSET = 17
 
 def _text_module(model):
     """A torch module: ids (n, L) → text features, trimmed to L positions."""
-    import open_clip
     import torch
-    from open_clip.transformer import text_global_pool
 
-    pool = getattr(model, "text_pool_type", "argmax")
-    if type(model) is not open_clip.CLIP or pool not in ("argmax", "eos") or model.attn_mask is None:
-        raise ModelError(f"{type(model).__name__} text towers ({pool} pooling) cannot be exported yet; "
-                         "CLIP towers with a causal mask can")
+    from clipdesk.runtime.torch_backend import text_forward, trimmable
+
+    if not trimmable(model):
+        raise ModelError(f"{type(model).__name__} text towers ({getattr(model, 'text_pool_type', '?')} pooling) "
+                         "cannot be exported yet; CLIP towers with a causal mask can")
 
     class Text(torch.nn.Module):
         def __init__(self, m):
@@ -50,16 +49,7 @@ def _text_module(model):
             self.m = m
 
         def forward(self, ids):
-            m = self.m
-            n = ids.shape[1]
-            cast = m.transformer.get_cast_dtype()
-            x = m.token_embedding(ids).to(cast) + m.positional_embedding[:n].to(cast)
-            x = m.ln_final(m.transformer(x, attn_mask=m.attn_mask[:n, :n]))
-            x = text_global_pool(x, ids, pool, eos_token_id=getattr(m, "text_eos_id", None))
-            proj = m.text_projection
-            if proj is not None:
-                x = proj(x) if isinstance(proj, torch.nn.Linear) else x @ proj
-            return x
+            return text_forward(self.m, ids)
 
     return Text(model)
 

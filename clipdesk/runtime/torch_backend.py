@@ -158,21 +158,33 @@ def encode_text_trimmed(model, tokens):
     a later one, so padding after the last end-of-text token cannot change the pooled feature.
     Other towers take the full path.
     """
-    import open_clip
-    import torch
-
-    pool = getattr(model, "text_pool_type", None)
-    if type(model) is not open_clip.CLIP or pool not in ("argmax", "eos") or model.attn_mask is None:
+    if not trimmable(model):
         return model.encode_text(tokens)
     pad = getattr(model, "pad_id", 0) or 0
     length = int((tokens != pad).long().cumsum(1).argmax(1).max()) + 1
-    t = tokens[:, :length]
-    cast = model.transformer.get_cast_dtype()
-    x = model.token_embedding(t).to(cast) + model.positional_embedding[:length].to(cast)
-    x = model.ln_final(model.transformer(x, attn_mask=model.attn_mask[:length, :length]))
+    return text_forward(model, tokens[:, :length])
+
+
+def trimmable(model) -> bool:
+    """Whether padding can be cut off ``model``'s text input: a CLIP text tower with a causal mask
+    and end-of-text pooling (no position attends to a later one)."""
+    import open_clip
+
+    return type(model) is open_clip.CLIP and getattr(model, "text_pool_type", None) in ("argmax", "eos") \
+        and model.attn_mask is not None
+
+
+def text_forward(model, t):
+    """A CLIP text tower on token ids ``t`` (n, L) of any length L up to its context: only L
+    positions run (the exporter traces this with L dynamic)."""
+    import torch
     from open_clip.transformer import text_global_pool
 
-    x = text_global_pool(x, t, pool, eos_token_id=getattr(model, "text_eos_id", None))
+    n = t.shape[1]
+    cast = model.transformer.get_cast_dtype()
+    x = model.token_embedding(t).to(cast) + model.positional_embedding[:n].to(cast)
+    x = model.ln_final(model.transformer(x, attn_mask=model.attn_mask[:n, :n]))
+    x = text_global_pool(x, t, model.text_pool_type, eos_token_id=getattr(model, "text_eos_id", None))
     proj = model.text_projection
     if proj is not None:
         x = proj(x) if isinstance(proj, torch.nn.Linear) else x @ proj
