@@ -16,6 +16,8 @@
 - indexing: 300 camera JPEGs: model-only M, decode-only D, bound B = 1/(1/M + 1/D) and the real
   `index` E, for the runtime's measured choice and for the torch path in the same run.
 - busy: the same with one busy-loop process started by the benchmark, bound measured under it.
+  (`BENCH_RUNTIME_ONLY=1 .venv-lite/bin/python benchmarks/bench_runtime.py indexing busy` measures
+  the default install's own choice, without the torch path.)
 
 Needs the [torch] extra (for the export and the torch path) and `make install-test`'s .venv-lite.
 Every figure carries the load around it (benchmeta.Watch); results go to benchmarks/out/.
@@ -299,6 +301,9 @@ def bench_indexing(n: int = 300, busy: bool = False) -> dict:
         E = statistics.median(_index_rate(photos, WORK / f"idx-rt-{r}", model_dir=str(folder)) for r in range(2))
         out["runtime"] = {"choice": f"{enc.backend} {enc.precision}", "M": round(M, 1), "D": round(D, 1),
                           "B": round(B, 1), "E": round(E, 1), "E_over_B": round(E / B, 3)}
+        out["python"] = sys.executable
+        if os.environ.get("BENCH_RUNTIME_ONLY"):  # run in the default (torch-free) install: no torch path
+            return out
         tenc = load_encoder(ModelSpec(DEFAULT_ARCH, "random"))
         tM, tD = _rates(tenc, files)
         tB = 1 / (1 / tM + 1 / tD)

@@ -308,6 +308,16 @@ def _open_for_index(args: argparse.Namespace):
     return lib
 
 
+def _marked(lib, args) -> set[int] | None:
+    """The photos ``--rating``/``--picked`` keep; None without them (the metadata module, Exiv2
+    and all, is not loaded for a plain search)."""
+    if not (args.rating or args.picked):
+        return None
+    from clipdesk.tags import marked_ids
+
+    return marked_ids(lib, args.rating, args.picked)
+
+
 def _results(args, results) -> None:
     _emit(args, [r.as_dict() for r in results], [f"{r.score:.3f}  {r.path}" for r in results])
 
@@ -373,22 +383,19 @@ def run(args: argparse.Namespace) -> int:
         elif c == "search":
             # a RAW + JPEG pair is one photo: shown once, at its better rank
             from clipdesk.library import search_without_twins
-            from clipdesk.tags import marked_ids
 
             found = search_without_twins(lib, args.query, args.k, folder=args.folder, after=args.after,
                                          before=args.before, min_score=args.min_score, sort="score",
-                                         only=marked_ids(lib, args.rating, args.picked))
+                                         only=_marked(lib, args))
             if args.sort == "date":  # the same top-k in date order, as lib.search orders it
                 found.sort(key=lambda r: (r.taken is None, r.taken or 0.0))
             if not found and lib.catalog.vector_count() == 0:
                 log.warning("The library has no indexed photos yet: add some with 'clipdesk index FOLDER'.")
             _results(args, found)
         elif c == "similar":
-            from clipdesk.tags import marked_ids
-
             _results(args, lib.similar(args.image, args.k, folder=args.folder, after=args.after,
                                        before=args.before, min_score=args.min_score, sort=args.sort,
-                                       only=marked_ids(lib, args.rating, args.picked)))
+                                       only=_marked(lib, args)))
         elif c == "classify":
             bar, update = progress_bar("classifying")
             try:

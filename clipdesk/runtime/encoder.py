@@ -48,11 +48,27 @@ class FolderEncoder:
         self._lock = threading.Lock()
         self._text_cache: OrderedDict[str, np.ndarray] = OrderedDict()
         self._visual = None
-        self.tokenizer = TextTokenizer(*folder.tokenizer_files, folder.context_length)
+        # the tokenizer (0.1 s of JSON) is read while ONNX Runtime loads the text graph: every search waits for both
+        loaded: dict = {}
+
+        def read_tokenizer() -> None:
+            try:
+                loaded["tokenizer"] = TextTokenizer(*folder.tokenizer_files, folder.context_length)
+            except ModelError as e:
+                loaded["error"] = e
+
+        reader = threading.Thread(target=read_tokenizer, name="clipdesk-tokenizer")
+        reader.start()
+        try:
+            self._text = onnx.OrtSession(folder.textual, threads, optimise=False)
+        finally:
+            reader.join()
+        if "error" in loaded:
+            raise loaded["error"]
+        self.tokenizer = loaded["tokenizer"]
         if folder.vocab_size is not None and self.tokenizer.vocab_size > folder.vocab_size:
             raise ModelError(f"{folder.tokenizer_files[0]} has {self.tokenizer.vocab_size:,} tokens but the text "
                              f"model has {folder.vocab_size:,}: the tokenizer does not match the model")
-        self._text = onnx.OrtSession(folder.textual, threads, optimise=False)  # loaded by every search
         self._check_dim(self._text, folder.textual)
         self._choose = choose
 
