@@ -54,7 +54,7 @@ class FolderEncoder:
         def read_tokenizer() -> None:
             try:
                 loaded["tokenizer"] = TextTokenizer(*folder.tokenizer_files, folder.context_length)
-            except ModelError as e:
+            except Exception as e:  # noqa: BLE001 - raised again in the caller's thread
                 loaded["error"] = e
 
         reader = threading.Thread(target=read_tokenizer, name="clipdesk-tokenizer")
