@@ -11,11 +11,10 @@ from __future__ import annotations
 
 import csv
 import io
-import os
-import tempfile
 from collections.abc import Iterable, Sequence
 
 from clipdesk.errors import ClipdeskError
+from clipdesk.indexer.files import atomic_write
 
 COLUMNS = ("path", "category", "probability")
 Row = tuple[str, str, "float | None"]  # path, category ("" for none), probability (None: not a prediction)
@@ -60,23 +59,8 @@ def csv_bytes(rows: Iterable[Row], bom: bool = False) -> tuple[bytes, int]:
 
 
 def write_csv(path: str, rows: Iterable[Row], bom: bool = False) -> int:
-    """Write ``rows`` to ``path`` atomically; returns how many rows. Raises :class:`OSError`."""
+    """Write ``rows`` to ``path`` atomically; returns how many rows. Raises :class:`OSError`, or
+    the library's full-disk and read-only errors."""
     data, n = csv_bytes(rows, bom)
-    folder = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix="." + os.path.basename(path)[:100] + ".", suffix=".tmp")
-    try:
-        # mkstemp's 0600 would hide the file from other users; os.umask() cannot be read without
-        # changing it for every thread, so the usual 0644
-        os.fchmod(fd, 0o644)
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
+    atomic_write(path, lambda f: f.write(data), size=len(data))
     return n

@@ -120,7 +120,8 @@ def atomic_write(path: str, write: Callable[[BinaryIO], None], size: int | None 
     folder = os.path.dirname(os.path.abspath(path))
     try:
         # mkstemp creates with O_EXCL, which never follows a symbolic link planted at the name.
-        fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}-", suffix=".tmp", dir=folder)
+        # (the name cut to 100 characters: a 255-byte name plus the temporary suffix is too long)
+        fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)[:100]}-", suffix=".tmp", dir=folder)
     except OSError as e:
         if is_disk_full(e):
             raise disk_full_error(folder, f"write {os.path.basename(path)}", size) from None

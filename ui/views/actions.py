@@ -160,9 +160,9 @@ class ResultActions(QWidget):
 
         if self.ctx is None:
             try:
-                written(write_csv(path, rows))
-            except OSError as e:
-                self.error.emit(f"Cannot write {path}: {e.strerror or e}", "export")
+                written(_export(path, rows))
+            except ClipdeskError as e:  # a full disk, a read-only folder, or any OSError said as such
+                self.error.emit(str(e), "export")
                 return None
         else:  # a million rows take seconds to write: not on the GUI thread
             self.ctx.jobs.start(_export, path, rows, name="export", on_result=written,
