@@ -48,7 +48,7 @@ def answer_plan(apply: bool) -> list[str]:
         seen.append(dlg.findChild(object, "planApply").isEnabled())
         QTest.mouseClick(dlg.findChild(object, "planApply" if apply else "planCancel"), Qt.MouseButton.LeftButton)
 
-    when_shown(find, click)
+    when_shown(find, click, within=30.0)  # the plan is made in a worker: as long as the test's own wait
     return seen
 
 
