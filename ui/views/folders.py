@@ -77,9 +77,7 @@ class FoldersPanel(QFrame):
         for b in (add, self.remove_button, rescan):
             row.addWidget(b)
         lay.addLayout(row)
-        margins = lay.contentsMargins()
-        # never narrower than its three buttons' labels (at 1024 px "Remove" lost its first letter)
-        self.setMinimumWidth(max(190, row.sizeHint().width() + margins.left() + margins.right()))
+        self.setMinimumWidth(190)
         self.setMaximumWidth(320)
 
     def refresh(self, extra: list[str] = ()) -> None:
