@@ -122,6 +122,11 @@ class InboxView(QWidget):
         if len(undecided) != len(entries):  # labelled elsewhere (Teach, a drag) since: decided
             self._settle([e["path"] for e in entries if e.get("path") in labelled])
         self.entries = sorted(undecided, key=lambda e: e.get("probability", 0.0))  # least sure first
+        self._show_entries()
+        self.loaded.emit()
+
+    def _show_entries(self) -> None:
+        """Show ``self.entries``, keeping the keys' photo at the same place in the grid."""
         current = self.grid.currentIndex().row()
         self.results.set_items([Item(e["path"], e.get("probability"), self._caption(e)) for e in self.entries])
         if self.entries:
@@ -130,7 +135,6 @@ class InboxView(QWidget):
                 QItemSelectionModel.SelectionFlag.NoUpdate)
         self._count()
         self._buttons()
-        self.loaded.emit()
 
     @staticmethod
     def _caption(e: dict) -> str:
@@ -182,14 +186,7 @@ class InboxView(QWidget):
         if not decided:
             return
         self.entries = [e for e in self.entries if e["path"] not in labelled]
-        current = self.grid.currentIndex().row()
-        self.results.set_items([Item(e["path"], e.get("probability"), self._caption(e)) for e in self.entries])
-        if self.entries:
-            self.grid.selectionModel().setCurrentIndex(
-                self.results.index(min(max(current, 0), len(self.entries) - 1)),
-                QItemSelectionModel.SelectionFlag.NoUpdate)
-        self._count()
-        self._buttons()
+        self._show_entries()
         self._settle(decided)
         self._decided = True
         self._retrain_timer.start()  # restarted by every decision: retrain once they stop
