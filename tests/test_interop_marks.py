@@ -10,14 +10,7 @@ import pytest
 
 from clipdesk import tags
 from conftest import make_photo
-from test_tags import EXIFTOOL, et
-
-
-@pytest.fixture
-def exiftool():
-    if EXIFTOOL is None:
-        pytest.fail("ExifTool is missing: install the Debian package libimage-exiftool-perl")
-    return EXIFTOOL
+from test_tags import et, exiftool  # noqa: F401 - exiftool: the fixture
 
 
 @pytest.fixture

@@ -15,14 +15,7 @@ from clipdesk import organise, tags
 from clipdesk.library import Classification
 from conftest import make_photo
 from test_organise import content
-from test_tags import EXIFTOOL, et, et_read
-
-
-@pytest.fixture
-def exiftool():
-    if EXIFTOOL is None:
-        pytest.fail("ExifTool is missing: install the Debian package libimage-exiftool-perl")
-    return EXIFTOOL
+from test_tags import et, et_read, exiftool  # noqa: F401 - exiftool: the fixture
 
 
 def camera_folder(root: Path) -> dict[str, Path]:

@@ -3,7 +3,6 @@ ExifTool and the result read back with ExifTool, the independent reader."""
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -12,14 +11,7 @@ import pytest
 
 from clipdesk import tags
 from conftest import make_photo
-from test_tags import EXIFTOOL, digest, et, et_read
-
-
-@pytest.fixture
-def exiftool():
-    if EXIFTOOL is None:
-        pytest.fail("ExifTool is missing: install the Debian package libimage-exiftool-perl")
-    return EXIFTOOL
+from test_tags import digest, et, et_read, exiftool  # noqa: F401 - exiftool: the fixture
 
 
 @pytest.fixture
