@@ -129,6 +129,13 @@ def fewshot_splits(y: np.ndarray, n_classes: int, K: int, seed: int) -> tuple[np
     return keep, train, test
 
 
+def class_index(keep: np.ndarray, n_classes: int) -> np.ndarray:
+    """original class → its position among ``keep`` (-1 for a class left out)."""
+    remap = np.full(n_classes, -1)
+    remap[keep] = np.arange(len(keep))
+    return remap
+
+
 def load_fewshot(path: str, half: str | None = None) -> tuple[np.ndarray, np.ndarray, list[str], np.ndarray]:
     """``(X, y, class names, text classifier)`` of a few-shot file (the fewshot-proxy layout),
     optionally one half of its classes (``"dev"`` or ``"check"``)."""
@@ -150,8 +157,7 @@ def load_fewshot(path: str, half: str | None = None) -> tuple[np.ndarray, np.nda
     if half is not None:
         keep = class_half(len(names), half)
         m = np.isin(y, keep)
-        remap = np.full(len(names), -1)
-        remap[keep] = np.arange(len(keep))
+        remap = class_index(keep, len(names))
         X, y, text, names = X[m], remap[y[m]], text[keep], [names[c] for c in keep]
     return X, y, names, text
 
@@ -276,8 +282,7 @@ def eval_rejection(path: str, seeds: int = 50, buckets: tuple = (0, 2), half: st
             if nb:
                 keep = np.sort(np.random.default_rng([seed, nb]).choice(keep, nb, replace=False))
                 train, test = train[np.isin(y[train], keep)], test[np.isin(y[test], keep)]
-            remap = np.full(len(names), -1)
-            remap[keep] = np.arange(len(keep))
+            remap = class_index(keep, len(names))
             r = _rejection([names[c] for c in keep], text[keep], X, y, train, test, remap[y[train]], remap[y[test]])
             if r:
                 got.append(r)
@@ -329,8 +334,7 @@ def eval_fewshot(path: str, seeds: int = 50, shots=SHOTS, corrections: int = 10,
         keep = None
         for seed in range(seeds):
             keep, train, test = fewshot_splits(y, len(names), K, seed)
-            remap = np.full(len(names), -1)
-            remap[keep] = np.arange(len(keep))
+            remap = class_index(keep, len(names))
             ytr, yte = remap[y[train]], remap[y[test]]
             W0, kn = text[keep], [names[c] for c in keep]
             acc["zeroshot"].append(float(np.mean((X[test] @ W0.T).argmax(1) == yte)))
@@ -420,8 +424,7 @@ def eval_calibration(path: str, seeds: int = 5, shots=CALIBRATION_SHOTS, targets
         keep = None
         for seed in range(seeds):
             keep, train, test = fewshot_splits(y, len(names), K, seed)
-            remap = np.full(len(names), -1)
-            remap[keep] = np.arange(len(keep))
+            remap = class_index(keep, len(names))
             ytr, yte = remap[y[train]], remap[y[test]]
             probe, report = fit_probe(ProbeData([names[c] for c in keep], text[keep], X[train], ytr))
             p = probe.probabilities(X[test])
