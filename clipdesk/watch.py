@@ -117,9 +117,12 @@ class LibraryWatcher:
         # watchdog only logs it. Lost events mean a rescan of the folders that rely on events.
         self._overflow = _OverflowListener(self._on_overflow)
         logging.getLogger("watchdog").addHandler(self._overflow)
+        # The observer first, then each folder: scheduling on a running observer adds the
+        # folder's inotify watches before it returns, so a folder's mode says "events" only once
+        # events really flow (a photo copied in just after would otherwise be missed).
+        self._observer.start()
         for folder in self.library.catalog.folders():
             self._watch(folder)
-        self._observer.start()
         self._worker = threading.Thread(target=self._run, name="clipdesk-watcher", daemon=True)
         self._worker.start()
         return self

@@ -238,9 +238,6 @@ def test_find_shows_progress_and_cancel_stops_it(window, monkeypatch):
     assert not window.banner.isVisible()
 
 
-# Intermittent in full parallel runs on 2 cores (about one run in three, 2026-12-06; never alone or
-# beside two busy loops): one rerun, and the closing note of that day says so. Not yet understood.
-@pytest.mark.flaky(reruns=1)
 def test_copied_photos_appear_without_a_rescan_and_the_toggle(window, photos, monkeypatch):
     assert window.watch.toggle.isChecked() and window.watch.toggle.objectName() == "watchFolders"
     until(lambda: window.watch.watcher is not None and window.watch.watcher.modes, what="the watcher started")
