@@ -1,11 +1,15 @@
 """Categories that keep applying: per-probe auto-apply settings, per-category thresholds chosen
 from the person's own examples, and the run that applies them to photos not seen yet.
 
-- **Threshold** (:func:`choose_threshold`): from the probe's examples scored by the folds that
-  did not see them (:attr:`clipdesk.probe.FitReport.held_out`) plus the photos rejected from the
-  category in Review, the lowest probability above which the category's examples are right at
-  least ``precision`` of the time, with the recall there. Fewer than ``1 / (1 − precision)``
-  examples on either side is "too few to know" (:attr:`Threshold.needed` says how many more).
+- **Threshold** (:func:`category_scores`, :func:`choose_threshold`): the lowest probability above
+  which the photos the category would apply to are right at least ``precision`` of the time,
+  with the recall there. Read on the library itself: its photos (a sample of a large one) with
+  the probe's probabilities — cross-validated on the examples (temperature and bias) and shifted
+  to the library's own mix of categories (:func:`prior_shift`) — as the chance each is right;
+  the examples, scored by the folds that did not see them (:attr:`clipdesk.probe.FitReport.held_out`),
+  and the photos rejected in Review with the answer the person gave. Fewer than
+  ``1 / (1 − precision)`` examples on either side is "too few to know" (:attr:`Threshold.needed`
+  says how many more).
 - **Settings and Inbox** live in the library folder (``auto.json``: versioned, written
   atomically, changed only under ``auto.lock``: :func:`update_store`). A setting holds the probe's
   precision, its thresholds, and the actions per category (a default for every category, and a
@@ -41,7 +45,7 @@ from clipdesk.errors import ClipdeskError, ProbeError
 from clipdesk.indexer.errors import disk_full_error, is_disk_full
 from clipdesk.indexer.files import O_CLOEXEC, O_NOFOLLOW, O_NONBLOCK, atomic_write, check_library_entry
 from clipdesk.indexer.lock import _try_lock  # the library lock's one non-blocking flock/msvcrt try
-from clipdesk.probe import BACKGROUND, Probe, ProbeData, fit_probe
+from clipdesk.probe import BACKGROUND, Probe, ProbeData, fit_probe, training_prior
 from clipdesk.teaching import NONE_CLASS, negative_label
 
 STORE = "auto.json"
@@ -86,68 +90,163 @@ def min_examples(precision: float) -> int:
     return max(3, math.ceil(1.0 / max(1e-6, 1.0 - precision) - 1e-9))
 
 
-def choose_threshold(p: np.ndarray, member: np.ndarray, precision: float = DEFAULT_PRECISION,
-                     category: str = "", enough: bool = True) -> Threshold:
-    """The lowest probability ``t`` such that the items with ``p ≥ t`` are members at least
-    ``precision`` of the time, with the share of members found there (recall).
+POOL_SAMPLE = 20_000  # library photos a threshold is read on (a seeded sample of larger libraries)
+PRIOR_ITERATIONS = 200
 
-    ``p`` (n,): held-out probabilities of the category; ``member`` (n,) bool. With ``enough``
-    (the app), fewer than :func:`min_examples` members or non-members give "too few to know".
+
+def prior_shift(P: np.ndarray, prior: np.ndarray, iterations: int = PRIOR_ITERATIONS,
+                tol: float = 1e-6) -> tuple[np.ndarray, np.ndarray]:
+    """``(Q, prior')``: the probabilities ``P`` (n, C), calibrated to the class frequencies
+    ``prior``, re-weighted to the frequencies of the photos they were computed on, estimated by
+    expectation-maximisation (Saerens, Latinne & Decaestecker 2002). A probe taught with 8 examples
+    of each category calibrates to 1 in C each; in a library where one category is 1 photo in 50
+    its raw probabilities overstate it, and so would every precision read from them."""
+    P = np.asarray(P, np.float64)
+    prior = np.clip(np.asarray(prior, np.float64), 1e-9, None)
+    if not len(P):
+        return P, prior
+    pi = prior.copy()
+    for _ in range(iterations):
+        Q = P * (pi / prior)
+        Q /= np.maximum(Q.sum(1, keepdims=True), 1e-300)
+        new = np.clip(Q.mean(0), 1e-9, None)
+        done = np.abs(new - pi).max() < tol
+        pi = new
+        if done:
+            break
+    Q = P * (pi / prior)
+    return Q / np.maximum(Q.sum(1, keepdims=True), 1e-300), pi
+
+
+@dataclass(frozen=True)
+class CategoryScores:
+    """What a category's threshold is read from (computed once per training; a precision is then
+    a cheap cut, :meth:`threshold`): the photos the probe names this category (its top answer)
+    with their probability ``p``, and ``right``, the chance each is right — 1 or 0 where the person
+    said so (an example, held out of the fit that scores it; a photo rejected in Review), else its
+    probability adjusted to the library's own mix of categories (:func:`prior_shift`).
+    ``expected``: the photos of the category expected among all scored (the recall's base)."""
+
+    category: str
+    p: np.ndarray
+    right: np.ndarray
+    expected: float
+    positives: int  # the person's examples of the category, and of everything else (rejections too)
+    negatives: int
+
+    def threshold(self, precision: float = DEFAULT_PRECISION, enough: bool = True) -> Threshold:
+        return choose_threshold(self.p, self.right, precision, self.category, enough=enough,
+                                expected=self.expected, examples=(self.positives, self.negatives))
+
+
+def choose_threshold(p: np.ndarray, right: np.ndarray, precision: float = DEFAULT_PRECISION,
+                     category: str = "", enough: bool = True, expected: float | None = None,
+                     examples: tuple[int, int] | None = None) -> Threshold:
+    """The lowest probability ``t`` such that the photos with ``p ≥ t`` — and those of every
+    higher cut — are right at least ``precision`` of the time, with the share of the category
+    found there (recall).
+
+    ``p`` (n,): probabilities of the category; ``right`` (n,): whether each is the category, known
+    (bool, 0/1) or expected (its calibrated probability); ``expected``: how many of the scored
+    photos are the category (default ``right.sum()``). ``examples`` ``(in, not)``: the person's own
+    examples on each side (default: ``right`` counted as labels). With ``enough`` (the app), fewer
+    than :func:`min_examples` of them on a side is "too few to know".
     """
-    p, member = np.asarray(p, np.float64), np.asarray(member, bool)
-    pos, neg = int(member.sum()), int((~member).sum())
+    p, right = np.asarray(p, np.float64), np.asarray(right, np.float64)
+    pos, neg = examples if examples is not None else (int((right >= 0.5).sum()), int((right < 0.5).sum()))
     need = min_examples(precision)
     if enough and (pos < need or neg < need):
         return Threshold(category, precision, positives=pos, negatives=neg,
                          needed=max(0, need - pos) + max(0, need - neg))
-    if not pos:
+    total = float(right.sum()) if expected is None else float(expected)
+    if not len(p) or total <= 0:
         return Threshold(category, precision, positives=pos, negatives=neg, needed=need)
     order = np.argsort(-p, kind="stable")
-    tp = np.cumsum(member[order])
+    ps = p[order]
+    tp = np.cumsum(right[order])
     prec = tp / np.arange(1, len(p) + 1)
-    # a cut is only between distinct probabilities: ties go in together
-    last_of_tie = np.r_[p[order][1:] != p[order][:-1], True]
-    ok = np.flatnonzero((prec >= precision - 1e-12) & last_of_tie)
+    # a cut is only between distinct probabilities (ties go in together), and precision must hold
+    # at every cut above it, not dip there and recover lower down
+    last_of_tie = np.r_[ps[1:] != ps[:-1], True]
+    below = np.flatnonzero((prec < precision - 1e-12) & last_of_tie)
+    deepest = below.min() - 1 if len(below) else len(p) - 1
+    ok = np.flatnonzero(last_of_tie[: deepest + 1])
     if not len(ok):  # no cut reaches it: apply nothing (above every probability)
         return Threshold(category, precision, 1.0, None, 0.0, pos, neg)
     k = int(ok.max())
-    return Threshold(category, precision, float(p[order][k]), float(prec[k]), float(tp[k] / pos), pos, neg)
+    return Threshold(category, precision, float(ps[k]), float(prec[k]), float(min(1.0, tp[k] / total)), pos, neg)
 
 
-def category_scores(probe: Probe, rejected: dict[str, np.ndarray] | None = None
-                    ) -> dict[str, tuple[np.ndarray, np.ndarray]]:
-    """Per category of ``probe``: (p (n,), member (n,) bool) — its examples' held-out probabilities
-    (a refit on its stored examples) and ``rejected`` (category -> (m, dim) photos rejected from it
-    in Review, scored by the probe itself: they cannot be held out of a fit they are not in). The
-    costly part of a threshold; :func:`choose_threshold` on it is cheap for any precision."""
+def category_scores(probe: Probe, pool: np.ndarray | None = None,
+                    rejected: dict[str, np.ndarray] | None = None) -> dict[str, CategoryScores]:
+    """Per category of ``probe``, what its threshold is read from (:class:`CategoryScores`).
+
+    ``pool`` (n, dim): the library's photos that are neither examples nor rejections (a sample
+    of a large library); the photos a threshold will apply to, so a precision is estimated on
+    them, through the probe's probabilities shifted to their mix of categories. The examples (a
+    refit gives each its probability from the folds that did not see it) and ``rejected``
+    (category -> (m, dim) photos rejected from it in Review, scored by the probe itself: they are
+    not in its fit) join them with what the person said they are. The costly part of a threshold;
+    :meth:`CategoryScores.threshold` on it is cheap for any precision.
+    """
     data = ProbeData(list(probe.classes), probe.text, probe.keys, probe.key_labels)
     _, report = fit_probe(data)
     held = report.held_out
+    labels = np.asarray(probe.key_labels)
+    C = len(probe.classes)
+    if pool is not None and len(pool):
+        P = probe.probabilities(np.asarray(pool, np.float32))
+        Q, _ = prior_shift(P, training_prior(data))
+    else:
+        P = Q = np.zeros((0, C))
+    top_pool, top_held = P.argmax(1), held.argmax(1)
     out = {}
     for c, name in enumerate(probe.classes):
         if name in (BACKGROUND, NONE_CLASS):
             continue
-        p, member = held[:, c], probe.key_labels == c
+        sel, mine = top_pool == c, top_held == c
+        p = [P[sel, c], held[mine, c]]
+        right = [Q[sel, c], (labels[mine] == c).astype(np.float64)]
         R = (rejected or {}).get(name)
+        n_rejected = 0
         if R is not None and len(R):
-            p = np.concatenate([p, probe.probabilities(np.asarray(R, np.float32))[:, c]])
-            member = np.concatenate([member, np.zeros(len(R), bool)])
-        out[name] = (p, member)
+            PR = probe.probabilities(np.asarray(R, np.float32))
+            p.append(PR[PR.argmax(1) == c, c])
+            right.append(np.zeros(int((PR.argmax(1) == c).sum())))
+            n_rejected = len(R)
+        positives = int((labels == c).sum())
+        out[name] = CategoryScores(name, np.concatenate(p), np.concatenate(right),
+                                   float(Q[:, c].sum()) + positives, positives,
+                                   int((labels != c).sum()) + n_rejected)
     return out
 
 
-def category_thresholds(probe: Probe, precision: float = DEFAULT_PRECISION,
+def category_thresholds(probe: Probe, precision: float = DEFAULT_PRECISION, pool: np.ndarray | None = None,
                         rejected: dict[str, np.ndarray] | None = None) -> dict[str, Threshold]:
     """A threshold per category of ``probe`` (see :func:`category_scores`)."""
-    return {name: choose_threshold(p, member, precision, name)
-            for name, (p, member) in category_scores(probe, rejected).items()}
+    return {name: s.threshold(precision) for name, s in category_scores(probe, pool, rejected).items()}
 
 
-def library_scores(lib, probe: str) -> dict[str, tuple[np.ndarray, np.ndarray]]:
-    """:func:`category_scores` of the library's probe ``probe`` with the photos rejected in Review
-    (what the app computes once per training, then moves a precision slider over)."""
+def library_pool(lib, probe: Probe, limit: int = POOL_SAMPLE) -> np.ndarray:
+    """(n, dim) the library photos a threshold of ``probe`` is read on: every embedded photo that
+    is not one of its examples or rejections (those come with their answers), at most ``limit``
+    of them (a sample, the same one each time for the same library)."""
+    taught = set(probe.classes) | {negative_label(c) for c in probe.classes}
+    skip = {i for label, ids in lib.catalog.labels().items() if label in taught for i in ids}
+    ids = [int(i) for i in lib.catalog.filter_ids() if int(i) not in skip]
+    if len(ids) > limit:
+        ids = sorted(np.random.default_rng(len(ids)).choice(ids, limit, replace=False).tolist())
+    if not ids:
+        return np.zeros((0, probe.keys.shape[1]), np.float32)
+    return lib.catalog.vectors_for(ids)
+
+
+def library_scores(lib, probe: str) -> dict[str, CategoryScores]:
+    """:func:`category_scores` of the library's probe ``probe``, read on the library's photos, with
+    the photos rejected in Review (what the app computes once per training, then moves a
+    precision slider over)."""
     loaded = lib.load_probe(probe)
-    return category_scores(loaded, _rejected(lib, loaded))
+    return category_scores(loaded, library_pool(lib, loaded), _rejected(lib, loaded))
 
 
 # ---------------------------------------------------------------------- the store
@@ -372,7 +471,7 @@ def _rejected(lib, probe: Probe) -> dict[str, np.ndarray]:
 
 def _calibrate(lib, setting: AutoSetting) -> dict[str, Threshold]:
     probe = lib.load_probe(setting.probe)
-    got = category_thresholds(probe, setting.precision, _rejected(lib, probe))
+    got = category_thresholds(probe, setting.precision, library_pool(lib, probe), _rejected(lib, probe))
     setting.thresholds = {k: asdict(v) for k, v in got.items()}
     setting.calibrated_for = float(probe.meta.get("created", 0.0))
     return got

@@ -535,6 +535,21 @@ def _fit_calibration(scores: np.ndarray, y: np.ndarray, fit_bias: bool, balanced
     return best[1], best[2].astype(np.float32)
 
 
+def balanced_fit(data: ProbeData) -> bool:
+    """Whether a fit weighs each class as much as any other (concept vs rest: see :func:`fit_probe`)."""
+    return bool(not data.has_text.all() and int(data.has_text.sum()) <= 1)
+
+
+def training_prior(data: ProbeData) -> np.ndarray:
+    """(C,) the class frequencies a probe's probabilities are calibrated to: its examples' weighted
+    shares (uniform for a balanced fit). A library whose photos fall into the classes in other
+    proportions shifts them (:func:`clipdesk.auto.prior_shift`)."""
+    C = len(data.classes)
+    y = np.asarray(data.y, np.int64)
+    counts = np.bincount(y, weights=_class_weights(y, C, balanced_fit(data)), minlength=C)
+    return counts / max(counts.sum(), 1e-12)
+
+
 def _class_weights(y: np.ndarray, C: int, balanced: bool) -> np.ndarray:
     """Per-example weights: 1, or (balanced) each class weighing as much as any other in total."""
     if not balanced:
@@ -797,7 +812,7 @@ def fit_probe(data: ProbeData, zeroshot_text: np.ndarray | None = None, meta: di
     # the person's own rejections, so its examples count one by one like any bucket's, without a
     # bias: balanced, one rejection weighed as much as a whole bucket and its bias gave it a
     # bucket's share; with 3 + 3 examples one rejection took 69 % of the held-out items (issue 26).
-    balanced = not data.has_text.all() and int(data.has_text.sum()) <= 1
+    balanced = balanced_fit(data)
     w = _class_weights(y, C, balanced)
     zs_text = data.text if zeroshot_text is None else zeroshot_text
     right = (X @ np.asarray(zs_text, np.float32).T).argmax(1) == y

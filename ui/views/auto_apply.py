@@ -7,10 +7,11 @@ own choice wins over "every category"), and a target-precision slider (default 9
 updates live: "Beach: auto-apply above 0.83 — about 9 in 10 right, finds about 7 in 10", or
 "too few examples to know — add 8 more" (the Suggested grid shows the photos that would help).
 
-The costly part — refitting the probe to score its examples on folds that did not see them
-(:func:`clipdesk.auto.library_scores`) — runs on a worker after each training and after the
-buckets change; moving the slider only re-cuts those scores (:func:`clipdesk.auto.choose_threshold`:
-a sort of the category's examples, microseconds), so the estimate follows the slider at once.
+The costly part — refitting the probe to score its examples on folds that did not see them,
+and scoring the library's photos the thresholds will apply to (:func:`clipdesk.auto.library_scores`)
+— runs on a worker after each training and after the buckets change; moving the slider only
+re-cuts those scores (:meth:`clipdesk.auto.CategoryScores.threshold`: a sort and a cumulative sum,
+milliseconds), so the estimate follows the slider at once.
 Switching on, changing an option or letting go of the slider saves the setting on a worker.
 """
 from __future__ import annotations
@@ -192,10 +193,8 @@ class AutoApplyRow(QFrame):
         self.show_estimate()
 
     def thresholds(self) -> list:
-        from clipdesk import auto
-
         p = self.precision.value() / 100
-        return [auto.choose_threshold(s, m, p, name) for name, (s, m) in (self.scores or {}).items()]
+        return [s.threshold(p) for s in (self.scores or {}).values()]
 
     def show_estimate(self) -> None:
         self.precision_label.setText(f"{self.precision.value()} % right")
