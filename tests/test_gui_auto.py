@@ -146,3 +146,30 @@ def test_settings_model_folder_is_checked_then_used_and_remembered(window, tmp_p
     assert done == [f"model folder {good}"]
     assert w.lib.spec.folder == str(good)
     assert w.recent.get(w.lib.folder).model_dir == str(good)
+
+
+def test_accepting_none_of_the_buckets_in_the_inbox_rejects_it_from_each_as_one_undo(window, photos):
+    from clipdesk import auto
+    from clipdesk.teaching import NONE_CLASS
+
+    w, t, _ = trained_window(window)
+    odd = str(make_photo(photos / "odd.jpg", (90, 200, 40), pattern=77))
+    until(lambda: w.lib.catalog.id_for_path(odd) is not None, what="the new photo indexed by the watcher")
+    with auto.update_store(w.lib) as store:
+        store["inbox"].append({"id": w.lib.catalog.id_for_path(odd), "path": odd, "probe": "teach",
+                               "category": NONE_CLASS, "probability": 0.41})
+    w.ctx.auto_changed.emit()
+    view = w.inbox_view
+    w.tabs.setCurrentWidget(view)
+    until(lambda: view.results.rowCount() == 1, what="the Inbox entry")
+    assert view.results.items()[0].label == "none of the buckets"
+    view.grid.setCurrentIndex(view.results.index(0))
+    view.grid.setFocus()
+    QTest.keyClick(view.grid, Qt.Key.Key_R)  # "no, it is in a bucket": which one is the person's to say
+    assert "number key" in w.status.currentMessage() and w.labels.rejected("A") == []
+    QTest.keyClick(view.grid, Qt.Key.Key_A)  # "yes, none of them"
+    until(lambda: odd in w.labels.rejected("A") and odd in w.labels.rejected("B"), what="rejected from each")
+    until(lambda: view.results.rowCount() == 0, what="out of the Inbox")
+    assert "none of the buckets" in w.status.currentMessage()
+    w.labels.undo.undo()  # one Ctrl+Z takes the whole decision back
+    assert odd not in w.labels.rejected("A") and odd not in w.labels.rejected("B")

@@ -182,6 +182,20 @@ class LabelStore(QObject):
         """Mark photos as "not ``name``" (and take them out of bucket ``name``)."""
         self._change(name, paths, accept=False)
 
+    def reject_from_all(self, paths: list[str]) -> None:
+        """Mark photos as in none of the buckets (rejected from each; taught as "none of these")
+        as one undoable change."""
+        paths = [p for p in dict.fromkeys(paths) if self.lib.catalog.id_for_path(p) is not None]
+        buckets = [n for n in self.names() if not is_negative(n)]
+        adds = {negative_label(b): [p for p in paths if p not in set(self._labels.get(negative_label(b), []))]
+                for b in buckets}
+        removes = {b: [p for p in paths if p in set(self._labels.get(b, []))] for b in buckets}
+        if not paths or not buckets or not any(adds.values()) and not any(removes.values()):
+            return
+        n = len(paths)
+        self.undo.push(LabelCommand(self, f"put {n} in none of the buckets", adds=adds, removes=removes))
+        self.say(f"Marked {n} photo{'s' if n != 1 else ''} as in none of the buckets — Ctrl+Z undoes.")
+
     def remove(self, name: str, paths: list[str]) -> None:
         gone = [p for p in paths if p in set(self.paths(name))]
         if gone:

@@ -3,7 +3,8 @@
 The watcher's auto run (:func:`clipdesk.auto.run`) puts every new photo under its category's
 threshold into the Inbox (``auto.json``). Here they are a Review grid, least sure first, each
 captioned with the category the probe would give it: Accept (A) puts it into that bucket, Reject
-(R) marks it "not that", a bucket's number key puts it into that bucket. Any of these labels the
+(R) marks it "not that", a bucket's number key puts it into that bucket; a photo captioned "none
+of the buckets" is accepted as rejected from every bucket (one Ctrl+Z). Any of these labels the
 photo — it teaches the probe — and takes it out of the Inbox. Once the person stops deciding and
 the app is idle, the probe retrains in the background (the next auto run recalibrates its
 thresholds from it). The tab title carries the count: "Inbox (3)".
@@ -168,16 +169,21 @@ class InboxView(QWidget):
         by_path = {e["path"]: e for e in self.entries}
         buckets = set(self.ctx.labels.names())
         groups: dict[str, list[str]] = {}
+        none = []  # captioned "none of the buckets": accepting it says so, as a rejection from each
         for p in paths:
             cat = by_path.get(p, {}).get("category")
             if cat in buckets:
                 groups.setdefault(cat, []).append(p)
-        if not groups:
+            elif cat == NONE_CLASS and accept:
+                none.append(p)
+        if not groups and not none:
             if paths:
                 self.ctx.message.emit("Put it into a bucket with the bucket's number key.")
             return
         for cat, ps in groups.items():
             (self.ctx.labels.add if accept else self.ctx.labels.reject)(cat, ps)
+        if none:
+            self.ctx.labels.reject_from_all(none)
         self.grid.setFocus()
 
     def _labels_changed(self) -> None:
