@@ -71,9 +71,15 @@ def test_prior_shift_finds_the_librarys_own_mix_of_categories():
     assert np.allclose(training_prior(data), 1 / 3)
     pool = np.vstack([draw(0, 40), draw(1, 400), draw(2, 560)])  # a: 4 %, b: 40 %, c: 56 %
     P = probe.probabilities(pool)
-    Q, prior = auto.prior_shift(P, training_prior(data))
-    assert np.allclose(Q.sum(1), 1) and abs(prior[0] - 0.04) < abs(P[:, 0].mean() - 0.04)
-    assert abs(prior[0] - 0.04) < 0.03 and abs(prior[2] - 0.56) < 0.08
+    Q, prior = auto.prior_shift(P, training_prior(data), strength=0)  # plain EM: the likelihood's answer
+    assert np.allclose(Q.sum(1), 1) and abs(prior[0] - 0.04) < 0.03 and abs(prior[2] - 0.56) < 0.08
+    assert P[:, 0].mean() > 0.2  # the raw probabilities, calibrated to 1 in 3, say 24 %
+    # the app's estimate holds on to the examples' mix as much as 100 photos would: part of the way
+    # in a library of 1,000 photos, further in one of 10,000
+    _, small = auto.prior_shift(P, training_prior(data))
+    big = np.vstack([pool] + [np.vstack([draw(0, 40), draw(1, 400), draw(2, 560)]) for _ in range(9)])
+    _, large = auto.prior_shift(probe.probabilities(big), training_prior(data))
+    assert abs(large[0] - 0.04) < abs(small[0] - 0.04) < abs(P[:, 0].mean() - 0.04)
 
 
 def test_a_rare_category_gets_a_higher_threshold_read_on_the_library():
@@ -395,3 +401,9 @@ def test_a_lock_held_too_long_is_one_clear_error_and_nothing_changes(library):
         holder.wait()
     assert auto.load_store(library)["inbox"] == [{"id": 1, "path": "/p/a.jpg"}]
     assert auto.settle_inbox(library, ["/p/a.jpg"]) == 1  # the holder died: the lock is free again
+
+
+def test_a_category_no_cut_can_make_precise_enough_says_so():
+    t = auto.choose_threshold(np.array([0.9, 0.8, 0.7]), np.array([0, 1, 0], bool), 0.9, "owl", enough=False)
+    assert t.known and t.estimated_precision is None and t.estimated_recall == 0.0
+    assert t.describe() == "owl: no threshold reaches 90% yet — add examples"

@@ -13,11 +13,12 @@ from typing import NamedTuple
 
 from PySide6.QtCore import Signal
 from PySide6.QtGui import QGuiApplication
-from PySide6.QtWidgets import QHBoxLayout, QLabel, QMenu, QPushButton, QSpinBox, QToolButton, QWidget
+from PySide6.QtWidgets import QLabel, QMenu, QPushButton, QSpinBox, QToolButton, QWidget
 
 from clipdesk.errors import ClipdeskError
 from clipdesk.export import write_csv  # the columns the CLI's export csv writes too
 
+from ..flow import FlowLayout
 from .dialogs import PlanDialog, ask_folder, ask_save_path
 from .grid import PhotoGrid
 
@@ -68,8 +69,7 @@ class ResultActions(QWidget):
         self.all_rows = all_rows
         self.rest_name = rest_name  # the export's category for a photo in none (tags skip those)
         self.default_file = default_file
-        lay = QHBoxLayout(self)
-        lay.setContentsMargins(0, 0, 0, 0)
+        lay = FlowLayout(self)  # wraps onto a second line in a narrow pane instead of cutting text
         self.threshold = QSpinBox()
         self.threshold.setObjectName(f"{export_name}Threshold")
         self.threshold.setRange(0, 100)
@@ -114,9 +114,8 @@ class ResultActions(QWidget):
         more.setPopupMode(QToolButton.ToolButtonPopupMode.InstantPopup)
         self.summary = QLabel()
         self.summary.setProperty("muted", "true")
-        for w in (self.threshold, self.select_above, self.copy, self.export, more):
+        for w in (self.threshold, self.select_above, self.copy, self.export, more, self.summary):
             lay.addWidget(w)
-        lay.addWidget(self.summary, 1)
         grid.selectionModel().selectionChanged.connect(lambda *_: self._summarise())
         grid.model().modelReset.connect(self._summarise)
         self._summarise()

@@ -17,16 +17,18 @@ Switching on, changing an option or letting go of the slider saves the setting o
 from __future__ import annotations
 
 from PySide6.QtCore import Qt, QTimer, Signal
-from PySide6.QtWidgets import QCheckBox, QComboBox, QFrame, QHBoxLayout, QLabel, QSlider
+from PySide6.QtWidgets import QCheckBox, QComboBox, QFrame, QHBoxLayout, QLabel, QSlider, QVBoxLayout
 
 from .context import Context
 from .dialogs import ask_folder
-from .text import ElidedLabel
 
 SORT_CHOICES = ("Don't sort", "Copy into folder…", "Move into folder…")
 EVERY = "Every category"  # the category picker's first entry: the probe's default actions
 MODES = (None, "copy", "move")
 RESCORE_MS = 800  # after the buckets change: one refit for a burst of labels
+
+
+SHOWN_CATEGORIES = 3  # estimates on the line under the switch; the tooltip has every category
 
 
 def in_ten(x: float) -> str:
@@ -58,8 +60,11 @@ class AutoApplyRow(QFrame):
         self.setting = None  # the stored clipdesk.auto.AutoSetting (None: not switched on)
         self._loading = False
         self._serial = 0
-        lay = QHBoxLayout(self)
-        lay.setContentsMargins(0, 0, 0, 0)
+        outer = QVBoxLayout(self)
+        outer.setContentsMargins(0, 0, 0, 0)
+        outer.setSpacing(2)
+        lay = QHBoxLayout()
+        outer.addLayout(lay)
         self.keep = QCheckBox("Keep applying to new photos")
         self.keep.setObjectName("autoKeep")
         self.keep.setToolTip("Every photo the folder watcher indexes is predicted: above its category's threshold "
@@ -84,14 +89,17 @@ class AutoApplyRow(QFrame):
         self.precision.setToolTip("How often an applied category must be right; sets each category's threshold")
         self.precision_label = QLabel("90 % right")
         self.precision_label.setObjectName("autoPrecisionLabel")
-        self.estimate = ElidedLabel("Train to see where each category would be applied.")
+        # its own line under the controls, wrapped: beside them a small window left it no room
+        self.estimate = QLabel("Train to see where each category would be applied.")
         self.estimate.setObjectName("autoEstimate")
         self.estimate.setProperty("muted", "true")
+        self.estimate.setWordWrap(True)
         for w in (self.keep, self.category, self.write_tags, self.sort, self.precision, self.precision_label):
             lay.addWidget(w)
-        lay.addWidget(self.estimate, 1)
+        lay.addStretch(1)
+        outer.addWidget(self.estimate)
         self.keep.toggled.connect(lambda _on: self._changed())
-        self.category.currentIndexChanged.connect(lambda _i: self._show_actions())
+        self.category.currentIndexChanged.connect(lambda _i: (self._show_actions(), self.show_estimate()))
         self.write_tags.toggled.connect(lambda _on: self._changed())
         self.sort.currentIndexChanged.connect(self._sort_chosen)
         self.precision.valueChanged.connect(lambda _v: self.show_estimate())
@@ -204,11 +212,18 @@ class AutoApplyRow(QFrame):
         else:
             got = self.thresholds()
             lines = [describe(t) for t in got]
-            self.estimate.setText("; ".join(lines))
+            picked = self.category.currentData()  # a category picked beside the switch: its line first
+            shown = sorted(lines, key=lambda line: not (picked and line.startswith(f"{picked}: ")))
+            text = "; ".join(shown[:SHOWN_CATEGORIES])
+            if len(shown) > SHOWN_CATEGORIES:
+                text += f"; and {len(shown) - SHOWN_CATEGORIES} more categories (hover to see all)"
+            self.estimate.setText(text)
             more = "\n\nToo few examples: Suggested next (left) shows the photos that would help most." \
                 if any(not t.known for t in got) else ""
-            self.estimate.setToolTip("\n".join(lines) + "\n\nEstimated on your examples, each scored by a probe "
-                                     "trained without it, and the photos you rejected in Review." + more)
+            self.estimate.setToolTip("\n".join(lines) + "\n\nEstimated on your library's photos (each counted by how "
+                                     "likely it is the category, for how common each category is in your library), "
+                                     "your examples (each scored by a probe trained without it) and the photos you "
+                                     "rejected in Review." + more)
         self.thresholds_shown.emit()
 
     # ------------------------------------------------------------------ saving

@@ -13,10 +13,11 @@ import json
 from dataclasses import asdict, dataclass, fields
 
 from PySide6.QtCore import QObject, Signal
-from PySide6.QtWidgets import QCheckBox, QComboBox, QHBoxLayout, QLabel, QMenu, QToolButton, QWidget
+from PySide6.QtWidgets import QCheckBox, QComboBox, QLabel, QMenu, QToolButton, QWidget
 
 from clipdesk.tags import mark_colors, mark_filter
 
+from ..flow import FlowLayout
 from ..focus import keys_stay_on_content
 
 STARS = ["Any rating"] + [("★" * n) + ("" if n == 5 else " or more") for n in range(1, 6)]
@@ -119,8 +120,7 @@ class FilterBar(QWidget):
         super().__init__(parent)
         self.state, self.labels, self.shown = state, labels, shown
         self.setObjectName(name)
-        lay = QHBoxLayout(self)
-        lay.setContentsMargins(0, 0, 0, 0)
+        lay = FlowLayout(self)  # wraps onto a second line in a narrow pane instead of cutting text
         self.rating = QComboBox()
         self.rating.setObjectName(f"{name}Rating")
         self.rating.addItems(STARS)
@@ -142,10 +142,8 @@ class FilterBar(QWidget):
         self.add_all.setPopupMode(QToolButton.ToolButtonPopupMode.InstantPopup)
         self.add_all.setMenu(QMenu(self.add_all))
         self.add_all.menu().aboutToShow.connect(self._fill_menu)
-        for w in (self.rating, self.picked, self.rejected, self.color):
+        for w in (self.rating, self.picked, self.rejected, self.color, self.add_all, self.count):
             lay.addWidget(w)
-        lay.addWidget(self.count, 1)
-        lay.addWidget(self.add_all)
         self.rating.currentIndexChanged.connect(lambda _i: self._edited())
         self.picked.toggled.connect(lambda _on: self._edited())
         self.rejected.toggled.connect(lambda _on: self._edited())
