@@ -149,9 +149,8 @@ class CategoryScores:
 def choose_threshold(p: np.ndarray, right: np.ndarray, precision: float = DEFAULT_PRECISION,
                      category: str = "", enough: bool = True, expected: float | None = None,
                      examples: tuple[int, int] | None = None) -> Threshold:
-    """The lowest probability ``t`` such that the photos with ``p ≥ t`` — and those of every
-    higher cut — are right at least ``precision`` of the time, with the share of the category
-    found there (recall).
+    """The lowest probability ``t`` such that the photos with ``p ≥ t`` are right at least
+    ``precision`` of the time, with the share of the category found there (recall).
 
     ``p`` (n,): probabilities of the category; ``right`` (n,): whether each is the category, known
     (bool, 0/1) or expected (its calibrated probability); ``expected``: how many of the scored
