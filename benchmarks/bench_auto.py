@@ -44,7 +44,7 @@ def loadavg() -> str:
 
 
 def setup(root: Path) -> tuple[str, Path, list[Path]]:
-    from clipdesk import auto
+    from clipdesk.ops import auto
     from clipdesk.library import Library
 
     watched = root / "watched"

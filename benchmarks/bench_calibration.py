@@ -5,7 +5,7 @@
 For each evaluation set (the ones bench_fewshot.py uses: shared/data/fewshot-proxy.npz and
 benchmarks/data/*.npz): ``clipdesk eval calibration`` at K = 4, 8, 16 examples per class and
 target precision 0.8 / 0.9 / 0.95 — the threshold chosen per category as the app chooses it
-(clipdesk.auto.category_scores: the examples held out of the probe's folds, and the unlabelled
+(clipdesk.ops.auto.category_scores: the examples held out of the probe's folds, and the unlabelled
 test items standing in for the library, their probabilities shifted to its mix of categories),
 then the precision of the test items above it (pooled over categories) and the recall there,
 mean over seeds; beside it, thresholds chosen knowing the test labels ("best": where every photo
@@ -32,7 +32,7 @@ sys.path.insert(0, str(HERE.parent))
 from bench_fewshot import SETS
 from benchmeta import machine
 
-from clipdesk.evaluation import calibration_table, eval_calibration
+from clipdesk.teach.evaluation import calibration_table, eval_calibration
 
 
 def main() -> int:

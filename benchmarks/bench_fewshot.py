@@ -34,8 +34,8 @@ sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(HERE.parent))
 from benchmeta import Watch, machine
 
-from clipdesk.evaluation import eval_fewshot
-from clipdesk.probe import ProbeData, fit_probe
+from clipdesk.teach.evaluation import eval_fewshot
+from clipdesk.teach.probe import ProbeData, fit_probe
 from clipdesk.zeroshot import normalise
 
 SETS = [HERE.parent.parent / "shared" / "data" / "fewshot-proxy.npz",

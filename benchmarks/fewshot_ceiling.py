@@ -25,8 +25,8 @@ import numpy as np
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
-from clipdesk.evaluation import fewshot_splits, load_fewshot, logistic_regression, targets
-from clipdesk.probe import ProbeData, fit_probe
+from clipdesk.teach.evaluation import fewshot_splits, load_fewshot, logistic_regression, targets
+from clipdesk.teach.probe import ProbeData, fit_probe
 
 SETS = {"fewshot-proxy": HERE.parent.parent / "shared" / "data" / "fewshot-proxy.npz",
         "debian-sections": HERE / "data" / "debian-sections.npz",

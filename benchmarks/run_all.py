@@ -232,7 +232,7 @@ def bench_rescan(n: int = 100_000) -> dict:
 
 def bench_probe() -> dict:
     """Figure 6: train on 200 labelled images; apply to 1M vectors (scoring, and the library path)."""
-    from clipdesk.probe import ProbeData, fit_probe
+    from clipdesk.teach.probe import ProbeData, fit_probe
 
     vecs = clustered_vectors(1_000_000)
     rng = np.random.default_rng(1)

@@ -341,7 +341,7 @@ def run(args: argparse.Namespace) -> int:
     if c in ("models", "model"):
         return _models(args)
     if c == "eval":
-        from clipdesk import evaluation
+        from clipdesk.teach import evaluation
 
         return evaluation.run_cli(args, _open, _emit)
     if c in ("tags", "sort", "journal", "export"):

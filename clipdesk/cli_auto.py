@@ -1,4 +1,4 @@
-"""The ``auto`` subcommands: categories that keep applying (:mod:`clipdesk.auto`).
+"""The ``auto`` subcommands: categories that keep applying (:mod:`clipdesk.ops.auto`).
 
 ``auto add PROBE [--category C] [--precision 0.9] [--write-tags] [--sort-into DIR --copy|--move]`` (the
 actions of every category, or of category C only), ``auto list``,
@@ -39,7 +39,7 @@ def add_commands(sub, parents=()) -> None:
 
 
 def run_cli(args: argparse.Namespace, open_library, emit) -> int:
-    from clipdesk import auto
+    from clipdesk.ops import auto
 
     lib = open_library(args)
     try:

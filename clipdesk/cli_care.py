@@ -152,7 +152,7 @@ def _undo(args, lib, emit) -> int:
 # ---------------------------------------------------------------------- watch
 def run_watch(args, open_library, emit) -> int:
     from clipdesk.errors import ClipdeskError
-    from clipdesk.watch import LibraryWatcher
+    from clipdesk.ops.watch import LibraryWatcher
 
     lib = open_library(args)
     stop = threading.Event()
@@ -179,7 +179,7 @@ def run_watch(args, open_library, emit) -> int:
     try:
         if not lib.catalog.folders():
             raise ClipdeskError("The library has no folders to watch: add one with 'clipdesk index FOLDER'.")
-        from clipdesk import auto
+        from clipdesk.ops import auto
 
         watcher = LibraryWatcher(lib, show, debounce=args.debounce, poll_interval=args.poll,
                                  force_poll=args.force_poll, catch_up=not args.no_catch_up,

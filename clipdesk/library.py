@@ -39,7 +39,7 @@ from clipdesk.indexer import vecfile  # noqa: I001 - beside vectors: the other d
 from clipdesk.indexer.vecfile import VecFileError, VectorFile
 from clipdesk.indexer.vectors import COMPRESS_LIMIT, EXACT_LIMIT, VectorFileError, VectorStore, catch_up
 from clipdesk.runtime import DEFAULT_MODEL, Encoder, ModelSpec, load_encoder, needs_torch
-from clipdesk.probe import BACKGROUND, FitReport, Probe, ProbeData, fit_probe, load_probe_file, uncertainty
+from clipdesk.teach.probe import BACKGROUND, FitReport, Probe, ProbeData, fit_probe, load_probe_file, uncertainty
 from clipdesk.query import Term, parse_query, query_vector
 from clipdesk.results import Classification, Classifications
 from clipdesk.teaching import bucket_data, is_negative, positive_of

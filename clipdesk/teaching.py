@@ -11,7 +11,7 @@ from collections.abc import Iterable, Sequence
 
 import numpy as np
 
-from clipdesk.probe import ProbeData
+from clipdesk.teach.probe import ProbeData
 
 NEGATIVE_PREFIX = "__not__."
 NONE_CLASS = "(none of these)"  # the extra class a multi-class probe learns from photos rejected from every bucket

@@ -69,7 +69,7 @@ _MIGRATIONS: dict[int, str] = {
     1: "ALTER TABLE images ADD COLUMN ino INTEGER NOT NULL DEFAULT 0",
     # 3: a membership given *because the probe was wrong* (a photo put in bucket B while the
     # applied probe said A): the probe keeps such corrections out of its estimate of how far to
-    # trust the text (clipdesk.probe, "Corrections").
+    # trust the text (clipdesk.teach.probe, "Corrections").
     2: "ALTER TABLE label_members ADD COLUMN corrected INTEGER NOT NULL DEFAULT 0",
 }
 # A vector column read so that an oversized (hostile) or non-blob value comes back as None,

@@ -1,4 +1,4 @@
-"""Categories that keep applying (clipdesk.auto): thresholds from the person's examples, the
+"""Categories that keep applying (clipdesk.ops.auto): thresholds from the person's examples, the
 settings store, and runs on new photos (labels, XMP keywords, sorting, the Inbox)."""
 import json
 import os
@@ -9,7 +9,7 @@ import time
 import numpy as np
 import pytest
 
-from clipdesk import auto
+from clipdesk.ops import auto
 from conftest import make_photo
 
 
@@ -35,7 +35,7 @@ def test_too_few_examples_is_its_own_answer_saying_how_many_more():
 
 
 def test_thresholds_from_a_probe_reach_their_precision_on_held_out_items():
-    from clipdesk.probe import ProbeData, fit_probe
+    from clipdesk.teach.probe import ProbeData, fit_probe
     from clipdesk.zeroshot import normalise
 
     rng = np.random.default_rng(0)
@@ -63,7 +63,7 @@ def _three_classes(seed: int = 0, spread: float = 0.9):
 
 
 def test_prior_shift_finds_the_librarys_own_mix_of_categories():
-    from clipdesk.probe import ProbeData, fit_probe, training_prior
+    from clipdesk.teach.probe import ProbeData, fit_probe, training_prior
 
     text, draw = _three_classes()
     data = ProbeData(["a", "b", "c"], text, np.vstack([draw(c, 12) for c in range(3)]), np.repeat(np.arange(3), 12))
@@ -87,7 +87,7 @@ def test_a_rare_category_gets_a_higher_threshold_read_on_the_library():
     of equal shares (the same probe), and there it is right far more often than the cut the even
     library gives. (Not the full 0.9 here: 12 examples of overlapping classes in 16 dimensions
     leave the probe overconfident in its tail; seeds 1–7 reach 0.41–0.82 against 0.24–0.50.)"""
-    from clipdesk.probe import ProbeData, fit_probe
+    from clipdesk.teach.probe import ProbeData, fit_probe
 
     text, draw = _three_classes(1, spread=0.5)
     probe, _ = fit_probe(ProbeData(["a", "b", "c"], text, np.vstack([draw(c, 12) for c in range(3)]),
@@ -109,7 +109,7 @@ def test_a_rare_category_gets_a_higher_threshold_read_on_the_library():
 
 
 def test_a_photo_rejected_in_review_counts_as_wrong_whatever_its_probability():
-    from clipdesk.probe import ProbeData, fit_probe
+    from clipdesk.teach.probe import ProbeData, fit_probe
 
     text, draw = _three_classes(2)
     probe, _ = fit_probe(ProbeData(["a", "b", "c"], text, np.vstack([draw(c, 12) for c in range(3)]),
@@ -204,7 +204,7 @@ def test_run_applies_above_the_threshold_and_sends_the_rest_to_the_inbox(taught,
 
 def test_the_watcher_runs_the_auto_categories_and_keeps_running_when_they_fail(library, tmp_path):
     from clipdesk.errors import ClipdeskError
-    from clipdesk.watch import LibraryWatcher
+    from clipdesk.ops.watch import LibraryWatcher
 
     root = tmp_path / "w"
     make_photo(root / "a.jpg")
@@ -336,7 +336,7 @@ def test_actions_per_category_one_tags_operation_and_one_undo(taught, tmp_path):
 
 _HAMMER = """
 import sys, types
-from clipdesk import auto
+from clipdesk.ops import auto
 lib = types.SimpleNamespace(folder=sys.argv[1])
 for i in range(int(sys.argv[3])):
     with auto.update_store(lib, wait=120) as store:
@@ -377,7 +377,7 @@ def test_the_store_lock_loses_nothing_between_threads_and_processes(tmp_path):
 
 _HOLD = """
 import sys, time, types
-from clipdesk import auto
+from clipdesk.ops import auto
 with auto.store_lock(types.SimpleNamespace(folder=sys.argv[1])):
     print("held", flush=True)
     time.sleep(30)

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from clipdesk.errors import ClipdeskError
-from clipdesk.evaluation import (
+from clipdesk.teach.evaluation import (
     class_half,
     ece_floor,
     eval_fewshot,
@@ -287,7 +287,7 @@ def test_fewshot_targets_on_the_sets_built_here(name):
 
 @pytest.mark.shared_data
 def test_zeroshot_and_retrieval_evals_on_shared_photos(tmp_path, shared_data):
-    from clipdesk.evaluation import eval_retrieval, eval_zeroshot
+    from clipdesk.teach.evaluation import eval_retrieval, eval_zeroshot
     from clipdesk.library import Library
 
     with Library(str(tmp_path / "lib"), model="test-tiny") as lib:

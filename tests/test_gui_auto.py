@@ -52,7 +52,8 @@ def test_slider_shows_threshold_and_estimate_live_and_too_few_asks_for_more(wind
 
 
 def test_keep_applying_tags_new_photos_inbox_decide_undo(window, photos, monkeypatch):
-    from clipdesk import auto, tags
+    from clipdesk import tags
+    from clipdesk.ops import auto
     from clipdesk.ui.views import inbox as inbox_module
 
     monkeypatch.setattr(inbox_module, "IDLE_RETRAIN_MS", 200)
@@ -118,7 +119,7 @@ def test_keep_applying_tags_new_photos_inbox_decide_undo(window, photos, monkeyp
 
 
 def test_auto_status_line_says_what_the_batch_did():
-    from clipdesk.auto import RunReport
+    from clipdesk.ops.auto import RunReport
     from clipdesk.ui.views.watching import describe_auto
 
     r = RunReport("teach", photos=12, applied={"Beach": 5}, inbox=3, tags_operation="op1")
@@ -149,7 +150,7 @@ def test_settings_model_folder_is_checked_then_used_and_remembered(window, tmp_p
 
 
 def test_accepting_none_of_the_buckets_in_the_inbox_rejects_it_from_each_as_one_undo(window, photos):
-    from clipdesk import auto
+    from clipdesk.ops import auto
     from clipdesk.teaching import NONE_CLASS
 
     w, t, _ = trained_window(window)

@@ -15,7 +15,7 @@ pytestmark = [pytest.mark.gui, pytest.mark.qt_log_ignore("This plugin does not s
 
 
 def test_the_options_apply_to_the_category_picked(window, tmp_path):
-    from clipdesk import auto
+    from clipdesk.ops import auto
 
     w, t, _ = trained_window(window)
     row = t.auto_row

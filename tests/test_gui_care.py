@@ -297,7 +297,7 @@ def test_watch_updates_become_short_status_lines(qtbot, tmp_path):
 
     from clipdesk.indexer.pipeline import IndexReport
     from clipdesk.ui.views.watching import FolderWatch, describe
-    from clipdesk.watch import WatchUpdate
+    from clipdesk.ops.watch import WatchUpdate
 
     assert describe(IndexReport(added=3)) == "3 new photos"
     assert describe(IndexReport(added=1, removed=2)) == "1 new photo, 2 removed"
@@ -324,7 +324,7 @@ def test_a_watcher_that_cannot_start_says_so_once(qtbot, tmp_path, monkeypatch):
     from PySide6.QtCore import QSettings
 
     from clipdesk.ui.views.watching import FolderWatch
-    from clipdesk.watch import LibraryWatcher
+    from clipdesk.ops.watch import LibraryWatcher
 
     def refuse(self):
         raise OSError(24, "inotify instance limit reached")

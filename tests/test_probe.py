@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from clipdesk.errors import ProbeError
-from clipdesk.probe import (
+from clipdesk.teach.probe import (
     BACKGROUND,
     Probe,
     ProbeData,
@@ -131,7 +131,7 @@ def test_the_prior_fades_as_examples_accumulate():
 
 
 def test_map_fit_reaches_the_optimum():
-    from clipdesk.probe import _map_fit
+    from clipdesk.teach.probe import _map_fit
 
     rng = np.random.default_rng(0)
     X = normalise(rng.normal(size=(40, 12)))
@@ -217,7 +217,7 @@ def test_training_without_labels_is_a_clear_error(library, photos):
 
 @pytest.mark.parametrize("onehot_limit", [0, 1 << 20])  # the sorted-keys path and the one-hot path
 def test_blockwise_scores_equal_the_plain_formula(monkeypatch, onehot_limit):
-    from clipdesk import probe as probe_module
+    from clipdesk.teach import probe as probe_module
 
     monkeypatch.setattr(probe_module, "_ONEHOT_LIMIT", onehot_limit)
     rng = np.random.default_rng(3)
@@ -276,7 +276,7 @@ def test_a_fitted_probe_round_trips_and_bad_weights_are_refused(tmp_path):
 
 
 def test_map_fit_with_negatives_reaches_the_optimum():
-    from clipdesk.probe import _map_fit
+    from clipdesk.teach.probe import _map_fit
 
     rng = np.random.default_rng(0)
     X, Xn = normalise(rng.normal(size=(40, 12))), normalise(rng.normal(size=(7, 12)))
@@ -361,7 +361,7 @@ def test_held_out_evidence_decides_how_much_corrections_weigh(monkeypatch):
     # ten "corrections" whose labels are wrong (items of class c labelled c + 1) wreck a probe
     # that takes them at face value; marked as corrections they get weight 0 in the likelihood
     # (they predict the fair examples worse); the same items with their true labels weigh fully
-    import clipdesk.probe as probe_module
+    import clipdesk.teach.probe as probe_module
 
     rng = np.random.default_rng(1)
     centres = normalise(rng.normal(size=(5, 32)))
@@ -401,7 +401,7 @@ def _two_cluster_classes(rng, n: int) -> tuple[np.ndarray, np.ndarray]:
 
 def test_a_heavier_cache_is_chosen_where_held_out_examples_need_it(tmp_path, monkeypatch):
     # the out-of-fold likelihood picks a wider, heavier cache where held-out examples need it
-    import clipdesk.probe as probe_module
+    import clipdesk.teach.probe as probe_module
 
     rng = np.random.default_rng(0)
     X, y = _two_cluster_classes(rng, 16)
@@ -426,7 +426,7 @@ def test_the_selection_guard_loosens_once_every_class_has_many_examples(monkeypa
     # the two-cluster classes above, where a heavy cache predicts held-out examples far better: with
     # the guard for few examples made impossible to pass, 15 examples per class keep the default
     # and 16 (MANY_EXAMPLES) are judged by the looser guard and choose the cache
-    import clipdesk.probe as probe_module
+    import clipdesk.teach.probe as probe_module
 
     monkeypatch.setattr(probe_module, "SELECTION_SE", 1e9)
     assert probe_module.MANY_EXAMPLES == 16 and probe_module.SELECTION_SE_MANY == 1.0

@@ -30,9 +30,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
-from clipdesk import probe as probe_module
+from clipdesk.teach import probe as probe_module
 from clipdesk.errors import ProbeError, QueryError
-from clipdesk.probe import Probe, ProbeData, fit_probe
+from clipdesk.teach.probe import Probe, ProbeData, fit_probe
 from clipdesk.query import combine, parse_query, query_vector
 from clipdesk.zeroshot import normalise
 from conftest import SUBPROCESS_TIMEOUT, catalog_rows, make_photo
@@ -241,7 +241,7 @@ MEMORY_DRIVER = r"""
 import resource, sys, time
 import numpy as np
 from clipdesk.errors import ProbeError
-from clipdesk.probe import load_probe_file
+from clipdesk.teach.probe import load_probe_file
 def peak_mb():
     return int(open("/proc/self/status").read().split("VmHWM:")[1].split()[0]) / 1024
 before = peak_mb()

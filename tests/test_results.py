@@ -65,7 +65,7 @@ def test_whole_library_answers_match_the_probe_row_by_row(library, photos, monke
     """predict, classify and suggest over the library (worker threads, slices) against the probe
     and the zero-shot rule applied to every catalog vector directly; one worker gives the same."""
     from clipdesk import library as library_mod
-    from clipdesk.probe import uncertainty
+    from clipdesk.teach.probe import uncertainty
     from clipdesk.zeroshot import class_weights, zeroshot_probabilities
 
     library.index([str(photos)])

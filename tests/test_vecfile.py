@@ -19,7 +19,7 @@ from clipdesk.indexer.lock import LibraryLock
 from clipdesk.indexer.vecfile import VecFileError, VectorFile
 from clipdesk.indexer.vectors import VectorStore
 from clipdesk.library import Library
-from clipdesk.probe import Probe
+from clipdesk.teach.probe import Probe
 
 DIM = 32
 MODEL = "test-tiny"

@@ -19,9 +19,9 @@ from pathlib import Path
 
 import pytest
 
-import clipdesk.watch as watch_module
+import clipdesk.ops.watch as watch_module
 from clipdesk.library import Library
-from clipdesk.watch import MAX_PENDING, LibraryWatcher, collapse
+from clipdesk.ops.watch import MAX_PENDING, LibraryWatcher, collapse
 from conftest import make_photo
 
 WAIT = 30.0  # generous on a busy 2-core machine; the assertions on speed are separate

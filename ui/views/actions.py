@@ -358,7 +358,7 @@ class ResultActions(QWidget):
 
     def _undo_auto_batch(self) -> None:
         """The newest auto-apply batch back: its sorting, keywords and Inbox entries (``auto undo``)."""
-        from clipdesk import auto
+        from clipdesk.ops import auto
 
         def done(r: dict) -> None:
             self.ctx.set_last_file_operation(None)

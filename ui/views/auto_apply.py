@@ -1,6 +1,6 @@
 """The Teach tab's "Keep applying to new photos" row: the taught categories that keep organising.
 
-For the probe the Teach tab trains: a switch (auto-apply on or off, :mod:`clipdesk.auto`), what to
+For the probe the Teach tab trains: a switch (auto-apply on or off, :mod:`clipdesk.ops.auto`), what to
 do with a photo above its category's threshold (write the category as an XMP keyword; copy or move
 it into ``FOLDER/<category>/``) for every category or for the one picked beside them (a category's
 own choice wins over "every category"), and a target-precision slider (default 90 %) whose estimate
@@ -8,9 +8,9 @@ updates live: "Beach: auto-apply above 0.83 — about 9 in 10 right, finds about
 "too few examples to know — add 8 more" (the Suggested grid shows the photos that would help).
 
 The costly part — refitting the probe to score its examples on folds that did not see them,
-and scoring the library's photos the thresholds will apply to (:func:`clipdesk.auto.library_scores`)
+and scoring the library's photos the thresholds will apply to (:func:`clipdesk.ops.auto.library_scores`)
 — runs on a worker after each training and after the buckets change; moving the slider only
-re-cuts those scores (:meth:`clipdesk.auto.CategoryScores.threshold`: a sort and a cumulative sum,
+re-cuts those scores (:meth:`clipdesk.ops.auto.CategoryScores.threshold`: a sort and a cumulative sum,
 milliseconds), so the estimate follows the slider at once.
 Switching on, changing an option or letting go of the slider saves the setting on a worker.
 """
@@ -37,7 +37,7 @@ def in_ten(x: float) -> str:
 
 
 def describe(t) -> str:
-    """One category's threshold (:class:`clipdesk.auto.Threshold`) as the Teach tab says it."""
+    """One category's threshold (:class:`clipdesk.ops.auto.Threshold`) as the Teach tab says it."""
     if not t.known:
         return f"{t.category}: too few examples to know — add {t.needed} more"
     if t.estimated_precision is None:
@@ -57,7 +57,7 @@ class AutoApplyRow(QFrame):
         self.ctx, self.probe = ctx, probe
         self.scores: dict | None = None  # category -> (held-out p, member), from the last refit
         self.sort_into: str | None = None
-        self.setting = None  # the stored clipdesk.auto.AutoSetting (None: not switched on)
+        self.setting = None  # the stored clipdesk.ops.auto.AutoSetting (None: not switched on)
         self._loading = False
         self._serial = 0
         outer = QVBoxLayout(self)
@@ -118,7 +118,7 @@ class AutoApplyRow(QFrame):
     # ------------------------------------------------------------------ reading the setting
     def load(self) -> None:
         """Show this library's stored setting (a worker reads ``auto.json``), then score."""
-        from clipdesk import auto
+        from clipdesk.ops import auto
 
         self._serial += 1
         serial = self._serial
@@ -161,7 +161,7 @@ class AutoApplyRow(QFrame):
 
     def _show_actions(self) -> None:
         """The options of the chosen category (its own, else every category's)."""
-        from clipdesk.auto import Actions
+        from clipdesk.ops.auto import Actions
 
         s, cat = self.setting, self.chosen_category()
         a = (s.actions(cat) if cat else s.default) if s is not None else Actions()
@@ -177,7 +177,7 @@ class AutoApplyRow(QFrame):
     # ------------------------------------------------------------------ the estimate
     def rescore(self) -> None:
         """Refit on a worker: the held-out scores every precision is cut from."""
-        from clipdesk import auto
+        from clipdesk.ops import auto
         from clipdesk.errors import ProbeError
 
         lib = self.ctx.lib
@@ -252,7 +252,7 @@ class AutoApplyRow(QFrame):
 
     def _changed(self) -> None:
         """Save the switch and its options (a worker: ``auto.add`` refits to calibrate)."""
-        from clipdesk import auto
+        from clipdesk.ops import auto
 
         if self._loading:
             return

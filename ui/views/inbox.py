@@ -1,6 +1,6 @@
 """The Inbox tab: new photos the categories that keep applying were not sure enough about.
 
-The watcher's auto run (:func:`clipdesk.auto.run`) puts every new photo under its category's
+The watcher's auto run (:func:`clipdesk.ops.auto.run`) puts every new photo under its category's
 threshold into the Inbox (``auto.json``). Here they are a Review grid, least sure first, each
 captioned with the category the probe would give it: Accept (A) puts it into that bucket, Reject
 (R) marks it "not that", a bucket's number key puts it into that bucket; a photo captioned "none
@@ -10,7 +10,7 @@ the app is idle, the probe retrains in the background (the next auto run recalib
 thresholds from it). The tab title carries the count: "Inbox (3)".
 
 The Undo here is the app's one undo of the last file operation (issue 26), so right after a batch it
-takes the whole batch back (:func:`clipdesk.auto.undo`).
+takes the whole batch back (:func:`clipdesk.ops.auto.undo`).
 """
 from __future__ import annotations
 
@@ -107,7 +107,7 @@ class InboxView(QWidget):
 
     # ------------------------------------------------------------------ contents
     def reload(self) -> None:
-        from clipdesk import auto
+        from clipdesk.ops import auto
 
         self._serial += 1
         serial = self._serial
@@ -198,7 +198,7 @@ class InboxView(QWidget):
         self._retrain_timer.start()  # restarted by every decision: retrain once they stop
 
     def _settle(self, paths: list[str]) -> None:
-        from clipdesk import auto
+        from clipdesk.ops import auto
 
         lib = self.ctx.lib
         self.ctx.jobs.start(auto.settle_inbox, lib, paths, name="inbox", on_error=self.ctx.failed("auto"))

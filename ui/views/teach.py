@@ -17,7 +17,7 @@ from PySide6.QtWidgets import (QComboBox, QFrame, QHBoxLayout, QLabel, QLineEdit
                                QSplitter, QVBoxLayout, QWidget)
 
 from clipdesk.errors import ClipdeskError
-from clipdesk.probe import BACKGROUND
+from clipdesk.teach.probe import BACKGROUND
 from clipdesk.teaching import NONE_CLASS, negative_label
 
 from ..models import AnswerItems, Item, ResultsModel

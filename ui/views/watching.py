@@ -1,7 +1,7 @@
 """Watching the library's folders while the app runs: new, changed, moved and deleted photos show
 up within seconds, with no rescan.
 
-``FolderWatch`` owns a ``clipdesk.watch.LibraryWatcher`` (watchdog's threads plus its own worker,
+``FolderWatch`` owns a ``clipdesk.ops.watch.LibraryWatcher`` (watchdog's threads plus its own worker,
 which batches events into ``Library.refresh``). Starting, following added or removed folders and
 stopping happen on one helper thread (adding inotify watches walks the folder tree; the GUI never
 waits on it, except for the final stop when the window closes). The watcher's updates arrive on
@@ -11,7 +11,7 @@ watcher batch never write at once. The toggle ("Watch folders", a QSettings valu
 a check box in the status bar.
 
 After each batch that indexed something, the categories that keep applying run on the new photos
-(``clipdesk.auto.run``, as ``clipdesk watch`` does) on the watcher's own worker thread, so the app
+(``clipdesk.ops.auto.run``, as ``clipdesk watch`` does) on the watcher's own worker thread, so the app
 never waits on them; their reports come to the GUI thread as ``auto_ran`` and a status line
 ("12 new photos: 5 tagged Beach, 3 in the Inbox").
 """
@@ -22,7 +22,7 @@ from concurrent.futures import ThreadPoolExecutor
 from PySide6.QtCore import QObject, QSettings, Qt, Signal
 from PySide6.QtWidgets import QCheckBox
 
-from clipdesk.watch import LibraryWatcher, WatchUpdate
+from clipdesk.ops.watch import LibraryWatcher, WatchUpdate
 
 from .actions import _plural
 from .context import Context
@@ -66,7 +66,7 @@ def describe(report) -> str:
 class FolderWatch(QObject):
     changed = Signal()  # photos appeared, changed or left: the views refresh
     message = Signal(str)  # a short status line ("3 new photos")
-    auto_ran = Signal(object)  # list of clipdesk.auto.RunReport, after a batch the auto categories ran on
+    auto_ran = Signal(object)  # list of clipdesk.ops.auto.RunReport, after a batch the auto categories ran on
     _update = Signal(object)  # from the watcher's thread to the GUI thread
     _auto = Signal(object)
 
@@ -158,7 +158,7 @@ class FolderWatch(QObject):
     def _run_auto(self, lib) -> str:
         """On the watcher's worker thread, after a batch: the auto categories on the new photos.
         Its ClipdeskError becomes an "error" update (the watcher keeps running)."""
-        from clipdesk import auto
+        from clipdesk.ops import auto
 
         if not auto.load_store(lib)["auto"]:
             return ""

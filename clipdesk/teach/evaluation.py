@@ -1,7 +1,7 @@
 """Quality measurements: few-shot probes against zero-shot and logistic regression, zero-shot
 accuracy on a folder per class, and text↔image retrieval recall.
 
-The few-shot evaluation calls exactly the probe code the app uses (``clipdesk.probe.fit_probe``).
+The few-shot evaluation calls exactly the probe code the app uses (``clipdesk.teach.probe.fit_probe``).
 Protocol (shared/data/README.md): for K in 1, 2, 4, 8, 16, 32, draw K training items per class at
 random from classes with at least K + 2 items (the others sit that K out; a K with fewer than two
 such classes is skipped), test on every remaining item of those classes; mean top-1 accuracy over
@@ -31,7 +31,7 @@ from collections.abc import Callable
 import numpy as np
 
 from clipdesk.errors import ClipdeskError
-from clipdesk.probe import ProbeData, fit_probe
+from clipdesk.teach.probe import ProbeData, fit_probe
 from clipdesk.zeroshot import class_weights_from_template_embeddings, normalise, softmax
 
 SHOTS = (1, 2, 4, 8, 16, 32)
@@ -98,7 +98,7 @@ def logistic_regression(X: np.ndarray, y: np.ndarray, n_classes: int, C: float =
                         iters: int = 500) -> tuple[np.ndarray, np.ndarray]:
     """Multinomial logistic regression as scikit-learn fits it (L2 penalty ½‖W‖²/C, unpenalised
     bias, summed log-loss), solved with L-BFGS (numpy). Returns ``(W (C, dim), b (C,))``."""
-    from clipdesk.probe import _lbfgs
+    from clipdesk.teach.probe import _lbfgs
 
     X = np.asarray(X, np.float64)
     d = X.shape[1]
@@ -408,7 +408,7 @@ CALIBRATION_TARGETS = (0.8, 0.9, 0.95)
 
 def eval_calibration(path: str, seeds: int = 5, shots=CALIBRATION_SHOTS, targets=CALIBRATION_TARGETS,
                      half: str | None = None) -> dict:
-    """Per-category thresholds as the app chooses them (:func:`clipdesk.auto.category_scores`: the
+    """Per-category thresholds as the app chooses them (:func:`clipdesk.ops.auto.category_scores`: the
     probe's examples held out of its folds, and the unlabelled test items standing in for the
     library they will apply to) against what they do on the test items: per K and target
     precision, the precision reached on the test items the thresholds let through (pooled over
@@ -417,7 +417,7 @@ def eval_calibration(path: str, seeds: int = 5, shots=CALIBRATION_SHOTS, targets
     with the test labels in hand (``best``: what perfect knowledge reaches, the bar where a target
     is out of reach — every photo the probe names already right more often than asked).
     Goal: within 0.05 of the target at K ≥ 8 (of ``best`` where the target is out of reach)."""
-    from clipdesk.auto import category_scores, choose_threshold
+    from clipdesk.ops.auto import category_scores, choose_threshold
 
     X, y, names, text = load_fewshot(path, half)
     out: dict = {"file": os.path.basename(path), "half": half, "seeds": seeds, "K": {}}

@@ -6,7 +6,7 @@ from the person's own examples, and the run that applies them to photos not seen
   with the recall there. Read on the library itself: its photos (a sample of a large one) with
   the probe's probabilities — cross-validated on the examples (temperature and bias) and shifted
   to the library's own mix of categories (:func:`prior_shift`) — as the chance each is right;
-  the examples, scored by the folds that did not see them (:attr:`clipdesk.probe.FitReport.held_out`),
+  the examples, scored by the folds that did not see them (:attr:`clipdesk.teach.probe.FitReport.held_out`),
   and the photos rejected in Review with the answer the person gave. Fewer than
   ``1 / (1 − precision)`` examples on either side is "too few to know" (:attr:`Threshold.needed`
   says how many more).
@@ -45,7 +45,7 @@ from clipdesk.errors import ClipdeskError, ProbeError
 from clipdesk.indexer.errors import disk_full_error, is_disk_full
 from clipdesk.indexer.files import O_CLOEXEC, O_NOFOLLOW, O_NONBLOCK, atomic_write, check_library_entry
 from clipdesk.indexer.lock import _try_lock  # the library lock's one non-blocking flock/msvcrt try
-from clipdesk.probe import BACKGROUND, Probe, ProbeData, fit_probe, training_prior
+from clipdesk.teach.probe import BACKGROUND, Probe, ProbeData, fit_probe, training_prior
 from clipdesk.teaching import NONE_CLASS, negative_label
 
 STORE = "auto.json"

@@ -75,7 +75,7 @@ class LibraryWatcher:
                  force_poll: bool = False, catch_up: bool = False, retry_delay: float = 5.0,
                  after_batch: Callable[[], str] | None = None):
         self.library = library
-        # run after every batch that indexed something (clipdesk.auto: the categories that keep
+        # run after every batch that indexed something (clipdesk.ops.auto: the categories that keep
         # applying); its message is an "auto" update, its ClipdeskError an "error" one
         self.after_batch = after_batch
         self.on_update = on_update or (lambda _u: None)

@@ -543,7 +543,7 @@ def balanced_fit(data: ProbeData) -> bool:
 def training_prior(data: ProbeData) -> np.ndarray:
     """(C,) the class frequencies a probe's probabilities are calibrated to: its examples' weighted
     shares (uniform for a balanced fit). A library whose photos fall into the classes in other
-    proportions shifts them (:func:`clipdesk.auto.prior_shift`)."""
+    proportions shifts them (:func:`clipdesk.ops.auto.prior_shift`)."""
     C = len(data.classes)
     y = np.asarray(data.y, np.int64)
     counts = np.bincount(y, weights=_class_weights(y, C, balanced_fit(data)), minlength=C)
@@ -712,7 +712,7 @@ class FitReport:
     examples: int
     prior_precision: float = 0.0  # λ: how firmly the probe was held to the text classifier
     # (N, C) calibrated probabilities of the examples from the folds that did not see them (what a
-    # per-category threshold is chosen on: clipdesk.auto.choose_threshold)
+    # per-category threshold is chosen on: clipdesk.ops.auto.choose_threshold)
     held_out: np.ndarray | None = field(default=None, repr=False, compare=False)
 
 
