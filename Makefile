@@ -66,6 +66,7 @@ bench: install-test
 	$(BIN)/python benchmarks/bench_fewshot.py
 	$(BIN)/python benchmarks/bench_calibration.py
 	$(BIN)/python benchmarks/bench_auto.py
+	$(BIN)/python benchmarks/bench_auto_scale.py
 
 # The self-contained Linux app (packaging/): build/dist/clipdesk/ (an AppDir-ready folder), a .tar.gz
 # and a .deb, frozen by PyInstaller from the default install in a venv of its own (never torch).

@@ -243,7 +243,7 @@ def library_pool(lib, probe: Probe, limit: int = POOL_SAMPLE) -> np.ndarray:
         ids = sorted(np.random.default_rng(len(ids)).choice(ids, limit, replace=False).tolist())
     if not ids:
         return np.zeros((0, probe.keys.shape[1]), np.float32)
-    return lib.catalog.vectors_for(ids)
+    return lib._exact_vectors(ids)  # the memory-mapped vector file when current, else the catalog
 
 
 def library_scores(lib, probe: str) -> dict[str, CategoryScores]:
