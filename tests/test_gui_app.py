@@ -667,3 +667,37 @@ def test_export_writes_off_the_gui_thread_and_a_failure_is_shown_not_raised(wind
     assert done.args[0] == f"Exported 8 rows to {out}"
     rows = list(csv.reader(out.open()))
     assert len(rows) == 9 and {r[1] for r in rows[1:]} <= {"red", "green", "(none)"}  # a category in every row
+
+
+def test_a_library_switched_to_is_claimed_like_one_opened_at_start(window, tmp_path):
+    """One window per library holds for a library switched to in the window: one open in another
+    window is refused (and that window asked to the front); switching frees the library left."""
+    from PySide6.QtWidgets import QWidget
+
+    from clipdesk.library import Library
+    from clipdesk.ui.app import SingleInstance
+
+    first = window.lib.folder
+    window.single_instance = SingleInstance(first)
+    assert window.single_instance.primary
+    window.single_instance.serve(window)
+    for name in ("held", "free"):
+        Library(str(tmp_path / name), model="test-tiny").close()
+    other_window = QWidget()
+    held = SingleInstance(str(tmp_path / "held"))  # another window has this one open
+    held.serve(other_window)
+    try:
+        assert not window.switch_library(str(tmp_path / "held"))
+        assert window.lib.folder == first
+        until(lambda: "open in another clipdesk window" in window.banner.text.text(), what="the refusal")
+        until(lambda: other_window.isVisible(), what="the other window asked to the front")
+        assert window.switch_library(str(tmp_path / "free"))
+        assert not SingleInstance(str(tmp_path / "free")).primary  # this window answers for it now
+        again = SingleInstance(first)  # and the library it left is free for a new launch
+        assert again.primary
+        again.release()
+    finally:
+        held.release()
+        window.single_instance.release()
+        other_window.close()
+        pump(200)  # the sockets' last events, while the widgets they name still exist

@@ -66,26 +66,46 @@ class SingleInstance:
         self.primary = self.lock.tryLock(100) or self.lock.error() != QLockFile.LockError.LockFailedError
         self.server = None
 
-    def hand_over(self, add_folders: list[str]) -> int:
+    def _send(self, message: dict, tries: int) -> bool:
+        """Ask the window that holds this library to ``message`` (tries 0.1 s apart)."""
         import json
 
         from PySide6.QtNetwork import QLocalSocket
 
         socket = QLocalSocket()
-        for _ in range(50):  # the first launch may still be starting: up to 5 s
+        for _ in range(tries):
             socket.connectToServer(self.name)
             if socket.waitForConnected(100):
-                socket.write(json.dumps({"show": True, "add_folders": add_folders}).encode() + b"\n")
+                socket.write(json.dumps(message).encode() + b"\n")
                 socket.waitForBytesWritten(1000)
                 socket.disconnectFromServer()
-                print("clipdesk is already open on this library: its window is shown.", file=sys.stderr)
-                return 0
+                return True
             time.sleep(0.1)
+        return False
+
+    def hand_over(self, add_folders: list[str]) -> int:
+        if self._send({"show": True, "add_folders": add_folders}, 50):  # it may still be starting: 5 s
+            print("clipdesk is already open on this library: its window is shown.", file=sys.stderr)
+            return 0
         from PySide6.QtWidgets import QMessageBox
 
         QMessageBox.critical(None, "clipdesk", "clipdesk is already running on this library but does not "
                              "answer. Close it (or end it in the system monitor), then start clipdesk again.")
         return 1
+
+    def show_other(self) -> bool:
+        """Bring the window that holds this library to the front (a library switched to in this
+        one is open in another)."""
+        return self._send({"show": True}, 5)
+
+    def release(self) -> None:
+        """Stop answering for this library and free it (the window switched to another)."""
+        if self.server is not None:
+            self.server.close()
+            self.server.deleteLater()
+            self.server = None
+        if self.lock.isLocked():
+            self.lock.unlock()
 
     def serve(self, win) -> None:
         from PySide6.QtNetwork import QLocalServer
@@ -173,6 +193,7 @@ def main(argv: list[str] | None = None) -> int:
     win = MainWindow(lib, settings)
     win.show()
     instance.serve(win)
+    win.single_instance = instance  # a library switched to later is claimed the same way
     if os.environ.get("CLIPDESK_E2E_STATE"):
         from .e2e_probe import install
 

@@ -92,6 +92,7 @@ class MainWindow(QMainWindow):
         self.lib = library
         self.settings = settings or QSettings("clipdesk", "clipdesk")
         self.recent = RecentLibraries(self.settings)
+        self.single_instance = None  # set by ui/app.py: the window answers for its library
         self.jobs = Jobs(self)
         thumb = int(self.settings.value("thumb_size", 160))
         self.thumbnails = Thumbnails(os.path.join(library.folder, "thumbnails"), thumb, self)
@@ -694,11 +695,28 @@ class MainWindow(QMainWindow):
         return self.switch_library(folder)
 
     def switch_library(self, folder: str) -> bool:
+        claim = None  # one window per library (ui/app.py SingleInstance), for a library switched to too
+        if self.single_instance is not None:
+            from .app import SingleInstance
+
+            claim = SingleInstance(folder)
+            if not claim.primary:
+                shown = claim.show_other()
+                self.show_error(f"The library {folder} is open in another clipdesk window"
+                                + (", now in front." if shown else ".")
+                                + " Close it there to open it here.", "input", "library")
+                return False
         try:
             new = Library(folder, device=self.lib.device, model_process=self.lib.model_process)
         except ClipdeskError as e:
+            if claim is not None:
+                claim.release()
             self.show_error(f"Cannot open the library {folder}: {e}", type(e).__name__, "library")
             return False
+        if claim is not None:  # this window answers for the new library now, and frees the old one
+            self.single_instance.release()
+            claim.serve(self)
+            self.single_instance = claim
         if not new.catalog.get_meta("model"):
             # a library with no vectors yet: the model chosen for it before, else the one in use now
             # (a person who chose the demo model or a checkpoint is not asked again)
