@@ -413,3 +413,31 @@ def test_the_writer_lock_on_a_full_disk(tmp_path, monkeypatch):
     monkeypatch.setattr(os, "open", _enospc)  # no inode left for the lock file
     with pytest.raises(DiskFullError, match="lock"):
         LibraryLock(str(tmp_path)).acquire()
+
+
+def test_thumbnails_still_show_when_their_cache_cannot_be_written(qtbot, small_disk, photos10):
+    """A full disk under the library's thumbnail cache: the photo still shows (decoded again next
+    time), and no half-written cache file is left on the full disk."""
+    from types import SimpleNamespace
+
+    from clipdesk.ui.models import _ThumbTask
+
+    cache = small_disk.path / "thumbnails"
+    photo = sorted(photos10.rglob("*.jpg"))[0]
+    small_disk.fill(0)
+    try:  # the last pages too: not even a 1 KB thumbnail fits
+        with open(small_disk.path / "filler-tail", "ab") as f:
+            while True:
+                f.write(b"\0" * 512)
+                f.flush()
+    except OSError as e:
+        assert is_disk_full(e)
+    got = []
+    signals = SimpleNamespace(ready=SimpleNamespace(emit=lambda path, img: got.append((path, img))))
+    _ThumbTask(str(photo), 128, str(cache), signals).run()
+    assert got and got[0][0] == str(photo) and not got[0][1].isNull()
+    left = [(p, p.stat().st_size) for p in small_disk.path.rglob("*") if p.is_file() and not p.name.startswith("filler")]
+    assert not left, left
+    small_disk.free_up()
+    _ThumbTask(str(photo), 128, str(cache), signals).run()  # with room again it is cached
+    assert not got[1][1].isNull() and len(list(cache.rglob("*.jpg"))) == 1

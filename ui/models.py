@@ -76,14 +76,38 @@ class _ThumbTask(QRunnable):
         if img.isNull():
             try:
                 img = load_qimage(self.path, self.size)
-                if cached:
-                    os.makedirs(os.path.dirname(cached), exist_ok=True)
-                    tmp = cached + ".tmp"
-                    if img.save(tmp, "JPG", 85):
-                        os.replace(tmp, cached)
             except (UnreadableImageError, OSError):
                 img = QImage()
+            if cached and not img.isNull():
+                self._keep(img, cached)
         self.signals.ready.emit(self.path, img)
+
+    @staticmethod
+    def _keep(img: QImage, cached: str) -> None:
+        """Cache a thumbnail; a cache that cannot be written (a full disk, a read-only library)
+        only means it is made again next time: the photo still shows."""
+        from PySide6.QtCore import QBuffer, QByteArray, QIODevice
+
+        # encoded in memory, written by Python: QImage.save to a file reports success on a full
+        # disk and left empty thumbnails in the cache
+        data = QByteArray()
+        buf = QBuffer(data)
+        buf.open(QIODevice.OpenModeFlag.WriteOnly)
+        if not img.save(buf, "JPG", 85):
+            return
+        tmp = cached + ".tmp"
+        try:
+            os.makedirs(os.path.dirname(cached), exist_ok=True)
+            with open(tmp, "wb") as f:
+                f.write(bytes(data))
+            os.replace(tmp, cached)
+            return
+        except OSError:
+            pass
+        try:
+            os.unlink(tmp)  # a part written before the disk filled
+        except OSError:
+            pass
 
 
 def load_qimage(path: str, size: int) -> QImage:
