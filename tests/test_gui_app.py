@@ -675,7 +675,7 @@ def test_a_library_switched_to_is_claimed_like_one_opened_at_start(window, tmp_p
     from PySide6.QtWidgets import QWidget
 
     from clipdesk.library import Library
-    from clipdesk.ui.app import SingleInstance
+    from clipdesk.ui.instance import SingleInstance
 
     first = window.lib.folder
     window.single_instance = SingleInstance(first)

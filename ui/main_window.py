@@ -697,7 +697,7 @@ class MainWindow(QMainWindow):
     def switch_library(self, folder: str) -> bool:
         claim = None  # one window per library (ui/app.py SingleInstance), for a library switched to too
         if self.single_instance is not None:
-            from .app import SingleInstance
+            from .instance import SingleInstance
 
             claim = SingleInstance(folder)
             if not claim.primary:
