@@ -82,8 +82,8 @@ def test_write_tags_from_the_sort_tab_then_undo(window):
 
 
 # Intermittent in full parallel runs on 2 cores (once in about ten runs, 2026-12-06: "timed out
-# waiting for copied"; 30 copies beside Ray's tests and the GUI suites did not reproduce it later
-# that day): one rerun, and a failure now says what the app said and which jobs were running.
+# waiting for copied"; 34 copies in parallel runs, 16 beside Ray's tests, did not reproduce it
+# later that day): one rerun, and a failure now says what the app said and which jobs were running.
 @pytest.mark.flaky(reruns=1)
 def test_copy_to_folders_puts_copies_in_category_folders_and_keeps_originals(window, tmp_path, monkeypatch):
     said = []
