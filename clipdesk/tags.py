@@ -48,6 +48,11 @@ MAX_PHOTO_BYTES = 512 << 20  # read whole only when Exiv2 cannot open the file b
 
 ProgressFn = Callable[[Progress], None]
 _exiv2_lock = threading.Lock()  # Exiv2's log capture below is process-wide
+DARKTABLE_NS = "http://darktable.sf.net/"
+try:  # darktable's namespace is not one Exiv2 knows; its colour labels are read under this prefix
+    exiv2.XmpProperties.registerNs(DARKTABLE_NS, "darktable")
+except exiv2.Exiv2Error:
+    pass  # already registered
 
 
 class TagsError(ClipdeskError):
@@ -497,6 +502,7 @@ PICKED, REJECTED = "flag/picked", "flag/rejected"
 DIGIKAM_COLORS = {1: "red", 2: "orange", 3: "yellow", 4: "green", 5: "blue", 6: "magenta", 7: "gray",
                   8: "black", 9: "white"}
 DIGIKAM_PICKS = {1: "rejected", 3: "picked"}  # 2 is "pending": not a decision
+DARKTABLE_COLORS = {0: "red", 1: "yellow", 2: "green", 3: "blue", 4: "purple"}  # darktable:colorlabels
 
 
 @dataclass
@@ -564,7 +570,11 @@ def _info_from(info: PhotoInfo, xmp: exiv2.XmpData, exif: exiv2.ExifData | None 
         info.rating = rating
     if info.color is None:
         label = (get("Xmp.xmp.Label") or "").strip().casefold()
-        info.color = label or DIGIKAM_COLORS.get(_number(get("Xmp.digiKam.ColorLabel")))
+        # darktable keeps a list (a photo may carry several): the first one listed
+        listed = next((d.toString() for d in xmp if d.key() == "Xmp.darktable.colorlabels"), "")
+        darktable = [DARKTABLE_COLORS.get(_number(c)) for c in listed.split(",")]
+        info.color = label or DIGIKAM_COLORS.get(_number(get("Xmp.digiKam.ColorLabel"))) or \
+            next((c for c in darktable if c), None)
     info.title = info.title or _lang_alt(xmp, "Xmp.dc.title")
     info.description = info.description or _lang_alt(xmp, "Xmp.dc.description")
 

@@ -85,3 +85,41 @@ def test_suggestions_do_not_count_marks_as_decisions(tmp_path, photos):
         lib.add_to_label("a", every[:1])
         suggested = {c.path for c in lib.suggest("p", k=100)}
         assert suggested == set(every[1:])
+
+
+DARKTABLE_SIDECAR = """<?xml version="1.0" encoding="UTF-8"?>
+<x:xmpmeta xmlns:x="adobe:ns:meta/" x:xmptk="XMP Core 4.4.0-Exiv2">
+ <rdf:RDF xmlns:rdf="http://www.w3.org/1999/02/22-rdf-syntax-ns#">
+  <rdf:Description rdf:about=""
+    xmlns:xmp="http://ns.adobe.com/xap/1.0/"
+    xmlns:darktable="http://darktable.sf.net/"
+   xmp:Rating="3"
+   darktable:xmp_version="5"
+   darktable:raw_params="0">
+   <darktable:colorlabels>
+    <rdf:Seq>
+     {}
+    </rdf:Seq>
+   </darktable:colorlabels>
+  </rdf:Description>
+ </rdf:RDF>
+</x:xmpmeta>
+"""
+
+
+def test_darktable_colour_labels_are_read_from_its_sidecar(library, photos):
+    """darktable keeps colour labels as numbers in its own namespace (0 red … 4 purple), a photo may
+    carry several, in ``photo.jpg.xmp`` (written here as darktable writes it: ExifTool cannot)."""
+    p = sorted(str(x) for x in photos.rglob("*.jpg"))
+    with open(p[0] + ".xmp", "w") as f:
+        f.write(DARKTABLE_SIDECAR.format("<rdf:li>2</rdf:li><rdf:li>0</rdf:li>"))  # green, then red
+    with open(p[1] + ".xmp", "w") as f:
+        f.write(DARKTABLE_SIDECAR.format("<rdf:li>4</rdf:li>"))
+    with open(p[2] + ".xmp", "w") as f:
+        f.write(DARKTABLE_SIDECAR.format("<rdf:li>9</rdf:li>"))  # not a darktable colour: none
+    library.index([str(photos)])
+    report = tags.import_tags(library)
+    assert report.problems == []
+    labels = {k: sorted(v) for k, v in library.labels().items()}
+    assert labels == {"rating/3": sorted(p[:3]), "color/green": [p[0]], "color/purple": [p[1]]}
+    assert tags.read_photo_info(p[0])[0].color == "green"
