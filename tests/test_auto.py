@@ -82,6 +82,13 @@ def test_prior_shift_finds_the_librarys_own_mix_of_categories():
     assert abs(large[0] - 0.04) < abs(small[0] - 0.04) < abs(P[:, 0].mean() - 0.04)
 
 
+def test_a_category_without_examples_is_not_shifted_into_taking_everything():
+    P = np.array([[0.6, 0.3, 0.1], [0.2, 0.7, 0.1], [0.5, 0.3, 0.2]] * 50)
+    Q, prior = auto.prior_shift(P, np.array([0.5, 0.5, 0.0]), strength=0)
+    assert prior[2] == 0.0 and np.allclose(Q.sum(1), 1)
+    assert Q[:, 2].max() < 0.25  # its probabilities stay about what they were
+
+
 def test_a_rare_category_gets_a_higher_threshold_read_on_the_library():
     """Read on the library, a category that is 1 photo in 25 needs a higher cut than in a library
     of equal shares (the same probe), and there it is right far more often than the cut the even

@@ -109,20 +109,27 @@ def prior_shift(P: np.ndarray, prior: np.ndarray, iterations: int = PRIOR_ITERAT
     library (or a probe that can hardly tell its categories apart, whose likelihood is flat) moves
     it little — plain EM took a 20-photo library with a weak probe to 95 % one category."""
     P = np.asarray(P, np.float64)
-    prior = np.clip(np.asarray(prior, np.float64), 1e-9, None)
+    prior = np.asarray(prior, np.float64)
     if not len(P):
         return P, prior
+    # a class without examples has no frequency its probabilities were calibrated to: it keeps
+    # its probabilities as they are (shifting it from ~0 would multiply them without bound)
+    free = prior > 1e-6
+    base = np.where(free, prior, 1.0)
+
+    def shifted(pi: np.ndarray) -> np.ndarray:
+        Q = P * np.where(free, pi / base, 1.0)
+        return Q / np.maximum(Q.sum(1, keepdims=True), 1e-300)
+
     pi = prior.copy()
     for _ in range(iterations):
-        Q = P * (pi / prior)
-        Q /= np.maximum(Q.sum(1, keepdims=True), 1e-300)
-        new = np.clip((Q.sum(0) + strength * prior) / (len(Q) + strength), 1e-9, None)
+        new = np.where(free, (shifted(pi).sum(0) + strength * prior) / (len(P) + strength), prior)
+        new = np.clip(new, 1e-9, None) * free + prior * ~free
         done = np.abs(new - pi).max() < tol
         pi = new
         if done:
             break
-    Q = P * (pi / prior)
-    return Q / np.maximum(Q.sum(1, keepdims=True), 1e-300), pi
+    return shifted(pi), pi
 
 
 @dataclass(frozen=True)
