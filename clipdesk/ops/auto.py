@@ -239,12 +239,12 @@ def category_thresholds(probe: Probe, precision: float = DEFAULT_PRECISION, pool
     return {name: s.threshold(precision) for name, s in category_scores(probe, pool, rejected).items()}
 
 
-def library_pool(lib, probe: Probe, limit: int = POOL_SAMPLE) -> np.ndarray:
+def library_pool(lib, probe: Probe, labels: dict[str, list[int]], limit: int = POOL_SAMPLE) -> np.ndarray:
     """(n, dim) the library photos a threshold of ``probe`` is read on: every embedded photo that
-    is not one of its examples or rejections (those come with their answers), at most ``limit``
-    of them (a sample, the same one each time for the same library)."""
+    is not one of its examples or rejections (those come with their answers; ``labels``: the
+    catalog's), at most ``limit`` of them (a sample, the same one each time for the same library)."""
     taught = set(probe.classes) | {negative_label(c) for c in probe.classes}
-    skip = {i for label, ids in lib.catalog.labels().items() if label in taught for i in ids}
+    skip = {i for label, ids in labels.items() if label in taught for i in ids}
     ids = [int(i) for i in lib.catalog.filter_ids() if int(i) not in skip]
     if len(ids) > limit:
         ids = sorted(np.random.default_rng(len(ids)).choice(ids, limit, replace=False).tolist())
@@ -257,8 +257,12 @@ def library_scores(lib, probe: str) -> dict[str, CategoryScores]:
     """:func:`category_scores` of the library's probe ``probe``, read on the library's photos, with
     the photos rejected in Review (what the app computes once per training, then moves a
     precision slider over)."""
-    loaded = lib.load_probe(probe)
-    return category_scores(loaded, library_pool(lib, loaded), _rejected(lib, loaded))
+    return _library_scores(lib, lib.load_probe(probe))
+
+
+def _library_scores(lib, probe: Probe) -> dict[str, CategoryScores]:
+    labels = lib.catalog.labels()  # read once: the pool leaves out what the rejections bring in
+    return category_scores(probe, library_pool(lib, probe, labels), _rejected(lib, probe, labels))
 
 
 # ---------------------------------------------------------------------- the store
@@ -471,8 +475,7 @@ def remove(lib, probe: str) -> None:
         store["inbox"] = [e for e in store["inbox"] if e.get("probe") != probe]
 
 
-def _rejected(lib, probe: Probe) -> dict[str, np.ndarray]:
-    labels = lib.catalog.labels()
+def _rejected(lib, probe: Probe, labels: dict[str, list[int]]) -> dict[str, np.ndarray]:
     rejected = {}
     for name in probe.classes:
         ids = labels.get(negative_label(name), [])
@@ -483,7 +486,7 @@ def _rejected(lib, probe: Probe) -> dict[str, np.ndarray]:
 
 def _calibrate(lib, setting: AutoSetting) -> dict[str, Threshold]:
     probe = lib.load_probe(setting.probe)
-    got = category_thresholds(probe, setting.precision, library_pool(lib, probe), _rejected(lib, probe))
+    got = {name: scores.threshold(setting.precision) for name, scores in _library_scores(lib, probe).items()}
     setting.thresholds = {k: asdict(v) for k, v in got.items()}
     setting.calibrated_for = float(probe.meta.get("created", 0.0))
     return got
