@@ -189,8 +189,8 @@ def choose_threshold(p: np.ndarray, right: np.ndarray, precision: float = DEFAUL
     return Threshold(category, precision, float(ps[k]), float(prec[k]), float(min(1.0, tp[k] / total)), pos, neg)
 
 
-def category_scores(probe: Probe, pool: np.ndarray | None = None,
-                    rejected: dict[str, np.ndarray] | None = None) -> dict[str, CategoryScores]:
+def category_scores(probe: Probe, pool: np.ndarray | None = None, rejected: dict[str, np.ndarray] | None = None,
+                    held_out: np.ndarray | None = None) -> dict[str, CategoryScores]:
     """Per category of ``probe``, what its threshold is read from (:class:`CategoryScores`).
 
     ``pool`` (n, dim): the library's photos that are neither examples nor rejections (a sample
@@ -199,11 +199,12 @@ def category_scores(probe: Probe, pool: np.ndarray | None = None,
     refit gives each its probability from the folds that did not see it) and ``rejected``
     (category -> (m, dim) photos rejected from it in Review, scored by the probe itself: they are
     not in its fit) join them with what the person said they are. The costly part of a threshold;
-    :meth:`CategoryScores.threshold` on it is cheap for any precision.
+    :meth:`CategoryScores.threshold` on it is cheap for any precision. ``held_out``: the examples'
+    held-out probabilities when the fit that made ``probe`` is at hand (its
+    :attr:`~clipdesk.teach.probe.FitReport.held_out`), else the examples are refitted for them.
     """
     data = ProbeData(list(probe.classes), probe.text, probe.keys, probe.key_labels)
-    _, report = fit_probe(data)
-    held = report.held_out
+    held = fit_probe(data)[1].held_out if held_out is None else held_out
     labels = np.asarray(probe.key_labels)
     C = len(probe.classes)
     if pool is not None and len(pool):

@@ -430,8 +430,8 @@ def eval_calibration(path: str, seeds: int = 5, shots=CALIBRATION_SHOTS, targets
             keep, train, test = fewshot_splits(y, len(names), K, seed)
             remap = class_index(keep, len(names))
             ytr, yte = remap[y[train]], remap[y[test]]
-            probe, _ = fit_probe(ProbeData([names[c] for c in keep], text[keep], X[train], ytr))
-            scores = list(category_scores(probe, X[test]).values())
+            probe, report = fit_probe(ProbeData([names[c] for c in keep], text[keep], X[train], ytr))
+            scores = list(category_scores(probe, X[test], held_out=report.held_out).values())
             p = probe.probabilities(X[test])
             top = p.argmax(1)
             for t in targets:
