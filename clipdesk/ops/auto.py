@@ -123,8 +123,8 @@ def prior_shift(P: np.ndarray, prior: np.ndarray, iterations: int = PRIOR_ITERAT
 
     pi = prior.copy()
     for _ in range(iterations):
-        new = np.where(free, (shifted(pi).sum(0) + strength * prior) / (len(P) + strength), prior)
-        new = np.clip(new, 1e-9, None) * free + prior * ~free
+        new = np.where(free, np.clip((shifted(pi).sum(0) + strength * prior) / (len(P) + strength), 1e-9, None),
+                       prior)
         done = np.abs(new - pi).max() < tol
         pi = new
         if done:
