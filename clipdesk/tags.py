@@ -275,25 +275,39 @@ def merge_keywords(data: bytes | None, add: Sequence[str], remove: Sequence[str]
     subject, hier, digikam = merged_arrays(*(list(a) for a in arrays), add, remove)
     if (subject, hier, digikam) == arrays and data is not None:
         return None
+    _set_keywords(xmp, (subject, hier, digikam))
+    if not xmp.count():
+        return EMPTY
+    # A sidecar's Exif/IPTC views are conversions of its XMP; writing them back would reformat
+    # properties (GPS, tiff) the user's tools wrote. Only the XMP is written.
+    return _write_checked(image, xmp, path, (subject, hier, digikam), parse_sidecar, xmp_only=True)
+
+
+def _set_keywords(xmp: exiv2.XmpData, arrays: tuple) -> None:
+    """Set the three keyword fields: ``dc:subject``, ``lr:hierarchicalSubject``, ``digiKam:TagsList``."""
+    subject, hier, digikam = arrays
     _set_array(xmp, SUBJECT, subject, exiv2.TypeId.xmpBag)
     _set_array(xmp, HIERARCHICAL, hier, exiv2.TypeId.xmpBag)
     _set_array(xmp, DIGIKAM, digikam, exiv2.TypeId.xmpSeq)
-    if not xmp.count():
-        return EMPTY
+
+
+def _write_checked(image: exiv2.Image, xmp: exiv2.XmpData, path: str, arrays: tuple, reread: Callable,
+                   xmp_only: bool = False) -> bytes:
+    """``image``'s bytes with ``xmp`` written into it (``xmp_only``: its Exif and IPTC views
+    dropped), parsed back with ``reread`` to check the three keyword ``arrays`` are there."""
     with _exiv2_lock:
         image.setXmpData(xmp)
-        # A sidecar's Exif/IPTC views are conversions of its XMP; writing them back would
-        # reformat properties (GPS, tiff) the user's tools wrote. Only the XMP is written.
-        image.exifData().clear()
-        image.iptcData().clear()
+        if xmp_only:
+            image.exifData().clear()
+            image.iptcData().clear()
         try:
             image.writeMetadata()
         except exiv2.Exiv2Error as e:
-            raise SidecarError(f"{path}: cannot be written ({e.args[-1] if e.args else e})") from None
+            raise SidecarError(f"{path}: cannot be written ({str(e.args[-1] if e.args else e).strip()})") from None
         with image.io().data() as view:
             out = bytes(view)
-    check = parse_sidecar(out, path).xmpData()
-    if (_array(check, SUBJECT), _array(check, HIERARCHICAL), _array(check, DIGIKAM)) != (subject, hier, digikam):
+    check = reread(out, path).xmpData()
+    if (_array(check, SUBJECT), _array(check, HIERARCHICAL), _array(check, DIGIKAM)) != arrays:
         raise SidecarError(f"{path}: Exiv2 did not write the keyword change; left untouched")
     return out
 
@@ -310,21 +324,8 @@ def merge_embedded(data: bytes, add: Sequence[str], remove: Sequence[str], path:
     subject, hier, digikam = merged_arrays(*(list(a) for a in arrays), add, remove)
     if (subject, hier, digikam) == arrays:
         return None
-    _set_array(xmp, SUBJECT, subject, exiv2.TypeId.xmpBag)
-    _set_array(xmp, HIERARCHICAL, hier, exiv2.TypeId.xmpBag)
-    _set_array(xmp, DIGIKAM, digikam, exiv2.TypeId.xmpSeq)
-    with _exiv2_lock:
-        image.setXmpData(xmp)
-        try:
-            image.writeMetadata()
-        except exiv2.Exiv2Error as e:
-            raise SidecarError(f"{path}: cannot be written ({str(e.args[-1] if e.args else e).strip()})") from None
-        with image.io().data() as view:
-            out = bytes(view)
-    check = _read_image(out, path).xmpData()
-    if (_array(check, SUBJECT), _array(check, HIERARCHICAL), _array(check, DIGIKAM)) != (subject, hier, digikam):
-        raise SidecarError(f"{path}: Exiv2 did not write the keyword change; left untouched")
-    return out
+    _set_keywords(xmp, (subject, hier, digikam))
+    return _write_checked(image, xmp, path, (subject, hier, digikam), _read_image)
 
 
 def embedded_keywords(data: bytes | None, path: str) -> set[str]:
