@@ -186,10 +186,12 @@ class LabelStore(QObject):
         """Mark photos as in none of the buckets (rejected from each; taught as "none of these")
         as one undoable change."""
         paths = [p for p in dict.fromkeys(paths) if self.lib.catalog.id_for_path(p) is not None]
-        buckets = [n for n in self.names() if not is_negative(n)]
-        adds = {negative_label(b): [p for p in paths if p not in set(self._labels.get(negative_label(b), []))]
-                for b in buckets}
-        removes = {b: [p for p in paths if p in set(self._labels.get(b, []))] for b in buckets}
+        buckets = self.names()
+        adds, removes = {}, {}
+        for b in buckets:
+            rejected, members = set(self.rejected(b)), set(self.paths(b))
+            adds[negative_label(b)] = [p for p in paths if p not in rejected]
+            removes[b] = [p for p in paths if p in members]
         if not paths or not buckets or not any(adds.values()) and not any(removes.values()):
             return
         n = len(paths)

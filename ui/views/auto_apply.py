@@ -55,7 +55,7 @@ class AutoApplyRow(QFrame):
     def __init__(self, ctx: Context, probe: str) -> None:
         super().__init__()
         self.ctx, self.probe = ctx, probe
-        self.scores: dict | None = None  # category -> (held-out p, member), from the last refit
+        self.scores: dict | None = None  # category -> clipdesk.ops.auto.CategoryScores, from the last refit
         self.sort_into: str | None = None
         self.setting = None  # the stored clipdesk.ops.auto.AutoSetting (None: not switched on)
         self._loading = False
